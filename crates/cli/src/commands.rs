@@ -1,0 +1,515 @@
+//! The command line: options, subcommands and their output.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use comfy_table::{CellAlignment, Table, presets};
+use rollcall_api::cases::v1::{CaseStatus, ListCasesRequest};
+use rollcall_api::mis_adapter::v1::ImportCtfRequest;
+use rollcall_api::policy::v1::GetSchoolAttendanceRequest;
+use rollcall_api::referrals::v1::BuildReferralPackRequest;
+use rollcall_runtime::telemetry::{self, LogFormat};
+use serde_json::json;
+
+use crate::client::Clients;
+use crate::server::{self, ServerConfig};
+
+/// rollcall: attendance registers, policy decisions, casework and referrals for a trust's schools.
+#[derive(Debug, Parser)]
+#[command(name = "rollcall", version, about)]
+pub struct Cli {
+    /// The rollcall server the client commands talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "ROLLCALL_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    server: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the five services in one process on one port.
+    Serve(ServeArgs),
+    /// Import files from a school's management information system.
+    #[command(subcommand)]
+    Import(ImportCommand),
+    /// Attendance reports.
+    #[command(subcommand)]
+    Report(ReportCommand),
+    /// Cases for pupils of concern.
+    #[command(subcommand)]
+    Cases(CasesCommand),
+    /// Referrals to the local authority.
+    #[command(subcommand)]
+    Referral(ReferralCommand),
+    /// Run the whole main job on a generated trust in a fresh folder.
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address and port to listen on.
+    #[arg(long, env = "ROLLCALL_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Folder for the SQLite databases, used when --database-url is not given.
+    #[arg(long, env = "ROLLCALL_DATA_DIR", default_value = "./rollcall-data")]
+    data_dir: PathBuf,
+    /// PostgreSQL URL (postgres://user:password@host/database) to use instead of SQLite.
+    #[arg(long, env = "ROLLCALL_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Log format: text for people, json for log collectors.
+    #[arg(long, env = "ROLLCALL_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum ImportCommand {
+    /// Import DfE Common Transfer Files. Each file is stored whole or not at all.
+    Ctf {
+        /// The files to import.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Who is importing, kept with every mark.
+        #[arg(long, default_value = "rollcall import")]
+        by: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReportCommand {
+    /// Each pupil's attendance figures for a school, by the DfE rules.
+    Attendance {
+        /// The school: seven-digit LA number and establishment number, e.g. 9192001.
+        #[arg(long)]
+        school: String,
+        /// Figures as of this date (YYYY-MM-DD); the default is the last date with marks.
+        #[arg(long)]
+        as_of: Option<String>,
+        /// Print a JSON array, one object per pupil.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CasesCommand {
+    /// List open cases and those up for review.
+    List {
+        /// The school: seven-digit LAESTAB, e.g. 9192001.
+        #[arg(long)]
+        school: String,
+        /// Print a JSON array, one object per case.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ReferralCommand {
+    /// Build the referral pack for a pupil who has met the penalty-notice warning threshold.
+    Pack {
+        /// The pupil's UPN.
+        #[arg(long)]
+        upn: String,
+        /// Where to write the ZIP archive.
+        #[arg(long)]
+        out: PathBuf,
+        /// Figures as of this date (YYYY-MM-DD); the default is the last date with marks.
+        #[arg(long)]
+        as_of: Option<String>,
+    },
+}
+
+/// How long an import waits for figures and cases to catch up.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(600);
+
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Demo(args) => {
+            telemetry::init(LogFormat::Text, "warn,sqlx=error");
+            crate::demo::run(args).await
+        }
+        command => {
+            telemetry::init(LogFormat::Text, "warn,sqlx=error");
+            let clients = Clients::connect(&cli.server).await?;
+            let mut out = std::io::stdout().lock();
+            match command {
+                Command::Import(ImportCommand::Ctf { files, by }) => {
+                    import_ctf(&clients, &files, &by, &mut out).await
+                }
+                Command::Report(ReportCommand::Attendance {
+                    school,
+                    as_of,
+                    json,
+                }) => report_attendance(&clients, &school, as_of.as_deref(), json, &mut out).await,
+                Command::Cases(CasesCommand::List { school, json }) => {
+                    list_cases(&clients, &school, json, &mut out).await
+                }
+                Command::Referral(ReferralCommand::Pack {
+                    upn,
+                    out: path,
+                    as_of,
+                }) => referral_pack(&clients, &upn, &path, as_of.as_deref(), &mut out).await,
+                Command::Serve(_) | Command::Demo(_) => Ok(()),
+            }
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let format = if args.log_format == "json" {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    };
+    telemetry::init(format, "info,sqlx=warn");
+    let config = ServerConfig::new(args.listen, args.data_dir, args.database_url.as_deref())?;
+    let mut running = server::start(config).await?;
+    tokio::select! {
+        () = rollcall_runtime::shutdown::signal() => {
+            running.stop().await?;
+            tracing::info!("rollcall stopped");
+            Ok(())
+        }
+        result = running.wait() => result,
+    }
+}
+
+/// Imports each file, prints a line per file, then waits for figures and cases to catch up.
+pub(crate) async fn import_ctf(
+    clients: &Clients,
+    files: &[PathBuf],
+    by: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let mut feed_cursor = 0;
+    let mut failures = 0;
+    for path in files {
+        let name = path.display().to_string();
+        let content = match std::fs::read(path) {
+            Ok(content) => content,
+            Err(error) => {
+                eprintln!("error: cannot read {name}: {error}");
+                failures += 1;
+                continue;
+            }
+        };
+        let response = clients
+            .mis_adapter
+            .clone()
+            .import_ctf(ImportCtfRequest {
+                file_name: name.clone(),
+                content,
+                imported_by: by.to_owned(),
+            })
+            .await;
+        let response = match response {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                eprintln!(
+                    "error: {}; nothing from this file was stored",
+                    status.message()
+                );
+                failures += 1;
+                continue;
+            }
+        };
+        feed_cursor = feed_cursor.max(response.feed_cursor);
+        if response.already_imported {
+            writeln!(
+                out,
+                "{name}: already imported, nothing changed (school {})",
+                response.laestab
+            )?;
+        } else {
+            writeln!(
+                out,
+                "{name}: school {}, {} pupils ({} new), {} marks recorded, {} unchanged",
+                response.laestab,
+                response.pupils,
+                response.pupils_added,
+                response.marks_recorded,
+                response.marks_unchanged
+            )?;
+        }
+        for warning in &response.warnings {
+            writeln!(out, "  warning: {} ({})", warning.message, warning.element)?;
+        }
+    }
+    if feed_cursor > 0 {
+        clients.wait_for_sync(feed_cursor, SYNC_TIMEOUT).await?;
+    }
+    if failures > 0 {
+        bail!("{failures} of {} files were not imported", files.len());
+    }
+    Ok(())
+}
+
+fn check_laestab(value: &str) -> anyhow::Result<&str> {
+    let trimmed = value.trim();
+    if trimmed.len() == 7 && trimmed.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(trimmed)
+    } else {
+        bail!(
+            "invalid --school {value:?}: expected the seven-digit LA number and establishment \
+             number, for example 9192001"
+        )
+    }
+}
+
+/// Prints the attendance report for a school.
+pub(crate) async fn report_attendance(
+    clients: &Clients,
+    school: &str,
+    as_of: Option<&str>,
+    json_output: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let laestab = check_laestab(school)?;
+    let response = clients
+        .policy
+        .clone()
+        .get_school_attendance(GetSchoolAttendanceRequest {
+            laestab: laestab.to_owned(),
+            as_of: as_of.unwrap_or_default().to_owned(),
+        })
+        .await
+        .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+        .into_inner();
+
+    if json_output {
+        let rows: Vec<serde_json::Value> = response
+            .pupils
+            .iter()
+            .map(|pupil| {
+                let figures = pupil.figures.unwrap_or_default();
+                json!({
+                    "upn": pupil.upn,
+                    "year_group": pupil.year_group,
+                    "possible_sessions": figures.possible_sessions,
+                    "attended_sessions": figures.attended_sessions,
+                    "present_sessions": figures.present_sessions,
+                    "approved_activity_sessions": figures.approved_activity_sessions,
+                    "authorised_absence_sessions": figures.authorised_absence_sessions,
+                    "unauthorised_absence_sessions": figures.unauthorised_absence_sessions,
+                    "not_possible_sessions": figures.not_possible_sessions,
+                    "attendance_percent": figures.attendance_percent,
+                    "persistent_absence": figures.persistent_absence,
+                    "severe_absence": figures.severe_absence,
+                })
+            })
+            .collect();
+        serde_json::to_writer_pretty(&mut *out, &rows)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+
+    let period = response.period.clone().unwrap_or_default();
+    if response.pupils.is_empty() {
+        writeln!(out, "School {laestab} has no marks yet.")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "Attendance for school {laestab}, {} to {} (policy {})",
+        period.from_date, period.to_date, response.policy_id
+    )?;
+    let mut table = Table::new();
+    table.load_preset(presets::NOTHING);
+    table.set_header([
+        "UPN",
+        "Year",
+        "Possible",
+        "Attended",
+        "Authorised",
+        "Unauthorised",
+        "Attendance %",
+        "Persistent",
+        "Severe",
+    ]);
+    for pupil in &response.pupils {
+        let figures = pupil.figures.unwrap_or_default();
+        table.add_row([
+            pupil.upn.clone(),
+            pupil.year_group.clone(),
+            figures.possible_sessions.to_string(),
+            figures.attended_sessions.to_string(),
+            figures.authorised_absence_sessions.to_string(),
+            figures.unauthorised_absence_sessions.to_string(),
+            figures
+                .attendance_percent
+                .map_or("-".to_owned(), |p| format!("{p:.1}")),
+            yes_no(figures.persistent_absence).to_owned(),
+            yes_no(figures.severe_absence).to_owned(),
+        ]);
+    }
+    for index in 2..9 {
+        if let Some(column) = table.column_mut(index) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    writeln!(out, "{table}")?;
+    let persistent = response
+        .pupils
+        .iter()
+        .filter(|p| p.figures.as_ref().is_some_and(|f| f.persistent_absence))
+        .count();
+    writeln!(
+        out,
+        "{} pupils, {persistent} persistently absent",
+        response.pupils.len()
+    )?;
+    Ok(())
+}
+
+fn yes_no(value: bool) -> &'static str {
+    if value { "yes" } else { "no" }
+}
+
+/// Prints the open cases of a school.
+pub(crate) async fn list_cases(
+    clients: &Clients,
+    school: &str,
+    json_output: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let laestab = check_laestab(school)?;
+    let mut cases = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = clients
+            .cases
+            .clone()
+            .list_cases(ListCasesRequest {
+                laestab: laestab.to_owned(),
+                status: CaseStatus::Unspecified as i32,
+                page_size: 1_000,
+                page_token,
+            })
+            .await
+            .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+            .into_inner();
+        cases.extend(page.cases);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let opened_at = |case: &rollcall_api::cases::v1::Case| {
+        case.opened_at
+            .as_ref()
+            .and_then(|at| {
+                chrono::DateTime::from_timestamp(at.seconds, u32::try_from(at.nanos).unwrap_or(0))
+            })
+            .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default()
+    };
+    let status_name = |case: &rollcall_api::cases::v1::Case| match CaseStatus::try_from(case.status)
+    {
+        Ok(CaseStatus::Open) => "open",
+        Ok(CaseStatus::Review) => "review",
+        Ok(CaseStatus::Closed) => "closed",
+        _ => "unknown",
+    };
+    if json_output {
+        let rows: Vec<serde_json::Value> = cases
+            .iter()
+            .map(|case| {
+                json!({
+                    "id": case.id,
+                    "upn": case.upn,
+                    "laestab": case.laestab,
+                    "concern": case.concern,
+                    "stage": case.stage,
+                    "stage_number": case.stage_number,
+                    "owner_role": case.owner_role,
+                    "status": status_name(case),
+                    "opened_at": opened_at(case),
+                })
+            })
+            .collect();
+        serde_json::to_writer_pretty(&mut *out, &rows)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    if cases.is_empty() {
+        writeln!(out, "School {laestab} has no open cases.")?;
+        return Ok(());
+    }
+    let mut table = Table::new();
+    table.load_preset(presets::NOTHING);
+    table.set_header([
+        "Case", "UPN", "Concern", "Stage", "Owner", "Status", "Opened",
+    ]);
+    for case in &cases {
+        table.add_row([
+            case.id.clone(),
+            case.upn.clone(),
+            case.concern.clone(),
+            format!("{} {}", case.stage_number, case.stage),
+            case.owner_role.clone(),
+            status_name(case).to_owned(),
+            opened_at(case),
+        ]);
+    }
+    writeln!(out, "{table}")?;
+    writeln!(out, "{} cases", cases.len())?;
+    Ok(())
+}
+
+/// Builds a referral pack and writes it to `path`, or writes nothing when none is due.
+pub(crate) async fn referral_pack(
+    clients: &Clients,
+    upn: &str,
+    path: &Path,
+    as_of: Option<&str>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let response = clients
+        .referrals
+        .clone()
+        .build_referral_pack(BuildReferralPackRequest {
+            upn: upn.to_owned(),
+            laestab: String::new(),
+            as_of: as_of.unwrap_or_default().to_owned(),
+        })
+        .await
+        .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+        .into_inner();
+    write_atomically(path, &response.pack)?;
+    writeln!(
+        out,
+        "Wrote referral pack {} for pupil {upn}",
+        path.display()
+    )?;
+    Ok(())
+}
+
+/// Writes a file through a temporary file in the same folder, so that a failure leaves no
+/// partial file behind.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let folder = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path
+        .file_name()
+        .with_context(|| format!("--out {} does not name a file", path.display()))?;
+    let temporary = folder.join(format!(".{}.partial", file_name.to_string_lossy()));
+    std::fs::write(&temporary, bytes)
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    std::fs::rename(&temporary, path).with_context(|| {
+        let _ = std::fs::remove_file(&temporary);
+        format!("cannot write {}", path.display())
+    })
+}

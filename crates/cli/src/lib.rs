@@ -1,0 +1,35 @@
+//! The `rollcall` command: the embedded server (`rollcall serve`) and a command-line client of
+//! a running server for imports, reports, cases and referral packs.
+
+mod client;
+mod commands;
+mod demo;
+pub mod server;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+pub use commands::Cli;
+
+/// Runs the command line and returns the process exit code. Errors go to standard error.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The embedded server: the five services in one process on one port, with gRPC health and
+//! reflection. The services reach each other through their gRPC clients on that same port,
+//! never through each other's tables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use rollcall_api::cases::v1::cases_service_server::CasesServiceServer;
+use rollcall_api::mis_adapter::v1::mis_adapter_service_server::MisAdapterServiceServer;
+use rollcall_api::policy::v1::policy_service_server::PolicyServiceServer;
+use rollcall_api::referrals::v1::referrals_service_server::ReferralsServiceServer;
+use rollcall_api::registers::v1::registers_service_server::RegistersServiceServer;
+use rollcall_cases::Cases;
+use rollcall_mis_adapter::MisAdapter;
+use rollcall_policy::Policy;
+use rollcall_referrals::Referrals;
+use rollcall_registers::Registers;
+use rollcall_runtime::StorageConfig;
+use rollcall_runtime::storage::connect;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::server::NamedService;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+/// What `rollcall serve` needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The address to listen on.
+    pub listen: SocketAddr,
+    /// SQLite under a data directory, or PostgreSQL.
+    pub storage: StorageConfig,
+}
+
+impl ServerConfig {
+    /// Builds the configuration from the command-line options.
+    pub fn new(
+        listen: SocketAddr,
+        data_dir: PathBuf,
+        database_url: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            listen,
+            storage: StorageConfig::from_options(database_url, data_dir)?,
+        })
+    }
+}
+
+/// A server running in this process.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+    followers: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// The URL a client uses to reach it.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        for follower in &self.followers {
+            follower.abort();
+        }
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        self.task.await.context("the server task failed")?
+    }
+
+    /// Waits until the server stops by itself, which happens only on an error.
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        (&mut self.task).await.context("the server task failed")?
+    }
+}
+
+/// Binds the address, connects and migrates storage for every service, and starts serving.
+pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+    let listener = TcpListener::bind(config.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {}: is another server using it? Choose another with --listen",
+            config.listen
+        )
+    })?;
+    let addr = listener.local_addr()?;
+    let self_url = if addr.ip().is_unspecified() {
+        format!("http://127.0.0.1:{}", addr.port())
+    } else {
+        format!("http://{addr}")
+    };
+    tracing::info!(%addr, storage = %config.storage.describe(), "Starting rollcall");
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+
+    let registers_db = connect(&config.storage, rollcall_registers::MIGRATIONS).await?;
+    let policy_db = connect(&config.storage, rollcall_policy::MIGRATIONS).await?;
+    let cases_db = connect(&config.storage, rollcall_cases::MIGRATIONS).await?;
+    let referrals_db = connect(&config.storage, rollcall_referrals::MIGRATIONS).await?;
+    let adapter_db = connect(&config.storage, rollcall_mis_adapter::MIGRATIONS).await?;
+    tracing::info!("Storage ready and migrated");
+
+    let channel = rollcall_runtime::grpc::channel(&self_url)?;
+    let registers = Registers::new(registers_db).await?;
+    let policy = Policy::new(policy_db, channel.clone()).await?;
+    let cases = Cases::new(cases_db, channel.clone()).await?;
+    let referrals = Referrals::new(referrals_db, channel.clone(), channel.clone());
+    let adapter = MisAdapter::new(adapter_db, channel.clone());
+
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(rollcall_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build the reflection service")?;
+
+    let followers = vec![policy.start_follower(), cases.start_follower()];
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(registers.into_server())
+        .add_service(policy.into_server())
+        .add_service(cases.into_server())
+        .add_service(referrals.into_server())
+        .add_service(adapter.into_server());
+
+    let (shutdown, shutdown_signal) = oneshot::channel::<()>();
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let task = tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = shutdown_signal.await;
+            })
+            .await
+            .context("the gRPC server failed")
+    });
+
+    for name in [
+        "",
+        <RegistersServiceServer<Registers> as NamedService>::NAME,
+        <PolicyServiceServer<Policy> as NamedService>::NAME,
+        <CasesServiceServer<Cases> as NamedService>::NAME,
+        <ReferralsServiceServer<Referrals> as NamedService>::NAME,
+        <MisAdapterServiceServer<MisAdapter> as NamedService>::NAME,
+    ] {
+        health
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    tracing::info!(%addr, "rollcall is serving");
+    Ok(RunningServer {
+        addr,
+        shutdown: Some(shutdown),
+        task,
+        followers,
+    })
+}

@@ -1,0 +1,24 @@
+//! The rules of school attendance in England, as a plain library with no I/O.
+//!
+//! - [`codes`]: the one code table, with the statistical meaning and validity dates of every code;
+//! - [`session`]: sessions, dates and academic years;
+//! - [`stats`]: attendance statistics by the DfE rules;
+//! - [`policy`]: the trust policy and the statutory framework, with their thresholds;
+//! - [`ladder`]: the default escalation ladders per phase;
+//! - [`phase`]: phases of education;
+//! - [`upn`]: unique pupil numbers.
+
+pub mod codes;
+pub mod ladder;
+pub mod phase;
+pub mod policy;
+pub mod session;
+pub mod stats;
+pub mod upn;
+
+pub use codes::{Category, CodeError, CodeInfo};
+pub use phase::Phase;
+pub use policy::Policy;
+pub use session::{Session, SessionDate};
+pub use stats::Figures;
+pub use upn::Upn;

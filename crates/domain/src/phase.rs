@@ -1,0 +1,64 @@
+//! Phases of education and the year groups in each.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A phase of education. Each has its own escalation ladder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Nursery, Reception and Years 1 and 2.
+    Infant,
+    /// Years 3 to 6.
+    Junior,
+    /// Years 7 to 14.
+    Secondary,
+}
+
+impl Phase {
+    /// Returns the phase of a national curriculum year group as CTF writes it (`N1`, `N2`, `R`,
+    /// `1` to `14`), or `None` for a value that is not a year group.
+    pub fn of_year_group(year_group: &str) -> Option<Self> {
+        match year_group.trim().to_ascii_uppercase().as_str() {
+            "N1" | "N2" | "R" | "1" | "2" => Some(Self::Infant),
+            "3" | "4" | "5" | "6" => Some(Self::Junior),
+            other => match other.parse::<u8>() {
+                Ok(7..=14) => Some(Self::Secondary),
+                _ => None,
+            },
+        }
+    }
+
+    /// Returns the phase's name as used in files and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Infant => "infant",
+            Self::Junior => "junior",
+            Self::Secondary => "secondary",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn year_groups_map_to_phases() {
+        assert_eq!(Phase::of_year_group("R"), Some(Phase::Infant));
+        assert_eq!(Phase::of_year_group("2"), Some(Phase::Infant));
+        assert_eq!(Phase::of_year_group("3"), Some(Phase::Junior));
+        assert_eq!(Phase::of_year_group("6"), Some(Phase::Junior));
+        assert_eq!(Phase::of_year_group("7"), Some(Phase::Secondary));
+        assert_eq!(Phase::of_year_group("13"), Some(Phase::Secondary));
+        assert_eq!(Phase::of_year_group("X"), None);
+        assert_eq!(Phase::of_year_group("15"), None);
+    }
+}

@@ -1,0 +1,63 @@
+//! Helpers shared by the gRPC services: request validation errors, storage errors and clients.
+
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// Returns INVALID_ARGUMENT naming the field and the offending value, with a
+/// `google.rpc.BadRequest` detail for clients that read rich errors.
+pub fn invalid_argument(field: &str, value: &str, problem: impl Into<String>) -> Status {
+    let problem = problem.into();
+    let message = format!("invalid {field} {value:?}: {problem}");
+    let mut details = ErrorDetails::new();
+    details.add_bad_request_violation(field, problem);
+    tracing::warn!(field, value, %message, "Rejected request");
+    Status::with_error_details(Code::InvalidArgument, message, details)
+}
+
+/// Returns NOT_FOUND for a missing resource named by kind and id.
+pub fn not_found(kind: &str, id: &str) -> Status {
+    tracing::info!(kind, id, "Not found");
+    Status::not_found(format!("{kind} {id} not found"))
+}
+
+/// Returns FAILED_PRECONDITION with the reason.
+pub fn failed_precondition(message: impl Into<String>) -> Status {
+    let message = message.into();
+    tracing::info!(%message, "Failed precondition");
+    Status::failed_precondition(message)
+}
+
+/// Logs a storage error with its context and returns INTERNAL without the database detail,
+/// which may name hosts or tables.
+pub fn storage_error(context: &str, error: sqlx::Error) -> Status {
+    tracing::error!(%error, context, "Storage error");
+    Status::internal(format!("storage error while {context}; see the server log"))
+}
+
+/// Logs an error from another rollcall service and returns UNAVAILABLE or the same status.
+pub fn upstream_error(service: &str, status: Status) -> Status {
+    tracing::warn!(service, code = ?status.code(), message = status.message(), "Call to another service failed");
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown => Status::unavailable(format!(
+            "the {service} service is not available: {}",
+            status.message()
+        )),
+        _ => status,
+    }
+}
+
+/// Creates a lazily connecting channel to another rollcall service.
+pub fn channel(url: &str) -> anyhow::Result<Channel> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|error| anyhow::anyhow!("invalid service address {url:?}: {error}"))?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true);
+    Ok(endpoint.connect_lazy())
+}
+
+/// The largest gRPC message the services accept or send, in bytes. A Common Transfer File for
+/// a large secondary school over a full year is a few megabytes.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;

@@ -1,0 +1,9 @@
+//! The runtime every rollcall service shares: storage, telemetry, shutdown, health and the
+//! mapping of errors to gRPC statuses.
+
+pub mod grpc;
+pub mod shutdown;
+pub mod storage;
+pub mod telemetry;
+
+pub use storage::{Db, StorageConfig, WriteTransaction};

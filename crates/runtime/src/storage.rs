@@ -1,0 +1,253 @@
+//! Storage: SQLite as the embedded default, PostgreSQL in production.
+//!
+//! Each service owns its tables. On SQLite each service has its own database file under the
+//! data directory; on PostgreSQL each has its own schema in one database. Services write their
+//! SQL once, in the dialect both databases share, with `$1` placeholders, and run it through
+//! [`with_db!`](crate::with_db) against whichever pool is configured.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection, PgPool, Postgres, Sqlite, SqlitePool, Transaction};
+
+/// Where a service keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageConfig {
+    /// One SQLite file per service in this directory.
+    Sqlite {
+        /// The data directory.
+        data_dir: PathBuf,
+    },
+    /// One schema per service in this PostgreSQL database.
+    Postgres {
+        /// A `postgres://` URL.
+        url: String,
+    },
+}
+
+impl StorageConfig {
+    /// Chooses PostgreSQL when a database URL is given and SQLite under `data_dir` otherwise.
+    pub fn from_options(database_url: Option<&str>, data_dir: PathBuf) -> anyhow::Result<Self> {
+        match database_url {
+            None => Ok(Self::Sqlite { data_dir }),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Self::Postgres {
+                    url: url.to_owned(),
+                })
+            }
+            Some(url) => anyhow::bail!(
+                "unsupported database URL {:?}: use a postgres:// URL, or leave --database-url \
+                 unset to use SQLite under --data-dir",
+                redact_url(url)
+            ),
+        }
+    }
+
+    /// Describes the storage for logs, without any password.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite { data_dir } => format!("SQLite in {}", data_dir.display()),
+            Self::Postgres { url } => format!("PostgreSQL at {}", redact_url(url)),
+        }
+    }
+}
+
+/// Replaces the password in a URL with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// A connection pool to the service's own storage.
+#[derive(Debug, Clone)]
+pub enum Db {
+    /// PostgreSQL, with the service's schema first on the search path.
+    Postgres(PgPool),
+    /// The service's own SQLite file.
+    Sqlite(SqlitePool),
+}
+
+/// Runs the same code against whichever pool `db` holds. The pool is bound to `$pool`, whose
+/// type differs per branch, so the body must compile for both `PgPool` and `SqlitePool`.
+#[macro_export]
+macro_rules! with_db {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            $crate::Db::Postgres($pool) => $body,
+            $crate::Db::Sqlite($pool) => $body,
+        }
+    };
+}
+
+/// Starts a transaction that writes, one writer at a time.
+///
+/// Change feeds hand out positions in commit order only if writers to the same feed do not
+/// overlap: a later position must never commit before an earlier one, or a consumer that has
+/// read past it would miss it. SQLite transactions start with `BEGIN IMMEDIATE`, which takes
+/// the database's single write lock. PostgreSQL transactions take a transaction-scoped
+/// advisory lock named by `lock_key`, one key per feed.
+pub trait WriteTransaction {
+    /// The database of the pool.
+    type Database: sqlx::Database;
+
+    /// Begins a transaction holding the write lock for `lock_key`.
+    fn begin_write(
+        &self,
+        lock_key: i64,
+    ) -> impl Future<Output = Result<Transaction<'static, Self::Database>, sqlx::Error>> + Send;
+}
+
+impl WriteTransaction for PgPool {
+    type Database = Postgres;
+
+    async fn begin_write(
+        &self,
+        lock_key: i64,
+    ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        let mut transaction = self.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(lock_key)
+            .execute(&mut *transaction)
+            .await?;
+        Ok(transaction)
+    }
+}
+
+impl WriteTransaction for SqlitePool {
+    type Database = Sqlite;
+
+    async fn begin_write(
+        &self,
+        _lock_key: i64,
+    ) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+/// The migrations of one service, for each database.
+#[derive(Debug, Clone, Copy)]
+pub struct Migrations {
+    /// The service's name, which names its SQLite file and PostgreSQL schema.
+    pub service: &'static str,
+    /// Migrations for PostgreSQL.
+    pub postgres: &'static Migrator,
+    /// Migrations for SQLite.
+    pub sqlite: &'static Migrator,
+}
+
+/// Connects to a service's storage and runs its migrations.
+pub async fn connect(config: &StorageConfig, migrations: Migrations) -> anyhow::Result<Db> {
+    let service = migrations.service;
+    match config {
+        StorageConfig::Sqlite { data_dir } => {
+            std::fs::create_dir_all(data_dir).map_err(|error| {
+                anyhow::anyhow!(
+                    "cannot create data directory {}: {error}; choose another with --data-dir",
+                    data_dir.display()
+                )
+            })?;
+            let path = data_dir.join(format!("{service}.db"));
+            let options = SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(30));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(8)
+                .connect_with(options)
+                .await
+                .map_err(|error| {
+                    anyhow::anyhow!("cannot open SQLite database {}: {error}", path.display())
+                })?;
+            migrations.sqlite.run(&pool).await.map_err(|error| {
+                anyhow::anyhow!(
+                    "migrations of {service} failed on {}: {error}",
+                    path.display()
+                )
+            })?;
+            Ok(Db::Sqlite(pool))
+        }
+        StorageConfig::Postgres { url } => {
+            let schema = service.replace('-', "_");
+            let base = PgConnectOptions::from_str(url).map_err(|error| {
+                anyhow::anyhow!("invalid database URL {}: {error}", redact_url(url))
+            })?;
+            create_schema(&base, &schema, url).await?;
+            let options = base.options([("search_path", schema.as_str())]);
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(options)
+                .await
+                .map_err(|error| {
+                    anyhow::anyhow!("cannot connect to {}: {error}", redact_url(url))
+                })?;
+            migrations.postgres.run(&pool).await.map_err(|error| {
+                anyhow::anyhow!("migrations of {service} failed on schema {schema}: {error}")
+            })?;
+            Ok(Db::Postgres(pool))
+        }
+    }
+}
+
+async fn create_schema(base: &PgConnectOptions, schema: &str, url: &str) -> anyhow::Result<()> {
+    let mut connection = base
+        .connect()
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot connect to {}: {error}", redact_url(url)))?;
+    // The schema name is one of the fixed service names, never user input.
+    let statement = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+        .execute(&mut connection)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot create schema {schema}: {error}"))?;
+    connection.close().await.ok();
+    Ok(())
+}
+
+impl Db {
+    /// Closes every connection of the pool.
+    pub async fn close(&self) {
+        with_db!(self, |pool| pool.close().await);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_url_hides_password() {
+        assert_eq!(
+            redact_url("postgres://rollcall:secret@db:5432/rollcall"),
+            "postgres://rollcall:***@db:5432/rollcall"
+        );
+        assert_eq!(
+            redact_url("postgres://db/rollcall"),
+            "postgres://db/rollcall"
+        );
+    }
+
+    #[test]
+    fn from_options_rejects_other_schemes() {
+        let error = StorageConfig::from_options(Some("mysql://x:pw@h/db"), PathBuf::from("d"))
+            .expect_err("mysql is not supported");
+        let message = error.to_string();
+        assert!(message.contains("mysql://x:***@h/db"), "{message}");
+        assert!(!message.contains("pw"), "{message}");
+    }
+}

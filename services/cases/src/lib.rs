@@ -1,0 +1,24 @@
+//! The cases service: a case per pupil and concern, on the escalation ladder of their phase.
+//!
+//! A follower reads the policy service's triggers. A persistent-absence trigger opens a case at
+//! the first stage of the pupil's ladder, unless one is already open for that pupil and
+//! concern. A withdrawn trigger puts the case up for review; it is never closed silently.
+
+mod follower;
+mod service;
+
+pub use service::Cases;
+
+use rollcall_runtime::storage::Migrations;
+
+/// The cases service's migrations.
+pub const MIGRATIONS: Migrations = Migrations {
+    service: "cases",
+    postgres: &sqlx::migrate!("../../migrations/cases/postgres"),
+    sqlite: &sqlx::migrate!("../../migrations/cases/sqlite"),
+};
+
+/// The advisory lock that serialises writers to cases on PostgreSQL.
+const CASES_LOCK_KEY: i64 = 0x726f_6c6c_0003;
+/// The name under which the follower stores its cursor.
+const TRIGGER_FEED: &str = "policy.triggers";

@@ -1,0 +1,256 @@
+//! Turns a Common Transfer File into a register import, checking everything first.
+
+use chrono::{Datelike, NaiveDate, Weekday};
+use rollcall_api::registers::v1::{ImportPupil, Mark, Pupil, School};
+use rollcall_api::types::v1::{Phase as PbPhase, Session as PbSession};
+use rollcall_ctf::{CtfFile, YearData};
+use rollcall_domain::session::parse_date;
+use rollcall_domain::{Figures, Phase, Upn, codes};
+
+/// A problem that stops a file being imported: which file, which pupil, which element, what.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct FileError {
+    /// The file's name.
+    pub file: String,
+    /// What is wrong, naming the element and the pupil's UPN where known.
+    pub message: String,
+}
+
+/// A problem that does not stop the import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// The pupil's UPN.
+    pub upn: String,
+    /// The element concerned.
+    pub element: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A checked file, ready to send to the registers.
+#[derive(Debug, Clone)]
+pub struct CtfImport {
+    /// The school the file comes from.
+    pub school: School,
+    /// The pupils with attendance at that school.
+    pub pupils: Vec<ImportPupil>,
+    /// Their marks, weekends left out.
+    pub marks: Vec<Mark>,
+    /// Problems that did not stop the import.
+    pub warnings: Vec<Warning>,
+}
+
+/// Reads and checks a Common Transfer File. Any error names the file, the pupil's UPN and the
+/// element, and means nothing from the file may be stored.
+pub fn prepare_ctf(file_name: &str, content: &[u8]) -> Result<CtfImport, FileError> {
+    let fail = |message: String| FileError {
+        file: file_name.to_owned(),
+        message,
+    };
+    let file: CtfFile = rollcall_ctf::read(content).map_err(|error| fail(error.to_string()))?;
+    let source = &file.header.source_school;
+    let laestab = source.laestab();
+    let made_on = file
+        .header
+        .date_time
+        .as_deref()
+        .and_then(|text| parse_date(text.get(..10).unwrap_or(text)).ok());
+
+    let mut pupils = Vec::new();
+    let mut marks = Vec::new();
+    let mut warnings = Vec::new();
+    let mut phases = Vec::new();
+
+    for (index, pupil) in file.pupils.iter().enumerate() {
+        let element = format!("CTfile/CTFpupilData/Pupil[{}]", index + 1);
+        let upn = Upn::parse(&pupil.upn)
+            .map_err(|error| fail(format!("{element}/UPN: {error}")))?
+            .to_string();
+        let year_group = pupil.year_group.clone().ok_or_else(|| {
+            fail(format!(
+                "{element}/BasicDetails/NCyearActual (pupil {upn}): the year group is missing; \
+                 add it in the MIS and export the file again"
+            ))
+        })?;
+        if let Some(phase) = Phase::of_year_group(&year_group) {
+            phases.push(phase);
+        }
+        let here: Vec<(usize, &YearData)> = pupil
+            .attendance
+            .iter()
+            .enumerate()
+            .filter(|(_, year)| year.school.laestab() == laestab)
+            .collect();
+        let Some((year_index, year)) = here
+            .iter()
+            .copied()
+            .filter(|(_, year)| year.sessions.is_some())
+            .max_by_key(|(_, year)| year.sessions.as_ref().map(|s| s.start_date))
+        else {
+            warnings.push(Warning {
+                upn: upn.clone(),
+                element: format!("{element}/Attendance"),
+                message: format!(
+                    "pupil {upn} has no session marks for school {laestab}, so was not imported"
+                ),
+            });
+            continue;
+        };
+        let year_element = format!("{element}/Attendance/YearData[{}]", year_index + 1);
+        let sessions = year
+            .sessions
+            .as_ref()
+            .ok_or_else(|| fail(format!("{year_element}: no AttendSessions")))?;
+        let marks_element = format!("{year_element}/AttendSessions/AttendanceMarks");
+
+        check_span(year, sessions.start_date, sessions.marks.len(), made_on)
+            .map_err(|problem| fail(format!("{marks_element} (pupil {upn}): {problem}")))?;
+
+        let mut figures = Figures::default();
+        for (position, code) in sessions.marks.iter().enumerate() {
+            let (date, half) = sessions.session_at(position);
+            let session = if half == 0 {
+                PbSession::Am
+            } else {
+                PbSession::Pm
+            };
+            let weekend = matches!(date.weekday(), Weekday::Sat | Weekday::Sun);
+            if weekend && code == "#" {
+                continue;
+            }
+            let info = codes::lookup_on(code, date).map_err(|error| {
+                fail(format!(
+                    "{marks_element} (pupil {upn}), character {} ({date} {}): {error}",
+                    position + 1,
+                    if half == 0 { "AM" } else { "PM" }
+                ))
+            })?;
+            figures.add(info.category);
+            marks.push(Mark {
+                upn: upn.clone(),
+                date: date.to_string(),
+                session: session as i32,
+                code: code.clone(),
+                ..Default::default()
+            });
+        }
+        check_totals(&upn, &year_element, year, &figures, &mut warnings);
+
+        pupils.push(ImportPupil {
+            pupil: Some(Pupil {
+                upn: upn.clone(),
+                forename: pupil.forename.clone(),
+                surname: pupil.surname.clone(),
+                date_of_birth: pupil.date_of_birth.to_string(),
+                sex: pupil.sex.clone(),
+                enrolments: Vec::new(),
+            }),
+            admission_date: sessions.start_date.to_string(),
+            year_group,
+        });
+    }
+
+    let phase = match phases.iter().max() {
+        Some(Phase::Infant) => PbPhase::Infant,
+        Some(Phase::Junior) => PbPhase::Junior,
+        Some(Phase::Secondary) => PbPhase::Secondary,
+        None => PbPhase::Unspecified,
+    };
+    let school = School {
+        laestab,
+        name: source
+            .school_name
+            .clone()
+            .unwrap_or_else(|| format!("School {}", source.laestab())),
+        phase: phase as i32,
+        last_mark_date: String::new(),
+    };
+    Ok(CtfImport {
+        school,
+        pupils,
+        marks,
+        warnings,
+    })
+}
+
+/// Checks that the marks fit the academic year they belong to and end no later than the day
+/// the file was made.
+fn check_span(
+    year: &YearData,
+    start: NaiveDate,
+    sessions: usize,
+    made_on: Option<NaiveDate>,
+) -> Result<(), String> {
+    let days = sessions.div_ceil(2);
+    let Some(last) = start.checked_add_days(chrono::Days::new(days.saturating_sub(1) as u64))
+    else {
+        return Err(format!("{sessions} marks run past the end of the calendar"));
+    };
+    if let Some(year_text) = &year.year
+        && let Ok(first_year) = year_text.trim().parse::<i32>()
+    {
+        let year_start = NaiveDate::from_ymd_opt(first_year, 8, 1);
+        let year_end = NaiveDate::from_ymd_opt(first_year + 1, 7, 31);
+        if let (Some(year_start), Some(year_end)) = (year_start, year_end) {
+            if start < year_start || start > year_end {
+                return Err(format!(
+                    "AttendanceStartDate {start} is outside academic year {first_year}/{}",
+                    (first_year + 1) % 100
+                ));
+            }
+            if last > year_end {
+                return Err(format!(
+                    "{sessions} marks from {start} run to {last}, past the end of academic year \
+                     {first_year}/{} on {year_end}: the string is longer than its dates allow",
+                    (first_year + 1) % 100
+                ));
+            }
+        }
+    }
+    if let Some(made_on) = made_on
+        && last > made_on
+    {
+        return Err(format!(
+            "{sessions} marks from {start} run to {last}, after the file was made on {made_on}: \
+             the string is longer than its dates allow"
+        ));
+    }
+    Ok(())
+}
+
+fn check_totals(
+    upn: &str,
+    year_element: &str,
+    year: &YearData,
+    figures: &Figures,
+    warnings: &mut Vec<Warning>,
+) {
+    let checks = [
+        ("SessionsPossible", year.totals.possible, figures.possible()),
+        ("SessionsAttended", year.totals.attended, figures.attended()),
+        (
+            "SessionsAuthorised",
+            year.totals.authorised,
+            figures.authorised_absence,
+        ),
+        (
+            "SessionsUnauthorised",
+            year.totals.unauthorised,
+            figures.unauthorised_absence,
+        ),
+    ];
+    for (name, stated, counted) in checks {
+        if let Some(stated) = stated
+            && stated != counted
+        {
+            warnings.push(Warning {
+                upn: upn.to_owned(),
+                element: format!("{year_element}/{name}"),
+                message: format!(
+                    "pupil {upn}: {name} in the file is {stated}, but the marks give {counted}"
+                ),
+            });
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! The MIS adapter: the edge between schools' management information systems and rollcall.
+//!
+//! It reads DfE Common Transfer Files, checks every pupil and mark against the code table, and
+//! sends the school, its pupils and their marks to the registers service as one import that is
+//! stored whole or not at all. The file's SHA-256 is the import's idempotency key, so importing
+//! the same file again changes nothing.
+
+mod ctf_import;
+mod service;
+
+pub use ctf_import::{CtfImport, prepare_ctf};
+pub use service::MisAdapter;
+
+use rollcall_runtime::storage::Migrations;
+
+/// The MIS adapter's migrations.
+pub const MIGRATIONS: Migrations = Migrations {
+    service: "mis-adapter",
+    postgres: &sqlx::migrate!("../../migrations/mis-adapter/postgres"),
+    sqlite: &sqlx::migrate!("../../migrations/mis-adapter/sqlite"),
+};

@@ -1,0 +1,170 @@
+//! The gRPC service: a file in, checks, one import into the registers, a summary out.
+
+use chrono::Utc;
+use rollcall_api::mis_adapter::v1::mis_adapter_service_server::{
+    MisAdapterService, MisAdapterServiceServer,
+};
+use rollcall_api::mis_adapter::v1::{ImportCtfRequest, ImportCtfResponse, ImportWarning};
+use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
+use rollcall_api::registers::v1::{
+    ImportHeader, ImportMarks, ImportRegisterRequest, import_register_request::Item,
+};
+use rollcall_api::types::v1::MarkSource;
+use rollcall_runtime::grpc::{MAX_MESSAGE_BYTES, invalid_argument, storage_error, upstream_error};
+use rollcall_runtime::{Db, with_db};
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::ctf_import::prepare_ctf;
+
+/// Marks per message of the stream to the registers.
+const MARKS_PER_MESSAGE: usize = 5_000;
+
+/// The MIS adapter service.
+#[derive(Debug, Clone)]
+pub struct MisAdapter {
+    db: Db,
+    registers: RegistersServiceClient<Channel>,
+}
+
+impl MisAdapter {
+    /// Creates the service over its storage and a client of the registers service.
+    pub fn new(db: Db, registers: Channel) -> Self {
+        Self {
+            db,
+            registers: RegistersServiceClient::new(registers)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        }
+    }
+
+    /// Wraps the service in its tonic server.
+    pub fn into_server(self) -> MisAdapterServiceServer<Self> {
+        MisAdapterServiceServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+#[tonic::async_trait]
+impl MisAdapterService for MisAdapter {
+    async fn import_ctf(
+        &self,
+        request: Request<ImportCtfRequest>,
+    ) -> Result<Response<ImportCtfResponse>, Status> {
+        let request = request.into_inner();
+        let file_name = if request.file_name.trim().is_empty() {
+            "unnamed file".to_owned()
+        } else {
+            request.file_name.clone()
+        };
+        let sha256 = hex::encode(Sha256::digest(&request.content));
+        tracing::info!(%sha256, bytes = request.content.len(), "CTF import started");
+
+        let prepared = prepare_ctf(&file_name, &request.content).map_err(|error| {
+            tracing::warn!(%sha256, %error, "CTF file rejected; nothing stored");
+            invalid_argument("content", &file_name, error.message)
+        })?;
+        let laestab = prepared.school.laestab.clone();
+        let pupil_count = i32::try_from(prepared.pupils.len()).unwrap_or(i32::MAX);
+        let imported_by = if request.imported_by.trim().is_empty() {
+            "mis-adapter".to_owned()
+        } else {
+            request.imported_by.trim().to_owned()
+        };
+
+        let mut messages = Vec::with_capacity(
+            1 + prepared.pupils.len() + prepared.marks.len() / MARKS_PER_MESSAGE + 1,
+        );
+        messages.push(ImportRegisterRequest {
+            item: Some(Item::Header(ImportHeader {
+                request_id: format!("ctf:{sha256}"),
+                school: Some(prepared.school.clone()),
+                source: MarkSource::Import as i32,
+                source_name: file_name.clone(),
+                recorded_by: imported_by.clone(),
+            })),
+        });
+        messages.extend(
+            prepared
+                .pupils
+                .into_iter()
+                .map(|pupil| ImportRegisterRequest {
+                    item: Some(Item::Pupil(pupil)),
+                }),
+        );
+        let mut marks = prepared.marks;
+        while !marks.is_empty() {
+            let rest = marks.split_off(marks.len().min(MARKS_PER_MESSAGE));
+            messages.push(ImportRegisterRequest {
+                item: Some(Item::Marks(ImportMarks { marks })),
+            });
+            marks = rest;
+        }
+
+        let outcome = self
+            .registers
+            .clone()
+            .import_register(tokio_stream::iter(messages))
+            .await
+            .map_err(|status| {
+                tracing::warn!(%sha256, code = ?status.code(), message = status.message(), "Registers rejected the import");
+                match status.code() {
+                    tonic::Code::InvalidArgument => Status::invalid_argument(format!(
+                        "{file_name}: {}",
+                        status.message()
+                    )),
+                    _ => upstream_error("registers", status),
+                }
+            })?
+            .into_inner();
+
+        with_db!(&self.db, |pool| {
+            sqlx::query(
+                "INSERT INTO file_imports (sha256, file_name, laestab, pupils, marks_recorded, imported_by, imported_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (sha256) DO NOTHING",
+            )
+            .bind(&sha256)
+            .bind(&file_name)
+            .bind(&laestab)
+            .bind(pupil_count)
+            .bind(outcome.marks_recorded)
+            .bind(&imported_by)
+            .bind(Utc::now())
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })
+        .map_err(|error| storage_error("recording a file import", error))?;
+
+        tracing::info!(
+            %sha256,
+            %laestab,
+            pupils = pupil_count,
+            marks_recorded = outcome.marks_recorded,
+            already_imported = outcome.already_applied,
+            warnings = prepared.warnings.len(),
+            "CTF import finished"
+        );
+        Ok(Response::new(ImportCtfResponse {
+            laestab,
+            pupils: pupil_count,
+            pupils_added: outcome.pupils_added,
+            marks_recorded: outcome.marks_recorded,
+            marks_unchanged: outcome.marks_unchanged,
+            already_imported: outcome.already_applied,
+            feed_cursor: outcome.feed_cursor,
+            warnings: prepared
+                .warnings
+                .into_iter()
+                .map(|warning| ImportWarning {
+                    upn: warning.upn,
+                    element: warning.element,
+                    message: warning.message,
+                })
+                .collect(),
+            sha256,
+        }))
+    }
+}

@@ -1,0 +1,193 @@
+//! Figures for a school or pupil, computed from the registers' effective marks.
+
+use std::collections::BTreeMap;
+
+use chrono::NaiveDate;
+use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
+use rollcall_api::registers::v1::{GetSchoolRequest, ListMarksRequest, ListPupilsRequest, School};
+use rollcall_api::types::v1::{AttendanceFigures, Session as PbSession};
+use rollcall_domain::policy::{ThresholdEvaluation, evaluate_penalty_threshold};
+use rollcall_domain::session::{academic_year_start, parse_date};
+use rollcall_domain::{Figures, Phase, Policy, Session, SessionDate};
+use rollcall_runtime::grpc::{invalid_argument, upstream_error};
+use tonic::Status;
+use tonic::transport::Channel;
+
+/// A pupil's effective marks and details, as needed for their figures.
+#[derive(Debug, Clone)]
+pub(crate) struct PupilMarks {
+    pub(crate) upn: String,
+    pub(crate) year_group: String,
+    pub(crate) marks: Vec<(SessionDate, String)>,
+}
+
+impl PupilMarks {
+    pub(crate) fn figures(&self) -> Figures {
+        Figures::from_codes(self.marks.iter().map(|(_, code)| code.as_str()))
+    }
+
+    pub(crate) fn phase(&self, school_phase: Phase) -> Phase {
+        Phase::of_year_group(&self.year_group).unwrap_or(school_phase)
+    }
+
+    pub(crate) fn penalty(&self, policy: &Policy, as_of: NaiveDate) -> ThresholdEvaluation {
+        let marks: Vec<(SessionDate, &str)> = self
+            .marks
+            .iter()
+            .map(|(session, code)| (*session, code.as_str()))
+            .collect();
+        evaluate_penalty_threshold(&policy.penalty_warning, &marks, as_of)
+    }
+}
+
+/// A school's marks over a period.
+#[derive(Debug, Clone)]
+pub(crate) struct SchoolMarks {
+    pub(crate) phase: Phase,
+    pub(crate) from: NaiveDate,
+    pub(crate) as_of: NaiveDate,
+    pub(crate) pupils: Vec<PupilMarks>,
+}
+
+pub(crate) fn school_phase(school: &School) -> Phase {
+    match rollcall_api::types::v1::Phase::try_from(school.phase) {
+        Ok(rollcall_api::types::v1::Phase::Infant) => Phase::Infant,
+        Ok(rollcall_api::types::v1::Phase::Junior) => Phase::Junior,
+        _ => Phase::Secondary,
+    }
+}
+
+/// Reads the school and the as-of date: the date given, or the school's last date with marks.
+pub(crate) async fn school_and_as_of(
+    registers: &mut RegistersServiceClient<Channel>,
+    laestab: &str,
+    as_of: &str,
+) -> Result<(School, Option<NaiveDate>), Status> {
+    let school = registers
+        .get_school(GetSchoolRequest {
+            laestab: laestab.to_owned(),
+        })
+        .await
+        .map_err(|status| upstream_error("registers", status))?
+        .into_inner()
+        .school
+        .unwrap_or_default();
+    let as_of = if as_of.trim().is_empty() {
+        parse_date(&school.last_mark_date).ok()
+    } else {
+        Some(
+            parse_date(as_of)
+                .map_err(|error| invalid_argument("as_of", as_of, error.to_string()))?,
+        )
+    };
+    Ok((school, as_of))
+}
+
+/// Reads every pupil on roll during the academic year to `as_of` and their effective marks,
+/// optionally for one pupil only.
+pub(crate) async fn load_school(
+    registers: &mut RegistersServiceClient<Channel>,
+    school: School,
+    as_of: NaiveDate,
+    only_upn: Option<&str>,
+) -> Result<SchoolMarks, Status> {
+    let from = academic_year_start(as_of);
+    let mut pupils: BTreeMap<String, PupilMarks> = BTreeMap::new();
+
+    let mut page_token = String::new();
+    loop {
+        let page = registers
+            .list_pupils(ListPupilsRequest {
+                laestab: school.laestab.clone(),
+                on_roll_date: String::new(),
+                page_size: 5_000,
+                page_token,
+            })
+            .await
+            .map_err(|status| upstream_error("registers", status))?
+            .into_inner();
+        for pupil in page.pupils {
+            if only_upn.is_some_and(|upn| upn != pupil.upn) {
+                continue;
+            }
+            let Some(enrolment) = pupil.enrolments.first() else {
+                continue;
+            };
+            let admitted = parse_date(&enrolment.admission_date).unwrap_or(NaiveDate::MAX);
+            let left = parse_date(&enrolment.leaving_date).ok();
+            if admitted > as_of || left.is_some_and(|left| left < from) {
+                continue;
+            }
+            pupils.insert(
+                pupil.upn.clone(),
+                PupilMarks {
+                    upn: pupil.upn,
+                    year_group: enrolment.year_group.clone(),
+                    marks: Vec::new(),
+                },
+            );
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+
+    let mut page_token = String::new();
+    loop {
+        let page = registers
+            .list_marks(ListMarksRequest {
+                laestab: school.laestab.clone(),
+                upn: only_upn.unwrap_or_default().to_owned(),
+                from_date: from.to_string(),
+                to_date: as_of.to_string(),
+                page_size: 20_000,
+                page_token,
+            })
+            .await
+            .map_err(|status| upstream_error("registers", status))?
+            .into_inner();
+        for mark in page.marks {
+            let Some(pupil) = pupils.get_mut(&mark.upn) else {
+                continue;
+            };
+            let Ok(date) = parse_date(&mark.date) else {
+                continue;
+            };
+            let session = if mark.session == PbSession::Pm as i32 {
+                Session::Pm
+            } else {
+                Session::Am
+            };
+            pupil.marks.push((SessionDate { date, session }, mark.code));
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+
+    Ok(SchoolMarks {
+        phase: school_phase(&school),
+        from,
+        as_of,
+        pupils: pupils.into_values().collect(),
+    })
+}
+
+/// Converts domain figures to the protobuf message.
+pub(crate) fn figures_to_proto(figures: &Figures) -> AttendanceFigures {
+    let count = |value: u32| i32::try_from(value).unwrap_or(i32::MAX);
+    AttendanceFigures {
+        possible_sessions: count(figures.possible()),
+        attended_sessions: count(figures.attended()),
+        present_sessions: count(figures.present),
+        approved_activity_sessions: count(figures.approved_activity),
+        authorised_absence_sessions: count(figures.authorised_absence),
+        unauthorised_absence_sessions: count(figures.unauthorised_absence),
+        not_possible_sessions: count(figures.not_possible),
+        attendance_percent: figures.attendance_percent(),
+        persistent_absence: figures.is_persistent_absence(),
+        severe_absence: figures.is_severe_absence(),
+    }
+}

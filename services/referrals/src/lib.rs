@@ -1,0 +1,22 @@
+//! The referrals service: the packs that carry a referral to the local authority.
+//!
+//! A pack is built only for a pupil who has met the policy's penalty-notice warning threshold.
+//! It is a ZIP archive holding `manifest.json` (format version, school, pupil, policy and
+//! clause, figures, the sessions that make up the threshold, and the SHA-256 of every other
+//! file), the pupil's session marks as CSV, and a Common Transfer File extract of the pupil's
+//! attendance.
+
+mod pack;
+mod service;
+
+pub use pack::PACK_FORMAT_VERSION;
+pub use service::Referrals;
+
+use rollcall_runtime::storage::Migrations;
+
+/// The referrals service's migrations.
+pub const MIGRATIONS: Migrations = Migrations {
+    service: "referrals",
+    postgres: &sqlx::migrate!("../../migrations/referrals/postgres"),
+    sqlite: &sqlx::migrate!("../../migrations/referrals/sqlite"),
+};

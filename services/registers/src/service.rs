@@ -1,0 +1,348 @@
+//! The gRPC service: requests in, storage, responses out.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use rollcall_api::registers::v1::registers_service_server::{
+    RegistersService, RegistersServiceServer,
+};
+use rollcall_api::registers::v1::{
+    Enrolment, GetPupilRequest, GetPupilResponse, GetSchoolRequest, GetSchoolResponse,
+    ImportRegisterRequest, ImportRegisterResponse, ListMarksRequest, ListMarksResponse,
+    ListPupilsRequest, ListPupilsResponse, ListSchoolsRequest, ListSchoolsResponse, Pupil, School,
+    WatchMarksRequest, WatchMarksResponse, import_register_request::Item,
+};
+use rollcall_runtime::Db;
+use rollcall_runtime::grpc::{MAX_MESSAGE_BYTES, invalid_argument, not_found, storage_error};
+use tokio::sync::watch;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::convert::{laestab, optional_date, phase_from_str};
+use crate::import;
+use crate::store::{self, EnrolmentRow, MarkFilter, NO_EARLIER, NO_LATER, PupilRow};
+
+/// Marks sent per WatchMarks read from storage.
+const FEED_BATCH: i64 = 1_000;
+/// How often a caught-up WatchMarks stream looks for versions written by another replica.
+const FEED_POLL: Duration = Duration::from_secs(2);
+
+/// The registers service.
+#[derive(Debug, Clone)]
+pub struct Registers {
+    db: Db,
+    feed_head: watch::Sender<i64>,
+}
+
+impl Registers {
+    /// Creates the service over its storage.
+    pub async fn new(db: Db) -> anyhow::Result<Self> {
+        let head = store::feed_head(&db).await?;
+        let (feed_head, _) = watch::channel(head);
+        Ok(Self { db, feed_head })
+    }
+
+    /// Wraps the service in its tonic server.
+    pub fn into_server(self) -> RegistersServiceServer<Self> {
+        RegistersServiceServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+fn page_size(requested: i32, default: i64, max: i64) -> i64 {
+    if requested <= 0 {
+        default
+    } else {
+        i64::from(requested).min(max)
+    }
+}
+
+fn school_to_proto(row: store::SchoolRow) -> School {
+    School {
+        laestab: row.laestab,
+        name: row.name,
+        phase: phase_from_str(&row.phase),
+        last_mark_date: row
+            .last_mark_date
+            .map(|date| date.to_string())
+            .unwrap_or_default(),
+    }
+}
+
+fn enrolment_to_proto(row: EnrolmentRow) -> Enrolment {
+    Enrolment {
+        laestab: row.laestab,
+        admission_date: row.admission_date.to_string(),
+        leaving_date: row.leaving_date.map(|d| d.to_string()).unwrap_or_default(),
+        year_group: row.year_group,
+    }
+}
+
+fn pupil_to_proto(row: PupilRow, enrolments: Vec<EnrolmentRow>) -> Pupil {
+    Pupil {
+        upn: row.upn,
+        forename: row.forename,
+        surname: row.surname,
+        date_of_birth: row.date_of_birth.to_string(),
+        sex: row.sex,
+        enrolments: enrolments.into_iter().map(enrolment_to_proto).collect(),
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchMarksResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl RegistersService for Registers {
+    async fn import_register(
+        &self,
+        request: Request<Streaming<ImportRegisterRequest>>,
+    ) -> Result<Response<ImportRegisterResponse>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(ImportRegisterRequest {
+                item: Some(Item::Header(header)),
+            }) => header,
+            _ => {
+                return Err(invalid_argument(
+                    "item",
+                    "",
+                    "the first message of an import must be its header",
+                ));
+            }
+        };
+        import::check_header(&header)?;
+        let request_id = header.request_id.clone();
+        let school = header
+            .school
+            .as_ref()
+            .map(|s| s.laestab.clone())
+            .unwrap_or_default();
+        tracing::info!(%request_id, laestab = %school, "Import started");
+        let response = match import::apply(&self.db, header, &mut stream).await {
+            Ok(response) => response,
+            Err(status) => {
+                tracing::warn!(%request_id, laestab = %school, code = ?status.code(), message = status.message(), "Import rejected; nothing stored");
+                return Err(status);
+            }
+        };
+        if response.marks_recorded > 0 {
+            self.feed_head.send_replace(response.feed_cursor);
+        }
+        tracing::info!(
+            %request_id,
+            laestab = %school,
+            already_applied = response.already_applied,
+            pupils_added = response.pupils_added,
+            marks_recorded = response.marks_recorded,
+            marks_unchanged = response.marks_unchanged,
+            feed_cursor = response.feed_cursor,
+            "Import finished"
+        );
+        Ok(Response::new(response))
+    }
+
+    async fn get_school(
+        &self,
+        request: Request<GetSchoolRequest>,
+    ) -> Result<Response<GetSchoolResponse>, Status> {
+        let laestab = laestab("laestab", &request.get_ref().laestab)?;
+        let row = store::school(&self.db, &laestab)
+            .await
+            .map_err(|e| storage_error("reading a school", e))?
+            .ok_or_else(|| not_found("school", &laestab))?;
+        Ok(Response::new(GetSchoolResponse {
+            school: Some(school_to_proto(row)),
+        }))
+    }
+
+    async fn list_schools(
+        &self,
+        request: Request<ListSchoolsRequest>,
+    ) -> Result<Response<ListSchoolsResponse>, Status> {
+        let request = request.into_inner();
+        let limit = page_size(request.page_size, 100, 1_000);
+        let mut rows = store::schools_after(&self.db, &request.page_token, limit + 1)
+            .await
+            .map_err(|e| storage_error("listing schools", e))?;
+        let next_page_token = if rows.len() as i64 > limit {
+            rows.truncate(limit as usize);
+            rows.last().map(|r| r.laestab.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListSchoolsResponse {
+            schools: rows.into_iter().map(school_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn list_pupils(
+        &self,
+        request: Request<ListPupilsRequest>,
+    ) -> Result<Response<ListPupilsResponse>, Status> {
+        let request = request.into_inner();
+        let laestab = laestab("laestab", &request.laestab)?;
+        let on_roll = optional_date("on_roll_date", &request.on_roll_date)?;
+        let limit = page_size(request.page_size, 500, 5_000);
+        let mut rows =
+            store::pupils_at(&self.db, &laestab, on_roll, &request.page_token, limit + 1)
+                .await
+                .map_err(|e| storage_error("listing pupils", e))?;
+        let next_page_token = if rows.len() as i64 > limit {
+            rows.truncate(limit as usize);
+            rows.last().map(|(p, _)| p.upn.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListPupilsResponse {
+            pupils: rows
+                .into_iter()
+                .map(|(pupil, enrolment)| pupil_to_proto(pupil, vec![enrolment]))
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_pupil(
+        &self,
+        request: Request<GetPupilRequest>,
+    ) -> Result<Response<GetPupilResponse>, Status> {
+        let upn = request.get_ref().upn.trim().to_ascii_uppercase();
+        if upn.is_empty() {
+            return Err(invalid_argument("upn", "", "a UPN is required"));
+        }
+        let pupil = store::pupil(&self.db, &upn)
+            .await
+            .map_err(|e| storage_error("reading a pupil", e))?
+            .ok_or_else(|| not_found("pupil", &upn))?;
+        let enrolments = store::enrolments_of(&self.db, &upn)
+            .await
+            .map_err(|e| storage_error("reading enrolments", e))?;
+        Ok(Response::new(GetPupilResponse {
+            pupil: Some(pupil_to_proto(pupil, enrolments)),
+        }))
+    }
+
+    async fn list_marks(
+        &self,
+        request: Request<ListMarksRequest>,
+    ) -> Result<Response<ListMarksResponse>, Status> {
+        let request = request.into_inner();
+        let laestab = laestab("laestab", &request.laestab)?;
+        let from = optional_date("from_date", &request.from_date)?.unwrap_or(NO_EARLIER);
+        let to = optional_date("to_date", &request.to_date)?.unwrap_or(NO_LATER);
+        let after = parse_mark_token(&request.page_token)?;
+        let upn = request.upn.trim().to_ascii_uppercase();
+        let filter = MarkFilter {
+            laestab,
+            upn: (!upn.is_empty()).then_some(upn),
+            from,
+            to,
+            after,
+        };
+        let limit = page_size(request.page_size, 5_000, 20_000);
+        let mut rows = store::effective_marks(&self.db, &filter, limit + 1)
+            .await
+            .map_err(|e| storage_error("listing marks", e))?;
+        let next_page_token = if rows.len() as i64 > limit {
+            rows.truncate(limit as usize);
+            rows.last()
+                .map(|r| format!("{}|{}|{}", r.upn, r.session_date, r.session))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListMarksResponse {
+            marks: rows.into_iter().map(|row| row.into_proto()).collect(),
+            next_page_token,
+        }))
+    }
+
+    type WatchMarksStream = WatchStream;
+
+    async fn watch_marks(
+        &self,
+        request: Request<WatchMarksRequest>,
+    ) -> Result<Response<Self::WatchMarksStream>, Status> {
+        let request = request.into_inner();
+        let school = if request.laestab.trim().is_empty() {
+            String::new()
+        } else {
+            laestab("laestab", &request.laestab)?
+        };
+        if request.cursor < 0 {
+            return Err(invalid_argument(
+                "cursor",
+                &request.cursor.to_string(),
+                "a cursor is 0 or a position returned by an earlier WatchMarks message",
+            ));
+        }
+        let db = self.db.clone();
+        let mut head = self.feed_head.subscribe();
+        let (sender, receiver) = tokio::sync::mpsc::channel(FEED_BATCH as usize);
+        let mut cursor = request.cursor;
+        tracing::info!(cursor, laestab = %school, "WatchMarks stream opened");
+        tokio::spawn(async move {
+            loop {
+                let rows = match store::feed_after(&db, cursor, &school, FEED_BATCH).await {
+                    Ok(rows) => rows,
+                    Err(error) => {
+                        let status = storage_error("reading the change feed", error);
+                        let _ = sender.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let caught_up = (rows.len() as i64) < FEED_BATCH;
+                for row in rows {
+                    cursor = row.sequence;
+                    let effective = row.effective_when_stored;
+                    let message = WatchMarksResponse {
+                        mark: Some(row.into_proto()),
+                        effective,
+                        cursor,
+                    };
+                    if sender.send(Ok(message)).await.is_err() {
+                        tracing::info!(cursor, "WatchMarks stream closed by the client");
+                        return;
+                    }
+                }
+                if caught_up {
+                    tokio::select! {
+                        changed = head.changed() => {
+                            if changed.is_err() {
+                                return;
+                            }
+                        }
+                        () = tokio::time::sleep(FEED_POLL) => {}
+                        () = sender.closed() => {
+                            tracing::info!(cursor, "WatchMarks stream closed by the client");
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
+    }
+}
+
+fn parse_mark_token(token: &str) -> Result<(String, chrono::NaiveDate, String), Status> {
+    if token.is_empty() {
+        return Ok((String::new(), NO_EARLIER, String::new()));
+    }
+    let mut parts = token.split('|');
+    let (Some(upn), Some(date), Some(session), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid_argument(
+            "page_token",
+            token,
+            "not a token returned by ListMarks; start again without one",
+        ));
+    };
+    let date = crate::convert::required_date("page_token", date)?;
+    Ok((upn.to_owned(), date, session.to_owned()))
+}

@@ -1,0 +1,229 @@
+//! Queries on the registers' tables. Every query is written once in SQL that PostgreSQL and
+//! SQLite both accept.
+
+use chrono::NaiveDate;
+use rollcall_runtime::{Db, with_db};
+
+use crate::convert::MarkRow;
+
+/// The earliest and latest dates a filter can take, standing in for "no bound".
+pub(crate) const NO_EARLIER: NaiveDate = NaiveDate::from_ymd_opt(1, 1, 1).expect("valid date");
+pub(crate) const NO_LATER: NaiveDate = NaiveDate::from_ymd_opt(9999, 12, 31).expect("valid date");
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct SchoolRow {
+    pub(crate) laestab: String,
+    pub(crate) name: String,
+    pub(crate) phase: String,
+    pub(crate) last_mark_date: Option<NaiveDate>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct PupilRow {
+    pub(crate) upn: String,
+    pub(crate) forename: String,
+    pub(crate) surname: String,
+    pub(crate) date_of_birth: NaiveDate,
+    pub(crate) sex: String,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct EnrolmentRow {
+    pub(crate) laestab: String,
+    pub(crate) admission_date: NaiveDate,
+    pub(crate) leaving_date: Option<NaiveDate>,
+    pub(crate) year_group: String,
+}
+
+const MARK_COLUMNS: &str = "m.sequence, m.laestab, m.upn, m.session_date, m.session, m.code, \
+     m.minutes_late, m.source, m.reason, m.recorded_by, m.recorded_by_position, m.recorded_at, \
+     m.effective_when_stored";
+
+pub(crate) async fn school(db: &Db, laestab: &str) -> Result<Option<SchoolRow>, sqlx::Error> {
+    with_db!(db, |pool| {
+        sqlx::query_as(
+            "SELECT laestab, name, phase, \
+                    (SELECT MAX(session_date) FROM effective_marks e WHERE e.laestab = s.laestab) \
+                    AS last_mark_date \
+             FROM schools s WHERE laestab = $1",
+        )
+        .bind(laestab)
+        .fetch_optional(pool)
+        .await
+    })
+}
+
+pub(crate) async fn schools_after(
+    db: &Db,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<SchoolRow>, sqlx::Error> {
+    with_db!(db, |pool| {
+        sqlx::query_as(
+            "SELECT laestab, name, phase, \
+                    (SELECT MAX(session_date) FROM effective_marks e WHERE e.laestab = s.laestab) \
+                    AS last_mark_date \
+             FROM schools s WHERE laestab > $1 ORDER BY laestab LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+    })
+}
+
+pub(crate) async fn pupil(db: &Db, upn: &str) -> Result<Option<PupilRow>, sqlx::Error> {
+    with_db!(db, |pool| {
+        sqlx::query_as(
+            "SELECT upn, forename, surname, date_of_birth, sex FROM pupils WHERE upn = $1",
+        )
+        .bind(upn)
+        .fetch_optional(pool)
+        .await
+    })
+}
+
+pub(crate) async fn enrolments_of(db: &Db, upn: &str) -> Result<Vec<EnrolmentRow>, sqlx::Error> {
+    with_db!(db, |pool| {
+        sqlx::query_as(
+            "SELECT laestab, upn, admission_date, leaving_date, year_group FROM enrolments \
+             WHERE upn = $1 ORDER BY admission_date DESC, laestab",
+        )
+        .bind(upn)
+        .fetch_all(pool)
+        .await
+    })
+}
+
+/// Pupils with an enrolment at the school (on roll on `on_roll`, if given), after `after_upn`
+/// in UPN order, each with that enrolment.
+pub(crate) async fn pupils_at(
+    db: &Db,
+    laestab: &str,
+    on_roll: Option<NaiveDate>,
+    after_upn: &str,
+    limit: i64,
+) -> Result<Vec<(PupilRow, EnrolmentRow)>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Joined {
+        #[sqlx(flatten)]
+        pupil: PupilRow,
+        laestab: String,
+        admission_date: NaiveDate,
+        leaving_date: Option<NaiveDate>,
+        year_group: String,
+    }
+    let (day_from, day_to) = match on_roll {
+        Some(day) => (day, day),
+        None => (NO_LATER, NO_EARLIER),
+    };
+    let rows: Vec<Joined> = with_db!(db, |pool| {
+        sqlx::query_as(
+            "SELECT p.upn, p.forename, p.surname, p.date_of_birth, p.sex, \
+                    e.laestab, e.admission_date, e.leaving_date, e.year_group \
+             FROM enrolments e JOIN pupils p ON p.upn = e.upn \
+             WHERE e.laestab = $1 AND e.upn > $2 \
+               AND e.admission_date <= $3 \
+               AND (e.leaving_date IS NULL OR e.leaving_date >= $4) \
+             ORDER BY e.upn, e.admission_date DESC \
+             LIMIT $5",
+        )
+        .bind(laestab)
+        .bind(after_upn)
+        .bind(day_from)
+        .bind(day_to)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+    })?;
+    let mut out: Vec<(PupilRow, EnrolmentRow)> = Vec::with_capacity(rows.len());
+    for row in rows {
+        // A pupil with several enrolments at the school appears once, with the latest.
+        if out
+            .last()
+            .is_some_and(|(last, _)| last.upn == row.pupil.upn)
+        {
+            continue;
+        }
+        let enrolment = EnrolmentRow {
+            laestab: row.laestab,
+            admission_date: row.admission_date,
+            leaving_date: row.leaving_date,
+            year_group: row.year_group,
+        };
+        out.push((row.pupil, enrolment));
+    }
+    Ok(out)
+}
+
+/// Filters for [`effective_marks`].
+#[derive(Debug, Clone)]
+pub(crate) struct MarkFilter {
+    pub(crate) laestab: String,
+    pub(crate) upn: Option<String>,
+    pub(crate) from: NaiveDate,
+    pub(crate) to: NaiveDate,
+    /// Resume after this (UPN, date, session).
+    pub(crate) after: (String, NaiveDate, String),
+}
+
+/// Effective marks matching the filter, ordered by UPN, date and session.
+pub(crate) async fn effective_marks(
+    db: &Db,
+    filter: &MarkFilter,
+    limit: i64,
+) -> Result<Vec<MarkRow>, sqlx::Error> {
+    let (after_upn, after_date, after_session) = &filter.after;
+    let upn = filter.upn.clone().unwrap_or_default();
+    with_db!(db, |pool| {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {MARK_COLUMNS} FROM effective_marks e \
+             JOIN marks m ON m.sequence = e.sequence \
+             WHERE e.laestab = $1 AND ($2 = '' OR e.upn = $2) \
+               AND e.session_date >= $3 AND e.session_date <= $4 \
+               AND (e.upn, e.session_date, e.session) > ($5, $6, $7) \
+             ORDER BY e.upn, e.session_date, e.session \
+             LIMIT $8"
+        )))
+        .bind(&filter.laestab)
+        .bind(&upn)
+        .bind(filter.from)
+        .bind(filter.to)
+        .bind(after_upn)
+        .bind(after_date)
+        .bind(after_session)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+    })
+}
+
+/// Mark versions after `cursor` in feed order, for one school or all.
+pub(crate) async fn feed_after(
+    db: &Db,
+    cursor: i64,
+    laestab: &str,
+    limit: i64,
+) -> Result<Vec<MarkRow>, sqlx::Error> {
+    with_db!(db, |pool| {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {MARK_COLUMNS} FROM marks m \
+             WHERE m.sequence > $1 AND ($2 = '' OR m.laestab = $2) \
+             ORDER BY m.sequence LIMIT $3"
+        )))
+        .bind(cursor)
+        .bind(laestab)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+    })
+}
+
+/// The newest position in the change feed; 0 when empty.
+pub(crate) async fn feed_head(db: &Db) -> Result<i64, sqlx::Error> {
+    with_db!(db, |pool| {
+        sqlx::query_scalar("SELECT COALESCE(MAX(sequence), 0) FROM marks")
+            .fetch_one(pool)
+            .await
+    })
+}
