@@ -1,0 +1,282 @@
+//! End to end: a real server on loopback, a hand-made Common Transfer File whose figures were
+//! worked out by hand, and the `rollcall` command as a user runs it, on SQLite and PostgreSQL.
+//!
+//! The file covers two school weeks, Monday 1 to Friday 12 September 2025 (20 sessions):
+//!
+//! | pupil | marks | possible | attended | auth | unauth | % | persistent | severe |
+//! |---|---|---|---|---|---|---|---|---|
+//! | A | 18 present, 2 I | 20 | 18 | 2 | 0 | 90.0 | yes (exactly 10%) | no |
+//! | B | joined 8 Sept: 8 present, 2 O | 10 | 8 | 0 | 2 | 80.0 | yes | no |
+//! | C | L, U, 14 O, X, D, 2 present | 18 | 3 | 0 | 15 | 16.7 | yes | yes |
+//! | D | L, 18 present, M | 20 | 19 | 1 | 0 | 95.0 | no | no |
+//!
+//! L (late before the register closed) counts as present; U (after it closed) is unauthorised;
+//! X and D are not possible sessions. C has met the trust policy's 15-session warning threshold.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use rollcall_cli::server::{self, ServerConfig};
+use rollcall_domain::Upn;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+fn upn(serial: u8) -> String {
+    Upn::from_digits([9, 1, 9, 2, 0, 0, 1, 2, 5, 0, 0, serial]).to_string()
+}
+
+fn pupil_xml(upn: &str, surname: &str, start: &str, marks: &str, totals: [u32; 4]) -> String {
+    let [possible, authorised, attended, unauthorised] = totals;
+    format!(
+        "<Pupil><UPN>{upn}</UPN><Surname>{surname}</Surname><Forename>Sam</Forename>\
+         <DOB>2013-05-01</DOB><Gender>F</Gender><BasicDetails><NCyearActual>8</NCyearActual></BasicDetails>\
+         <Attendance><YearData><Year>2025</Year><LEA>919</LEA><Estab>2001</Estab><SchoolName>Test Academy</SchoolName>\
+         <SessionsPossible>{possible}</SessionsPossible><SessionsAuthorised>{authorised}</SessionsAuthorised>\
+         <SessionsAttended>{attended}</SessionsAttended><SessionsUnauthorised>{unauthorised}</SessionsUnauthorised>\
+         <AttendSessions><AttendanceStartDate>{start}</AttendanceStartDate>\
+         <AttendanceMarks>{marks}</AttendanceMarks></AttendSessions></YearData></Attendance></Pupil>"
+    )
+}
+
+fn ctf() -> String {
+    let weekend = "####";
+    let pupils = [
+        pupil_xml(
+            &upn(1),
+            "Able",
+            "2025-09-01",
+            &format!(r"/\/\/\/\/\{weekend}/\/\/\II/\"),
+            [20, 2, 18, 0],
+        ),
+        pupil_xml(&upn(2), "Baker", "2025-09-08", r"/\/\OO/\/\", [10, 0, 8, 2]),
+        pupil_xml(
+            &upn(3),
+            "Cole",
+            "2025-09-01",
+            &format!(r"LUOOOOOOOO{weekend}OOOOOOXD/\"),
+            [18, 0, 3, 15],
+        ),
+        // D's file total for possible sessions is wrong on purpose (21, not 20).
+        pupil_xml(
+            &upn(4),
+            "Dale",
+            "2025-09-01",
+            &format!(r"L\/\/\/\/\{weekend}/\/\M\/\/\"),
+            [21, 1, 19, 0],
+        ),
+    ];
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<CTfile><Header><DocumentName>Common Transfer File</DocumentName>\
+         <CTFversion>25.0</CTFversion><DateTime>2025-09-12T16:00:00</DateTime>\
+         <SourceSchool><LEA>919</LEA><Estab>2001</Estab><SchoolName>Test Academy</SchoolName>\
+         <AcademicYear>2025</AcademicYear></SourceSchool></Header><CTFpupilData>{}</CTFpupilData></CTfile>",
+        pupils.concat()
+    )
+}
+
+fn rollcall(server: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rollcall"))
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .output()
+        .expect("the rollcall binary runs")
+}
+
+fn stdout_json(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "command failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON output")
+}
+
+async fn run_main_job(database_url: Option<String>, work: &Path) {
+    let config = ServerConfig::new(
+        "127.0.0.1:0".parse().expect("address"),
+        work.join("data"),
+        database_url.as_deref(),
+    )
+    .expect("config");
+    let running = server::start(config).await.expect("server starts");
+    let url = running.url();
+    let work = work.to_path_buf();
+
+    let checks = tokio::task::spawn_blocking(move || {
+        // A truncated file is rejected with its name, and nothing from it is stored.
+        let full = ctf();
+        let truncated = work.join("truncated.xml");
+        std::fs::write(&truncated, &full[..full.len() / 2]).expect("write");
+        let output = rollcall(&url, &["import", "ctf", truncated.to_str().expect("utf-8")]);
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("truncated.xml"), "{stderr}");
+
+        let file = work.join("test-academy.xml");
+        std::fs::write(&file, &full).expect("write");
+        let output = rollcall(&url, &["import", "ctf", file.to_str().expect("utf-8")]);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.contains("4 pupils"), "{stdout}");
+        assert!(
+            stdout.contains(&upn(4)) && stdout.contains("SessionsPossible"),
+            "{stdout}"
+        );
+
+        // Importing the same file again changes nothing.
+        let again = rollcall(&url, &["import", "ctf", file.to_str().expect("utf-8")]);
+        assert!(String::from_utf8_lossy(&again.stdout).contains("already imported"));
+
+        let report = stdout_json(&rollcall(
+            &url,
+            &["report", "attendance", "--school", "9192001", "--json"],
+        ));
+        let rows = report.as_array().expect("array");
+        assert_eq!(rows.len(), 4);
+        let expected = [
+            (upn(1), 20, 18, 2, 0, 90.0, true, false),
+            (upn(2), 10, 8, 0, 2, 80.0, true, false),
+            (upn(3), 18, 3, 0, 15, 16.7, true, true),
+            (upn(4), 20, 19, 1, 0, 95.0, false, false),
+        ];
+        for (upn, possible, attended, authorised, unauthorised, percent, persistent, severe) in
+            expected
+        {
+            let row = rows
+                .iter()
+                .find(|row| row["upn"] == upn.as_str())
+                .unwrap_or_else(|| panic!("no row for {upn}"));
+            assert_eq!(row["possible_sessions"], possible, "{upn}");
+            assert_eq!(row["attended_sessions"], attended, "{upn}");
+            assert_eq!(row["authorised_absence_sessions"], authorised, "{upn}");
+            assert_eq!(row["unauthorised_absence_sessions"], unauthorised, "{upn}");
+            assert_eq!(row["attendance_percent"].as_f64(), Some(percent), "{upn}");
+            assert_eq!(row["persistent_absence"], persistent, "{upn}");
+            assert_eq!(row["severe_absence"], severe, "{upn}");
+        }
+
+        let table = rollcall(&url, &["report", "attendance", "--school", "9192001"]);
+        assert!(String::from_utf8_lossy(&table.stdout).contains("16.7"));
+
+        let cases = stdout_json(&rollcall(
+            &url,
+            &["cases", "list", "--school", "9192001", "--json"],
+        ));
+        let mut case_upns: Vec<String> = cases
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|case| {
+                assert_eq!(case["stage"], "tutor-monitoring");
+                assert!(case["opened_at"].as_str().is_some_and(|at| !at.is_empty()));
+                case["upn"].as_str().expect("upn").to_owned()
+            })
+            .collect();
+        case_upns.sort();
+        let mut expected_upns = vec![upn(1), upn(2), upn(3)];
+        expected_upns.sort();
+        assert_eq!(case_upns, expected_upns);
+
+        // No pack for a pupil below the threshold, and no file written.
+        let not_due = work.join("not-due.zip");
+        let output = rollcall(
+            &url,
+            &[
+                "referral",
+                "pack",
+                "--upn",
+                &upn(4),
+                "--out",
+                not_due.to_str().expect("utf-8"),
+            ],
+        );
+        assert!(!output.status.success());
+        assert!(String::from_utf8_lossy(&output.stderr).contains("threshold"));
+        assert!(!not_due.exists());
+
+        let pack_path = work.join("pack.zip");
+        let output = rollcall(
+            &url,
+            &[
+                "referral",
+                "pack",
+                "--upn",
+                &upn(3),
+                "--out",
+                pack_path.to_str().expect("utf-8"),
+            ],
+        );
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut archive =
+            zip::ZipArchive::new(std::fs::File::open(&pack_path).expect("pack")).expect("zip");
+        let mut manifest = String::new();
+        archive
+            .by_name("manifest.json")
+            .expect("manifest")
+            .read_to_string(&mut manifest)
+            .expect("read");
+        let manifest: Value = serde_json::from_str(&manifest).expect("manifest JSON");
+        assert_eq!(manifest["pack_format_version"], 1);
+        assert_eq!(manifest["pupil"]["upn"], upn(3).as_str());
+        assert_eq!(manifest["school"]["laestab"], "9192001");
+        assert_eq!(manifest["policy"]["clause"], "4.10");
+        assert_eq!(manifest["figures"]["unauthorised_absence_sessions"], 15);
+        assert_eq!(
+            manifest["threshold_sessions"].as_array().map(Vec::len),
+            Some(15)
+        );
+        for file in manifest["files"].as_array().expect("files") {
+            let name = file["name"].as_str().expect("name");
+            let mut bytes = Vec::new();
+            archive
+                .by_name(name)
+                .expect("listed file")
+                .read_to_end(&mut bytes)
+                .expect("read");
+            assert_eq!(
+                file["sha256"],
+                hex::encode(Sha256::digest(&bytes)).as_str(),
+                "{name}"
+            );
+        }
+        let mut extract = Vec::new();
+        archive
+            .by_name("attendance-ctf.xml")
+            .expect("extract")
+            .read_to_end(&mut extract)
+            .expect("read");
+        let extract = rollcall_ctf::read(&extract).expect("the extract is a valid CTF");
+        assert_eq!(extract.pupils[0].upn, upn(3));
+    });
+    let result = checks.await;
+    running.stop().await.expect("server stops");
+    if let Err(error) = result {
+        std::panic::resume_unwind(error.into_panic());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn main_job_on_sqlite() {
+    let work = tempfile::tempdir().expect("temp dir");
+    run_main_job(None, work.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn main_job_on_postgres() {
+    let server = rollcall_testkit::postgres()
+        .await
+        .expect("PostgreSQL for the tests");
+    let url = server.create_database().await.expect("database");
+    let work = tempfile::tempdir().expect("temp dir");
+    run_main_job(Some(url), work.path()).await;
+}
