@@ -16,7 +16,7 @@ const CHECK_ALPHABET: &[u8; 23] = b"ABCDEFGHJKLMNPQRTUVWXYZ";
 #[serde(try_from = "String", into = "String")]
 pub struct Upn(String);
 
-/// Why a string is not a valid UPN.
+/// The reason a string is not a valid UPN.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UpnError {
     /// Not 13 characters long.
