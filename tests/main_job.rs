@@ -84,6 +84,11 @@ fn rollcall(server: &str, args: &[&str]) -> Output {
         .expect("the rollcall binary runs")
 }
 
+fn build_pack(server: &str, upn: &str, out: &Path) -> Output {
+    let out = out.to_str().expect("UTF-8 path");
+    rollcall(server, &["referral", "pack", "--upn", upn, "--out", out])
+}
+
 fn stdout_json(output: &Output) -> Value {
     assert!(
         output.status.success(),
@@ -185,33 +190,13 @@ async fn run_main_job(database_url: Option<String>, work: &Path) {
 
         // No pack for a pupil below the threshold, and no file written.
         let not_due = work.join("not-due.zip");
-        let output = rollcall(
-            &url,
-            &[
-                "referral",
-                "pack",
-                "--upn",
-                &upn(4),
-                "--out",
-                not_due.to_str().expect("utf-8"),
-            ],
-        );
+        let output = build_pack(&url, &upn(4), &not_due);
         assert!(!output.status.success());
         assert!(String::from_utf8_lossy(&output.stderr).contains("threshold"));
         assert!(!not_due.exists());
 
         let pack_path = work.join("pack.zip");
-        let output = rollcall(
-            &url,
-            &[
-                "referral",
-                "pack",
-                "--upn",
-                &upn(3),
-                "--out",
-                pack_path.to_str().expect("utf-8"),
-            ],
-        );
+        let output = build_pack(&url, &upn(3), &pack_path);
         assert!(
             output.status.success(),
             "{}",

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use comfy_table::{CellAlignment, Table, presets};
 use rollcall_api::cases::v1::{CaseStatus, ListCasesRequest};
+use rollcall_api::convert::from_timestamp;
 use rollcall_api::mis_adapter::v1::ImportCtfRequest;
 use rollcall_api::policy::v1::GetSchoolAttendanceRequest;
 use rollcall_api::referrals::v1::BuildReferralPackRequest;
@@ -133,37 +134,47 @@ enum ReferralCommand {
 const SYNC_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Serve(args) => serve(args).await,
+    let client = match cli.command {
+        Command::Serve(args) => return serve(args).await,
         Command::Demo(args) => {
             telemetry::init(LogFormat::Text, "warn,sqlx=error");
-            crate::demo::run(args).await
+            return crate::demo::run(args).await;
         }
-        command => {
-            telemetry::init(LogFormat::Text, "warn,sqlx=error");
-            let clients = Clients::connect(&cli.server).await?;
-            let mut out = std::io::stdout().lock();
-            match command {
-                Command::Import(ImportCommand::Ctf { files, by }) => {
-                    import_ctf(&clients, &files, &by, &mut out).await
-                }
-                Command::Report(ReportCommand::Attendance {
-                    school,
-                    as_of,
-                    json,
-                }) => report_attendance(&clients, &school, as_of.as_deref(), json, &mut out).await,
-                Command::Cases(CasesCommand::List { school, json }) => {
-                    list_cases(&clients, &school, json, &mut out).await
-                }
-                Command::Referral(ReferralCommand::Pack {
-                    upn,
-                    out: path,
-                    as_of,
-                }) => referral_pack(&clients, &upn, &path, as_of.as_deref(), &mut out).await,
-                Command::Serve(_) | Command::Demo(_) => Ok(()),
-            }
+        Command::Import(command) => ClientCommand::Import(command),
+        Command::Report(command) => ClientCommand::Report(command),
+        Command::Cases(command) => ClientCommand::Cases(command),
+        Command::Referral(command) => ClientCommand::Referral(command),
+    };
+
+    telemetry::init(LogFormat::Text, "warn,sqlx=error");
+    let clients = Clients::connect(&cli.server).await?;
+    let mut out = std::io::stdout().lock();
+    match client {
+        ClientCommand::Import(ImportCommand::Ctf { files, by }) => {
+            import_ctf(&clients, &files, &by, &mut out).await
         }
+        ClientCommand::Report(ReportCommand::Attendance {
+            school,
+            as_of,
+            json,
+        }) => report_attendance(&clients, &school, as_of.as_deref(), json, &mut out).await,
+        ClientCommand::Cases(CasesCommand::List { school, json }) => {
+            list_cases(&clients, &school, json, &mut out).await
+        }
+        ClientCommand::Referral(ReferralCommand::Pack {
+            upn,
+            out: path,
+            as_of,
+        }) => referral_pack(&clients, &upn, &path, as_of.as_deref(), &mut out).await,
     }
+}
+
+/// The commands that talk to a running server.
+enum ClientCommand {
+    Import(ImportCommand),
+    Report(ReportCommand),
+    Cases(CasesCommand),
+    Referral(ReferralCommand),
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -255,16 +266,9 @@ pub(crate) async fn import_ctf(
     Ok(())
 }
 
-fn check_laestab(value: &str) -> anyhow::Result<&str> {
-    let trimmed = value.trim();
-    if trimmed.len() == 7 && trimmed.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(trimmed)
-    } else {
-        bail!(
-            "invalid --school {value:?}: expected the seven-digit LA number and establishment \
-             number, for example 9192001"
-        )
-    }
+fn check_laestab(value: &str) -> anyhow::Result<String> {
+    rollcall_domain::school::parse_laestab(value)
+        .map_err(|error| anyhow::anyhow!("invalid --school: {error}"))
 }
 
 /// Prints the attendance report for a school.
@@ -280,7 +284,7 @@ pub(crate) async fn report_attendance(
         .policy
         .clone()
         .get_school_attendance(GetSchoolAttendanceRequest {
-            laestab: laestab.to_owned(),
+            laestab: laestab.clone(),
             as_of: as_of.unwrap_or_default().to_owned(),
         })
         .await
@@ -391,7 +395,7 @@ pub(crate) async fn list_cases(
             .cases
             .clone()
             .list_cases(ListCasesRequest {
-                laestab: laestab.to_owned(),
+                laestab: laestab.clone(),
                 status: CaseStatus::Unspecified as i32,
                 page_size: 1_000,
                 page_token,
@@ -408,9 +412,7 @@ pub(crate) async fn list_cases(
     let opened_at = |case: &rollcall_api::cases::v1::Case| {
         case.opened_at
             .as_ref()
-            .and_then(|at| {
-                chrono::DateTime::from_timestamp(at.seconds, u32::try_from(at.nanos).unwrap_or(0))
-            })
+            .and_then(from_timestamp)
             .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
             .unwrap_or_default()
     };

@@ -6,13 +6,17 @@
 //! - [`policy`]: the trust policy and the statutory framework, with their thresholds;
 //! - [`ladder`]: the default escalation ladders per phase;
 //! - [`phase`]: phases of education;
+//! - [`school`]: school identifiers;
+//! - [`source`]: where a version of a mark came from;
 //! - [`upn`]: unique pupil numbers.
 
 pub mod codes;
 pub mod ladder;
 pub mod phase;
 pub mod policy;
+pub mod school;
 pub mod session;
+pub mod source;
 pub mod stats;
 pub mod upn;
 
@@ -20,5 +24,6 @@ pub use codes::{Category, CodeError, CodeInfo};
 pub use phase::Phase;
 pub use policy::Policy;
 pub use session::{Session, SessionDate};
+pub use source::MarkSource;
 pub use stats::Figures;
 pub use upn::Upn;

@@ -1,6 +1,7 @@
 //! Phases of education and the year groups in each.
 
 use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +47,24 @@ impl fmt::Display for Phase {
     }
 }
 
+/// A value that is not a phase name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid phase {0:?}: expected infant, junior or secondary")]
+pub struct PhaseParseError(pub String);
+
+impl FromStr for Phase {
+    type Err = PhaseParseError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "infant" => Ok(Self::Infant),
+            "junior" => Ok(Self::Junior),
+            "secondary" => Ok(Self::Secondary),
+            _ => Err(PhaseParseError(value.to_owned())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +79,13 @@ mod tests {
         assert_eq!(Phase::of_year_group("13"), Some(Phase::Secondary));
         assert_eq!(Phase::of_year_group("X"), None);
         assert_eq!(Phase::of_year_group("15"), None);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for phase in [Phase::Infant, Phase::Junior, Phase::Secondary] {
+            assert_eq!(phase.as_str().parse::<Phase>(), Ok(phase));
+        }
+        assert!("primary".parse::<Phase>().is_err());
     }
 }

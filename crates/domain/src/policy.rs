@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codes::{Category, category_of};
 use crate::session::{SessionDate, academic_year_start};
+use crate::stats::Figures;
 
 /// The window over which unauthorised sessions count towards a penalty-notice threshold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,7 +130,19 @@ impl Policy {
     }
 }
 
-/// Where a pupil stands against a penalty-notice threshold on a date.
+impl Policy {
+    /// Returns true when the figures meet the policy's persistent-absence threshold.
+    pub fn is_persistent_absence(&self, figures: &Figures) -> bool {
+        figures.absence_at_least(self.persistent_absence_percent)
+    }
+
+    /// Returns true when the figures meet the policy's severe-absence threshold.
+    pub fn is_severe_absence(&self, figures: &Figures) -> bool {
+        figures.absence_at_least(self.severe_absence_percent)
+    }
+}
+
+/// A pupil's position against a penalty-notice threshold on a date.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThresholdEvaluation {
     /// The threshold in sessions.
@@ -142,8 +155,8 @@ pub struct ThresholdEvaluation {
     pub window_from: NaiveDate,
     /// Last date of the window counted.
     pub window_to: NaiveDate,
-    /// The unauthorised sessions counted, in date order.
-    pub sessions: Vec<SessionDate>,
+    /// The unauthorised sessions counted, in date order, with their codes.
+    pub sessions: Vec<(SessionDate, String)>,
 }
 
 /// Evaluates a penalty-notice threshold from a pupil's effective marks up to `as_of`.
@@ -188,14 +201,14 @@ fn count_in_dates(
     from: NaiveDate,
     to: NaiveDate,
 ) -> ThresholdEvaluation {
-    let sessions: Vec<SessionDate> = marks
+    let sessions: Vec<(SessionDate, String)> = marks
         .iter()
         .filter(|(session, code)| {
             session.date >= from
                 && session.date <= to
                 && category_of(code) == Category::UnauthorisedAbsence
         })
-        .map(|(session, _)| *session)
+        .map(|(session, code)| (*session, (*code).to_owned()))
         .collect();
     let counted = u32::try_from(sessions.len()).unwrap_or(u32::MAX);
     ThresholdEvaluation {

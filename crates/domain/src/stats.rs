@@ -91,15 +91,22 @@ impl Figures {
         rounded_tenths(self.absent(), self.possible()).map(|tenths| f64::from(tenths) / 10.0)
     }
 
-    /// Persistent absence: absence of 10% or more of possible sessions. A pupil at exactly 10%
-    /// is persistently absent.
-    pub fn is_persistent_absence(&self) -> bool {
-        self.possible() > 0 && u64::from(self.absent()) * 10 >= u64::from(self.possible())
+    /// Returns true when absence is `percent`% or more of possible sessions, compared in whole
+    /// numbers so that exactly `percent`% counts.
+    pub fn absence_at_least(&self, percent: u32) -> bool {
+        self.possible() > 0
+            && u64::from(self.absent()) * 100 >= u64::from(self.possible()) * u64::from(percent)
     }
 
-    /// Severe absence: absence of 50% or more of possible sessions.
+    /// Persistent absence by the DfE definition: absence of 10% or more of possible sessions.
+    /// A pupil at exactly 10% is persistently absent.
+    pub fn is_persistent_absence(&self) -> bool {
+        self.absence_at_least(10)
+    }
+
+    /// Severe absence by the DfE definition: absence of 50% or more of possible sessions.
     pub fn is_severe_absence(&self) -> bool {
-        self.possible() > 0 && u64::from(self.absent()) * 2 >= u64::from(self.possible())
+        self.absence_at_least(50)
     }
 
     /// How many more absent sessions, with every other session attended, would make the pupil

@@ -61,3 +61,14 @@ pub fn channel(url: &str) -> anyhow::Result<Channel> {
 /// The largest gRPC message the services accept or send, in bytes. A Common Transfer File for
 /// a large secondary school over a full year is a few megabytes.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Parses a LAESTAB request field, or returns INVALID_ARGUMENT naming it.
+pub fn laestab(field: &str, value: &str) -> Result<String, Status> {
+    rollcall_domain::school::parse_laestab(value).map_err(|_| {
+        invalid_argument(
+            field,
+            value,
+            "expected the seven-digit LA number and establishment number, for example 9192001",
+        )
+    })
+}

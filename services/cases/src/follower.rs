@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use rollcall_api::convert::phase_from_proto;
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
 use rollcall_api::policy::v1::{Trigger, TriggerKind, TriggerState, WatchTriggersRequest};
-use rollcall_api::types::v1::Phase as PbPhase;
 use rollcall_domain::Phase;
 use rollcall_domain::ladder::ladder_for;
 use rollcall_runtime::storage::WriteTransaction;
@@ -70,19 +70,43 @@ async fn follow(
     Ok(())
 }
 
-fn phase_of(trigger: &Trigger) -> Phase {
-    match PbPhase::try_from(trigger.phase) {
-        Ok(PbPhase::Infant) => Phase::Infant,
-        Ok(PbPhase::Junior) => Phase::Junior,
-        _ => Phase::Secondary,
+/// What a trigger does to the pupil's live case for the concern, if anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Change {
+    /// Open a case at the first stage of the pupil's ladder.
+    Open,
+    /// Return a case under review to open, because the trigger was raised again.
+    Reopen(String),
+    /// Put an open case up for review, because its trigger was withdrawn.
+    Review(String),
+}
+
+/// Decides the change a trigger makes, given the live case (id and status) for its pupil and
+/// concern. Only persistent-absence triggers act on cases for now.
+fn decide(trigger: &Trigger, live: Option<(String, String)>) -> Option<Change> {
+    let kind = TriggerKind::try_from(trigger.kind).unwrap_or(TriggerKind::Unspecified);
+    let state = TriggerState::try_from(trigger.state).unwrap_or(TriggerState::Unspecified);
+    if kind != TriggerKind::PersistentAbsence {
+        return None;
+    }
+    match (state, live) {
+        (TriggerState::Raised, None) => Some(Change::Open),
+        (TriggerState::Raised, Some((id, status))) if status == "review" => {
+            Some(Change::Reopen(id))
+        }
+        (TriggerState::Withdrawn, Some((id, status))) if status == "open" => {
+            Some(Change::Review(id))
+        }
+        _ => None,
     }
 }
 
 /// Applies one trigger and stores the cursor in the same transaction.
 async fn apply(db: &Db, trigger: &Trigger, cursor: i64) -> Result<(), sqlx::Error> {
-    let kind = TriggerKind::try_from(trigger.kind).unwrap_or(TriggerKind::Unspecified);
-    let state = TriggerState::try_from(trigger.state).unwrap_or(TriggerState::Unspecified);
     let now = Utc::now();
+    // A trigger without a phase follows the juniors' and secondary ladder.
+    let phase = phase_from_proto(trigger.phase).unwrap_or(Phase::Secondary);
+    let ladder = ladder_for(phase);
     with_db!(db, |pool| {
         let mut tx = pool.begin_write(CASES_LOCK_KEY).await?;
         let live: Option<(String, String)> = sqlx::query_as(
@@ -92,19 +116,9 @@ async fn apply(db: &Db, trigger: &Trigger, cursor: i64) -> Result<(), sqlx::Erro
         .bind(PERSISTENT_ABSENCE)
         .fetch_optional(&mut *tx)
         .await?;
-        let mut next_event: i64 =
-            sqlx::query_scalar::<_, i64>("SELECT COALESCE(MAX(id), 0) FROM case_events")
-                .fetch_one(&mut *tx)
-                .await?
-                + 1;
 
-        match (kind, state, live) {
-            (TriggerKind::PersistentAbsence, TriggerState::Raised, None) => {
-                let phase = phase_of(trigger);
-                let ladder = ladder_for(phase);
-                let Some(stage) = ladder.stages.first() else {
-                    return Ok(());
-                };
+        let event = match (decide(trigger, live), ladder.stages.first()) {
+            (Some(Change::Open), Some(stage)) => {
                 let case_id = format!("case-{}", trigger.id.trim_start_matches("trg-"));
                 sqlx::query(
                     "INSERT INTO cases (id, laestab, upn, concern, phase, ladder, stage, stage_number, \
@@ -123,67 +137,52 @@ async fn apply(db: &Db, trigger: &Trigger, cursor: i64) -> Result<(), sqlx::Erro
                 .bind(&trigger.id)
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query(
-                    "INSERT INTO case_events (id, case_id, event, detail, recorded_by, recorded_at) \
-                     VALUES ($1, $2, 'opened', $3, 'rollcall', $4)",
-                )
-                .bind(next_event)
-                .bind(&case_id)
-                .bind(format!(
-                    "Opened at stage {} ({}) by trigger {} under clause {}",
-                    stage.id, stage.owner.as_str(), trigger.id, trigger.clause
-                ))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                next_event += 1;
                 tracing::info!(case = %case_id, upn = %trigger.upn, laestab = %trigger.laestab, stage = stage.id, "Case opened");
+                let detail = format!(
+                    "Opened at stage {} ({}) by trigger {} under clause {}",
+                    stage.id,
+                    stage.owner.as_str(),
+                    trigger.id,
+                    trigger.clause
+                );
+                Some((case_id, "opened", detail))
             }
-            (TriggerKind::PersistentAbsence, TriggerState::Raised, Some((case_id, status)))
-                if status == "review" =>
-            {
+            (Some(Change::Reopen(case_id)), _) => {
                 sqlx::query("UPDATE cases SET status = 'open' WHERE id = $1")
                     .bind(&case_id)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(
-                        "INSERT INTO case_events (id, case_id, event, detail, recorded_by, recorded_at) \
-                         VALUES ($1, $2, 'reopened', $3, 'rollcall', $4)",
-                    )
-                    .bind(next_event)
-                    .bind(&case_id)
-                    .bind(format!("Trigger {} raised again", trigger.id))
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                next_event += 1;
+                tracing::info!(case = %case_id, upn = %trigger.upn, "Case reopened");
+                let detail = format!("Trigger {} raised again", trigger.id);
+                Some((case_id, "reopened", detail))
             }
-            (TriggerKind::PersistentAbsence, TriggerState::Withdrawn, Some((case_id, status)))
-                if status == "open" =>
-            {
+            (Some(Change::Review(case_id)), _) => {
                 sqlx::query("UPDATE cases SET status = 'review' WHERE id = $1")
                     .bind(&case_id)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(
-                        "INSERT INTO case_events (id, case_id, event, detail, recorded_by, recorded_at) \
-                         VALUES ($1, $2, 'review', $3, 'rollcall', $4)",
-                    )
-                    .bind(next_event)
-                    .bind(&case_id)
-                    .bind(format!(
-                        "Trigger {} withdrawn: the pupil no longer meets the threshold; review the case",
-                        trigger.id
-                    ))
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                next_event += 1;
                 tracing::info!(case = %case_id, upn = %trigger.upn, "Case put up for review");
+                let detail = format!(
+                    "Trigger {} withdrawn because the pupil no longer meets the threshold; review the case",
+                    trigger.id
+                );
+                Some((case_id, "review", detail))
             }
-            _ => {}
+            _ => None,
+        };
+
+        if let Some((case_id, event, detail)) = event {
+            sqlx::query(
+                "INSERT INTO case_events (id, case_id, event, detail, recorded_by, recorded_at) \
+                 SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, 'rollcall', $4 FROM case_events",
+            )
+            .bind(&case_id)
+            .bind(event)
+            .bind(&detail)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
         }
-        let _ = next_event;
         sqlx::query(
             "INSERT INTO sync_state (feed, cursor) VALUES ($1, $2) \
              ON CONFLICT (feed) DO UPDATE SET cursor = excluded.cursor",
@@ -194,4 +193,54 @@ async fn apply(db: &Db, trigger: &Trigger, cursor: i64) -> Result<(), sqlx::Erro
         .await?;
         tx.commit().await
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trigger(kind: TriggerKind, state: TriggerState) -> Trigger {
+        Trigger {
+            id: "trg-0000000001".into(),
+            kind: kind as i32,
+            state: state as i32,
+            ..Trigger::default()
+        }
+    }
+
+    fn live(status: &str) -> Option<(String, String)> {
+        Some(("case-1".into(), status.into()))
+    }
+
+    #[test]
+    fn raised_opens_once() {
+        let raised = trigger(TriggerKind::PersistentAbsence, TriggerState::Raised);
+        assert_eq!(decide(&raised, None), Some(Change::Open));
+        assert_eq!(decide(&raised, live("open")), None);
+        assert_eq!(
+            decide(&raised, live("review")),
+            Some(Change::Reopen("case-1".into()))
+        );
+    }
+
+    #[test]
+    fn withdrawn_puts_case_up_for_review() {
+        let withdrawn = trigger(TriggerKind::PersistentAbsence, TriggerState::Withdrawn);
+        assert_eq!(
+            decide(&withdrawn, live("open")),
+            Some(Change::Review("case-1".into()))
+        );
+        assert_eq!(decide(&withdrawn, live("review")), None);
+        assert_eq!(decide(&withdrawn, None), None);
+    }
+
+    #[test]
+    fn other_triggers_open_nothing() {
+        for kind in [
+            TriggerKind::SevereAbsence,
+            TriggerKind::PenaltyNoticeWarning,
+        ] {
+            assert_eq!(decide(&trigger(kind, TriggerState::Raised), None), None);
+        }
+    }
 }

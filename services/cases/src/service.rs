@@ -6,9 +6,11 @@ use rollcall_api::cases::v1::{
     Case, CaseStatus, GetSyncStateRequest, GetSyncStateResponse, ListCasesRequest,
     ListCasesResponse,
 };
+use rollcall_api::convert::timestamp;
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
 use rollcall_api::types::v1::Phase as PbPhase;
-use rollcall_runtime::grpc::{MAX_MESSAGE_BYTES, invalid_argument, storage_error};
+use rollcall_domain::Phase;
+use rollcall_runtime::grpc::{MAX_MESSAGE_BYTES, laestab, storage_error};
 use rollcall_runtime::{Db, with_db};
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -66,12 +68,10 @@ struct CaseRow {
 
 impl CaseRow {
     fn into_proto(self) -> Case {
-        let phase = match self.phase.as_str() {
-            "infant" => PbPhase::Infant,
-            "junior" => PbPhase::Junior,
-            "secondary" => PbPhase::Secondary,
-            _ => PbPhase::Unspecified,
-        };
+        let phase = self
+            .phase
+            .parse::<Phase>()
+            .map_or(PbPhase::Unspecified, PbPhase::from);
         let status = match self.status.as_str() {
             "open" => CaseStatus::Open,
             "review" => CaseStatus::Review,
@@ -88,10 +88,7 @@ impl CaseRow {
             stage_number: self.stage_number,
             owner_role: self.owner_role,
             status: status as i32,
-            opened_at: Some(prost_types::Timestamp {
-                seconds: self.opened_at.timestamp(),
-                nanos: i32::try_from(self.opened_at.timestamp_subsec_nanos()).unwrap_or(0),
-            }),
+            opened_at: Some(timestamp(self.opened_at)),
             opened_by_trigger: self.opened_by_trigger,
         }
     }
@@ -104,16 +101,11 @@ impl CasesService for Cases {
         request: Request<ListCasesRequest>,
     ) -> Result<Response<ListCasesResponse>, Status> {
         let request = request.into_inner();
-        let laestab = request.laestab.trim().to_owned();
-        if !(laestab.is_empty()
-            || (laestab.len() == 7 && laestab.bytes().all(|b| b.is_ascii_digit())))
-        {
-            return Err(invalid_argument(
-                "laestab",
-                &request.laestab,
-                "LAESTAB must be the seven-digit LA number and establishment number, for example 9192001",
-            ));
-        }
+        let laestab = if request.laestab.trim().is_empty() {
+            String::new()
+        } else {
+            laestab("laestab", &request.laestab)?
+        };
         let (first_status, second_status) = match CaseStatus::try_from(request.status) {
             Ok(CaseStatus::Open) => ("open", "open"),
             Ok(CaseStatus::Review) => ("review", "review"),

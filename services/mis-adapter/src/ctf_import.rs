@@ -151,12 +151,12 @@ pub fn prepare_ctf(file_name: &str, content: &[u8]) -> Result<CtfImport, FileErr
         });
     }
 
-    let phase = match phases.iter().max() {
-        Some(Phase::Infant) => PbPhase::Infant,
-        Some(Phase::Junior) => PbPhase::Junior,
-        Some(Phase::Secondary) => PbPhase::Secondary,
-        None => PbPhase::Unspecified,
-    };
+    // A school's phase is that of its oldest year group: a primary school follows the juniors'
+    // ladder at school level, while each pupil still follows the ladder of their own phase.
+    let phase = phases
+        .iter()
+        .max()
+        .map_or(PbPhase::Unspecified, |phase| PbPhase::from(*phase));
     let school = School {
         laestab,
         name: source

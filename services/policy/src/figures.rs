@@ -3,13 +3,17 @@
 use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
+use rollcall_api::convert::{phase_from_proto, session_from_proto};
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
-use rollcall_api::registers::v1::{GetSchoolRequest, ListMarksRequest, ListPupilsRequest, School};
-use rollcall_api::types::v1::{AttendanceFigures, Session as PbSession};
+use rollcall_api::registers::v1::{
+    Enrolment, GetPupilRequest, GetSchoolRequest, ListMarksRequest, ListPupilsRequest, Pupil,
+    School,
+};
+use rollcall_api::types::v1::AttendanceFigures;
 use rollcall_domain::policy::{ThresholdEvaluation, evaluate_penalty_threshold};
 use rollcall_domain::session::{academic_year_start, parse_date};
-use rollcall_domain::{Figures, Phase, Policy, Session, SessionDate};
-use rollcall_runtime::grpc::{invalid_argument, upstream_error};
+use rollcall_domain::{Figures, Phase, Policy, SessionDate};
+use rollcall_runtime::grpc::{invalid_argument, not_found, upstream_error};
 use tonic::Status;
 use tonic::transport::Channel;
 
@@ -49,12 +53,10 @@ pub(crate) struct SchoolMarks {
     pub(crate) pupils: Vec<PupilMarks>,
 }
 
+/// Returns the school's phase; a school without one follows the secondary ladder, which is
+/// also the juniors' ladder.
 pub(crate) fn school_phase(school: &School) -> Phase {
-    match rollcall_api::types::v1::Phase::try_from(school.phase) {
-        Ok(rollcall_api::types::v1::Phase::Infant) => Phase::Infant,
-        Ok(rollcall_api::types::v1::Phase::Junior) => Phase::Junior,
-        _ => Phase::Secondary,
-    }
+    phase_from_proto(school.phase).unwrap_or(Phase::Secondary)
 }
 
 /// Reads the school and the as-of date: the date given, or the school's last date with marks.
@@ -94,43 +96,24 @@ pub(crate) async fn load_school(
     let from = academic_year_start(as_of);
     let mut pupils: BTreeMap<String, PupilMarks> = BTreeMap::new();
 
-    let mut page_token = String::new();
-    loop {
-        let page = registers
-            .list_pupils(ListPupilsRequest {
-                laestab: school.laestab.clone(),
-                on_roll_date: String::new(),
-                page_size: 5_000,
-                page_token,
-            })
-            .await
-            .map_err(|status| upstream_error("registers", status))?
-            .into_inner();
-        for pupil in page.pupils {
-            if only_upn.is_some_and(|upn| upn != pupil.upn) {
-                continue;
-            }
-            let Some(enrolment) = pupil.enrolments.first() else {
-                continue;
-            };
-            let admitted = parse_date(&enrolment.admission_date).unwrap_or(NaiveDate::MAX);
-            let left = parse_date(&enrolment.leaving_date).ok();
-            if admitted > as_of || left.is_some_and(|left| left < from) {
-                continue;
-            }
-            pupils.insert(
-                pupil.upn.clone(),
-                PupilMarks {
-                    upn: pupil.upn,
-                    year_group: enrolment.year_group.clone(),
-                    marks: Vec::new(),
-                },
-            );
+    let listed = match only_upn {
+        Some(upn) => vec![pupil_at_school(registers, upn, &school.laestab).await?],
+        None => all_pupils(registers, &school.laestab).await?,
+    };
+    for (pupil, enrolment) in listed {
+        let admitted = parse_date(&enrolment.admission_date).unwrap_or(NaiveDate::MAX);
+        let left = parse_date(&enrolment.leaving_date).ok();
+        if admitted > as_of || left.is_some_and(|left| left < from) {
+            continue;
         }
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
+        pupils.insert(
+            pupil.upn.clone(),
+            PupilMarks {
+                upn: pupil.upn,
+                year_group: enrolment.year_group,
+                marks: Vec::new(),
+            },
+        );
     }
 
     let mut page_token = String::new();
@@ -154,10 +137,8 @@ pub(crate) async fn load_school(
             let Ok(date) = parse_date(&mark.date) else {
                 continue;
             };
-            let session = if mark.session == PbSession::Pm as i32 {
-                Session::Pm
-            } else {
-                Session::Am
+            let Some(session) = session_from_proto(mark.session) else {
+                continue;
             };
             pupil.marks.push((SessionDate { date, session }, mark.code));
         }
@@ -175,8 +156,65 @@ pub(crate) async fn load_school(
     })
 }
 
-/// Converts domain figures to the protobuf message.
-pub(crate) fn figures_to_proto(figures: &Figures) -> AttendanceFigures {
+/// Reads every pupil ever on roll at the school, each with their latest enrolment there.
+async fn all_pupils(
+    registers: &mut RegistersServiceClient<Channel>,
+    laestab: &str,
+) -> Result<Vec<(Pupil, Enrolment)>, Status> {
+    let mut pupils = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = registers
+            .list_pupils(ListPupilsRequest {
+                laestab: laestab.to_owned(),
+                on_roll_date: String::new(),
+                page_size: 5_000,
+                page_token,
+            })
+            .await
+            .map_err(|status| upstream_error("registers", status))?
+            .into_inner();
+        for mut pupil in page.pupils {
+            if let Some(enrolment) = pupil.enrolments.first().cloned() {
+                pupil.enrolments.clear();
+                pupils.push((pupil, enrolment));
+            }
+        }
+        if page.next_page_token.is_empty() {
+            return Ok(pupils);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Reads one pupil and their latest enrolment at the school.
+async fn pupil_at_school(
+    registers: &mut RegistersServiceClient<Channel>,
+    upn: &str,
+    laestab: &str,
+) -> Result<(Pupil, Enrolment), Status> {
+    let mut pupil = registers
+        .get_pupil(GetPupilRequest {
+            upn: upn.to_owned(),
+        })
+        .await
+        .map_err(|status| upstream_error("registers", status))?
+        .into_inner()
+        .pupil
+        .unwrap_or_default();
+    let enrolment = pupil
+        .enrolments
+        .iter()
+        .find(|enrolment| enrolment.laestab == laestab)
+        .cloned()
+        .ok_or_else(|| not_found(&format!("enrolment at school {laestab} of pupil"), upn))?;
+    pupil.enrolments.clear();
+    Ok((pupil, enrolment))
+}
+
+/// Converts domain figures to the protobuf message, with the persistent and severe absence
+/// flags by the policy's thresholds.
+pub(crate) fn figures_to_proto(figures: &Figures, policy: &Policy) -> AttendanceFigures {
     let count = |value: u32| i32::try_from(value).unwrap_or(i32::MAX);
     AttendanceFigures {
         possible_sessions: count(figures.possible()),
@@ -187,7 +225,7 @@ pub(crate) fn figures_to_proto(figures: &Figures) -> AttendanceFigures {
         unauthorised_absence_sessions: count(figures.unauthorised_absence),
         not_possible_sessions: count(figures.not_possible),
         attendance_percent: figures.attendance_percent(),
-        persistent_absence: figures.is_persistent_absence(),
-        severe_absence: figures.is_severe_absence(),
+        persistent_absence: policy.is_persistent_absence(figures),
+        severe_absence: policy.is_severe_absence(figures),
     }
 }

@@ -281,14 +281,14 @@ impl<'a> Evaluation<'a> {
     ) -> Self {
         let figures = pupil.figures();
         let penalty = pupil.penalty(policy, as_of);
-        let proto = figures_to_proto(&figures);
+        let proto = figures_to_proto(&figures, policy);
         Self {
             pupil,
             laestab: laestab.to_owned(),
             phase: pupil.phase(school_phase),
             as_of,
-            persistent: figures.is_persistent_absence(),
-            severe: figures.is_severe_absence(),
+            persistent: policy.is_persistent_absence(&figures),
+            severe: policy.is_severe_absence(&figures),
             warning: penalty.met,
             figures_json: serde_json::json!({
                 "possible_sessions": proto.possible_sessions,

@@ -4,19 +4,21 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use rollcall_api::convert::timestamp;
 use rollcall_api::policy::v1::policy_service_server::{PolicyService, PolicyServiceServer};
 use rollcall_api::policy::v1::{
-    GetPolicyRequest, GetPolicyResponse, GetPupilAttendanceRequest, GetPupilAttendanceResponse,
-    GetSchoolAttendanceRequest, GetSchoolAttendanceResponse, GetSyncStateRequest,
-    GetSyncStateResponse, Period, Policy as PbPolicy, PolicyRule, PupilAttendance, ThresholdStatus,
-    Trigger, TriggerKind, TriggerState, WatchTriggersRequest, WatchTriggersResponse,
+    CountedSession, GetPolicyRequest, GetPolicyResponse, GetPupilAttendanceRequest,
+    GetPupilAttendanceResponse, GetSchoolAttendanceRequest, GetSchoolAttendanceResponse,
+    GetSyncStateRequest, GetSyncStateResponse, Period, Policy as PbPolicy, PolicyRule,
+    PupilAttendance, ThresholdStatus, Trigger, TriggerKind, TriggerState, WatchTriggersRequest,
+    WatchTriggersResponse,
 };
 use rollcall_api::registers::v1::GetPupilRequest;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
-use rollcall_api::types::v1::Phase as PbPhase;
-use rollcall_domain::{Figures, Policy as DomainPolicy};
+use rollcall_api::types::v1::{Phase as PbPhase, Session as PbSession};
+use rollcall_domain::{Figures, Phase, Policy as DomainPolicy};
 use rollcall_runtime::grpc::{
-    MAX_MESSAGE_BYTES, failed_precondition, invalid_argument, not_found, storage_error,
+    MAX_MESSAGE_BYTES, failed_precondition, invalid_argument, laestab, not_found, storage_error,
     upstream_error,
 };
 use rollcall_runtime::{Db, with_db};
@@ -107,19 +109,6 @@ fn period(from: NaiveDate, to: NaiveDate) -> Period {
     }
 }
 
-fn school_field(laestab: &str) -> Result<String, Status> {
-    let trimmed = laestab.trim();
-    if trimmed.len() == 7 && trimmed.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(trimmed.to_owned())
-    } else {
-        Err(invalid_argument(
-            "laestab",
-            laestab,
-            "LAESTAB must be the seven-digit LA number and establishment number, for example 9192001",
-        ))
-    }
-}
-
 #[derive(sqlx::FromRow)]
 struct TriggerRow {
     sequence: i64,
@@ -138,7 +127,7 @@ struct TriggerRow {
 }
 
 impl TriggerRow {
-    fn into_proto(self) -> Trigger {
+    fn into_proto(self, policy: &DomainPolicy) -> Trigger {
         let kind = match self.kind.as_str() {
             "persistent_absence" => TriggerKind::PersistentAbsence,
             "severe_absence" => TriggerKind::SevereAbsence,
@@ -150,12 +139,10 @@ impl TriggerRow {
             "withdrawn" => TriggerState::Withdrawn,
             _ => TriggerState::Unspecified,
         };
-        let phase = match self.phase.as_str() {
-            "infant" => PbPhase::Infant,
-            "junior" => PbPhase::Junior,
-            "secondary" => PbPhase::Secondary,
-            _ => PbPhase::Unspecified,
-        };
+        let phase = self
+            .phase
+            .parse::<Phase>()
+            .map_or(PbPhase::Unspecified, PbPhase::from);
         let stored: serde_json::Value = serde_json::from_str(&self.figures).unwrap_or_default();
         let count = |key: &str| {
             stored
@@ -182,11 +169,8 @@ impl TriggerRow {
             policy_id: self.policy_id,
             clause: self.clause,
             as_of: self.as_of.to_string(),
-            figures: Some(figures_to_proto(&figures)),
-            created_at: Some(prost_types::Timestamp {
-                seconds: self.created_at.timestamp(),
-                nanos: 0,
-            }),
+            figures: Some(figures_to_proto(&figures, policy)),
+            created_at: Some(timestamp(self.created_at)),
         }
     }
 }
@@ -222,7 +206,7 @@ impl PolicyService for Policy {
         request: Request<GetSchoolAttendanceRequest>,
     ) -> Result<Response<GetSchoolAttendanceResponse>, Status> {
         let request = request.into_inner();
-        let laestab = school_field(&request.laestab)?;
+        let laestab = laestab("laestab", &request.laestab)?;
         let mut registers = self.registers.clone();
         let (school, as_of) = school_and_as_of(&mut registers, &laestab, &request.as_of).await?;
         let policy = DomainPolicy::trust_2021();
@@ -241,7 +225,7 @@ impl PolicyService for Policy {
                 upn: pupil.upn.clone(),
                 laestab: laestab.clone(),
                 year_group: pupil.year_group.clone(),
-                figures: Some(figures_to_proto(&pupil.figures())),
+                figures: Some(figures_to_proto(&pupil.figures(), &policy)),
             })
             .collect();
         Ok(Response::new(GetSchoolAttendanceResponse {
@@ -275,7 +259,7 @@ impl PolicyService for Policy {
                 .map(|enrolment| enrolment.laestab.clone())
                 .ok_or_else(|| not_found("enrolment of pupil", &upn))?
         } else {
-            school_field(&request.laestab)?
+            laestab("laestab", &request.laestab)?
         };
         let (school, as_of) = school_and_as_of(&mut registers, &laestab, &request.as_of).await?;
         let as_of = as_of.ok_or_else(|| {
@@ -300,8 +284,9 @@ impl PolicyService for Policy {
                 clause: policy.persistent_absence_clause.reference.clone(),
                 threshold_sessions: i32::try_from(persistent_threshold).unwrap_or(i32::MAX),
                 counted_sessions: i32::try_from(figures.absent()).unwrap_or(i32::MAX),
-                met: figures.is_persistent_absence(),
+                met: policy.is_persistent_absence(&figures),
                 window: Some(period(marks.from, as_of)),
+                counted: Vec::new(),
                 explanation: format!(
                     "{} absent sessions of {} possible; {} more before persistent absence",
                     figures.absent(),
@@ -320,6 +305,15 @@ impl PolicyService for Policy {
                     "{} unauthorised sessions between {} and {}; the threshold is {}",
                     penalty.counted, penalty.window_from, penalty.window_to, penalty.threshold
                 ),
+                counted: penalty
+                    .sessions
+                    .iter()
+                    .map(|(session, code)| CountedSession {
+                        date: session.date.to_string(),
+                        session: PbSession::from(session.session) as i32,
+                        code: code.clone(),
+                    })
+                    .collect(),
             },
         ];
         Ok(Response::new(GetPupilAttendanceResponse {
@@ -327,7 +321,7 @@ impl PolicyService for Policy {
                 upn: pupil.upn.clone(),
                 laestab,
                 year_group: pupil.year_group.clone(),
-                figures: Some(figures_to_proto(&figures)),
+                figures: Some(figures_to_proto(&figures, &policy)),
             }),
             period: Some(period(marks.from, as_of)),
             policy: Some(policy_to_proto(&policy)),
@@ -350,6 +344,7 @@ impl PolicyService for Policy {
             ));
         }
         let db = self.db.clone();
+        let policy = DomainPolicy::trust_2021();
         let mut head = self.trigger_head.subscribe();
         let (sender, receiver) = tokio::sync::mpsc::channel(TRIGGER_BATCH as usize);
         tracing::info!(cursor, "WatchTriggers stream opened");
@@ -368,7 +363,7 @@ impl PolicyService for Policy {
                 for row in rows {
                     cursor = row.sequence;
                     let message = WatchTriggersResponse {
-                        trigger: Some(row.into_proto()),
+                        trigger: Some(row.into_proto(&policy)),
                         cursor,
                     };
                     if sender.send(Ok(message)).await.is_err() {

@@ -3,13 +3,13 @@
 use std::io::{Cursor, Write};
 
 use chrono::{Datelike, NaiveDate, Utc};
+use rollcall_api::convert::{session_from_proto, source_from_proto};
 use rollcall_api::policy::v1::{GetPupilAttendanceResponse, ThresholdStatus};
 use rollcall_api::registers::v1::{Mark, Pupil, School};
-use rollcall_api::types::v1::Session as PbSession;
 use rollcall_ctf::{AttendSessions, CtfFile, Header, SchoolIdentity, Totals, YearData};
-use rollcall_domain::Figures;
 use rollcall_domain::codes;
 use rollcall_domain::session::{academic_year_of, parse_date};
+use rollcall_domain::{Figures, MarkSource, Session};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -33,12 +33,8 @@ pub(crate) struct BuiltPack {
     pub(crate) manifest: String,
 }
 
-fn session_name(mark: &Mark) -> &'static str {
-    if mark.session == PbSession::Pm as i32 {
-        "PM"
-    } else {
-        "AM"
-    }
+fn session_name(value: i32) -> &'static str {
+    session_from_proto(value).map_or("", Session::as_str)
 }
 
 fn marks_csv(marks: &[Mark]) -> Result<Vec<u8>, csv::Error> {
@@ -57,28 +53,18 @@ fn marks_csv(marks: &[Mark]) -> Result<Vec<u8>, csv::Error> {
         let info = codes::lookup(&mark.code);
         writer.write_record([
             mark.date.as_str(),
-            session_name(mark),
+            session_name(mark.session),
             mark.code.as_str(),
             info.map_or("", |info| info.meaning),
             info.map_or("", |info| info.category.as_str()),
             &mark.minutes_late.to_string(),
-            source_name(mark.source),
+            source_from_proto(mark.source).map_or("", MarkSource::as_str),
             mark.recorded_by.as_str(),
         ])?;
     }
     writer
         .into_inner()
         .map_err(|error| error.into_error().into())
-}
-
-fn source_name(source: i32) -> &'static str {
-    use rollcall_api::types::v1::MarkSource;
-    match MarkSource::try_from(source) {
-        Ok(MarkSource::MisSync) => "mis_sync",
-        Ok(MarkSource::Staff) => "staff",
-        Ok(MarkSource::ParentReport) => "parent_report",
-        _ => "import",
-    }
 }
 
 /// Writes the pupil's marks as a Common Transfer File with one pupil. Days with no mark,
@@ -95,7 +81,7 @@ fn ctf_extract(input: &PackInput<'_>) -> Result<Vec<u8>, String> {
         .iter()
         .filter_map(|mark| {
             let date = parse_date(&mark.date).ok()?;
-            let half = usize::from(mark.session == PbSession::Pm as i32);
+            let half = usize::from(session_from_proto(mark.session)? == Session::Pm);
             Some((date, half, mark.code.as_str()))
         })
         .collect();
@@ -148,22 +134,6 @@ fn ctf_extract(input: &PackInput<'_>) -> Result<Vec<u8>, String> {
         }],
     };
     rollcall_ctf::write(&file).map_err(|error| error.to_string())
-}
-
-/// Lists the threshold's unauthorised sessions from the marks in its window.
-fn threshold_sessions(input: &PackInput<'_>) -> Vec<serde_json::Value> {
-    let window = input.threshold.window.clone().unwrap_or_default();
-    let from = parse_date(&window.from_date).unwrap_or(NaiveDate::MIN);
-    let to = parse_date(&window.to_date).unwrap_or(NaiveDate::MAX);
-    input
-        .marks
-        .iter()
-        .filter(|mark| {
-            parse_date(&mark.date).is_ok_and(|date| date >= from && date <= to)
-                && codes::category_of(&mark.code) == codes::Category::UnauthorisedAbsence
-        })
-        .map(|mark| json!({"date": mark.date, "session": session_name(mark), "code": mark.code}))
-        .collect()
 }
 
 /// Builds the archive: the data files first, then the manifest with their hashes.
@@ -221,7 +191,11 @@ pub(crate) fn build(input: &PackInput<'_>) -> Result<BuiltPack, String> {
             "severe_absence": figures.severe_absence,
             "unauthorised_sessions_in_window": input.threshold.counted_sessions,
         },
-        "threshold_sessions": threshold_sessions(input),
+        "threshold_sessions": input.threshold.counted.iter().map(|counted| json!({
+            "date": counted.date,
+            "session": session_name(counted.session),
+            "code": counted.code,
+        })).collect::<Vec<_>>(),
         "files": files.iter().map(|(name, bytes)| json!({
             "name": name,
             "sha256": hex::encode(Sha256::digest(bytes)),

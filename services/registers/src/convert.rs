@@ -1,10 +1,11 @@
-//! Conversions between protobuf messages and stored rows.
+//! Conversions between protobuf messages and stored rows, and request field parsing.
 
 use chrono::{DateTime, NaiveDate, Utc};
+use rollcall_api::convert::{session_from_proto, timestamp};
 use rollcall_api::registers::v1 as pb;
-use rollcall_api::types::v1::{MarkSource, Phase as PbPhase, Session as PbSession};
-use rollcall_domain::Session;
+use rollcall_api::types::v1::{MarkSource as PbMarkSource, Phase as PbPhase, Session as PbSession};
 use rollcall_domain::session::parse_date;
+use rollcall_domain::{MarkSource, Phase, Session};
 use rollcall_runtime::grpc::invalid_argument;
 use tonic::Status;
 
@@ -28,10 +29,14 @@ pub(crate) struct MarkRow {
 
 impl MarkRow {
     pub(crate) fn into_proto(self) -> pb::Mark {
-        let session = match self.session.as_str() {
-            "AM" => PbSession::Am,
-            _ => PbSession::Pm,
-        };
+        let session = self
+            .session
+            .parse::<Session>()
+            .map_or(PbSession::Unspecified, PbSession::from);
+        let source = self
+            .source
+            .parse::<MarkSource>()
+            .map_or(PbMarkSource::Unspecified, PbMarkSource::from);
         pb::Mark {
             upn: self.upn,
             laestab: self.laestab,
@@ -39,7 +44,7 @@ impl MarkRow {
             session: session as i32,
             code: self.code,
             minutes_late: self.minutes_late,
-            source: source_from_str(&self.source) as i32,
+            source: source as i32,
             reason: self.reason,
             recorded_by: self.recorded_by,
             recorded_by_position: self.recorded_by_position,
@@ -49,60 +54,27 @@ impl MarkRow {
     }
 }
 
-pub(crate) fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
-
-pub(crate) fn source_as_str(source: MarkSource) -> &'static str {
-    match source {
-        MarkSource::MisSync => "mis_sync",
-        MarkSource::Staff => "staff",
-        MarkSource::ParentReport => "parent_report",
-        MarkSource::Import | MarkSource::Unspecified => "import",
-    }
-}
-
-fn source_from_str(source: &str) -> MarkSource {
-    match source {
-        "mis_sync" => MarkSource::MisSync,
-        "staff" => MarkSource::Staff,
-        "parent_report" => MarkSource::ParentReport,
-        _ => MarkSource::Import,
-    }
-}
-
+/// Returns the stored name of a school's phase; `unspecified` when the request has none.
 pub(crate) fn phase_as_str(phase: i32) -> &'static str {
-    match PbPhase::try_from(phase) {
-        Ok(PbPhase::Infant) => "infant",
-        Ok(PbPhase::Junior) => "junior",
-        Ok(PbPhase::Secondary) => "secondary",
-        _ => "unspecified",
-    }
+    rollcall_api::convert::phase_from_proto(phase).map_or("unspecified", Phase::as_str)
 }
 
+/// Returns the protobuf value of a stored phase name.
 pub(crate) fn phase_from_str(phase: &str) -> i32 {
-    let value = match phase {
-        "infant" => PbPhase::Infant,
-        "junior" => PbPhase::Junior,
-        "secondary" => PbPhase::Secondary,
-        _ => PbPhase::Unspecified,
-    };
-    value as i32
+    phase
+        .parse::<Phase>()
+        .map_or(PbPhase::Unspecified, PbPhase::from) as i32
 }
 
-pub(crate) fn session_from_proto(field: &str, value: i32) -> Result<Session, Status> {
-    match PbSession::try_from(value) {
-        Ok(PbSession::Am) => Ok(Session::Am),
-        Ok(PbSession::Pm) => Ok(Session::Pm),
-        _ => Err(invalid_argument(
+/// Parses a required session field.
+pub(crate) fn session(field: &str, value: i32) -> Result<Session, Status> {
+    session_from_proto(value).ok_or_else(|| {
+        invalid_argument(
             field,
             &value.to_string(),
             "session must be SESSION_AM or SESSION_PM",
-        )),
-    }
+        )
+    })
 }
 
 /// Parses a required `YYYY-MM-DD` field.
@@ -116,19 +88,5 @@ pub(crate) fn optional_date(field: &str, value: &str) -> Result<Option<NaiveDate
         Ok(None)
     } else {
         required_date(field, value).map(Some)
-    }
-}
-
-/// Checks a seven-digit LAESTAB.
-pub(crate) fn laestab(field: &str, value: &str) -> Result<String, Status> {
-    let trimmed = value.trim();
-    if trimmed.len() == 7 && trimmed.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(trimmed.to_owned())
-    } else {
-        Err(invalid_argument(
-            field,
-            value,
-            "LAESTAB must be the seven-digit LA number and establishment number, for example 9192001",
-        ))
     }
 }

@@ -1,31 +1,66 @@
-//! ImportRegister: a whole register (school, pupils, marks) applied in one transaction.
+//! ImportRegister: a whole register (school, pupils and marks) applied in one transaction.
+//!
+//! The stream is read and checked first. Then, holding the feed's write lock, the service loads
+//! what it already has for those pupils, works out the changes with [`plan`], which does no
+//! I/O, and writes them. Any error rolls the whole import back.
 
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
+use rollcall_api::convert::{from_timestamp, source_from_proto};
 use rollcall_api::registers::v1::{
-    ImportHeader, ImportMarks, ImportPupil, ImportRegisterRequest, ImportRegisterResponse,
+    ImportHeader, ImportMarks, ImportPupil, ImportRegisterRequest, ImportRegisterResponse, Mark,
     import_register_request::Item,
 };
-use rollcall_api::types::v1::MarkSource;
-use rollcall_domain::{Session, Upn, codes};
-use rollcall_runtime::grpc::{invalid_argument, storage_error};
+use rollcall_domain::{MarkSource, Session, Upn, codes};
+use rollcall_runtime::grpc::{invalid_argument, laestab, storage_error};
 use rollcall_runtime::storage::WriteTransaction;
 use rollcall_runtime::{Db, with_db};
 use sqlx::QueryBuilder;
 use tonic::{Status, Streaming};
 
 use crate::FEED_LOCK_KEY;
-use crate::convert::{laestab, phase_as_str, required_date, session_from_proto, source_as_str};
+use crate::convert::{phase_as_str, required_date, session};
 
-/// Rows per multi-row INSERT: 15 columns each stays well inside SQLite's limit of 32,766 bound
-/// parameters.
-const INSERT_CHUNK: usize = 1_000;
+/// Rows per multi-row statement. Fifteen columns a row stays well inside SQLite's limit of
+/// 32,766 bound parameters and PostgreSQL's 65,535.
+const CHUNK: usize = 1_000;
 
-type SessionKey = (String, NaiveDate, Session);
+/// An import read from its stream, with every field checked that can be checked without the
+/// database.
+#[derive(Debug)]
+pub(crate) struct ImportRequest {
+    request_id: String,
+    laestab: String,
+    school_name: String,
+    phase: &'static str,
+    source: MarkSource,
+    source_name: String,
+    recorded_by: String,
+    pupils: Vec<CheckedPupil>,
+    marks: Vec<CheckedMark>,
+}
 
-/// A validated mark, ready to store.
-struct NewMark {
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PupilDetails {
+    forename: String,
+    surname: String,
+    date_of_birth: NaiveDate,
+    sex: String,
+}
+
+#[derive(Debug)]
+struct CheckedPupil {
+    upn: String,
+    details: PupilDetails,
+    admission_date: NaiveDate,
+    year_group: String,
+}
+
+#[derive(Debug, Clone)]
+struct CheckedMark {
+    /// Position in the stream, for error messages.
+    index: usize,
     upn: String,
     date: NaiveDate,
     session: Session,
@@ -34,28 +69,63 @@ struct NewMark {
     recorded_at: DateTime<Utc>,
 }
 
+/// An enrolment at the importing school.
+#[derive(Debug, Clone)]
+struct Enrolment {
+    admission: NaiveDate,
+    leaving: Option<NaiveDate>,
+    year_group: String,
+}
+
+impl Enrolment {
+    fn contains(&self, date: NaiveDate) -> bool {
+        date >= self.admission && self.leaving.is_none_or(|leaving| date <= leaving)
+    }
+}
+
 /// The effective version of a session before the import.
+#[derive(Debug, Clone)]
 struct Current {
     code: String,
     minutes_late: i32,
     recorded_at: DateTime<Utc>,
 }
 
-/// An on-roll window.
-#[derive(Clone, Copy)]
-struct Window {
-    admission: NaiveDate,
-    leaving: Option<NaiveDate>,
+type SessionKey = (String, NaiveDate, Session);
+
+/// What the registers hold for the pupils of an import.
+#[derive(Debug, Default)]
+struct Existing {
+    pupils: HashMap<String, PupilDetails>,
+    enrolments: HashMap<String, Vec<Enrolment>>,
+    effective: HashMap<SessionKey, Current>,
+    next_sequence: i64,
 }
 
-impl Window {
-    fn contains(&self, date: NaiveDate) -> bool {
-        date >= self.admission && self.leaving.is_none_or(|leaving| date <= leaving)
-    }
+/// A new mark version with its feed position.
+#[derive(Debug)]
+struct Version<'a> {
+    sequence: i64,
+    mark: &'a CheckedMark,
+    effective: bool,
 }
 
-/// Validates the header of an import.
-pub(crate) fn check_header(header: &ImportHeader) -> Result<(), Status> {
+/// The writes an import makes.
+#[derive(Debug, Default)]
+struct Plan<'a> {
+    new_pupils: Vec<&'a CheckedPupil>,
+    changed_pupils: Vec<&'a CheckedPupil>,
+    new_enrolments: Vec<&'a CheckedPupil>,
+    year_group_changes: Vec<(&'a CheckedPupil, NaiveDate)>,
+    versions: Vec<Version<'a>>,
+    response: ImportRegisterResponse,
+}
+
+/// Reads the whole stream after its header and checks every item.
+pub(crate) async fn read_request(
+    header: ImportHeader,
+    stream: &mut Streaming<ImportRegisterRequest>,
+) -> Result<ImportRequest, Status> {
     if header.request_id.trim().is_empty() {
         return Err(invalid_argument(
             "header.request_id",
@@ -63,14 +133,14 @@ pub(crate) fn check_header(header: &ImportHeader) -> Result<(), Status> {
             "an idempotency key is required, such as the SHA-256 of the imported file",
         ));
     }
-    let school = header.school.as_ref().ok_or_else(|| {
+    let school = header.school.clone().ok_or_else(|| {
         invalid_argument(
             "header.school",
             "",
             "the school the register belongs to is required",
         )
     })?;
-    laestab("header.school.laestab", &school.laestab)?;
+    let laestab = laestab("header.school.laestab", &school.laestab)?;
     if school.name.trim().is_empty() {
         return Err(invalid_argument(
             "header.school.name",
@@ -78,408 +148,55 @@ pub(crate) fn check_header(header: &ImportHeader) -> Result<(), Status> {
             "the school's name is required",
         ));
     }
-    Ok(())
-}
 
-/// Reads the rest of the stream and applies it in one transaction.
-pub(crate) async fn apply(
-    db: &Db,
-    header: ImportHeader,
-    stream: &mut Streaming<ImportRegisterRequest>,
-) -> Result<ImportRegisterResponse, Status> {
-    let school = header.school.clone().unwrap_or_default();
-    let laestab = school.laestab.trim().to_owned();
     let now = Utc::now();
-    let source = source_as_str(MarkSource::try_from(header.source).unwrap_or(MarkSource::Import));
-    let store_error = |error| storage_error("importing a register", error);
-
-    with_db!(db, |pool| {
-        let mut tx = pool.begin_write(FEED_LOCK_KEY).await.map_err(store_error)?;
-
-        let applied: Option<i64> =
-            sqlx::query_scalar("SELECT feed_cursor FROM imports WHERE request_id = $1")
-                .bind(&header.request_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(store_error)?;
-        if applied.is_some() {
-            let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(sequence), 0) FROM marks")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(store_error)?;
-            return Ok(ImportRegisterResponse {
-                already_applied: true,
-                feed_cursor: head,
-                ..Default::default()
-            });
-        }
-
-        sqlx::query(
-            "INSERT INTO schools (laestab, name, phase, created_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (laestab) DO UPDATE SET name = excluded.name, phase = excluded.phase",
-        )
-        .bind(&laestab)
-        .bind(school.name.trim())
-        .bind(phase_as_str(school.phase))
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(store_error)?;
-
-        let mut next_sequence: i64 =
-            sqlx::query_scalar::<_, i64>("SELECT COALESCE(MAX(sequence), 0) FROM marks")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(store_error)?
-                + 1;
-        let first_sequence = next_sequence;
-
-        let mut response = ImportRegisterResponse::default();
-        let mut windows: HashMap<String, Vec<Window>> = HashMap::new();
-        let mut seen: HashSet<SessionKey> = HashSet::new();
-        let mut mark_index = 0usize;
-        let mut pupil_index = 0usize;
-
-        while let Some(message) = stream.message().await? {
-            match message.item {
-                Some(Item::Header(_)) => {
-                    return Err(invalid_argument(
-                        "item",
-                        "header",
-                        "the header must be sent once, in the first message",
-                    ));
-                }
-                None => continue,
-                Some(Item::Pupil(import_pupil)) => {
-                    let field = format!("pupils[{pupil_index}]");
-                    pupil_index += 1;
-                    let checked = check_pupil(&field, &import_pupil)?;
-
-                    let existing: Option<(String, String, NaiveDate, String)> = sqlx::query_as(
-                        "SELECT forename, surname, date_of_birth, sex FROM pupils WHERE upn = $1",
-                    )
-                    .bind(&checked.upn)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
-                    let details = (
-                        checked.forename.clone(),
-                        checked.surname.clone(),
-                        checked.date_of_birth,
-                        checked.sex.clone(),
-                    );
-                    match existing {
-                        None => {
-                            sqlx::query(
-                                "INSERT INTO pupils (upn, forename, surname, date_of_birth, sex, updated_at) \
-                                 VALUES ($1, $2, $3, $4, $5, $6)",
-                            )
-                            .bind(&checked.upn)
-                            .bind(&checked.forename)
-                            .bind(&checked.surname)
-                            .bind(checked.date_of_birth)
-                            .bind(&checked.sex)
-                            .bind(now)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(store_error)?;
-                        }
-                        Some(current) if current != details => {
-                            sqlx::query(
-                                "UPDATE pupils SET forename = $2, surname = $3, date_of_birth = $4, \
-                                 sex = $5, updated_at = $6 WHERE upn = $1",
-                            )
-                            .bind(&checked.upn)
-                            .bind(&checked.forename)
-                            .bind(&checked.surname)
-                            .bind(checked.date_of_birth)
-                            .bind(&checked.sex)
-                            .bind(now)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(store_error)?;
-                            response.pupils_updated += 1;
-                        }
-                        Some(_) => {}
+    let mut pupils = Vec::new();
+    let mut marks = Vec::new();
+    let mut seen: HashSet<SessionKey> = HashSet::new();
+    while let Some(message) = stream.message().await? {
+        match message.item {
+            None => {}
+            Some(Item::Header(_)) => {
+                return Err(invalid_argument(
+                    "item",
+                    "header",
+                    "the header must be sent once, in the first message",
+                ));
+            }
+            Some(Item::Pupil(pupil)) => {
+                pupils.push(check_pupil(&format!("pupils[{}]", pupils.len()), &pupil)?);
+            }
+            Some(Item::Marks(ImportMarks { marks: batch })) => {
+                for mark in batch {
+                    let checked = check_mark(marks.len(), &mark, now)?;
+                    let key = (checked.upn.clone(), checked.date, checked.session);
+                    if !seen.insert(key) {
+                        return Err(invalid_argument(
+                            &format!("marks[{}].date", checked.index),
+                            &mark.date,
+                            format!(
+                                "pupil {} has a second mark for the {} session of this date in the same import",
+                                checked.upn, checked.session
+                            ),
+                        ));
                     }
-
-                    let enrolments: Vec<(NaiveDate, Option<NaiveDate>, String)> = sqlx::query_as(
-                        "SELECT admission_date, leaving_date, year_group FROM enrolments \
-                         WHERE laestab = $1 AND upn = $2",
-                    )
-                    .bind(&laestab)
-                    .bind(&checked.upn)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
-                    let covering = enrolments
-                        .iter()
-                        .find(|(admission, leaving, _)| {
-                            Window {
-                                admission: *admission,
-                                leaving: *leaving,
-                            }
-                            .contains(checked.admission_date)
-                        })
-                        .cloned();
-                    match covering {
-                        Some((admission, _, year_group)) => {
-                            if year_group != checked.year_group {
-                                sqlx::query(
-                                    "UPDATE enrolments SET year_group = $4 \
-                                     WHERE laestab = $1 AND upn = $2 AND admission_date = $3",
-                                )
-                                .bind(&laestab)
-                                .bind(&checked.upn)
-                                .bind(admission)
-                                .bind(&checked.year_group)
-                                .execute(&mut *tx)
-                                .await
-                                .map_err(store_error)?;
-                                response.pupils_updated += 1;
-                            }
-                        }
-                        None => {
-                            if enrolments.is_empty() {
-                                response.pupils_added += 1;
-                            }
-                            sqlx::query(
-                                "INSERT INTO enrolments (laestab, upn, admission_date, leaving_date, year_group) \
-                                 VALUES ($1, $2, $3, NULL, $4)",
-                            )
-                            .bind(&laestab)
-                            .bind(&checked.upn)
-                            .bind(checked.admission_date)
-                            .bind(&checked.year_group)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(store_error)?;
-                        }
-                    }
-                    let mut all: Vec<Window> = enrolments
-                        .iter()
-                        .map(|(admission, leaving, _)| Window {
-                            admission: *admission,
-                            leaving: *leaving,
-                        })
-                        .collect();
-                    if !all.iter().any(|w| w.contains(checked.admission_date)) {
-                        all.push(Window {
-                            admission: checked.admission_date,
-                            leaving: None,
-                        });
-                    }
-                    windows.insert(checked.upn, all);
-                }
-                Some(Item::Marks(ImportMarks { marks })) => {
-                    let mut batch = Vec::with_capacity(marks.len());
-                    for mark in marks {
-                        let field = format!("marks[{mark_index}]");
-                        mark_index += 1;
-                        let upn = mark.upn.trim().to_ascii_uppercase();
-                        if !windows.contains_key(&upn) {
-                            let known: Vec<(NaiveDate, Option<NaiveDate>)> = sqlx::query_as(
-                                "SELECT admission_date, leaving_date FROM enrolments \
-                                 WHERE laestab = $1 AND upn = $2",
-                            )
-                            .bind(&laestab)
-                            .bind(&upn)
-                            .fetch_all(&mut *tx)
-                            .await
-                            .map_err(store_error)?;
-                            if known.is_empty() {
-                                return Err(invalid_argument(
-                                    &format!("{field}.upn"),
-                                    &mark.upn,
-                                    format!(
-                                        "no pupil with this UPN is on roll at school {laestab}; send the pupil first"
-                                    ),
-                                ));
-                            }
-                            windows.insert(
-                                upn.clone(),
-                                known
-                                    .into_iter()
-                                    .map(|(admission, leaving)| Window { admission, leaving })
-                                    .collect(),
-                            );
-                        }
-                        let new_mark = check_mark(&field, &upn, &mark, &windows, now)?;
-                        if !seen.insert((new_mark.upn.clone(), new_mark.date, new_mark.session)) {
-                            return Err(invalid_argument(
-                                &format!("{field}.date"),
-                                &mark.date,
-                                format!(
-                                    "pupil {upn} has a second mark for the {} session of this date in the same import",
-                                    new_mark.session
-                                ),
-                            ));
-                        }
-                        batch.push(new_mark);
-                    }
-                    if batch.is_empty() {
-                        continue;
-                    }
-
-                    // The effective versions these marks may replace.
-                    let first_date = batch.iter().map(|m| m.date).min().unwrap_or(NaiveDate::MIN);
-                    let last_date = batch.iter().map(|m| m.date).max().unwrap_or(NaiveDate::MAX);
-                    let upns: Vec<&str> = {
-                        let mut upns: Vec<&str> = batch.iter().map(|m| m.upn.as_str()).collect();
-                        upns.sort_unstable();
-                        upns.dedup();
-                        upns
-                    };
-                    let mut current: HashMap<(String, NaiveDate, String), Current> = HashMap::new();
-                    for chunk in upns.chunks(INSERT_CHUNK) {
-                        let mut query = QueryBuilder::new(
-                            "SELECT m.upn, m.session_date, m.session, m.code, m.minutes_late, m.recorded_at \
-                             FROM effective_marks e JOIN marks m ON m.sequence = e.sequence \
-                             WHERE e.laestab = ",
-                        );
-                        query.push_bind(laestab.clone());
-                        query.push(" AND e.session_date >= ").push_bind(first_date);
-                        query.push(" AND e.session_date <= ").push_bind(last_date);
-                        query.push(" AND e.upn IN (");
-                        let mut list = query.separated(", ");
-                        for upn in chunk {
-                            list.push_bind((*upn).to_owned());
-                        }
-                        query.push(")");
-                        let rows: Vec<(String, NaiveDate, String, String, i32, DateTime<Utc>)> =
-                            query
-                                .build_query_as()
-                                .fetch_all(&mut *tx)
-                                .await
-                                .map_err(store_error)?;
-                        for (upn, date, session, code, minutes_late, recorded_at) in rows {
-                            current.insert(
-                                (upn, date, session),
-                                Current {
-                                    code,
-                                    minutes_late,
-                                    recorded_at,
-                                },
-                            );
-                        }
-                    }
-
-                    let mut versions = Vec::new();
-                    for mark in batch {
-                        let key = (
-                            mark.upn.clone(),
-                            mark.date,
-                            mark.session.as_str().to_owned(),
-                        );
-                        let effective = match current.get(&key) {
-                            Some(existing)
-                                if existing.code == mark.code
-                                    && existing.minutes_late == mark.minutes_late =>
-                            {
-                                response.marks_unchanged += 1;
-                                continue;
-                            }
-                            Some(existing) => mark.recorded_at >= existing.recorded_at,
-                            None => true,
-                        };
-                        versions.push((next_sequence, mark, effective));
-                        next_sequence += 1;
-                    }
-
-                    for chunk in versions.chunks(INSERT_CHUNK) {
-                        let mut insert = QueryBuilder::new(
-                            "INSERT INTO marks (sequence, laestab, upn, session_date, session, code, \
-                             minutes_late, source, source_name, reason, recorded_by, recorded_by_position, \
-                             recorded_at, received_at, effective_when_stored) ",
-                        );
-                        insert.push_values(chunk, |mut row, (sequence, mark, effective)| {
-                            row.push_bind(*sequence)
-                                .push_bind(laestab.clone())
-                                .push_bind(mark.upn.clone())
-                                .push_bind(mark.date)
-                                .push_bind(mark.session.as_str())
-                                .push_bind(mark.code.clone())
-                                .push_bind(mark.minutes_late)
-                                .push_bind(source)
-                                .push_bind(header.source_name.clone())
-                                .push_bind(format!("Imported from {}", header.source_name))
-                                .push_bind(header.recorded_by.clone())
-                                .push_bind("")
-                                .push_bind(mark.recorded_at)
-                                .push_bind(now)
-                                .push_bind(*effective);
-                        });
-                        insert
-                            .build()
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(store_error)?;
-
-                        let effective: Vec<_> = chunk
-                            .iter()
-                            .filter(|(_, _, effective)| *effective)
-                            .collect();
-                        if effective.is_empty() {
-                            continue;
-                        }
-                        let mut upsert = QueryBuilder::new(
-                            "INSERT INTO effective_marks (laestab, upn, session_date, session, sequence, recorded_at) ",
-                        );
-                        upsert.push_values(effective, |mut row, (sequence, mark, _)| {
-                            row.push_bind(laestab.clone())
-                                .push_bind(mark.upn.clone())
-                                .push_bind(mark.date)
-                                .push_bind(mark.session.as_str())
-                                .push_bind(*sequence)
-                                .push_bind(mark.recorded_at);
-                        });
-                        upsert.push(
-                            " ON CONFLICT (laestab, upn, session_date, session) DO UPDATE \
-                             SET sequence = excluded.sequence, recorded_at = excluded.recorded_at",
-                        );
-                        upsert
-                            .build()
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(store_error)?;
-                    }
-                    response.marks_recorded += i32::try_from(versions.len()).unwrap_or(i32::MAX);
+                    marks.push(checked);
                 }
             }
         }
+    }
 
-        let feed_cursor = if next_sequence > first_sequence {
-            next_sequence - 1
-        } else {
-            first_sequence - 1
-        };
-        sqlx::query(
-            "INSERT INTO imports (request_id, laestab, source_name, marks_recorded, feed_cursor, applied_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&header.request_id)
-        .bind(&laestab)
-        .bind(&header.source_name)
-        .bind(response.marks_recorded)
-        .bind(feed_cursor)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(store_error)?;
-        tx.commit().await.map_err(store_error)?;
-        response.feed_cursor = feed_cursor;
-        Ok(response)
+    Ok(ImportRequest {
+        request_id: header.request_id,
+        laestab,
+        school_name: school.name.trim().to_owned(),
+        phase: phase_as_str(school.phase),
+        source: source_from_proto(header.source).unwrap_or(MarkSource::Import),
+        source_name: header.source_name,
+        recorded_by: header.recorded_by,
+        pupils,
+        marks,
     })
-}
-
-struct CheckedPupil {
-    upn: String,
-    forename: String,
-    surname: String,
-    date_of_birth: NaiveDate,
-    sex: String,
-    admission_date: NaiveDate,
-    year_group: String,
 }
 
 fn check_pupil(field: &str, import: &ImportPupil) -> Result<CheckedPupil, Status> {
@@ -500,25 +217,23 @@ fn check_pupil(field: &str, import: &ImportPupil) -> Result<CheckedPupil, Status
         }
     };
     Ok(CheckedPupil {
-        forename: required("forename", &pupil.forename)?,
-        surname: required("surname", &pupil.surname)?,
-        date_of_birth: required_date(&format!("{field}.date_of_birth"), &pupil.date_of_birth)?,
-        sex: required("sex", &pupil.sex)?,
+        details: PupilDetails {
+            forename: required("forename", &pupil.forename)?,
+            surname: required("surname", &pupil.surname)?,
+            date_of_birth: required_date(&format!("{field}.date_of_birth"), &pupil.date_of_birth)?,
+            sex: required("sex", &pupil.sex)?,
+        },
         admission_date: required_date(&format!("{field}.admission_date"), &import.admission_date)?,
         year_group: required("year_group", &import.year_group)?,
         upn: upn.to_string(),
     })
 }
 
-fn check_mark(
-    field: &str,
-    upn: &str,
-    mark: &rollcall_api::registers::v1::Mark,
-    windows: &HashMap<String, Vec<Window>>,
-    now: DateTime<Utc>,
-) -> Result<NewMark, Status> {
+fn check_mark(index: usize, mark: &Mark, now: DateTime<Utc>) -> Result<CheckedMark, Status> {
+    let field = format!("marks[{index}]");
+    let upn = mark.upn.trim().to_ascii_uppercase();
     let date = required_date(&format!("{field}.date"), &mark.date)?;
-    let session = session_from_proto(&format!("{field}.session"), mark.session)?;
+    let session = session(&format!("{field}.session"), mark.session)?;
     let code = mark.code.trim();
     codes::lookup_on(code, date).map_err(|error| {
         invalid_argument(
@@ -527,16 +242,6 @@ fn check_mark(
             format!("{error} (pupil {upn}, {date} {session})"),
         )
     })?;
-    let on_roll = windows
-        .get(upn)
-        .is_some_and(|list| list.iter().any(|window| window.contains(date)));
-    if !on_roll {
-        return Err(invalid_argument(
-            &format!("{field}.date"),
-            &mark.date,
-            format!("pupil {upn} is not on roll at this school on {date}"),
-        ));
-    }
     if mark.minutes_late < 0 {
         return Err(invalid_argument(
             &format!("{field}.minutes_late"),
@@ -545,22 +250,583 @@ fn check_mark(
         ));
     }
     let recorded_at = match &mark.recorded_at {
-        Some(at) => DateTime::from_timestamp(at.seconds, u32::try_from(at.nanos).unwrap_or(0))
-            .ok_or_else(|| {
-                invalid_argument(
-                    &format!("{field}.recorded_at"),
-                    &at.seconds.to_string(),
-                    "not a valid time",
-                )
-            })?,
+        Some(at) => from_timestamp(at).ok_or_else(|| {
+            invalid_argument(
+                &format!("{field}.recorded_at"),
+                &at.seconds.to_string(),
+                "not a valid time",
+            )
+        })?,
         None => now,
     };
-    Ok(NewMark {
-        upn: upn.to_owned(),
+    Ok(CheckedMark {
+        index,
+        upn,
         date,
         session,
         code: code.to_owned(),
         minutes_late: mark.minutes_late,
         recorded_at,
     })
+}
+
+/// Works out the writes of an import from what the registers already hold.
+///
+/// A mark equal (code and minutes late) to the effective version of its session is unchanged
+/// and not stored again. Any other mark becomes a new version, and it is effective unless the
+/// effective version was taken later: the effective mark is the version with the latest time
+/// taken, ties going to the later feed position.
+fn plan<'a>(request: &'a ImportRequest, existing: &Existing) -> Result<Plan<'a>, Status> {
+    let mut plan = Plan::default();
+    let mut enrolments = existing.enrolments.clone();
+
+    for pupil in &request.pupils {
+        match existing.pupils.get(&pupil.upn) {
+            None => plan.new_pupils.push(pupil),
+            Some(details) if *details != pupil.details => {
+                plan.changed_pupils.push(pupil);
+                plan.response.pupils_updated += 1;
+            }
+            Some(_) => {}
+        }
+        let held = enrolments.entry(pupil.upn.clone()).or_default();
+        match held.iter().find(|e| e.contains(pupil.admission_date)) {
+            Some(enrolment) if enrolment.year_group != pupil.year_group => {
+                plan.year_group_changes.push((pupil, enrolment.admission));
+                plan.response.pupils_updated += 1;
+            }
+            Some(_) => {}
+            None => {
+                if held.is_empty() {
+                    plan.response.pupils_added += 1;
+                }
+                plan.new_enrolments.push(pupil);
+                held.push(Enrolment {
+                    admission: pupil.admission_date,
+                    leaving: None,
+                    year_group: pupil.year_group.clone(),
+                });
+            }
+        }
+    }
+
+    let mut sequence = existing.next_sequence;
+    for mark in &request.marks {
+        let field = format!("marks[{}]", mark.index);
+        let Some(held) = enrolments.get(&mark.upn).filter(|held| !held.is_empty()) else {
+            return Err(invalid_argument(
+                &format!("{field}.upn"),
+                &mark.upn,
+                format!(
+                    "no pupil with this UPN is on roll at school {}; send the pupil first",
+                    request.laestab
+                ),
+            ));
+        };
+        if !held.iter().any(|enrolment| enrolment.contains(mark.date)) {
+            return Err(invalid_argument(
+                &format!("{field}.date"),
+                &mark.date.to_string(),
+                format!(
+                    "pupil {} is not on roll at school {} on {}",
+                    mark.upn, request.laestab, mark.date
+                ),
+            ));
+        }
+        let key = (mark.upn.clone(), mark.date, mark.session);
+        let effective = match existing.effective.get(&key) {
+            Some(current)
+                if current.code == mark.code && current.minutes_late == mark.minutes_late =>
+            {
+                plan.response.marks_unchanged += 1;
+                continue;
+            }
+            Some(current) => mark.recorded_at >= current.recorded_at,
+            None => true,
+        };
+        plan.versions.push(Version {
+            sequence,
+            mark,
+            effective,
+        });
+        sequence += 1;
+    }
+    plan.response.marks_recorded = i32::try_from(plan.versions.len()).unwrap_or(i32::MAX);
+    plan.response.feed_cursor = sequence - 1;
+    Ok(plan)
+}
+
+/// Applies a checked import in one transaction.
+pub(crate) async fn apply(
+    db: &Db,
+    request: &ImportRequest,
+) -> Result<ImportRegisterResponse, Status> {
+    let store_error = |error| storage_error("importing a register", error);
+    let now = Utc::now();
+    let laestab = &request.laestab;
+
+    let mut upns: Vec<String> = request
+        .pupils
+        .iter()
+        .map(|pupil| pupil.upn.clone())
+        .chain(request.marks.iter().map(|mark| mark.upn.clone()))
+        .collect();
+    upns.sort_unstable();
+    upns.dedup();
+    let first_date = request.marks.iter().map(|mark| mark.date).min();
+    let last_date = request.marks.iter().map(|mark| mark.date).max();
+
+    with_db!(db, |pool| {
+        let mut tx = pool.begin_write(FEED_LOCK_KEY).await.map_err(store_error)?;
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(sequence), 0) FROM marks")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(store_error)?;
+
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT feed_cursor FROM imports WHERE request_id = $1")
+                .bind(&request.request_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        if applied.is_some() {
+            return Ok(ImportRegisterResponse {
+                already_applied: true,
+                feed_cursor: head,
+                ..Default::default()
+            });
+        }
+
+        // Load what the registers hold for these pupils, a chunk of UPNs at a time.
+        let mut existing = Existing {
+            next_sequence: head + 1,
+            ..Existing::default()
+        };
+        for chunk in upns.chunks(CHUNK) {
+            let mut query = QueryBuilder::new(
+                "SELECT upn, forename, surname, date_of_birth, sex FROM pupils WHERE upn IN (",
+            );
+            let mut list = query.separated(", ");
+            for upn in chunk {
+                list.push_bind(upn.clone());
+            }
+            query.push(")");
+            let rows: Vec<(String, String, String, NaiveDate, String)> = query
+                .build_query_as()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(store_error)?;
+            for (upn, forename, surname, date_of_birth, sex) in rows {
+                let details = PupilDetails {
+                    forename,
+                    surname,
+                    date_of_birth,
+                    sex,
+                };
+                existing.pupils.insert(upn, details);
+            }
+
+            let mut query = QueryBuilder::new(
+                "SELECT upn, admission_date, leaving_date, year_group FROM enrolments WHERE laestab = ",
+            );
+            query.push_bind(laestab.clone()).push(" AND upn IN (");
+            let mut list = query.separated(", ");
+            for upn in chunk {
+                list.push_bind(upn.clone());
+            }
+            query.push(")");
+            let rows: Vec<(String, NaiveDate, Option<NaiveDate>, String)> = query
+                .build_query_as()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(store_error)?;
+            for (upn, admission, leaving, year_group) in rows {
+                let enrolment = Enrolment {
+                    admission,
+                    leaving,
+                    year_group,
+                };
+                existing.enrolments.entry(upn).or_default().push(enrolment);
+            }
+
+            let (Some(first_date), Some(last_date)) = (first_date, last_date) else {
+                continue;
+            };
+            let mut query = QueryBuilder::new(
+                "SELECT m.upn, m.session_date, m.session, m.code, m.minutes_late, m.recorded_at \
+                 FROM effective_marks e JOIN marks m ON m.sequence = e.sequence WHERE e.laestab = ",
+            );
+            query.push_bind(laestab.clone());
+            query.push(" AND e.session_date >= ").push_bind(first_date);
+            query.push(" AND e.session_date <= ").push_bind(last_date);
+            query.push(" AND e.upn IN (");
+            let mut list = query.separated(", ");
+            for upn in chunk {
+                list.push_bind(upn.clone());
+            }
+            query.push(")");
+            let rows: Vec<(String, NaiveDate, String, String, i32, DateTime<Utc>)> = query
+                .build_query_as()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(store_error)?;
+            for (upn, date, session, code, minutes_late, recorded_at) in rows {
+                let Ok(session) = session.parse::<Session>() else {
+                    continue;
+                };
+                let current = Current {
+                    code,
+                    minutes_late,
+                    recorded_at,
+                };
+                existing.effective.insert((upn, date, session), current);
+            }
+        }
+
+        let plan = plan(request, &existing)?;
+
+        sqlx::query(
+            "INSERT INTO schools (laestab, name, phase, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (laestab) DO UPDATE SET name = excluded.name, phase = excluded.phase",
+        )
+        .bind(laestab)
+        .bind(&request.school_name)
+        .bind(request.phase)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+
+        for chunk in plan.new_pupils.chunks(CHUNK) {
+            let mut insert = QueryBuilder::new(
+                "INSERT INTO pupils (upn, forename, surname, date_of_birth, sex, updated_at) ",
+            );
+            insert.push_values(chunk, |mut row, pupil| {
+                row.push_bind(pupil.upn.clone())
+                    .push_bind(pupil.details.forename.clone())
+                    .push_bind(pupil.details.surname.clone())
+                    .push_bind(pupil.details.date_of_birth)
+                    .push_bind(pupil.details.sex.clone())
+                    .push_bind(now);
+            });
+            insert
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        }
+        for pupil in &plan.changed_pupils {
+            sqlx::query(
+                "UPDATE pupils SET forename = $2, surname = $3, date_of_birth = $4, sex = $5, \
+                 updated_at = $6 WHERE upn = $1",
+            )
+            .bind(&pupil.upn)
+            .bind(&pupil.details.forename)
+            .bind(&pupil.details.surname)
+            .bind(pupil.details.date_of_birth)
+            .bind(&pupil.details.sex)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        }
+        for chunk in plan.new_enrolments.chunks(CHUNK) {
+            let mut insert = QueryBuilder::new(
+                "INSERT INTO enrolments (laestab, upn, admission_date, leaving_date, year_group) ",
+            );
+            insert.push_values(chunk, |mut row, pupil| {
+                row.push_bind(laestab.clone())
+                    .push_bind(pupil.upn.clone())
+                    .push_bind(pupil.admission_date)
+                    .push_bind(None::<NaiveDate>)
+                    .push_bind(pupil.year_group.clone());
+            });
+            insert
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        }
+        for (pupil, admission) in &plan.year_group_changes {
+            sqlx::query(
+                "UPDATE enrolments SET year_group = $4 \
+                 WHERE laestab = $1 AND upn = $2 AND admission_date = $3",
+            )
+            .bind(laestab)
+            .bind(&pupil.upn)
+            .bind(*admission)
+            .bind(&pupil.year_group)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        }
+
+        let reason = format!("Imported from {}", request.source_name);
+        for chunk in plan.versions.chunks(CHUNK) {
+            let mut insert = QueryBuilder::new(
+                "INSERT INTO marks (sequence, laestab, upn, session_date, session, code, \
+                 minutes_late, source, source_name, reason, recorded_by, recorded_by_position, \
+                 recorded_at, received_at, effective_when_stored) ",
+            );
+            insert.push_values(chunk, |mut row, version| {
+                let mark = version.mark;
+                row.push_bind(version.sequence)
+                    .push_bind(laestab.clone())
+                    .push_bind(mark.upn.clone())
+                    .push_bind(mark.date)
+                    .push_bind(mark.session.as_str())
+                    .push_bind(mark.code.clone())
+                    .push_bind(mark.minutes_late)
+                    .push_bind(request.source.as_str())
+                    .push_bind(request.source_name.clone())
+                    .push_bind(reason.clone())
+                    .push_bind(request.recorded_by.clone())
+                    .push_bind("")
+                    .push_bind(mark.recorded_at)
+                    .push_bind(now)
+                    .push_bind(version.effective);
+            });
+            insert
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+
+            let effective: Vec<&Version<'_>> = chunk.iter().filter(|v| v.effective).collect();
+            if effective.is_empty() {
+                continue;
+            }
+            let mut upsert = QueryBuilder::new(
+                "INSERT INTO effective_marks (laestab, upn, session_date, session, sequence, recorded_at) ",
+            );
+            upsert.push_values(effective, |mut row, version| {
+                let mark = version.mark;
+                row.push_bind(laestab.clone())
+                    .push_bind(mark.upn.clone())
+                    .push_bind(mark.date)
+                    .push_bind(mark.session.as_str())
+                    .push_bind(version.sequence)
+                    .push_bind(mark.recorded_at);
+            });
+            upsert.push(
+                " ON CONFLICT (laestab, upn, session_date, session) DO UPDATE \
+                 SET sequence = excluded.sequence, recorded_at = excluded.recorded_at",
+            );
+            upsert
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        }
+
+        sqlx::query(
+            "INSERT INTO imports (request_id, laestab, source_name, marks_recorded, feed_cursor, applied_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&request.request_id)
+        .bind(laestab)
+        .bind(&request.source_name)
+        .bind(plan.response.marks_recorded)
+        .bind(plan.response.feed_cursor)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(plan.response)
+    })
+}
+
+impl ImportRequest {
+    /// Returns the idempotency key.
+    pub(crate) fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// Returns the school's LAESTAB.
+    pub(crate) fn laestab(&self) -> &str {
+        &self.laestab
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn date(day: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2025, 9, day).expect("valid date")
+    }
+
+    fn at(hour: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2025, 9, 1, hour, 0, 0)
+            .single()
+            .expect("valid time")
+    }
+
+    fn pupil(upn: &str, admission: NaiveDate, year_group: &str) -> CheckedPupil {
+        CheckedPupil {
+            upn: upn.to_owned(),
+            details: PupilDetails {
+                forename: "Sam".into(),
+                surname: "Able".into(),
+                date_of_birth: NaiveDate::from_ymd_opt(2013, 5, 1).expect("valid date"),
+                sex: "F".into(),
+            },
+            admission_date: admission,
+            year_group: year_group.to_owned(),
+        }
+    }
+
+    fn mark(index: usize, upn: &str, day: u32, code: &str, taken: DateTime<Utc>) -> CheckedMark {
+        CheckedMark {
+            index,
+            upn: upn.to_owned(),
+            date: date(day),
+            session: Session::Am,
+            code: code.to_owned(),
+            minutes_late: 0,
+            recorded_at: taken,
+        }
+    }
+
+    fn request(pupils: Vec<CheckedPupil>, marks: Vec<CheckedMark>) -> ImportRequest {
+        ImportRequest {
+            request_id: "test".into(),
+            laestab: "9192001".into(),
+            school_name: "Test Academy".into(),
+            phase: "secondary",
+            source: MarkSource::Import,
+            source_name: "test.xml".into(),
+            recorded_by: "test".into(),
+            pupils,
+            marks,
+        }
+    }
+
+    fn existing_with(upn: &str, code: &str, taken: DateTime<Utc>) -> Existing {
+        let mut existing = Existing {
+            next_sequence: 11,
+            ..Existing::default()
+        };
+        existing
+            .pupils
+            .insert(upn.to_owned(), pupil(upn, date(1), "8").details);
+        existing.enrolments.insert(
+            upn.to_owned(),
+            vec![Enrolment {
+                admission: date(1),
+                leaving: None,
+                year_group: "8".into(),
+            }],
+        );
+        existing.effective.insert(
+            (upn.to_owned(), date(2), Session::Am),
+            Current {
+                code: code.to_owned(),
+                minutes_late: 0,
+                recorded_at: taken,
+            },
+        );
+        existing
+    }
+
+    #[test]
+    fn plan_adds_new_pupil_and_marks() {
+        let request = request(
+            vec![pupil("P1", date(1), "8")],
+            vec![mark(0, "P1", 1, "/", at(9)), mark(1, "P1", 2, "I", at(9))],
+        );
+        let plan = plan(
+            &request,
+            &Existing {
+                next_sequence: 1,
+                ..Existing::default()
+            },
+        )
+        .expect("valid import");
+        assert_eq!(plan.new_pupils.len(), 1);
+        assert_eq!(plan.new_enrolments.len(), 1);
+        assert_eq!(plan.response.pupils_added, 1);
+        assert_eq!(plan.response.marks_recorded, 2);
+        assert_eq!(plan.response.feed_cursor, 2);
+        assert!(plan.versions.iter().all(|version| version.effective));
+    }
+
+    #[test]
+    fn plan_skips_unchanged_mark() {
+        let existing = existing_with("P1", "I", at(9));
+        let request = request(Vec::new(), vec![mark(0, "P1", 2, "I", at(10))]);
+        let plan = plan(&request, &existing).expect("valid import");
+        assert_eq!(plan.response.marks_unchanged, 1);
+        assert!(plan.versions.is_empty());
+        assert_eq!(plan.response.feed_cursor, 10);
+    }
+
+    #[test]
+    fn plan_keeps_later_taken_mark_effective() {
+        let existing = existing_with("P1", "I", at(12));
+        let request = request(Vec::new(), vec![mark(0, "P1", 2, "O", at(9))]);
+        let plan = plan(&request, &existing).expect("valid import");
+        assert_eq!(plan.versions.len(), 1);
+        assert!(
+            !plan.versions[0].effective,
+            "taken earlier than the effective version"
+        );
+        assert_eq!(plan.versions[0].sequence, 11);
+    }
+
+    #[test]
+    fn plan_makes_newer_mark_effective() {
+        let existing = existing_with("P1", "N", at(9));
+        let request = request(Vec::new(), vec![mark(0, "P1", 2, "I", at(9))]);
+        let plan = plan(&request, &existing).expect("valid import");
+        assert!(
+            plan.versions[0].effective,
+            "same time taken, later sequence wins"
+        );
+    }
+
+    #[test]
+    fn plan_rejects_unknown_pupil() {
+        let request = request(Vec::new(), vec![mark(3, "P9", 2, "/", at(9))]);
+        let error = plan(&request, &Existing::default()).expect_err("unknown pupil");
+        assert_eq!(error.code(), tonic::Code::InvalidArgument);
+        assert!(
+            error.message().contains("marks[3].upn"),
+            "{}",
+            error.message()
+        );
+    }
+
+    #[test]
+    fn plan_rejects_mark_before_admission() {
+        let request = request(
+            vec![pupil("P1", date(8), "8")],
+            vec![mark(0, "P1", 5, "/", at(9))],
+        );
+        let error = plan(&request, &Existing::default()).expect_err("not on roll");
+        assert!(
+            error.message().contains("not on roll"),
+            "{}",
+            error.message()
+        );
+        assert!(
+            error.message().contains("2025-09-05"),
+            "{}",
+            error.message()
+        );
+    }
+
+    #[test]
+    fn plan_updates_changed_year_group() {
+        let existing = existing_with("P1", "/", at(9));
+        let request = request(vec![pupil("P1", date(3), "9")], Vec::new());
+        let plan = plan(&request, &existing).expect("valid import");
+        assert_eq!(plan.year_group_changes.len(), 1);
+        assert_eq!(plan.year_group_changes[0].1, date(1));
+        assert!(plan.new_enrolments.is_empty());
+        assert_eq!(plan.response.pupils_added, 0);
+    }
 }

@@ -13,12 +13,14 @@ use rollcall_api::registers::v1::{
     WatchMarksRequest, WatchMarksResponse, import_register_request::Item,
 };
 use rollcall_runtime::Db;
-use rollcall_runtime::grpc::{MAX_MESSAGE_BYTES, invalid_argument, not_found, storage_error};
+use rollcall_runtime::grpc::{
+    MAX_MESSAGE_BYTES, invalid_argument, laestab, not_found, storage_error,
+};
 use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::convert::{laestab, optional_date, phase_from_str};
+use crate::convert::{optional_date, phase_from_str, required_date};
 use crate::import;
 use crate::store::{self, EnrolmentRow, MarkFilter, NO_EARLIER, NO_LATER, PupilRow};
 
@@ -111,15 +113,13 @@ impl RegistersService for Registers {
                 ));
             }
         };
-        import::check_header(&header)?;
-        let request_id = header.request_id.clone();
-        let school = header
-            .school
-            .as_ref()
-            .map(|s| s.laestab.clone())
-            .unwrap_or_default();
+        let import = import::read_request(header, &mut stream).await.inspect_err(|status| {
+            tracing::warn!(code = ?status.code(), message = status.message(), "Import rejected; nothing stored");
+        })?;
+        let request_id = import.request_id().to_owned();
+        let school = import.laestab().to_owned();
         tracing::info!(%request_id, laestab = %school, "Import started");
-        let response = match import::apply(&self.db, header, &mut stream).await {
+        let response = match import::apply(&self.db, &import).await {
             Ok(response) => response,
             Err(status) => {
                 tracing::warn!(%request_id, laestab = %school, code = ?status.code(), message = status.message(), "Import rejected; nothing stored");
@@ -343,6 +343,6 @@ fn parse_mark_token(token: &str) -> Result<(String, chrono::NaiveDate, String), 
             "not a token returned by ListMarks; start again without one",
         ));
     };
-    let date = crate::convert::required_date("page_token", date)?;
+    let date = required_date("page_token", date)?;
     Ok((upn.to_owned(), date, session.to_owned()))
 }
