@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use comfy_table::{CellAlignment, Table, presets};
-use rollcall_api::cases::v1::{CaseStatus, ListCasesRequest};
+use rollcall_api::cases::v1::{Case, CaseStatus, ListCasesRequest};
 use rollcall_api::convert::from_timestamp;
 use rollcall_api::mis_adapter::v1::ImportCtfRequest;
 use rollcall_api::policy::v1::GetSchoolAttendanceRequest;
@@ -79,7 +79,7 @@ enum ImportCommand {
         /// The files to import.
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Who is importing, kept with every mark.
+        /// The name of the person or system importing, kept with every mark.
         #[arg(long, default_value = "rollcall import")]
         by: String,
     },
@@ -121,7 +121,7 @@ enum ReferralCommand {
         /// The pupil's UPN.
         #[arg(long)]
         upn: String,
-        /// Where to write the ZIP archive.
+        /// The path of the ZIP archive to write.
         #[arg(long)]
         out: PathBuf,
         /// Figures as of this date (YYYY-MM-DD); the default is the last date with marks.
@@ -380,7 +380,7 @@ fn yes_no(value: bool) -> &'static str {
     if value { "yes" } else { "no" }
 }
 
-/// Prints the open cases of a school.
+/// Prints the open cases of a school, and those up for review.
 pub(crate) async fn list_cases(
     clients: &Clients,
     school: &str,
@@ -388,58 +388,9 @@ pub(crate) async fn list_cases(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let laestab = check_laestab(school)?;
-    let mut cases = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = clients
-            .cases
-            .clone()
-            .list_cases(ListCasesRequest {
-                laestab: laestab.clone(),
-                status: CaseStatus::Unspecified as i32,
-                page_size: 1_000,
-                page_token,
-            })
-            .await
-            .map_err(|status| anyhow::anyhow!("{}", status.message()))?
-            .into_inner();
-        cases.extend(page.cases);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
-    let opened_at = |case: &rollcall_api::cases::v1::Case| {
-        case.opened_at
-            .as_ref()
-            .and_then(from_timestamp)
-            .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-            .unwrap_or_default()
-    };
-    let status_name = |case: &rollcall_api::cases::v1::Case| match CaseStatus::try_from(case.status)
-    {
-        Ok(CaseStatus::Open) => "open",
-        Ok(CaseStatus::Review) => "review",
-        Ok(CaseStatus::Closed) => "closed",
-        _ => "unknown",
-    };
+    let cases = fetch_cases(clients, &laestab).await?;
     if json_output {
-        let rows: Vec<serde_json::Value> = cases
-            .iter()
-            .map(|case| {
-                json!({
-                    "id": case.id,
-                    "upn": case.upn,
-                    "laestab": case.laestab,
-                    "concern": case.concern,
-                    "stage": case.stage,
-                    "stage_number": case.stage_number,
-                    "owner_role": case.owner_role,
-                    "status": status_name(case),
-                    "opened_at": opened_at(case),
-                })
-            })
-            .collect();
+        let rows: Vec<serde_json::Value> = cases.iter().map(case_json).collect();
         serde_json::to_writer_pretty(&mut *out, &rows)?;
         writeln!(out)?;
         return Ok(());
@@ -448,6 +399,7 @@ pub(crate) async fn list_cases(
         writeln!(out, "School {laestab} has no open cases.")?;
         return Ok(());
     }
+
     let mut table = Table::new();
     table.load_preset(presets::NOTHING);
     table.set_header([
@@ -460,13 +412,69 @@ pub(crate) async fn list_cases(
             case.concern.clone(),
             format!("{} {}", case.stage_number, case.stage),
             case.owner_role.clone(),
-            status_name(case).to_owned(),
-            opened_at(case),
+            case_status_name(case).to_owned(),
+            case_opened_at(case),
         ]);
     }
     writeln!(out, "{table}")?;
     writeln!(out, "{} cases", cases.len())?;
     Ok(())
+}
+
+/// Reads every open case of a school, and those up for review, page by page.
+async fn fetch_cases(clients: &Clients, laestab: &str) -> anyhow::Result<Vec<Case>> {
+    let mut cases = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = clients
+            .cases
+            .clone()
+            .list_cases(ListCasesRequest {
+                laestab: laestab.to_owned(),
+                status: CaseStatus::Unspecified as i32,
+                page_size: 1_000,
+                page_token,
+            })
+            .await
+            .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+            .into_inner();
+        cases.extend(page.cases);
+        if page.next_page_token.is_empty() {
+            return Ok(cases);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+fn case_json(case: &Case) -> serde_json::Value {
+    json!({
+        "id": case.id,
+        "upn": case.upn,
+        "laestab": case.laestab,
+        "concern": case.concern,
+        "stage": case.stage,
+        "stage_number": case.stage_number,
+        "owner_role": case.owner_role,
+        "status": case_status_name(case),
+        "opened_at": case_opened_at(case),
+    })
+}
+
+fn case_opened_at(case: &Case) -> String {
+    case.opened_at
+        .as_ref()
+        .and_then(from_timestamp)
+        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+fn case_status_name(case: &Case) -> &'static str {
+    match CaseStatus::try_from(case.status) {
+        Ok(CaseStatus::Open) => "open",
+        Ok(CaseStatus::Review) => "review",
+        Ok(CaseStatus::Closed) => "closed",
+        _ => "unknown",
+    }
 }
 
 /// Builds a referral pack and writes it to `path`, or writes nothing when none is due.

@@ -25,7 +25,7 @@ use tonic::server::NamedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-/// What `rollcall serve` needs to start.
+/// The settings `rollcall serve` starts with.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// The address to listen on.
@@ -59,7 +59,7 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// The URL a client uses to reach it.
+    /// Returns the URL a client uses to reach the server.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }

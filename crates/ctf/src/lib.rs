@@ -60,7 +60,7 @@
 //! # Errors
 //!
 //! A [`CtfError`] names the problem, the line, the element path and the pupil's UPN where they
-//! are known, and says what to do. It does not know the file name, so callers put that in
+//! are known, and tells the reader what to do. It does not know the file name, so callers put that in
 //! front.
 
 mod cursor;

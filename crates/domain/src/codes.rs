@@ -1,4 +1,4 @@
-//! The attendance code table: the one place that says what every code means and how it counts.
+//! The attendance code table: the one place that defines what every code means and how it counts.
 //!
 //! The set in force from 19 August 2024 (School Attendance (Pupil Registration) (England)
 //! Regulations 2024) and the earlier set are both here, each code with the dates it is valid.
@@ -21,7 +21,7 @@ pub const CODES_2006_UNTIL: NaiveDate = match NaiveDate::from_ymd_opt(2024, 8, 1
     None => panic!("18 August 2024 is a valid date"),
 };
 
-/// How a code counts in attendance statistics.
+/// The statistical category of a code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Category {
@@ -70,9 +70,9 @@ impl Category {
 pub struct CodeInfo {
     /// The code as written in registers: one or two characters.
     pub code: &'static str,
-    /// What the code means.
+    /// The code's meaning.
     pub meaning: &'static str,
-    /// How it counts in statistics.
+    /// Its statistical category.
     pub category: Category,
     /// First date a mark may carry the code, if limited.
     pub valid_from: Option<NaiveDate>,
@@ -90,7 +90,7 @@ impl CodeInfo {
     }
 }
 
-/// Why a code cannot be used for a mark.
+/// The reason a code cannot be used for a mark.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodeError {
     /// Not a code in either set.
@@ -108,7 +108,7 @@ pub enum CodeError {
         code: String,
         /// The mark's date.
         date: NaiveDate,
-        /// What to use instead.
+        /// The code or codes to use instead.
         replacement: &'static str,
     },
     /// Introduced after the mark's date.
@@ -304,8 +304,8 @@ pub fn lookup_on(code: &str, date: NaiveDate) -> Result<&'static CodeInfo, CodeE
     Ok(info)
 }
 
-/// Returns the category of a known code. Unknown codes count as not possible, which never
-/// arises for marks that passed [`lookup_on`] when they were stored.
+/// Returns the category of a code, or [`Category::NotPossible`] for an unknown one. Stored
+/// marks passed [`lookup_on`], so their codes are always known.
 pub fn category_of(code: &str) -> Category {
     lookup(code).map_or(Category::NotPossible, |info| info.category)
 }

@@ -1,8 +1,8 @@
 //! Escalation ladders: who acts at each stage of a case, and what they do.
 //!
-//! These are editable defaults built from the trust policy: a ladder for infants and one for
-//! juniors and secondary, each escalating from the classroom upward, then to the trust's
-//! Attendance Improvement Officer with an Attendance Improvement Plan, then to the local
+//! These are editable defaults built from the trust policy: one ladder for infants and one for
+//! juniors and secondary. Each escalates from the classroom upward, then to the trust's
+//! Attendance Improvement Officer with an Attendance Improvement Plan, and last to the local
 //! authority attendance officer.
 
 use serde::{Deserialize, Serialize};
@@ -45,9 +45,9 @@ pub struct Stage {
     pub id: &'static str,
     /// Short title.
     pub title: &'static str,
-    /// Who owns the case at this stage.
+    /// The role that owns the case at this stage.
     pub owner: Role,
-    /// What the owner is expected to do.
+    /// The actions expected of the owner.
     pub actions: &'static [&'static str],
     /// School days between reviews at this stage.
     pub review_interval_days: u32,
@@ -188,7 +188,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ladders_start_in_classroom_and_end_with_local_authority() {
+    fn ladders_run_classroom_to_local_authority() {
         for ladder in [&INFANT_LADDER, &JUNIOR_SECONDARY_LADDER] {
             let first = ladder.stages.first().expect("stages");
             let last = ladder.stages.last().expect("stages");

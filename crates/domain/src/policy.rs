@@ -31,7 +31,7 @@ pub enum ThresholdWindow {
 pub struct Clause {
     /// The clause reference, for example `3.5`.
     pub reference: String,
-    /// What the clause says, in short.
+    /// A short summary of the clause.
     pub summary: String,
 }
 
@@ -42,7 +42,7 @@ pub struct PenaltyThreshold {
     pub sessions: u32,
     /// The window they are counted over.
     pub window: ThresholdWindow,
-    /// Where the policy sets it.
+    /// The clause that sets it.
     pub clause: Clause,
 }
 
@@ -58,18 +58,18 @@ pub struct Policy {
     /// Absence, in percent of possible sessions, at or above which a pupil is persistently
     /// absent.
     pub persistent_absence_percent: u32,
-    /// Where the policy defines persistent absence.
+    /// The clause that defines persistent absence.
     pub persistent_absence_clause: Clause,
     /// Absence, in percent of possible sessions, at or above which a pupil is severely absent.
     pub severe_absence_percent: u32,
-    /// Where the definition of severe absence comes from.
+    /// The source of the definition of severe absence.
     pub severe_absence_clause: Clause,
     /// The penalty-notice warning threshold.
     pub penalty_warning: PenaltyThreshold,
 }
 
 impl Policy {
-    /// The trust's attendance policy, last reviewed November 2021: the default.
+    /// Returns the trust's attendance policy, last reviewed in November 2021, which is the default.
     pub fn trust_2021() -> Self {
         Self {
             id: "aat-2021".into(),
@@ -98,7 +98,7 @@ impl Policy {
         }
     }
 
-    /// The statutory framework in force from 19 August 2024.
+    /// Returns the statutory framework in force from 19 August 2024.
     pub fn statutory_2024() -> Self {
         Self {
             id: "statutory-2024".into(),
@@ -221,7 +221,7 @@ fn count_in_dates(
     }
 }
 
-/// The Monday of the week containing `date`.
+/// Returns the Monday of the week containing `date`.
 fn week_start(date: NaiveDate) -> NaiveDate {
     let offset = u64::from(date.weekday().num_days_from_monday());
     date.checked_sub_days(Days::new(offset)).unwrap_or(date)

@@ -73,7 +73,7 @@ pub fn parse_date(value: &str) -> Result<NaiveDate, DateParseError> {
     NaiveDate::parse_from_str(trimmed, "%Y-%m-%d").map_err(|_| DateParseError(value.to_owned()))
 }
 
-/// The academic year containing a date, named by the calendar year it starts in. Academic
+/// Returns the academic year containing a date, named by the calendar year it starts in. Academic
 /// years run from 1 August to 31 July, as in DfE statistics.
 pub fn academic_year_of(date: NaiveDate) -> i32 {
     if date.month() >= 8 {
@@ -83,7 +83,7 @@ pub fn academic_year_of(date: NaiveDate) -> i32 {
     }
 }
 
-/// The first day (1 August) of the academic year containing `date`.
+/// Returns the first day (1 August) of the academic year containing `date`.
 pub fn academic_year_start(date: NaiveDate) -> NaiveDate {
     NaiveDate::from_ymd_opt(academic_year_of(date), 8, 1).unwrap_or(date)
 }

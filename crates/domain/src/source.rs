@@ -1,4 +1,4 @@
-//! Where a version of a mark came from.
+//! The source of each version of a mark.
 
 use std::fmt;
 use std::str::FromStr;

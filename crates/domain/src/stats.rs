@@ -54,39 +54,39 @@ impl Figures {
         self.not_possible += other.not_possible;
     }
 
-    /// Sessions in the denominator.
+    /// Returns the sessions in the denominator.
     pub fn possible(&self) -> u32 {
         self.attended() + self.absent()
     }
 
-    /// Present plus approved educational activity.
+    /// Returns present plus approved educational activity.
     pub fn attended(&self) -> u32 {
         self.present + self.approved_activity
     }
 
-    /// Authorised plus unauthorised absence.
+    /// Returns authorised plus unauthorised absence.
     pub fn absent(&self) -> u32 {
         self.authorised_absence + self.unauthorised_absence
     }
 
-    /// Every mark counted, possible or not.
+    /// Returns the number of marks counted, possible sessions or not.
     pub fn marks(&self) -> u32 {
         self.possible() + self.not_possible
     }
 
-    /// Attendance in tenths of a percent, rounded half up; `None` without possible sessions.
+    /// Returns attendance in tenths of a percent, rounded half up; `None` without possible sessions.
     pub fn attendance_tenths(&self) -> Option<u32> {
         rounded_tenths(self.attended(), self.possible())
     }
 
-    /// Attendance as a percentage rounded to one decimal place; `None` without possible
+    /// Returns attendance as a percentage rounded to one decimal place; `None` without possible
     /// sessions.
     pub fn attendance_percent(&self) -> Option<f64> {
         self.attendance_tenths()
             .map(|tenths| f64::from(tenths) / 10.0)
     }
 
-    /// Absence as a percentage rounded to one decimal place; `None` without possible sessions.
+    /// Returns absence as a percentage rounded to one decimal place; `None` without possible sessions.
     pub fn absence_percent(&self) -> Option<f64> {
         rounded_tenths(self.absent(), self.possible()).map(|tenths| f64::from(tenths) / 10.0)
     }
@@ -98,19 +98,19 @@ impl Figures {
             && u64::from(self.absent()) * 100 >= u64::from(self.possible()) * u64::from(percent)
     }
 
-    /// Persistent absence by the DfE definition: absence of 10% or more of possible sessions.
+    /// Returns true for persistent absence by the DfE definition: absence of 10% or more of possible sessions.
     /// A pupil at exactly 10% is persistently absent.
     pub fn is_persistent_absence(&self) -> bool {
         self.absence_at_least(10)
     }
 
-    /// Severe absence by the DfE definition: absence of 50% or more of possible sessions.
+    /// Returns true for severe absence by the DfE definition: absence of 50% or more of possible sessions.
     pub fn is_severe_absence(&self) -> bool {
         self.absence_at_least(50)
     }
 
-    /// How many more absent sessions, with every other session attended, would make the pupil
-    /// persistently absent; 0 when they already are.
+    /// Returns how many more absent sessions, with every other session attended, would make the
+    /// pupil persistently absent, or 0 when they already are.
     pub fn absences_before_persistent(&self) -> u32 {
         // With k more absences among k more possible sessions: 10(a + k) >= p + k, so
         // k >= (p - 10a) / 9, rounded up.

@@ -14,7 +14,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, PgPool, Postgres, Sqlite, SqlitePool, Transaction};
 
-/// Where a service keeps its data.
+/// The storage a service keeps its data in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageConfig {
     /// One SQLite file per service in this directory.

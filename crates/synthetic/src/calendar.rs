@@ -4,7 +4,7 @@ use chrono::{Datelike, NaiveDate, Weekday};
 
 use crate::spec::{SchoolSpec, Term};
 
-/// What kind of day a calendar day is for one school.
+/// The kind of a calendar day for one school.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DayKind {
     Open,

@@ -70,7 +70,7 @@ async fn follow(
     Ok(())
 }
 
-/// What a trigger does to the pupil's live case for the concern, if anything.
+/// The change a trigger makes to the pupil's live case for the concern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Change {
     /// Open a case at the first stage of the pupil's ladder.

@@ -13,7 +13,7 @@ use rollcall_domain::{Figures, Phase, Upn, codes};
 pub struct FileError {
     /// The file's name.
     pub file: String,
-    /// What is wrong, naming the element and the pupil's UPN where known.
+    /// The problem, naming the element and the pupil's UPN where known.
     pub message: String,
 }
 
@@ -24,7 +24,7 @@ pub struct Warning {
     pub upn: String,
     /// The element concerned.
     pub element: String,
-    /// What is wrong.
+    /// The problem.
     pub message: String,
 }
 
@@ -76,13 +76,13 @@ pub fn prepare_ctf(file_name: &str, content: &[u8]) -> Result<CtfImport, FileErr
         if let Some(phase) = Phase::of_year_group(&year_group) {
             phases.push(phase);
         }
-        let here: Vec<(usize, &YearData)> = pupil
+        let at_source: Vec<(usize, &YearData)> = pupil
             .attendance
             .iter()
             .enumerate()
             .filter(|(_, year)| year.school.laestab() == laestab)
             .collect();
-        let Some((year_index, year)) = here
+        let Some((year_index, year)) = at_source
             .iter()
             .copied()
             .filter(|(_, year)| year.sessions.is_some())

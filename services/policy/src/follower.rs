@@ -26,7 +26,7 @@ const BATCH: usize = 20_000;
 /// How long the follower waits for more marks before evaluating what it has.
 const SETTLE: Duration = Duration::from_millis(250);
 
-/// What a threshold is about, as stored and streamed.
+/// The kind of threshold a trigger is about, as stored and streamed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
     PersistentAbsence,

@@ -16,6 +16,7 @@ use rollcall_api::policy::v1::{
 use rollcall_api::registers::v1::GetPupilRequest;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::types::v1::{Phase as PbPhase, Session as PbSession};
+use rollcall_domain::policy::ThresholdEvaluation;
 use rollcall_domain::{Figures, Phase, Policy as DomainPolicy};
 use rollcall_runtime::grpc::{
     MAX_MESSAGE_BYTES, failed_precondition, invalid_argument, laestab, not_found, storage_error,
@@ -188,6 +189,57 @@ async fn triggers_after(db: &Db, cursor: i64, limit: i64) -> Result<Vec<TriggerR
     })
 }
 
+/// Describes the pupil's position against each threshold of the policy.
+fn threshold_statuses(
+    policy: &DomainPolicy,
+    figures: &Figures,
+    penalty: &ThresholdEvaluation,
+    from: NaiveDate,
+    as_of: NaiveDate,
+) -> Vec<ThresholdStatus> {
+    let count = |value: u32| i32::try_from(value).unwrap_or(i32::MAX);
+    let persistent_sessions = (u64::from(figures.possible())
+        * u64::from(policy.persistent_absence_percent))
+    .div_ceil(100);
+    let persistent = ThresholdStatus {
+        rule_id: "persistent_absence".into(),
+        clause: policy.persistent_absence_clause.reference.clone(),
+        threshold_sessions: i32::try_from(persistent_sessions).unwrap_or(i32::MAX),
+        counted_sessions: count(figures.absent()),
+        met: policy.is_persistent_absence(figures),
+        window: Some(period(from, as_of)),
+        counted: Vec::new(),
+        explanation: format!(
+            "{} absent sessions of {} possible; {} more before persistent absence",
+            figures.absent(),
+            figures.possible(),
+            figures.absences_before_persistent()
+        ),
+    };
+    let warning = ThresholdStatus {
+        rule_id: "penalty_notice_warning".into(),
+        clause: policy.penalty_warning.clause.reference.clone(),
+        threshold_sessions: count(penalty.threshold),
+        counted_sessions: count(penalty.counted),
+        met: penalty.met,
+        window: Some(period(penalty.window_from, penalty.window_to)),
+        counted: penalty
+            .sessions
+            .iter()
+            .map(|(session, code)| CountedSession {
+                date: session.date.to_string(),
+                session: PbSession::from(session.session) as i32,
+                code: code.clone(),
+            })
+            .collect(),
+        explanation: format!(
+            "{} unauthorised sessions between {} and {}; the threshold is {}",
+            penalty.counted, penalty.window_from, penalty.window_to, penalty.threshold
+        ),
+    };
+    vec![persistent, warning]
+}
+
 type TriggerStream = Pin<Box<dyn Stream<Item = Result<WatchTriggersResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -277,45 +329,7 @@ impl PolicyService for Policy {
         let policy = DomainPolicy::trust_2021();
         let figures = pupil.figures();
         let penalty = pupil.penalty(&policy, as_of);
-        let persistent_threshold = figures.possible().div_ceil(10);
-        let thresholds = vec![
-            ThresholdStatus {
-                rule_id: "persistent_absence".into(),
-                clause: policy.persistent_absence_clause.reference.clone(),
-                threshold_sessions: i32::try_from(persistent_threshold).unwrap_or(i32::MAX),
-                counted_sessions: i32::try_from(figures.absent()).unwrap_or(i32::MAX),
-                met: policy.is_persistent_absence(&figures),
-                window: Some(period(marks.from, as_of)),
-                counted: Vec::new(),
-                explanation: format!(
-                    "{} absent sessions of {} possible; {} more before persistent absence",
-                    figures.absent(),
-                    figures.possible(),
-                    figures.absences_before_persistent()
-                ),
-            },
-            ThresholdStatus {
-                rule_id: "penalty_notice_warning".into(),
-                clause: policy.penalty_warning.clause.reference.clone(),
-                threshold_sessions: i32::try_from(penalty.threshold).unwrap_or(i32::MAX),
-                counted_sessions: i32::try_from(penalty.counted).unwrap_or(i32::MAX),
-                met: penalty.met,
-                window: Some(period(penalty.window_from, penalty.window_to)),
-                explanation: format!(
-                    "{} unauthorised sessions between {} and {}; the threshold is {}",
-                    penalty.counted, penalty.window_from, penalty.window_to, penalty.threshold
-                ),
-                counted: penalty
-                    .sessions
-                    .iter()
-                    .map(|(session, code)| CountedSession {
-                        date: session.date.to_string(),
-                        session: PbSession::from(session.session) as i32,
-                        code: code.clone(),
-                    })
-                    .collect(),
-            },
-        ];
+        let thresholds = threshold_statuses(&policy, &figures, &penalty, marks.from, as_of);
         Ok(Response::new(GetPupilAttendanceResponse {
             attendance: Some(PupilAttendance {
                 upn: pupil.upn.clone(),

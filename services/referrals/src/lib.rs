@@ -1,10 +1,10 @@
 //! The referrals service: the packs that carry a referral to the local authority.
 //!
 //! A pack is built only for a pupil who has met the policy's penalty-notice warning threshold.
-//! It is a ZIP archive holding `manifest.json` (format version, school, pupil, policy and
-//! clause, figures, the sessions that make up the threshold, and the SHA-256 of every other
-//! file), the pupil's session marks as CSV, and a Common Transfer File extract of the pupil's
-//! attendance.
+//! It is a ZIP archive with three files. `manifest.json` has the format version, school, pupil,
+//! policy and clause, figures, the sessions that make up the threshold, and the SHA-256 of every
+//! other file. `attendance.csv` has the pupil's session marks, and `attendance-ctf.xml` is a
+//! Common Transfer File extract of the pupil's attendance.
 
 mod pack;
 mod service;

@@ -93,7 +93,7 @@ struct Current {
 
 type SessionKey = (String, NaiveDate, Session);
 
-/// What the registers hold for the pupils of an import.
+/// The registers' existing rows for the pupils of an import.
 #[derive(Debug, Default)]
 struct Existing {
     pupils: HashMap<String, PupilDetails>,
@@ -289,19 +289,22 @@ fn plan<'a>(request: &'a ImportRequest, existing: &Existing) -> Result<Plan<'a>,
             }
             Some(_) => {}
         }
-        let held = enrolments.entry(pupil.upn.clone()).or_default();
-        match held.iter().find(|e| e.contains(pupil.admission_date)) {
+        let pupil_enrolments = enrolments.entry(pupil.upn.clone()).or_default();
+        match pupil_enrolments
+            .iter()
+            .find(|e| e.contains(pupil.admission_date))
+        {
             Some(enrolment) if enrolment.year_group != pupil.year_group => {
                 plan.year_group_changes.push((pupil, enrolment.admission));
                 plan.response.pupils_updated += 1;
             }
             Some(_) => {}
             None => {
-                if held.is_empty() {
+                if pupil_enrolments.is_empty() {
                     plan.response.pupils_added += 1;
                 }
                 plan.new_enrolments.push(pupil);
-                held.push(Enrolment {
+                pupil_enrolments.push(Enrolment {
                     admission: pupil.admission_date,
                     leaving: None,
                     year_group: pupil.year_group.clone(),
@@ -313,7 +316,8 @@ fn plan<'a>(request: &'a ImportRequest, existing: &Existing) -> Result<Plan<'a>,
     let mut sequence = existing.next_sequence;
     for mark in &request.marks {
         let field = format!("marks[{}]", mark.index);
-        let Some(held) = enrolments.get(&mark.upn).filter(|held| !held.is_empty()) else {
+        let Some(pupil_enrolments) = enrolments.get(&mark.upn).filter(|list| !list.is_empty())
+        else {
             return Err(invalid_argument(
                 &format!("{field}.upn"),
                 &mark.upn,
@@ -323,7 +327,10 @@ fn plan<'a>(request: &'a ImportRequest, existing: &Existing) -> Result<Plan<'a>,
                 ),
             ));
         };
-        if !held.iter().any(|enrolment| enrolment.contains(mark.date)) {
+        if !pupil_enrolments
+            .iter()
+            .any(|enrolment| enrolment.contains(mark.date))
+        {
             return Err(invalid_argument(
                 &format!("{field}.date"),
                 &mark.date.to_string(),
@@ -679,7 +686,13 @@ mod tests {
         }
     }
 
-    fn mark(index: usize, upn: &str, day: u32, code: &str, taken: DateTime<Utc>) -> CheckedMark {
+    fn mark(
+        index: usize,
+        upn: &str,
+        day: u32,
+        code: &str,
+        recorded_at: DateTime<Utc>,
+    ) -> CheckedMark {
         CheckedMark {
             index,
             upn: upn.to_owned(),
@@ -687,7 +700,7 @@ mod tests {
             session: Session::Am,
             code: code.to_owned(),
             minutes_late: 0,
-            recorded_at: taken,
+            recorded_at,
         }
     }
 
@@ -705,7 +718,7 @@ mod tests {
         }
     }
 
-    fn existing_with(upn: &str, code: &str, taken: DateTime<Utc>) -> Existing {
+    fn existing_with(upn: &str, code: &str, recorded_at: DateTime<Utc>) -> Existing {
         let mut existing = Existing {
             next_sequence: 11,
             ..Existing::default()
@@ -726,7 +739,7 @@ mod tests {
             Current {
                 code: code.to_owned(),
                 minutes_late: 0,
-                recorded_at: taken,
+                recorded_at,
             },
         );
         existing

@@ -1,6 +1,6 @@
 //! The registers service: the legal attendance register.
 //!
-//! It holds schools, pupils on roll and session marks. Marks are append-only: every change is
+//! It stores schools, pupils on roll and session marks. Marks are append-only: every change is
 //! a new version, and the effective mark for a session is the version taken latest, ties broken
 //! by the order received (the change-feed sequence). Every version is appended to a change
 //! feed that other services follow from a cursor.

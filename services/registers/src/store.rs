@@ -219,7 +219,7 @@ pub(crate) async fn feed_after(
     })
 }
 
-/// The newest position in the change feed; 0 when empty.
+/// Returns the newest position in the change feed, or 0 when it is empty.
 pub(crate) async fn feed_head(db: &Db) -> Result<i64, sqlx::Error> {
     with_db!(db, |pool| {
         sqlx::query_scalar("SELECT COALESCE(MAX(sequence), 0) FROM marks")
