@@ -126,7 +126,11 @@ async fn run_against(
             if figures.persistent_absence {
                 persistent += 1;
             }
-            if figures.unauthorised_absence_sessions == 0 {
+            let warning_met = pupil
+                .thresholds
+                .iter()
+                .any(|threshold| threshold.rule_id == "penalty_notice_warning" && threshold.met);
+            if !warning_met {
                 continue;
             }
             let built = clients

@@ -21,8 +21,9 @@ use crate::figures::{PupilMarks, figures_to_proto, load_school, school_and_as_of
 
 /// The name under which the follower stores its cursor.
 pub(crate) const REGISTERS_FEED: &str = "registers.marks";
-/// Marks gathered before evaluating, at most.
-const BATCH: usize = 20_000;
+/// Marks gathered before evaluating, at most. Each evaluation reads the affected schools'
+/// marks for the year, so a large import is best evaluated once, at its end.
+const BATCH: usize = 500_000;
 /// How long the follower waits for more marks before evaluating what it has.
 const SETTLE: Duration = Duration::from_millis(250);
 

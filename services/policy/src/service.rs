@@ -273,11 +273,16 @@ impl PolicyService for Policy {
         let pupils = marks
             .pupils
             .iter()
-            .map(|pupil| PupilAttendance {
-                upn: pupil.upn.clone(),
-                laestab: laestab.clone(),
-                year_group: pupil.year_group.clone(),
-                figures: Some(figures_to_proto(&pupil.figures(), &policy)),
+            .map(|pupil| {
+                let figures = pupil.figures();
+                let penalty = pupil.penalty(&policy, as_of);
+                PupilAttendance {
+                    upn: pupil.upn.clone(),
+                    laestab: laestab.clone(),
+                    year_group: pupil.year_group.clone(),
+                    figures: Some(figures_to_proto(&figures, &policy)),
+                    thresholds: threshold_statuses(&policy, &figures, &penalty, marks.from, as_of),
+                }
             })
             .collect();
         Ok(Response::new(GetSchoolAttendanceResponse {
@@ -336,6 +341,7 @@ impl PolicyService for Policy {
                 laestab,
                 year_group: pupil.year_group.clone(),
                 figures: Some(figures_to_proto(&figures, &policy)),
+                thresholds: thresholds.clone(),
             }),
             period: Some(period(marks.from, as_of)),
             policy: Some(policy_to_proto(&policy)),

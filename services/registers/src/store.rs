@@ -174,27 +174,32 @@ pub(crate) async fn effective_marks(
     limit: i64,
 ) -> Result<Vec<MarkRow>, sqlx::Error> {
     let (after_upn, after_date, after_session) = &filter.after;
-    let upn = filter.upn.clone().unwrap_or_default();
+    // One pupil's marks come straight from the primary key (laestab, upn, date, session).
+    let (pupil_condition, upn) = match &filter.upn {
+        Some(upn) => ("e.upn = $2", upn.as_str()),
+        None => ("$2 = ''", ""),
+    };
+    let sql = format!(
+        "SELECT {MARK_COLUMNS} FROM effective_marks e \
+         JOIN marks m ON m.sequence = e.sequence \
+         WHERE e.laestab = $1 AND {pupil_condition} \
+           AND e.session_date >= $3 AND e.session_date <= $4 \
+           AND (e.upn, e.session_date, e.session) > ($5, $6, $7) \
+         ORDER BY e.upn, e.session_date, e.session \
+         LIMIT $8"
+    );
     with_db!(db, |pool| {
-        sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {MARK_COLUMNS} FROM effective_marks e \
-             JOIN marks m ON m.sequence = e.sequence \
-             WHERE e.laestab = $1 AND ($2 = '' OR e.upn = $2) \
-               AND e.session_date >= $3 AND e.session_date <= $4 \
-               AND (e.upn, e.session_date, e.session) > ($5, $6, $7) \
-             ORDER BY e.upn, e.session_date, e.session \
-             LIMIT $8"
-        )))
-        .bind(&filter.laestab)
-        .bind(&upn)
-        .bind(filter.from)
-        .bind(filter.to)
-        .bind(after_upn)
-        .bind(after_date)
-        .bind(after_session)
-        .bind(limit)
-        .fetch_all(pool)
-        .await
+        sqlx::query_as(sqlx::AssertSqlSafe(sql.clone()))
+            .bind(&filter.laestab)
+            .bind(upn)
+            .bind(filter.from)
+            .bind(filter.to)
+            .bind(after_upn)
+            .bind(after_date)
+            .bind(after_session)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
     })
 }
 
