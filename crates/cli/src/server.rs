@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use rollcall_api::cases::v1::cases_service_server::CasesServiceServer;
@@ -17,6 +18,7 @@ use rollcall_policy::Policy;
 use rollcall_referrals::Referrals;
 use rollcall_registers::Registers;
 use rollcall_runtime::StorageConfig;
+use rollcall_runtime::shutdown::StopSignal;
 use rollcall_runtime::storage::connect;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -24,6 +26,9 @@ use tokio::task::JoinHandle;
 use tonic::server::NamedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+
+/// How long [`RunningServer::stop`] waits for open connections to finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The settings `rollcall serve` starts with.
 #[derive(Debug, Clone)]
@@ -54,6 +59,7 @@ pub struct RunningServer {
     /// The address it listens on.
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
+    stop_signal: StopSignal,
     task: JoinHandle<anyhow::Result<()>>,
     followers: Vec<JoinHandle<()>>,
 }
@@ -65,14 +71,29 @@ impl RunningServer {
     }
 
     /// Stops the server and waits for it to finish.
+    ///
+    /// Change-feed streams end first, so their clients can resume from their last cursor. Other
+    /// requests in flight then have [`DRAIN_TIMEOUT`] to finish, after which the server stops
+    /// anyway.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         for follower in &self.followers {
             follower.abort();
         }
+        self.stop_signal.stop();
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        self.task.await.context("the server task failed")?
+        match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.task).await {
+            Ok(result) => result.context("the server task failed")?,
+            Err(_) => {
+                tracing::warn!(
+                    timeout_secs = DRAIN_TIMEOUT.as_secs(),
+                    "Connections still open after the drain timeout; closing them"
+                );
+                self.task.abort();
+                Ok(())
+            }
+        }
     }
 
     /// Waits until the server stops by itself, which happens only on an error.
@@ -110,8 +131,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     tracing::info!("Storage ready and migrated");
 
     let channel = rollcall_runtime::grpc::channel(&self_url)?;
-    let registers = Registers::new(registers_db).await?;
-    let policy = Policy::new(policy_db, channel.clone()).await?;
+    let (stop_signal, stopping) = rollcall_runtime::shutdown::stop_signal();
+    let registers = Registers::new(registers_db, stopping.clone()).await?;
+    let policy = Policy::new(policy_db, channel.clone(), stopping).await?;
     let cases = Cases::new(cases_db, channel.clone()).await?;
     let referrals = Referrals::new(referrals_db, channel.clone(), channel.clone());
     let adapter = MisAdapter::new(adapter_db, channel.clone());
@@ -159,6 +181,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     Ok(RunningServer {
         addr,
         shutdown: Some(shutdown),
+        stop_signal,
         task,
         followers,
     })

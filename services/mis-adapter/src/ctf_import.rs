@@ -254,3 +254,147 @@ fn check_totals(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upn() -> String {
+        Upn::from_digits([9, 1, 9, 2, 0, 0, 1, 2, 5, 0, 0, 1]).to_string()
+    }
+
+    /// A one-pupil file from Monday 1 September 2025 with the given marks and header date.
+    fn file(marks: &str, made: &str, totals: &str, year_group: &str) -> String {
+        format!(
+            "<CTfile><Header><CTFversion>25.0</CTFversion><DateTime>{made}T16:00:00</DateTime>\
+             <SourceSchool><LEA>919</LEA><Estab>2001</Estab><SchoolName>Test Academy</SchoolName>\
+             </SourceSchool></Header><CTFpupilData><Pupil><UPN>{upn}</UPN><Surname>Able</Surname>\
+             <Forename>Sam</Forename><DOB>2013-05-01</DOB><Gender>F</Gender>{year_group}\
+             <Attendance><YearData><Year>2025</Year><LEA>919</LEA><Estab>2001</Estab>{totals}\
+             <AttendSessions><AttendanceStartDate>2025-09-01</AttendanceStartDate>\
+             <AttendanceMarks>{marks}</AttendanceMarks></AttendSessions></YearData></Attendance>\
+             </Pupil></CTFpupilData></CTfile>",
+            upn = upn()
+        )
+    }
+
+    fn prepare(marks: &str) -> Result<CtfImport, FileError> {
+        let text = file(marks, "2025-09-12", "", "<NCyearActual>8</NCyearActual>");
+        prepare_ctf("test.xml", text.as_bytes())
+    }
+
+    #[test]
+    fn weekend_closures_are_skipped() {
+        // Monday to Sunday: five school days, then the weekend as ####.
+        let import = prepare(r"/\/\/\/\/\####").expect("valid file");
+        assert_eq!(import.marks.len(), 10);
+        assert_eq!(import.pupils.len(), 1);
+        assert_eq!(import.school.laestab, "9192001");
+    }
+
+    #[test]
+    fn unknown_code_names_file_pupil_and_session() {
+        let error = prepare(r"/\/A").expect_err("A is not a code");
+        assert_eq!(error.file, "test.xml");
+        assert!(error.message.contains(&upn()), "{}", error.message);
+        assert!(
+            error.message.contains("AttendanceMarks"),
+            "{}",
+            error.message
+        );
+        assert!(error.message.contains("2025-09-02 PM"), "{}", error.message);
+        assert!(
+            error.message.contains("unknown attendance code"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn withdrawn_code_names_replacement() {
+        let error = prepare(r"/\H\").expect_err("H was withdrawn in 2024");
+        assert!(error.message.contains("withdrawn"), "{}", error.message);
+        assert!(error.message.contains("otherwise G"), "{}", error.message);
+    }
+
+    #[test]
+    fn marks_after_file_date_are_rejected() {
+        // Twelve days of marks from 1 September run to the 12th; the file was made on the 5th.
+        let text = file(
+            &r"/\".repeat(12),
+            "2025-09-05",
+            "",
+            "<NCyearActual>8</NCyearActual>",
+        );
+        let error = prepare_ctf("test.xml", text.as_bytes()).expect_err("too long");
+        assert!(
+            error.message.contains("longer than its dates allow"),
+            "{}",
+            error.message
+        );
+        assert!(error.message.contains(&upn()), "{}", error.message);
+    }
+
+    #[test]
+    fn marks_past_academic_year_are_rejected() {
+        // 340 days from 1 September 2025 run past 31 July 2026.
+        let text = file(
+            &"##".repeat(340),
+            "2026-09-01",
+            "",
+            "<NCyearActual>8</NCyearActual>",
+        );
+        let error = prepare_ctf("test.xml", text.as_bytes()).expect_err("too long");
+        assert!(
+            error.message.contains("past the end of academic year"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn missing_year_group_is_rejected() {
+        let text = file(r"/\", "2025-09-12", "", "");
+        let error = prepare_ctf("test.xml", text.as_bytes()).expect_err("no year group");
+        assert!(error.message.contains("NCyearActual"), "{}", error.message);
+        assert!(error.message.contains(&upn()), "{}", error.message);
+    }
+
+    #[test]
+    fn not_ctf_is_rejected() {
+        let error =
+            prepare_ctf("notes.xml", b"<html><body>hello</body></html>").expect_err("not a CTF");
+        assert_eq!(error.file, "notes.xml");
+        assert!(
+            error.message.contains("not a Common Transfer File"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn totals_that_disagree_are_warnings() {
+        // The marks give 4 possible and 3 attended sessions; the file says 5 and 3.
+        let totals = "<SessionsPossible>5</SessionsPossible><SessionsAttended>3</SessionsAttended>";
+        let text = file(
+            r"/\I\",
+            "2025-09-12",
+            totals,
+            "<NCyearActual>8</NCyearActual>",
+        );
+        let import = prepare_ctf("test.xml", text.as_bytes()).expect("valid file");
+        assert_eq!(import.warnings.len(), 1, "{:?}", import.warnings);
+        let warning = &import.warnings[0];
+        assert_eq!(warning.upn, upn());
+        assert!(
+            warning.element.ends_with("SessionsPossible"),
+            "{}",
+            warning.element
+        );
+        assert!(
+            warning.message.contains("is 5, but the marks give 4"),
+            "{}",
+            warning.message
+        );
+    }
+}

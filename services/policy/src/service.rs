@@ -22,6 +22,7 @@ use rollcall_runtime::grpc::{
     MAX_MESSAGE_BYTES, failed_precondition, invalid_argument, laestab, not_found, storage_error,
     upstream_error,
 };
+use rollcall_runtime::shutdown::Stopping;
 use rollcall_runtime::{Db, with_db};
 use tokio::sync::watch;
 use tokio_stream::Stream;
@@ -40,11 +41,13 @@ pub struct Policy {
     db: Db,
     registers: RegistersServiceClient<Channel>,
     trigger_head: watch::Sender<i64>,
+    stopping: Stopping,
 }
 
 impl Policy {
-    /// Creates the service over its storage and a client of the registers service.
-    pub async fn new(db: Db, registers: Channel) -> anyhow::Result<Self> {
+    /// Creates the service over its storage and a client of the registers service. Trigger
+    /// streams end when `stopping` is set.
+    pub async fn new(db: Db, registers: Channel, stopping: Stopping) -> anyhow::Result<Self> {
         let head: i64 = with_db!(&db, |pool| {
             sqlx::query_scalar("SELECT COALESCE(MAX(sequence), 0) FROM triggers")
                 .fetch_one(pool)
@@ -58,6 +61,7 @@ impl Policy {
             db,
             registers,
             trigger_head,
+            stopping,
         })
     }
 
@@ -366,10 +370,11 @@ impl PolicyService for Policy {
         let db = self.db.clone();
         let policy = DomainPolicy::trust_2021();
         let mut head = self.trigger_head.subscribe();
+        let mut stopping = self.stopping.clone();
         let (sender, receiver) = tokio::sync::mpsc::channel(TRIGGER_BATCH as usize);
         tracing::info!(cursor, "WatchTriggers stream opened");
         tokio::spawn(async move {
-            loop {
+            while !stopping.is_stopping() {
                 let rows = match triggers_after(&db, cursor, TRIGGER_BATCH).await {
                     Ok(rows) => rows,
                     Err(error) => {
@@ -395,6 +400,7 @@ impl PolicyService for Policy {
                         changed = head.changed() => if changed.is_err() { return },
                         () = tokio::time::sleep(TRIGGER_POLL) => {}
                         () = sender.closed() => return,
+                        () = stopping.wait() => {}
                     }
                 }
             }

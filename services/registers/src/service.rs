@@ -16,6 +16,7 @@ use rollcall_runtime::Db;
 use rollcall_runtime::grpc::{
     MAX_MESSAGE_BYTES, invalid_argument, laestab, not_found, storage_error,
 };
+use rollcall_runtime::shutdown::Stopping;
 use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -34,14 +35,19 @@ const FEED_POLL: Duration = Duration::from_secs(2);
 pub struct Registers {
     db: Db,
     feed_head: watch::Sender<i64>,
+    stopping: Stopping,
 }
 
 impl Registers {
-    /// Creates the service over its storage.
-    pub async fn new(db: Db) -> anyhow::Result<Self> {
+    /// Creates the service over its storage. Change-feed streams end when `stopping` is set.
+    pub async fn new(db: Db, stopping: Stopping) -> anyhow::Result<Self> {
         let head = store::feed_head(&db).await?;
         let (feed_head, _) = watch::channel(head);
-        Ok(Self { db, feed_head })
+        Ok(Self {
+            db,
+            feed_head,
+            stopping,
+        })
     }
 
     /// Wraps the service in its tonic server.
@@ -280,11 +286,12 @@ impl RegistersService for Registers {
         }
         let db = self.db.clone();
         let mut head = self.feed_head.subscribe();
+        let mut stopping = self.stopping.clone();
         let (sender, receiver) = tokio::sync::mpsc::channel(FEED_BATCH as usize);
         let mut cursor = request.cursor;
         tracing::info!(cursor, laestab = %school, "WatchMarks stream opened");
         tokio::spawn(async move {
-            loop {
+            while !stopping.is_stopping() {
                 let rows = match store::feed_after(&db, cursor, &school, FEED_BATCH).await {
                     Ok(rows) => rows,
                     Err(error) => {
@@ -319,6 +326,7 @@ impl RegistersService for Registers {
                             tracing::info!(cursor, "WatchMarks stream closed by the client");
                             return;
                         }
+                        () = stopping.wait() => {}
                     }
                 }
             }

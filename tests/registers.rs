@@ -1,0 +1,322 @@
+//! The registers service over gRPC on a real server: whole-or-nothing imports, idempotency,
+//! the effective-mark rule and a change feed that resumes from a cursor across restarts.
+
+use std::path::Path;
+
+use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
+use rollcall_api::registers::v1::{
+    GetSchoolRequest, ImportHeader, ImportMarks, ImportPupil, ImportRegisterRequest,
+    ImportRegisterResponse, ListMarksRequest, Mark, Pupil, School, WatchMarksRequest,
+    import_register_request::Item,
+};
+use rollcall_api::types::v1::{MarkSource, Phase, Session};
+use rollcall_cli::server::{self, RunningServer, ServerConfig};
+use rollcall_domain::Upn;
+use tonic::transport::Channel;
+
+fn upn(serial: u8) -> String {
+    Upn::from_digits([9, 1, 9, 2, 0, 0, 1, 2, 5, 0, 0, serial]).to_string()
+}
+
+async fn start(work: &Path, database_url: Option<&str>) -> RunningServer {
+    let config = ServerConfig::new(
+        "127.0.0.1:0".parse().expect("address"),
+        work.join("data"),
+        database_url,
+    )
+    .expect("config");
+    server::start(config).await.expect("server starts")
+}
+
+async fn client(running: &RunningServer) -> RegistersServiceClient<Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(running.url())
+        .expect("valid URL")
+        .connect()
+        .await
+        .expect("connect");
+    RegistersServiceClient::new(channel)
+}
+
+fn mark(upn: &str, date: &str, code: &str, recorded_at: Option<i64>) -> Mark {
+    Mark {
+        upn: upn.to_owned(),
+        date: date.to_owned(),
+        session: Session::Am as i32,
+        code: code.to_owned(),
+        recorded_at: recorded_at.map(|seconds| prost_types::Timestamp { seconds, nanos: 0 }),
+        ..Mark::default()
+    }
+}
+
+/// An import stream: the header, one pupil admitted on 1 September 2025, then the marks.
+fn import(request_id: &str, pupils: &[String], marks: Vec<Mark>) -> Vec<ImportRegisterRequest> {
+    let header = ImportHeader {
+        request_id: request_id.to_owned(),
+        school: Some(School {
+            laestab: "9192001".into(),
+            name: "Test Academy".into(),
+            phase: Phase::Secondary as i32,
+            last_mark_date: String::new(),
+        }),
+        source: MarkSource::MisSync as i32,
+        source_name: "test".into(),
+        recorded_by: "test".into(),
+    };
+    let mut messages = vec![ImportRegisterRequest {
+        item: Some(Item::Header(header)),
+    }];
+    for upn in pupils {
+        messages.push(ImportRegisterRequest {
+            item: Some(Item::Pupil(ImportPupil {
+                pupil: Some(Pupil {
+                    upn: upn.clone(),
+                    forename: "Sam".into(),
+                    surname: "Able".into(),
+                    date_of_birth: "2013-05-01".into(),
+                    sex: "F".into(),
+                    enrolments: Vec::new(),
+                }),
+                admission_date: "2025-09-01".into(),
+                year_group: "8".into(),
+            })),
+        });
+    }
+    messages.push(ImportRegisterRequest {
+        item: Some(Item::Marks(ImportMarks { marks })),
+    });
+    messages
+}
+
+async fn send(
+    client: &mut RegistersServiceClient<Channel>,
+    messages: Vec<ImportRegisterRequest>,
+) -> Result<ImportRegisterResponse, tonic::Status> {
+    client
+        .import_register(tokio_stream::iter(messages))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn rejected_import_stores_nothing(database_url: Option<&str>) {
+    let work = tempfile::tempdir().expect("temp dir");
+    let running = start(work.path(), database_url).await;
+    let mut registers = client(&running).await;
+
+    // The second mark is for a pupil the import never sent.
+    let marks = vec![
+        mark(&upn(1), "2025-09-01", "/", None),
+        mark(&upn(2), "2025-09-01", "/", None),
+    ];
+    let error = send(&mut registers, import("bad", &[upn(1)], marks))
+        .await
+        .expect_err("unknown pupil");
+    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    assert!(
+        error.message().contains("marks[1].upn"),
+        "{}",
+        error.message()
+    );
+    assert!(error.message().contains(&upn(2)), "{}", error.message());
+
+    let school = registers
+        .get_school(GetSchoolRequest {
+            laestab: "9192001".into(),
+        })
+        .await
+        .expect_err("nothing from the import was stored");
+    assert_eq!(school.code(), tonic::Code::NotFound);
+
+    // A withdrawn code on a 2025 date is rejected with the code to use instead.
+    let marks = vec![mark(&upn(1), "2025-09-01", "H", None)];
+    let error = send(&mut registers, import("withdrawn", &[upn(1)], marks))
+        .await
+        .expect_err("H was withdrawn");
+    assert!(
+        error.message().contains("marks[0].code"),
+        "{}",
+        error.message()
+    );
+    assert!(
+        error.message().contains("otherwise G"),
+        "{}",
+        error.message()
+    );
+
+    running.stop().await.expect("server stops");
+}
+
+async fn effective_mark_and_idempotency(database_url: Option<&str>) {
+    let work = tempfile::tempdir().expect("temp dir");
+    let running = start(work.path(), database_url).await;
+    let mut registers = client(&running).await;
+    let nine = 1_756_717_200; // 2025-09-01 09:00 UTC
+    let noon = nine + 3 * 3600;
+
+    let first = send(
+        &mut registers,
+        import(
+            "one",
+            &[upn(1)],
+            vec![mark(&upn(1), "2025-09-01", "N", Some(noon))],
+        ),
+    )
+    .await
+    .expect("import");
+    assert_eq!(first.marks_recorded, 1);
+    let again = send(
+        &mut registers,
+        import(
+            "one",
+            &[upn(1)],
+            vec![mark(&upn(1), "2025-09-01", "I", Some(noon))],
+        ),
+    )
+    .await
+    .expect("same request id");
+    assert!(again.already_applied);
+    assert_eq!(again.marks_recorded, 0);
+
+    // A version taken earlier than the effective one is kept but does not take effect.
+    let older = send(
+        &mut registers,
+        import(
+            "two",
+            &[upn(1)],
+            vec![mark(&upn(1), "2025-09-01", "O", Some(nine))],
+        ),
+    )
+    .await
+    .expect("import");
+    assert_eq!(older.marks_recorded, 1);
+    let unchanged = send(
+        &mut registers,
+        import(
+            "three",
+            &[upn(1)],
+            vec![mark(&upn(1), "2025-09-01", "N", Some(noon))],
+        ),
+    )
+    .await
+    .expect("import");
+    assert_eq!(unchanged.marks_unchanged, 1);
+
+    let marks = registers
+        .list_marks(ListMarksRequest {
+            laestab: "9192001".into(),
+            upn: upn(1),
+            ..ListMarksRequest::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .marks;
+    assert_eq!(marks.len(), 1);
+    assert_eq!(marks[0].code, "N", "the version taken latest is effective");
+
+    let mut feed = registers
+        .watch_marks(WatchMarksRequest {
+            cursor: 0,
+            laestab: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first_version = feed.message().await.expect("message").expect("first");
+    let second_version = feed.message().await.expect("message").expect("second");
+    assert!(first_version.effective);
+    assert!(
+        !second_version.effective,
+        "the older version did not take effect"
+    );
+
+    running.stop().await.expect("server stops");
+}
+
+async fn feed_resumes_across_restart(database_url: Option<&str>) {
+    let work = tempfile::tempdir().expect("temp dir");
+    let running = start(work.path(), database_url).await;
+    let mut registers = client(&running).await;
+    let dates = [
+        "2025-09-01",
+        "2025-09-02",
+        "2025-09-03",
+        "2025-09-04",
+        "2025-09-05",
+    ];
+    let pupils = [upn(1), upn(2)];
+    let marks = pupils
+        .iter()
+        .flat_map(|upn| dates.iter().map(move |date| mark(upn, date, "/", None)))
+        .collect();
+    send(&mut registers, import("week", &pupils, marks))
+        .await
+        .expect("import");
+
+    let mut feed = registers
+        .watch_marks(WatchMarksRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let message = feed.message().await.expect("message").expect("a version");
+        seen.push(message.cursor);
+    }
+    drop(feed);
+    running.stop().await.expect("server stops");
+
+    let running = start(work.path(), database_url).await;
+    let mut registers = client(&running).await;
+    let mut feed = registers
+        .watch_marks(WatchMarksRequest {
+            cursor: *seen.last().expect("four seen"),
+            laestab: "9192001".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    for _ in 0..6 {
+        let message = feed.message().await.expect("message").expect("a version");
+        seen.push(message.cursor);
+    }
+    let expected: Vec<i64> = (1..=10).collect();
+    assert_eq!(seen, expected, "no gap and no repeat across the restart");
+    running.stop().await.expect("server stops");
+}
+
+async fn postgres_url() -> String {
+    let server = rollcall_testkit::postgres()
+        .await
+        .expect("PostgreSQL for the tests");
+    server.create_database().await.expect("database")
+}
+
+#[tokio::test]
+async fn rejected_import_on_sqlite() {
+    rejected_import_stores_nothing(None).await;
+}
+
+#[tokio::test]
+async fn rejected_import_on_postgres() {
+    rejected_import_stores_nothing(Some(&postgres_url().await)).await;
+}
+
+#[tokio::test]
+async fn effective_mark_on_sqlite() {
+    effective_mark_and_idempotency(None).await;
+}
+
+#[tokio::test]
+async fn effective_mark_on_postgres() {
+    effective_mark_and_idempotency(Some(&postgres_url().await)).await;
+}
+
+#[tokio::test]
+async fn feed_resumes_on_sqlite() {
+    feed_resumes_across_restart(None).await;
+}
+
+#[tokio::test]
+async fn feed_resumes_on_postgres() {
+    feed_resumes_across_restart(Some(&postgres_url().await)).await;
+}
