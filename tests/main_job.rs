@@ -98,6 +98,103 @@ fn stdout_json(output: &Output) -> Value {
     serde_json::from_slice(&output.stdout).expect("JSON output")
 }
 
+/// Amends pupil A's illness on Thursday morning to present, which takes A from exactly 10%
+/// absence to 5%: the persistent-absence trigger is withdrawn and A's case goes up for review.
+fn check_amendment(url: &str) {
+    let session = ["--upn", &upn(1), "--date", "2025-09-11", "--session", "AM"];
+    let no_reason = rollcall(
+        url,
+        &[
+            &["marks", "amend"][..],
+            &session,
+            &[
+                "--code",
+                "/",
+                "--reason",
+                " ",
+                "--by",
+                "J Smith",
+                "--position",
+                "Attendance officer",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(!no_reason.status.success());
+    assert!(String::from_utf8_lossy(&no_reason.stderr).contains("reason"));
+
+    let amended = rollcall(
+        url,
+        &[
+            &["marks", "amend"][..],
+            &session,
+            &[
+                "--code",
+                "/",
+                "--reason",
+                "Doctor's note was for the afternoon",
+                "--by",
+                "J Smith",
+                "--position",
+                "Attendance officer",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(
+        amended.status.success(),
+        "{}",
+        String::from_utf8_lossy(&amended.stderr)
+    );
+    assert!(String::from_utf8_lossy(&amended.stdout).contains("from I to /"));
+
+    let history = stdout_json(&rollcall(
+        url,
+        &[&["marks", "history"][..], &session, &["--json"]].concat(),
+    ));
+    let versions = history.as_array().expect("array");
+    assert_eq!(versions.len(), 2, "{history}");
+    assert_eq!(versions[0]["code"], "I");
+    assert_eq!(versions[0]["source"], "import");
+    assert_eq!(versions[0]["effective"], false);
+    assert_eq!(versions[1]["code"], "/");
+    assert_eq!(versions[1]["source"], "staff");
+    assert_eq!(versions[1]["reason"], "Doctor's note was for the afternoon");
+    assert_eq!(versions[1]["recorded_by"], "J Smith");
+    assert_eq!(versions[1]["recorded_by_position"], "Attendance officer");
+    assert_eq!(versions[1]["effective"], true);
+    assert!(
+        versions[1]["recorded_at"]
+            .as_str()
+            .is_some_and(|at| !at.is_empty())
+    );
+
+    let report = stdout_json(&rollcall(
+        url,
+        &["report", "attendance", "--school", "9192001", "--json"],
+    ));
+    let pupil_a = report
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|row| row["upn"] == upn(1).as_str())
+        .expect("pupil A");
+    assert_eq!(pupil_a["attendance_percent"].as_f64(), Some(95.0));
+    assert_eq!(pupil_a["persistent_absence"], false);
+
+    let cases = stdout_json(&rollcall(
+        url,
+        &["cases", "list", "--school", "9192001", "--json"],
+    ));
+    let case_a = cases
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|case| case["upn"] == upn(1).as_str())
+        .expect("A's case is kept, not closed");
+    assert_eq!(case_a["status"], "review");
+}
+
 async fn run_main_job(database_url: Option<String>, work: &Path) {
     let config = ServerConfig::new(
         "127.0.0.1:0".parse().expect("address"),
@@ -242,6 +339,8 @@ async fn run_main_job(database_url: Option<String>, work: &Path) {
             .expect("read");
         let extract = rollcall_ctf::read(&extract).expect("the extract is a valid CTF");
         assert_eq!(extract.pupils[0].upn, upn(3));
+
+        check_amendment(&url);
     });
     let result = checks.await;
     running.stop().await.expect("server stops");

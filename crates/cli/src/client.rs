@@ -7,12 +7,14 @@ use rollcall_api::cases::v1::cases_service_client::CasesServiceClient;
 use rollcall_api::mis_adapter::v1::mis_adapter_service_client::MisAdapterServiceClient;
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
 use rollcall_api::referrals::v1::referrals_service_client::ReferralsServiceClient;
+use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_runtime::grpc::MAX_MESSAGE_BYTES;
 use tonic::transport::{Channel, Endpoint};
 
 /// Clients of every service of one server.
 #[derive(Debug, Clone)]
 pub(crate) struct Clients {
+    pub(crate) registers: RegistersServiceClient<Channel>,
     pub(crate) policy: PolicyServiceClient<Channel>,
     pub(crate) cases: CasesServiceClient<Channel>,
     pub(crate) referrals: ReferralsServiceClient<Channel>,
@@ -34,6 +36,8 @@ impl Clients {
             )
         })?;
         Ok(Self {
+            registers: RegistersServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
             policy: PolicyServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             cases: CasesServiceClient::new(channel.clone())

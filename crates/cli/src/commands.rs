@@ -17,6 +17,7 @@ use rollcall_runtime::telemetry::{self, LogFormat};
 use serde_json::json;
 
 use crate::client::Clients;
+use crate::marks::MarksCommand;
 use crate::server::{self, ServerConfig};
 
 /// rollcall: attendance registers, policy decisions, casework and referrals for a trust's schools.
@@ -49,6 +50,9 @@ enum Command {
     /// Cases for pupils of concern.
     #[command(subcommand)]
     Cases(CasesCommand),
+    /// Session marks: their history and amendments.
+    #[command(subcommand)]
+    Marks(MarksCommand),
     /// Referrals to the local authority.
     #[command(subcommand)]
     Referral(ReferralCommand),
@@ -131,7 +135,7 @@ enum ReferralCommand {
 }
 
 /// How long an import waits for figures and cases to catch up.
-const SYNC_TIMEOUT: Duration = Duration::from_secs(600);
+pub(crate) const SYNC_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = match cli.command {
@@ -143,6 +147,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(command) => ClientCommand::Import(command),
         Command::Report(command) => ClientCommand::Report(command),
         Command::Cases(command) => ClientCommand::Cases(command),
+        Command::Marks(command) => ClientCommand::Marks(command),
         Command::Referral(command) => ClientCommand::Referral(command),
     };
 
@@ -161,6 +166,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         ClientCommand::Cases(CasesCommand::List { school, json }) => {
             list_cases(&clients, &school, json, &mut out).await
         }
+        ClientCommand::Marks(command) => crate::marks::run(&clients, command, &mut out).await,
         ClientCommand::Referral(ReferralCommand::Pack {
             upn,
             out: path,
@@ -174,6 +180,7 @@ enum ClientCommand {
     Import(ImportCommand),
     Report(ReportCommand),
     Cases(CasesCommand),
+    Marks(MarksCommand),
     Referral(ReferralCommand),
 }
 

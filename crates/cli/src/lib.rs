@@ -4,6 +4,7 @@
 mod client;
 mod commands;
 mod demo;
+mod marks;
 pub mod server;
 
 use std::process::ExitCode;

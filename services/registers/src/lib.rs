@@ -5,6 +5,7 @@
 //! by the order received (the change-feed sequence). Every version is appended to a change
 //! feed that other services follow from a cursor.
 
+mod amend;
 mod convert;
 mod import;
 mod service;

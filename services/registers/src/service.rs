@@ -7,10 +7,11 @@ use rollcall_api::registers::v1::registers_service_server::{
     RegistersService, RegistersServiceServer,
 };
 use rollcall_api::registers::v1::{
-    Enrolment, GetPupilRequest, GetPupilResponse, GetSchoolRequest, GetSchoolResponse,
-    ImportRegisterRequest, ImportRegisterResponse, ListMarksRequest, ListMarksResponse,
-    ListPupilsRequest, ListPupilsResponse, ListSchoolsRequest, ListSchoolsResponse, Pupil, School,
-    WatchMarksRequest, WatchMarksResponse, import_register_request::Item,
+    AmendMarkRequest, AmendMarkResponse, Enrolment, GetPupilRequest, GetPupilResponse,
+    GetSchoolRequest, GetSchoolResponse, ImportRegisterRequest, ImportRegisterResponse,
+    ListMarkVersionsRequest, ListMarkVersionsResponse, ListMarksRequest, ListMarksResponse,
+    ListPupilsRequest, ListPupilsResponse, ListSchoolsRequest, ListSchoolsResponse, MarkVersion,
+    Pupil, School, WatchMarksRequest, WatchMarksResponse, import_register_request::Item,
 };
 use rollcall_runtime::Db;
 use rollcall_runtime::grpc::{
@@ -21,7 +22,8 @@ use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::convert::{optional_date, phase_from_str, required_date};
+use crate::amend::{self, Amendment};
+use crate::convert::{MarkRow, optional_date, phase_from_str, required_date, session};
 use crate::import;
 use crate::store::{self, EnrolmentRow, MarkFilter, NO_EARLIER, NO_LATER, PupilRow};
 
@@ -262,6 +264,59 @@ impl RegistersService for Registers {
         Ok(Response::new(ListMarksResponse {
             marks: rows.into_iter().map(|row| row.into_proto()).collect(),
             next_page_token,
+        }))
+    }
+
+    async fn amend_mark(
+        &self,
+        request: Request<AmendMarkRequest>,
+    ) -> Result<Response<AmendMarkResponse>, Status> {
+        let amendment = Amendment::check(request.get_ref())?;
+        let outcome = amend::apply(&self.db, &amendment).await?;
+        if outcome.unchanged {
+            tracing::info!(
+                upn = amendment.upn(),
+                sequence = outcome.mark.sequence,
+                "Amendment matched the effective mark; nothing recorded"
+            );
+        } else {
+            self.feed_head.send_replace(outcome.mark.sequence);
+            tracing::info!(upn = amendment.upn(), laestab = %outcome.mark.laestab, sequence = outcome.mark.sequence, "Mark amended");
+        }
+        Ok(Response::new(AmendMarkResponse {
+            mark: Some(outcome.mark.into_proto()),
+            previous: outcome.previous.map(MarkRow::into_proto),
+            unchanged: outcome.unchanged,
+        }))
+    }
+
+    async fn list_mark_versions(
+        &self,
+        request: Request<ListMarkVersionsRequest>,
+    ) -> Result<Response<ListMarkVersionsResponse>, Status> {
+        let request = request.into_inner();
+        let upn = request.upn.trim().to_ascii_uppercase();
+        if upn.is_empty() {
+            return Err(invalid_argument("upn", &request.upn, "a UPN is required"));
+        }
+        let school = if request.laestab.trim().is_empty() {
+            None
+        } else {
+            Some(laestab("laestab", &request.laestab)?)
+        };
+        let date = required_date("date", &request.date)?;
+        let session = session("session", request.session)?;
+        let versions = store::versions(&self.db, &upn, school.as_deref(), date, session.as_str())
+            .await
+            .map_err(|e| storage_error("listing mark versions", e))?;
+        Ok(Response::new(ListMarkVersionsResponse {
+            versions: versions
+                .into_iter()
+                .map(|(mark, effective)| MarkVersion {
+                    mark: Some(mark.into_proto()),
+                    effective,
+                })
+                .collect(),
         }))
     }
 

@@ -35,7 +35,7 @@ pub(crate) struct EnrolmentRow {
     pub(crate) year_group: String,
 }
 
-const MARK_COLUMNS: &str = "m.sequence, m.laestab, m.upn, m.session_date, m.session, m.code, \
+pub(crate) const MARK_COLUMNS: &str = "m.sequence, m.laestab, m.upn, m.session_date, m.session, m.code, \
      m.minutes_late, m.source, m.reason, m.recorded_by, m.recorded_by_position, m.recorded_at, \
      m.effective_when_stored";
 
@@ -231,4 +231,44 @@ pub(crate) async fn feed_head(db: &Db) -> Result<i64, sqlx::Error> {
             .fetch_one(pool)
             .await
     })
+}
+
+/// Every version of one session's mark, oldest first, each with whether it is effective.
+pub(crate) async fn versions(
+    db: &Db,
+    upn: &str,
+    laestab: Option<&str>,
+    date: NaiveDate,
+    session: &str,
+) -> Result<Vec<(MarkRow, bool)>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        mark: MarkRow,
+        effective: bool,
+    }
+    let laestab = laestab.unwrap_or_default();
+    let rows: Vec<Row> = with_db!(db, |pool| {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {MARK_COLUMNS}, \
+                    EXISTS (SELECT 1 FROM effective_marks e \
+                            WHERE e.laestab = m.laestab AND e.upn = m.upn \
+                              AND e.session_date = m.session_date AND e.session = m.session \
+                              AND e.sequence = m.sequence) AS effective \
+             FROM marks m \
+             WHERE m.upn = $1 AND ($2 = '' OR m.laestab = $2) \
+               AND m.session_date = $3 AND m.session = $4 \
+             ORDER BY m.sequence"
+        )))
+        .bind(upn)
+        .bind(laestab)
+        .bind(date)
+        .bind(session)
+        .fetch_all(pool)
+        .await
+    })?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.mark, row.effective))
+        .collect())
 }
