@@ -1,5 +1,6 @@
 //! The rules of school attendance in England, as a plain library with no I/O.
 //!
+//! - [`calendar`]: a school's terms, register times, closures and time zone;
 //! - [`codes`]: the one code table, with the statistical meaning and validity dates of every code;
 //! - [`session`]: sessions, dates and academic years;
 //! - [`stats`]: attendance statistics by the DfE rules;
@@ -10,6 +11,7 @@
 //! - [`source`]: where a version of a mark came from;
 //! - [`upn`]: unique pupil numbers.
 
+pub mod calendar;
 pub mod codes;
 pub mod ladder;
 pub mod phase;
