@@ -1,13 +1,15 @@
 //! The registers service over gRPC on a real server: whole-or-nothing imports, idempotency,
-//! the effective-mark rule and a change feed that resumes from a cursor across restarts.
+//! the effective-mark rule, calendars, and a change feed that resumes from a cursor across
+//! restarts.
 
 use std::path::Path;
 
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{
-    GetSchoolRequest, ImportHeader, ImportMarks, ImportPupil, ImportRegisterRequest,
-    ImportRegisterResponse, ListMarksRequest, Mark, Pupil, School, WatchMarksRequest,
-    import_register_request::Item,
+    Calendar, Closure, ClosureKind, GetCalendarRequest, GetSchoolRequest, ImportHeader,
+    ImportMarks, ImportPupil, ImportRegisterRequest, ImportRegisterResponse,
+    ListMarkVersionsRequest, ListMarksRequest, Mark, Pupil, RegisterTimes, School,
+    SetCalendarRequest, Term, WatchMarksRequest, import_register_request::Item,
 };
 use rollcall_api::types::v1::{MarkSource, Phase, Session};
 use rollcall_cli::server::{self, RunningServer, ServerConfig};
@@ -319,4 +321,158 @@ async fn feed_resumes_on_sqlite() {
 #[tokio::test]
 async fn feed_resumes_on_postgres() {
     feed_resumes_across_restart(Some(&postgres_url().await)).await;
+}
+
+fn autumn_calendar(closures: Vec<Closure>, am_closes: &str) -> Calendar {
+    Calendar {
+        laestab: "9192001".into(),
+        time_zone: "Europe/London".into(),
+        am: Some(RegisterTimes {
+            opens: "08:40".into(),
+            closes: am_closes.into(),
+        }),
+        pm: Some(RegisterTimes {
+            opens: "13:15".into(),
+            closes: "13:30".into(),
+        }),
+        terms: vec![Term {
+            name: "Autumn 2025".into(),
+            first_day: "2025-09-01".into(),
+            last_day: "2025-12-19".into(),
+        }],
+        closures,
+    }
+}
+
+fn set_calendar(calendar: Calendar) -> SetCalendarRequest {
+    SetCalendarRequest {
+        calendar: Some(calendar),
+        changed_by: "J Smith".into(),
+        changed_by_position: "Data manager".into(),
+    }
+}
+
+async fn calendar_checks_marks_and_closes_days(database_url: Option<&str>) {
+    let work = tempfile::tempdir().expect("temp dir");
+    let running = start(work.path(), database_url).await;
+    let mut registers = client(&running).await;
+    let week = [
+        "2025-09-01",
+        "2025-09-02",
+        "2025-09-03",
+        "2025-09-04",
+        "2025-09-05",
+    ];
+    let marks = week
+        .iter()
+        .map(|date| mark(&upn(1), date, "/", None))
+        .collect();
+    send(&mut registers, import("week", &[upn(1)], marks))
+        .await
+        .expect("import");
+
+    // A register open for 45 minutes is rejected and nothing is stored.
+    let error = registers
+        .set_calendar(set_calendar(autumn_calendar(Vec::new(), "09:25")))
+        .await
+        .expect_err("45 minutes");
+    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    assert!(
+        error.message().contains("at most 30 minutes"),
+        "{}",
+        error.message()
+    );
+    let missing = registers
+        .get_calendar(GetCalendarRequest {
+            laestab: "9192001".into(),
+        })
+        .await
+        .expect_err("no calendar stored");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    registers
+        .set_calendar(set_calendar(autumn_calendar(Vec::new(), "09:00")))
+        .await
+        .expect("valid calendar");
+
+    // Marks at a weekend, or a present mark on a planned closure, no longer fit.
+    let weekend = vec![mark(&upn(1), "2025-09-06", "/", None)];
+    let error = send(&mut registers, import("weekend", &[upn(1)], weekend))
+        .await
+        .expect_err("Saturday");
+    assert!(
+        error.message().contains("marks[0].date"),
+        "{}",
+        error.message()
+    );
+    assert!(error.message().contains("weekend"), "{}", error.message());
+
+    // Friday becomes an INSET day: its mark gets a # version and the old one is kept.
+    let inset = Closure {
+        date: "2025-09-05".into(),
+        session: Session::Unspecified as i32,
+        kind: ClosureKind::Planned as i32,
+        reason: "INSET day".into(),
+    };
+    let changed = registers
+        .set_calendar(set_calendar(autumn_calendar(vec![inset], "09:00")))
+        .await
+        .expect("valid calendar")
+        .into_inner();
+    assert_eq!(changed.marks_closed, 1, "only the AM mark existed");
+    let stored = registers
+        .get_calendar(GetCalendarRequest {
+            laestab: "9192001".into(),
+        })
+        .await
+        .expect("calendar")
+        .into_inner()
+        .calendar
+        .expect("calendar");
+    assert_eq!(stored.closures.len(), 1);
+    assert_eq!(stored.am.map(|am| am.closes), Some("09:00".to_owned()));
+
+    let history = registers
+        .list_mark_versions(ListMarkVersionsRequest {
+            upn: upn(1),
+            laestab: String::new(),
+            date: "2025-09-05".into(),
+            session: Session::Am as i32,
+        })
+        .await
+        .expect("history")
+        .into_inner()
+        .versions;
+    let codes: Vec<(String, bool)> = history
+        .iter()
+        .map(|version| {
+            (
+                version.mark.clone().unwrap_or_default().code,
+                version.effective,
+            )
+        })
+        .collect();
+    assert_eq!(codes, vec![("/".to_owned(), false), ("#".to_owned(), true)]);
+
+    let present = vec![mark(&upn(1), "2025-09-05", "L", None)];
+    let error = send(&mut registers, import("closed", &[upn(1)], present))
+        .await
+        .expect_err("planned closure");
+    assert!(
+        error.message().contains("planned closure"),
+        "{}",
+        error.message()
+    );
+
+    running.stop().await.expect("server stops");
+}
+
+#[tokio::test]
+async fn calendar_on_sqlite() {
+    calendar_checks_marks_and_closes_days(None).await;
+}
+
+#[tokio::test]
+async fn calendar_on_postgres() {
+    calendar_checks_marks_and_closes_days(Some(&postgres_url().await)).await;
 }

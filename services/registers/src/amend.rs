@@ -3,13 +3,14 @@
 use chrono::{NaiveDate, Utc};
 use rollcall_api::convert::source_from_proto;
 use rollcall_api::registers::v1::AmendMarkRequest;
-use rollcall_domain::{MarkSource, Session, Upn, codes};
+use rollcall_domain::{MarkSource, Session, SessionDate, Upn, codes};
 use rollcall_runtime::grpc::{invalid_argument, laestab, storage_error};
 use rollcall_runtime::storage::WriteTransaction;
 use rollcall_runtime::{Db, with_db};
 use tonic::Status;
 
 use crate::FEED_LOCK_KEY;
+use crate::calendar::{self, load_calendar_rows};
 use crate::convert::{MarkRow, required_date, session};
 use crate::store::MARK_COLUMNS;
 
@@ -156,6 +157,17 @@ pub(crate) async fn apply(db: &Db, amendment: &Amendment) -> Result<Outcome, Sta
                 format!("no pupil with this UPN is on roll at {where_} on {date}"),
             ));
         };
+
+        let rows = load_calendar_rows!(tx, &school, store_error);
+        if let Some(calendar) = rows.map(calendar::from_rows).transpose()? {
+            let at = SessionDate {
+                date,
+                session: amendment.session,
+            };
+            if let Some(problem) = calendar::check_mark(&calendar, at, &amendment.code) {
+                return Err(invalid_argument("date", &date.to_string(), problem));
+            }
+        }
 
         let previous: Option<MarkRow> = sqlx::query_as(sqlx::AssertSqlSafe(effective.clone()))
             .bind(&school)

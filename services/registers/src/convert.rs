@@ -25,6 +25,7 @@ pub(crate) struct MarkRow {
     pub(crate) recorded_by_position: String,
     pub(crate) recorded_at: DateTime<Utc>,
     pub(crate) effective_when_stored: bool,
+    pub(crate) arrived_at: Option<DateTime<Utc>>,
 }
 
 impl MarkRow {
@@ -50,6 +51,7 @@ impl MarkRow {
             recorded_by_position: self.recorded_by_position,
             recorded_at: Some(timestamp(self.recorded_at)),
             sequence: self.sequence,
+            arrived_at: self.arrived_at.map(timestamp),
         }
     }
 }

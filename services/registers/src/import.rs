@@ -12,7 +12,8 @@ use rollcall_api::registers::v1::{
     ImportHeader, ImportMarks, ImportPupil, ImportRegisterRequest, ImportRegisterResponse, Mark,
     import_register_request::Item,
 };
-use rollcall_domain::{MarkSource, Session, Upn, codes};
+use rollcall_domain::calendar::SchoolCalendar;
+use rollcall_domain::{MarkSource, Session, SessionDate, Upn, codes};
 use rollcall_runtime::grpc::{invalid_argument, laestab, storage_error};
 use rollcall_runtime::storage::WriteTransaction;
 use rollcall_runtime::{Db, with_db};
@@ -20,6 +21,7 @@ use sqlx::QueryBuilder;
 use tonic::{Status, Streaming};
 
 use crate::FEED_LOCK_KEY;
+use crate::calendar::{self, load_calendar_rows};
 use crate::convert::{phase_as_str, required_date, session};
 
 /// Rows per multi-row statement. Fifteen columns a row stays well inside SQLite's limit of
@@ -67,7 +69,12 @@ struct CheckedMark {
     code: String,
     minutes_late: i32,
     recorded_at: DateTime<Utc>,
+    arrived_at: Option<DateTime<Utc>>,
 }
+
+/// Codes an arrival time decides between: a mark sent with one of these (or none) and an
+/// arrival time takes its code from the school's register times.
+const ARRIVAL_CODES: [&str; 5] = ["", "/", "\\", "L", "U"];
 
 /// An enrolment at the importing school.
 #[derive(Debug, Clone)]
@@ -99,14 +106,18 @@ struct Existing {
     pupils: HashMap<String, PupilDetails>,
     enrolments: HashMap<String, Vec<Enrolment>>,
     effective: HashMap<SessionKey, Current>,
+    calendar: Option<SchoolCalendar>,
     next_sequence: i64,
 }
 
-/// A new mark version with its feed position.
+/// A new mark version with its feed position, and its code and minutes late once any arrival
+/// time has been applied.
 #[derive(Debug)]
 struct Version<'a> {
     sequence: i64,
     mark: &'a CheckedMark,
+    code: String,
+    minutes_late: i32,
     effective: bool,
 }
 
@@ -235,13 +246,25 @@ fn check_mark(index: usize, mark: &Mark, now: DateTime<Utc>) -> Result<CheckedMa
     let date = required_date(&format!("{field}.date"), &mark.date)?;
     let session = session(&format!("{field}.session"), mark.session)?;
     let code = mark.code.trim();
-    codes::lookup_on(code, date).map_err(|error| {
-        invalid_argument(
-            &format!("{field}.code"),
-            &mark.code,
-            format!("{error} (pupil {upn}, {date} {session})"),
-        )
-    })?;
+    let arrived_at = match &mark.arrived_at {
+        Some(at) => Some(from_timestamp(at).ok_or_else(|| {
+            invalid_argument(
+                &format!("{field}.arrived_at"),
+                &at.seconds.to_string(),
+                "not a valid time",
+            )
+        })?),
+        None => None,
+    };
+    if !(code.is_empty() && arrived_at.is_some()) {
+        codes::lookup_on(code, date).map_err(|error| {
+            invalid_argument(
+                &format!("{field}.code"),
+                &mark.code,
+                format!("{error} (pupil {upn}, {date} {session})"),
+            )
+        })?;
+    }
     if mark.minutes_late < 0 {
         return Err(invalid_argument(
             &format!("{field}.minutes_late"),
@@ -267,6 +290,7 @@ fn check_mark(index: usize, mark: &Mark, now: DateTime<Utc>) -> Result<CheckedMa
         code: code.to_owned(),
         minutes_late: mark.minutes_late,
         recorded_at,
+        arrived_at,
     })
 }
 
@@ -340,11 +364,41 @@ fn plan<'a>(request: &'a ImportRequest, existing: &Existing) -> Result<Plan<'a>,
                 ),
             ));
         }
+        let at = SessionDate {
+            date: mark.date,
+            session: mark.session,
+        };
+        let (code, minutes_late) = match (mark.arrived_at, &existing.calendar) {
+            (Some(arrived_at), Some(calendar)) if ARRIVAL_CODES.contains(&mark.code.as_str()) => {
+                let arrival = calendar.arrival(at, arrived_at);
+                let minutes = i32::try_from(arrival.minutes_late()).unwrap_or(i32::MAX);
+                (arrival.code(mark.session).to_owned(), minutes)
+            }
+            (Some(_), None) if ARRIVAL_CODES.contains(&mark.code.as_str()) => {
+                return Err(invalid_argument(
+                    &format!("{field}.arrived_at"),
+                    &mark.date.to_string(),
+                    format!(
+                        "school {} has no calendar, so its register times are unknown; set the \
+                         calendar first or send the code",
+                        request.laestab
+                    ),
+                ));
+            }
+            _ => (mark.code.clone(), mark.minutes_late),
+        };
+        if let Some(calendar) = &existing.calendar
+            && let Some(problem) = calendar::check_mark(calendar, at, &code)
+        {
+            return Err(invalid_argument(
+                &format!("{field}.date"),
+                &mark.date.to_string(),
+                format!("pupil {}: {problem}", mark.upn),
+            ));
+        }
         let key = (mark.upn.clone(), mark.date, mark.session);
         let effective = match existing.effective.get(&key) {
-            Some(current)
-                if current.code == mark.code && current.minutes_late == mark.minutes_late =>
-            {
+            Some(current) if current.code == code && current.minutes_late == minutes_late => {
                 plan.response.marks_unchanged += 1;
                 continue;
             }
@@ -354,6 +408,8 @@ fn plan<'a>(request: &'a ImportRequest, existing: &Existing) -> Result<Plan<'a>,
         plan.versions.push(Version {
             sequence,
             mark,
+            code,
+            minutes_late,
             effective,
         });
         sequence += 1;
@@ -405,8 +461,10 @@ pub(crate) async fn apply(
         }
 
         // Load what the registers hold for these pupils, a chunk of UPNs at a time.
+        let rows = load_calendar_rows!(tx, laestab, store_error);
         let mut existing = Existing {
             next_sequence: head + 1,
+            calendar: rows.map(calendar::from_rows).transpose()?,
             ..Existing::default()
         };
         for chunk in upns.chunks(CHUNK) {
@@ -573,7 +631,7 @@ pub(crate) async fn apply(
             let mut insert = QueryBuilder::new(
                 "INSERT INTO marks (sequence, laestab, upn, session_date, session, code, \
                  minutes_late, source, source_name, reason, recorded_by, recorded_by_position, \
-                 recorded_at, received_at, effective_when_stored) ",
+                 recorded_at, received_at, effective_when_stored, arrived_at) ",
             );
             insert.push_values(chunk, |mut row, version| {
                 let mark = version.mark;
@@ -582,8 +640,8 @@ pub(crate) async fn apply(
                     .push_bind(mark.upn.clone())
                     .push_bind(mark.date)
                     .push_bind(mark.session.as_str())
-                    .push_bind(mark.code.clone())
-                    .push_bind(mark.minutes_late)
+                    .push_bind(version.code.clone())
+                    .push_bind(version.minutes_late)
                     .push_bind(request.source.as_str())
                     .push_bind(request.source_name.clone())
                     .push_bind(reason.clone())
@@ -591,7 +649,8 @@ pub(crate) async fn apply(
                     .push_bind("")
                     .push_bind(mark.recorded_at)
                     .push_bind(now)
-                    .push_bind(version.effective);
+                    .push_bind(version.effective)
+                    .push_bind(mark.arrived_at);
             });
             insert
                 .build()
@@ -701,6 +760,7 @@ mod tests {
             code: code.to_owned(),
             minutes_late: 0,
             recorded_at,
+            arrived_at: None,
         }
     }
 
@@ -827,6 +887,72 @@ mod tests {
         );
         assert!(
             error.message().contains("2025-09-05"),
+            "{}",
+            error.message()
+        );
+    }
+
+    #[test]
+    fn plan_derives_late_codes_from_arrival() {
+        use rollcall_domain::calendar::{RegisterTimes, Term};
+        let time =
+            |hour, minute| chrono::NaiveTime::from_hms_opt(hour, minute, 0).expect("valid time");
+        let mut existing = existing_with("P1", "/", at(8));
+        existing.calendar = Some(
+            SchoolCalendar::new(
+                "Europe/London",
+                RegisterTimes {
+                    opens: time(8, 40),
+                    closes: time(9, 0),
+                },
+                RegisterTimes {
+                    opens: time(13, 15),
+                    closes: time(13, 30),
+                },
+                vec![Term {
+                    name: "Autumn".into(),
+                    first_day: date(1),
+                    last_day: NaiveDate::from_ymd_opt(2025, 12, 19).expect("valid date"),
+                }],
+                Vec::new(),
+            )
+            .expect("valid calendar"),
+        );
+        // 07:50 UTC on 3 September is 08:50 in London (summer time): L, 10 minutes late.
+        let mut late = mark(0, "P1", 3, "", at(9));
+        late.arrived_at = Some(
+            Utc.with_ymd_and_hms(2025, 9, 3, 7, 50, 0)
+                .single()
+                .expect("valid"),
+        );
+        // 08:05 UTC on 4 September is 09:05 in London: U, 25 minutes late.
+        let mut after = mark(1, "P1", 4, "L", at(9));
+        after.arrived_at = Some(
+            Utc.with_ymd_and_hms(2025, 9, 4, 8, 5, 0)
+                .single()
+                .expect("valid"),
+        );
+        // A medical appointment keeps its code whatever the arrival time.
+        let mut medical = mark(2, "P1", 5, "M", at(9));
+        medical.arrived_at = after.arrived_at;
+        let request = request(Vec::new(), vec![late, after, medical]);
+        let plan = plan(&request, &existing).expect("valid import");
+        let codes: Vec<(&str, i32)> = plan
+            .versions
+            .iter()
+            .map(|version| (version.code.as_str(), version.minutes_late))
+            .collect();
+        assert_eq!(codes, vec![("L", 10), ("U", 25), ("M", 0)]);
+    }
+
+    #[test]
+    fn plan_needs_calendar_for_arrival() {
+        let mut late = mark(0, "P1", 3, "", at(9));
+        late.arrived_at = Some(at(9));
+        let request = request(Vec::new(), vec![late]);
+        let error = plan(&request, &existing_with("P1", "/", at(8))).expect_err("no calendar");
+        assert!(
+            error.message().contains("marks[0].arrived_at"),
             "{}",
             error.message()
         );

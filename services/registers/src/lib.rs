@@ -6,6 +6,7 @@
 //! feed that other services follow from a cursor.
 
 mod amend;
+mod calendar;
 mod convert;
 mod import;
 mod service;

@@ -7,22 +7,24 @@ use rollcall_api::registers::v1::registers_service_server::{
     RegistersService, RegistersServiceServer,
 };
 use rollcall_api::registers::v1::{
-    AmendMarkRequest, AmendMarkResponse, Enrolment, GetPupilRequest, GetPupilResponse,
-    GetSchoolRequest, GetSchoolResponse, ImportRegisterRequest, ImportRegisterResponse,
-    ListMarkVersionsRequest, ListMarkVersionsResponse, ListMarksRequest, ListMarksResponse,
-    ListPupilsRequest, ListPupilsResponse, ListSchoolsRequest, ListSchoolsResponse, MarkVersion,
-    Pupil, School, WatchMarksRequest, WatchMarksResponse, import_register_request::Item,
+    AmendMarkRequest, AmendMarkResponse, Enrolment, GetCalendarRequest, GetCalendarResponse,
+    GetPupilRequest, GetPupilResponse, GetSchoolRequest, GetSchoolResponse, ImportRegisterRequest,
+    ImportRegisterResponse, ListMarkVersionsRequest, ListMarkVersionsResponse, ListMarksRequest,
+    ListMarksResponse, ListPupilsRequest, ListPupilsResponse, ListSchoolsRequest,
+    ListSchoolsResponse, MarkVersion, Pupil, School, SetCalendarRequest, SetCalendarResponse,
+    WatchMarksRequest, WatchMarksResponse, import_register_request::Item,
 };
-use rollcall_runtime::Db;
 use rollcall_runtime::grpc::{
     MAX_MESSAGE_BYTES, invalid_argument, laestab, not_found, storage_error,
 };
 use rollcall_runtime::shutdown::Stopping;
+use rollcall_runtime::{Db, with_db};
 use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::amend::{self, Amendment};
+use crate::calendar::{self, load_calendar_rows};
 use crate::convert::{MarkRow, optional_date, phase_from_str, required_date, session};
 use crate::import;
 use crate::store::{self, EnrolmentRow, MarkFilter, NO_EARLIER, NO_LATER, PupilRow};
@@ -148,6 +150,57 @@ impl RegistersService for Registers {
             "Import finished"
         );
         Ok(Response::new(response))
+    }
+
+    async fn set_calendar(
+        &self,
+        request: Request<SetCalendarRequest>,
+    ) -> Result<Response<SetCalendarResponse>, Status> {
+        let request = request.into_inner();
+        let message = request.calendar.unwrap_or_default();
+        let school = laestab("calendar.laestab", &message.laestab)?;
+        let calendar = calendar::from_proto(&message)?;
+        if request.changed_by.trim().is_empty() {
+            return Err(invalid_argument(
+                "changed_by",
+                &request.changed_by,
+                "a calendar change needs the name of the person making it",
+            ));
+        }
+        let change = calendar::replace(
+            &self.db,
+            &school,
+            &calendar,
+            request.changed_by.trim(),
+            request.changed_by_position.trim(),
+        )
+        .await?;
+        if change.marks_closed > 0 {
+            self.feed_head.send_replace(change.feed_cursor);
+        }
+        tracing::info!(laestab = %school, terms = calendar.terms().len(), closures = calendar.closures().len(), marks_closed = change.marks_closed, "Calendar replaced");
+        Ok(Response::new(SetCalendarResponse {
+            calendar: Some(calendar::to_proto(&school, &calendar)),
+            marks_closed: change.marks_closed,
+            feed_cursor: change.feed_cursor,
+        }))
+    }
+
+    async fn get_calendar(
+        &self,
+        request: Request<GetCalendarRequest>,
+    ) -> Result<Response<GetCalendarResponse>, Status> {
+        let school = laestab("laestab", &request.get_ref().laestab)?;
+        let store_error = |error| storage_error("reading a calendar", error);
+        let rows = with_db!(&self.db, |pool| {
+            let mut connection = pool.acquire().await.map_err(store_error)?;
+            Ok::<_, Status>(load_calendar_rows!(connection, &school, store_error))
+        })?;
+        let rows = rows.ok_or_else(|| not_found("calendar of school", &school))?;
+        let calendar = calendar::from_rows(rows)?;
+        Ok(Response::new(GetCalendarResponse {
+            calendar: Some(calendar::to_proto(&school, &calendar)),
+        }))
     }
 
     async fn get_school(

@@ -1,0 +1,3 @@
+-- When the pupil arrived, where the MIS recorded it.
+
+ALTER TABLE marks ADD COLUMN arrived_at TIMESTAMPTZ;
