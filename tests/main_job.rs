@@ -195,6 +195,87 @@ fn check_amendment(url: &str) {
     assert_eq!(case_a["status"], "review");
 }
 
+/// Sets the school's calendar with Friday 12 September as an INSET day: the eight marks on it
+/// get # versions, and the figures leave that day out.
+fn check_calendar(url: &str, work: &Path) {
+    let bad = work.join("bad-calendar.json");
+    std::fs::write(&bad, r#"{"time_zone": "Europe/London", "holidays": []}"#).expect("write");
+    let output = rollcall(
+        url,
+        &[
+            "calendar",
+            "set",
+            "--school",
+            "9192001",
+            "--file",
+            bad.to_str().expect("utf-8"),
+            "--by",
+            "J Smith",
+        ],
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("bad-calendar.json") && stderr.contains("holidays"),
+        "{stderr}"
+    );
+
+    let file = work.join("calendar.json");
+    let calendar = serde_json::json!({
+        "time_zone": "Europe/London",
+        "am": {"opens": "08:40", "closes": "09:00"},
+        "pm": {"opens": "13:15", "closes": "13:30"},
+        "terms": [{"name": "Autumn 2025", "first_day": "2025-09-01", "last_day": "2025-12-19"}],
+        "closures": [{"date": "2025-09-12", "kind": "planned", "reason": "INSET day"}],
+    });
+    std::fs::write(&file, calendar.to_string()).expect("write");
+    let output = rollcall(
+        url,
+        &[
+            "calendar",
+            "set",
+            "--school",
+            "9192001",
+            "--file",
+            file.to_str().expect("utf-8"),
+            "--by",
+            "J Smith",
+            "--position",
+            "Data manager",
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("8 marks on new planned closures"),
+        "{stdout}"
+    );
+
+    let shown = stdout_json(&rollcall(url, &["calendar", "show", "--school", "9192001"]));
+    assert_eq!(shown["closures"][0]["date"], "2025-09-12");
+    assert_eq!(shown["am"]["closes"], "09:00");
+
+    // Pupil C was present on Friday: 16 possible sessions, 1 attended, 15 unauthorised.
+    let report = stdout_json(&rollcall(
+        url,
+        &["report", "attendance", "--school", "9192001", "--json"],
+    ));
+    let pupil_c = report
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|row| row["upn"] == upn(3).as_str())
+        .expect("pupil C");
+    assert_eq!(pupil_c["possible_sessions"], 16);
+    assert_eq!(pupil_c["attended_sessions"], 1);
+    assert_eq!(pupil_c["unauthorised_absence_sessions"], 15);
+    assert_eq!(pupil_c["attendance_percent"].as_f64(), Some(6.3));
+}
+
 async fn run_main_job(database_url: Option<String>, work: &Path) {
     let config = ServerConfig::new(
         "127.0.0.1:0".parse().expect("address"),
@@ -341,6 +422,7 @@ async fn run_main_job(database_url: Option<String>, work: &Path) {
         assert_eq!(extract.pupils[0].upn, upn(3));
 
         check_amendment(&url);
+        check_calendar(&url, &work);
     });
     let result = checks.await;
     running.stop().await.expect("server stops");

@@ -16,6 +16,7 @@ use rollcall_api::referrals::v1::BuildReferralPackRequest;
 use rollcall_runtime::telemetry::{self, LogFormat};
 use serde_json::json;
 
+use crate::calendar::CalendarCommand;
 use crate::client::Clients;
 use crate::marks::MarksCommand;
 use crate::server::{self, ServerConfig};
@@ -53,6 +54,9 @@ enum Command {
     /// Session marks: their history and amendments.
     #[command(subcommand)]
     Marks(MarksCommand),
+    /// School calendars: terms, closures, register times and time zone.
+    #[command(subcommand)]
+    Calendar(CalendarCommand),
     /// Referrals to the local authority.
     #[command(subcommand)]
     Referral(ReferralCommand),
@@ -148,6 +152,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Report(command) => ClientCommand::Report(command),
         Command::Cases(command) => ClientCommand::Cases(command),
         Command::Marks(command) => ClientCommand::Marks(command),
+        Command::Calendar(command) => ClientCommand::Calendar(command),
         Command::Referral(command) => ClientCommand::Referral(command),
     };
 
@@ -167,6 +172,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             list_cases(&clients, &school, json, &mut out).await
         }
         ClientCommand::Marks(command) => crate::marks::run(&clients, command, &mut out).await,
+        ClientCommand::Calendar(command) => crate::calendar::run(&clients, command, &mut out).await,
         ClientCommand::Referral(ReferralCommand::Pack {
             upn,
             out: path,
@@ -181,6 +187,7 @@ enum ClientCommand {
     Report(ReportCommand),
     Cases(CasesCommand),
     Marks(MarksCommand),
+    Calendar(CalendarCommand),
     Referral(ReferralCommand),
 }
 
