@@ -8,8 +8,9 @@ use rollcall_api::registers::v1::registers_service_client::RegistersServiceClien
 use rollcall_api::registers::v1::{
     Calendar, Closure, ClosureKind, GetCalendarRequest, GetSchoolRequest, ImportHeader,
     ImportMarks, ImportPupil, ImportRegisterRequest, ImportRegisterResponse,
-    ListMarkVersionsRequest, ListMarksRequest, Mark, Pupil, RegisterTimes, School,
-    SetCalendarRequest, Term, WatchMarksRequest, import_register_request::Item,
+    ListMarkVersionsRequest, ListMarksRequest, ListMissingMarksRequest, ListUnresolvedMarksRequest,
+    Mark, Pupil, RegisterTimes, School, SetCalendarRequest, Term, WatchMarksRequest,
+    import_register_request::Item,
 };
 use rollcall_api::types::v1::{MarkSource, Phase, Session};
 use rollcall_cli::server::{self, RunningServer, ServerConfig};
@@ -453,6 +454,70 @@ async fn calendar_checks_marks_and_closes_days(database_url: Option<&str>) {
         })
         .collect();
     assert_eq!(codes, vec![("/".to_owned(), false), ("#".to_owned(), true)]);
+
+    // Only morning marks were sent, so after the afternoon register closes on Wednesday 3
+    // September (13:30 in London, 12:30 UTC) the afternoon is missing.
+    let missing = registers
+        .list_missing_marks(ListMissingMarksRequest {
+            laestab: "9192001".into(),
+            date: "2025-09-03".into(),
+            as_of: Some(prost_types::Timestamp {
+                seconds: 1_756_902_600,
+                nanos: 0,
+            }), // 12:30 UTC
+            ..ListMissingMarksRequest::default()
+        })
+        .await
+        .expect("missing marks")
+        .into_inner()
+        .missing;
+    assert!(
+        missing.is_empty(),
+        "the register closes at 13:30 London time: {missing:?}"
+    );
+    let missing = registers
+        .list_missing_marks(ListMissingMarksRequest {
+            laestab: "9192001".into(),
+            date: "2025-09-03".into(),
+            as_of: Some(prost_types::Timestamp {
+                seconds: 1_756_902_600 + 1_800,
+                nanos: 0,
+            }),
+            ..ListMissingMarksRequest::default()
+        })
+        .await
+        .expect("missing marks")
+        .into_inner()
+        .missing;
+    assert_eq!(missing.len(), 1);
+    assert_eq!(missing[0].upn, upn(1));
+    assert_eq!(missing[0].session, Session::Pm as i32);
+
+    // An N on Monday 8 September is unresolved after more than five school days.
+    let n_mark = vec![mark(&upn(1), "2025-09-08", "N", None)];
+    send(&mut registers, import("n", &[upn(1)], n_mark))
+        .await
+        .expect("import");
+    let unresolved = |as_of: &str| ListUnresolvedMarksRequest {
+        laestab: "9192001".into(),
+        as_of: as_of.into(),
+        ..ListUnresolvedMarksRequest::default()
+    };
+    let five_days = registers
+        .list_unresolved_marks(unresolved("2025-09-15"))
+        .await
+        .expect("unresolved")
+        .into_inner()
+        .marks;
+    assert!(five_days.is_empty(), "{five_days:?}");
+    let six_days = registers
+        .list_unresolved_marks(unresolved("2025-09-16"))
+        .await
+        .expect("unresolved")
+        .into_inner()
+        .marks;
+    assert_eq!(six_days.len(), 1);
+    assert_eq!(six_days[0].school_days_old, 6);
 
     let present = vec![mark(&upn(1), "2025-09-05", "L", None)];
     let error = send(&mut registers, import("closed", &[upn(1)], present))

@@ -7,6 +7,7 @@
 
 mod amend;
 mod calendar;
+mod checks;
 mod convert;
 mod import;
 mod service;

@@ -1,8 +1,10 @@
 //! The gRPC service: requests in, storage, responses out.
 
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::time::Duration;
 
+use rollcall_api::convert::from_timestamp;
 use rollcall_api::registers::v1::registers_service_server::{
     RegistersService, RegistersServiceServer,
 };
@@ -10,12 +12,17 @@ use rollcall_api::registers::v1::{
     AmendMarkRequest, AmendMarkResponse, Enrolment, GetCalendarRequest, GetCalendarResponse,
     GetPupilRequest, GetPupilResponse, GetSchoolRequest, GetSchoolResponse, ImportRegisterRequest,
     ImportRegisterResponse, ListMarkVersionsRequest, ListMarkVersionsResponse, ListMarksRequest,
-    ListMarksResponse, ListPupilsRequest, ListPupilsResponse, ListSchoolsRequest,
-    ListSchoolsResponse, MarkVersion, Pupil, School, SetCalendarRequest, SetCalendarResponse,
-    WatchMarksRequest, WatchMarksResponse, import_register_request::Item,
+    ListMarksResponse, ListMissingMarksRequest, ListMissingMarksResponse, ListPupilsRequest,
+    ListPupilsResponse, ListSchoolsRequest, ListSchoolsResponse, ListUnresolvedMarksRequest,
+    ListUnresolvedMarksResponse, MarkVersion, MissingMark, Pupil, School, SetCalendarRequest,
+    SetCalendarResponse, UnresolvedMark, WatchMarksRequest, WatchMarksResponse,
+    import_register_request::Item,
 };
+use rollcall_api::types::v1::Session as PbSession;
+use rollcall_domain::Session;
+use rollcall_domain::calendar::SchoolCalendar;
 use rollcall_runtime::grpc::{
-    MAX_MESSAGE_BYTES, invalid_argument, laestab, not_found, storage_error,
+    MAX_MESSAGE_BYTES, failed_precondition, invalid_argument, laestab, not_found, storage_error,
 };
 use rollcall_runtime::shutdown::Stopping;
 use rollcall_runtime::{Db, with_db};
@@ -25,10 +32,13 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::amend::{self, Amendment};
 use crate::calendar::{self, load_calendar_rows};
+use crate::checks;
 use crate::convert::{MarkRow, optional_date, phase_from_str, required_date, session};
 use crate::import;
 use crate::store::{self, EnrolmentRow, MarkFilter, NO_EARLIER, NO_LATER, PupilRow};
 
+/// School days an N mark may wait for a reason before it is listed as unresolved.
+const DEFAULT_N_SCHOOL_DAYS: u32 = 5;
 /// Marks sent per WatchMarks read from storage.
 const FEED_BATCH: i64 = 1_000;
 /// How often a caught-up WatchMarks stream looks for versions written by another replica.
@@ -52,6 +62,21 @@ impl Registers {
             feed_head,
             stopping,
         })
+    }
+
+    /// Reads a school's calendar, or fails with FAILED_PRECONDITION when it has none.
+    async fn calendar_of(&self, school: &str) -> Result<SchoolCalendar, Status> {
+        let store_error = |error| storage_error("reading a calendar", error);
+        let rows = with_db!(&self.db, |pool| {
+            let mut connection = pool.acquire().await.map_err(store_error)?;
+            Ok::<_, Status>(load_calendar_rows!(connection, school, store_error))
+        })?;
+        let rows = rows.ok_or_else(|| {
+            failed_precondition(format!(
+                "school {school} has no calendar; set one with rollcall calendar set"
+            ))
+        })?;
+        calendar::from_rows(rows)
     }
 
     /// Wraps the service in its tonic server.
@@ -191,13 +216,13 @@ impl RegistersService for Registers {
         request: Request<GetCalendarRequest>,
     ) -> Result<Response<GetCalendarResponse>, Status> {
         let school = laestab("laestab", &request.get_ref().laestab)?;
-        let store_error = |error| storage_error("reading a calendar", error);
-        let rows = with_db!(&self.db, |pool| {
-            let mut connection = pool.acquire().await.map_err(store_error)?;
-            Ok::<_, Status>(load_calendar_rows!(connection, &school, store_error))
+        let calendar = self.calendar_of(&school).await.map_err(|status| {
+            if status.code() == tonic::Code::FailedPrecondition {
+                not_found("calendar of school", &school)
+            } else {
+                status
+            }
         })?;
-        let rows = rows.ok_or_else(|| not_found("calendar of school", &school))?;
-        let calendar = calendar::from_rows(rows)?;
         Ok(Response::new(GetCalendarResponse {
             calendar: Some(calendar::to_proto(&school, &calendar)),
         }))
@@ -370,6 +395,93 @@ impl RegistersService for Registers {
                     effective,
                 })
                 .collect(),
+        }))
+    }
+
+    async fn list_missing_marks(
+        &self,
+        request: Request<ListMissingMarksRequest>,
+    ) -> Result<Response<ListMissingMarksResponse>, Status> {
+        let request = request.into_inner();
+        let school = laestab("laestab", &request.laestab)?;
+        let date = required_date("date", &request.date)?;
+        let as_of = match &request.as_of {
+            Some(at) => from_timestamp(at).ok_or_else(|| {
+                invalid_argument("as_of", &at.seconds.to_string(), "not a valid time")
+            })?,
+            None => chrono::Utc::now(),
+        };
+        let calendar = self.calendar_of(&school).await?;
+        let on_roll: Vec<String> = store::pupils_at(&self.db, &school, Some(date), "", i64::MAX)
+            .await
+            .map_err(|e| storage_error("listing pupils", e))?
+            .into_iter()
+            .map(|(pupil, _)| pupil.upn)
+            .collect();
+        let marked: HashSet<(String, Session)> = store::marks_on(&self.db, &school, date)
+            .await
+            .map_err(|e| storage_error("reading marks", e))?
+            .into_iter()
+            .filter_map(|row| Some((row.upn, row.session.parse::<Session>().ok()?)))
+            .collect();
+        let missing = checks::missing_marks(&calendar, date, as_of, &on_roll, &marked);
+        let (page, next_page_token) =
+            checks::page(missing, request.page_size, &request.page_token)?;
+        Ok(Response::new(ListMissingMarksResponse {
+            missing: page
+                .into_iter()
+                .map(|(upn, session)| MissingMark {
+                    upn,
+                    date: date.to_string(),
+                    session: PbSession::from(session) as i32,
+                })
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn list_unresolved_marks(
+        &self,
+        request: Request<ListUnresolvedMarksRequest>,
+    ) -> Result<Response<ListUnresolvedMarksResponse>, Status> {
+        let request = request.into_inner();
+        let school = laestab("laestab", &request.laestab)?;
+        let calendar = self.calendar_of(&school).await?;
+        let as_of = match optional_date("as_of", &request.as_of)? {
+            Some(date) => date,
+            None => chrono::Utc::now()
+                .with_timezone(&calendar.time_zone())
+                .date_naive(),
+        };
+        if request.school_days < 0 {
+            return Err(invalid_argument(
+                "school_days",
+                &request.school_days.to_string(),
+                "the number of school days cannot be negative",
+            ));
+        }
+        let limit = if request.school_days == 0 {
+            DEFAULT_N_SCHOOL_DAYS
+        } else {
+            request.school_days.unsigned_abs()
+        };
+        let unresolved: Vec<UnresolvedMark> = store::marks_with_code(&self.db, &school, "N", as_of)
+            .await
+            .map_err(|e| storage_error("reading marks", e))?
+            .into_iter()
+            .filter_map(|row| {
+                let age = checks::overdue(&calendar, row.session_date, as_of, limit)?;
+                Some(UnresolvedMark {
+                    mark: Some(row.into_proto()),
+                    school_days_old: i32::try_from(age).unwrap_or(i32::MAX),
+                })
+            })
+            .collect();
+        let (marks, next_page_token) =
+            checks::page(unresolved, request.page_size, &request.page_token)?;
+        Ok(Response::new(ListUnresolvedMarksResponse {
+            marks,
+            next_page_token,
         }))
     }
 

@@ -272,3 +272,42 @@ pub(crate) async fn versions(
         .map(|row| (row.mark, row.effective))
         .collect())
 }
+
+/// The effective marks of a school on one date.
+pub(crate) async fn marks_on(
+    db: &Db,
+    laestab: &str,
+    date: NaiveDate,
+) -> Result<Vec<MarkRow>, sqlx::Error> {
+    with_db!(db, |pool| {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {MARK_COLUMNS} FROM effective_marks e JOIN marks m ON m.sequence = e.sequence \
+             WHERE e.laestab = $1 AND e.session_date = $2"
+        )))
+        .bind(laestab)
+        .bind(date)
+        .fetch_all(pool)
+        .await
+    })
+}
+
+/// The effective marks of a school with one code up to a date, in date order.
+pub(crate) async fn marks_with_code(
+    db: &Db,
+    laestab: &str,
+    code: &str,
+    to: NaiveDate,
+) -> Result<Vec<MarkRow>, sqlx::Error> {
+    with_db!(db, |pool| {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {MARK_COLUMNS} FROM effective_marks e JOIN marks m ON m.sequence = e.sequence \
+             WHERE e.laestab = $1 AND m.code = $2 AND e.session_date <= $3 \
+             ORDER BY e.session_date, e.session, e.upn"
+        )))
+        .bind(laestab)
+        .bind(code)
+        .bind(to)
+        .fetch_all(pool)
+        .await
+    })
+}
