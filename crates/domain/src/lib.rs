@@ -1,6 +1,7 @@
 //! The rules of school attendance in England, as a plain library with no I/O.
 //!
 //! - [`calendar`]: a school's terms, register times, closures and time zone;
+//! - [`history`]: the rule that picks a session's effective mark from its versions;
 //! - [`codes`]: the one code table, with the statistical meaning and validity dates of every code;
 //! - [`session`]: sessions, dates and academic years;
 //! - [`stats`]: attendance statistics by the DfE rules;
@@ -13,6 +14,7 @@
 
 pub mod calendar;
 pub mod codes;
+pub mod history;
 pub mod ladder;
 pub mod phase;
 pub mod policy;

@@ -13,6 +13,7 @@ use rollcall_api::registers::v1::{
     import_register_request::Item,
 };
 use rollcall_domain::calendar::SchoolCalendar;
+use rollcall_domain::history::{VersionKey, supersedes};
 use rollcall_domain::{MarkSource, Session, SessionDate, Upn, codes};
 use rollcall_runtime::grpc::{invalid_argument, laestab, storage_error};
 use rollcall_runtime::storage::WriteTransaction;
@@ -96,6 +97,7 @@ struct Current {
     code: String,
     minutes_late: i32,
     recorded_at: DateTime<Utc>,
+    sequence: i64,
 }
 
 type SessionKey = (String, NaiveDate, Session);
@@ -402,7 +404,16 @@ fn plan<'a>(request: &'a ImportRequest, existing: &Existing) -> Result<Plan<'a>,
                 plan.response.marks_unchanged += 1;
                 continue;
             }
-            Some(current) => mark.recorded_at >= current.recorded_at,
+            Some(current) => supersedes(
+                VersionKey {
+                    recorded_at: mark.recorded_at,
+                    sequence,
+                },
+                VersionKey {
+                    recorded_at: current.recorded_at,
+                    sequence: current.sequence,
+                },
+            ),
             None => true,
         };
         plan.versions.push(Version {
@@ -518,7 +529,7 @@ pub(crate) async fn apply(
                 continue;
             };
             let mut query = QueryBuilder::new(
-                "SELECT m.upn, m.session_date, m.session, m.code, m.minutes_late, m.recorded_at \
+                "SELECT m.upn, m.session_date, m.session, m.code, m.minutes_late, m.recorded_at, m.sequence \
                  FROM effective_marks e JOIN marks m ON m.sequence = e.sequence WHERE e.laestab = ",
             );
             query.push_bind(laestab.clone());
@@ -530,12 +541,12 @@ pub(crate) async fn apply(
                 list.push_bind(upn.clone());
             }
             query.push(")");
-            let rows: Vec<(String, NaiveDate, String, String, i32, DateTime<Utc>)> = query
+            let rows: Vec<(String, NaiveDate, String, String, i32, DateTime<Utc>, i64)> = query
                 .build_query_as()
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(store_error)?;
-            for (upn, date, session, code, minutes_late, recorded_at) in rows {
+            for (upn, date, session, code, minutes_late, recorded_at, sequence) in rows {
                 let Ok(session) = session.parse::<Session>() else {
                     continue;
                 };
@@ -543,6 +554,7 @@ pub(crate) async fn apply(
                     code,
                     minutes_late,
                     recorded_at,
+                    sequence,
                 };
                 existing.effective.insert((upn, date, session), current);
             }
@@ -800,6 +812,7 @@ mod tests {
                 code: code.to_owned(),
                 minutes_late: 0,
                 recorded_at,
+                sequence: 10,
             },
         );
         existing
