@@ -102,6 +102,18 @@ struct Current {
 
 type SessionKey = (String, NaiveDate, Session);
 
+/// An effective version as loaded for an import.
+#[derive(Debug, sqlx::FromRow)]
+struct EffectiveRow {
+    upn: String,
+    session_date: NaiveDate,
+    session: String,
+    code: String,
+    minutes_late: i32,
+    recorded_at: DateTime<Utc>,
+    sequence: i64,
+}
+
 /// The registers' existing rows for the pupils of an import.
 #[derive(Debug, Default)]
 struct Existing {
@@ -541,22 +553,24 @@ pub(crate) async fn apply(
                 list.push_bind(upn.clone());
             }
             query.push(")");
-            let rows: Vec<(String, NaiveDate, String, String, i32, DateTime<Utc>, i64)> = query
+            let rows: Vec<EffectiveRow> = query
                 .build_query_as()
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(store_error)?;
-            for (upn, date, session, code, minutes_late, recorded_at, sequence) in rows {
-                let Ok(session) = session.parse::<Session>() else {
+            for row in rows {
+                let Ok(session) = row.session.parse::<Session>() else {
                     continue;
                 };
                 let current = Current {
-                    code,
-                    minutes_late,
-                    recorded_at,
-                    sequence,
+                    code: row.code,
+                    minutes_late: row.minutes_late,
+                    recorded_at: row.recorded_at,
+                    sequence: row.sequence,
                 };
-                existing.effective.insert((upn, date, session), current);
+                existing
+                    .effective
+                    .insert((row.upn, row.session_date, session), current);
             }
         }
 
