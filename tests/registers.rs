@@ -6,10 +6,11 @@ use std::path::Path;
 
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{
-    Calendar, Closure, ClosureKind, GetCalendarRequest, GetSchoolRequest, ImportHeader,
-    ImportMarks, ImportPupil, ImportRegisterRequest, ImportRegisterResponse,
-    ListMarkVersionsRequest, ListMarksRequest, ListMissingMarksRequest, ListUnresolvedMarksRequest,
-    Mark, Pupil, RegisterTimes, School, SetCalendarRequest, Term, WatchMarksRequest,
+    AbsenceReport, AmendMarkRequest, Calendar, Closure, ClosureKind, GetCalendarRequest,
+    GetSchoolRequest, ImportHeader, ImportMarks, ImportPupil, ImportRegisterRequest,
+    ImportRegisterResponse, ListAbsenceReportsRequest, ListMarkVersionsRequest, ListMarksRequest,
+    ListMissingMarksRequest, ListUnresolvedMarksRequest, Mark, Pupil, RecordAbsenceReportRequest,
+    RegisterTimes, ReportChannel, School, SetCalendarRequest, Term, WatchMarksRequest,
     import_register_request::Item,
 };
 use rollcall_api::types::v1::{MarkSource, Phase, Session};
@@ -540,4 +541,153 @@ async fn calendar_on_sqlite() {
 #[tokio::test]
 async fn calendar_on_postgres() {
     calendar_checks_marks_and_closes_days(Some(&postgres_url().await)).await;
+}
+
+fn report(first: &str, last: &str) -> AbsenceReport {
+    AbsenceReport {
+        upn: upn(1),
+        channel: ReportChannel::App as i32,
+        reported_by: "Parent One".into(),
+        relationship: "Mother".into(),
+        reason: "Sickness".into(),
+        first_date: first.into(),
+        first_session: Session::Am as i32,
+        last_date: last.into(),
+        last_session: Session::Pm as i32,
+        ..AbsenceReport::default()
+    }
+}
+
+fn amend_with_report(date: &str, report_id: &str) -> AmendMarkRequest {
+    AmendMarkRequest {
+        upn: upn(1),
+        date: date.into(),
+        session: Session::Am as i32,
+        code: "I".into(),
+        reason: "Illness reported by parent".into(),
+        recorded_by: "J Smith".into(),
+        recorded_by_position: "Attendance officer".into(),
+        absence_report_id: report_id.into(),
+        ..AmendMarkRequest::default()
+    }
+}
+
+async fn absence_reports_link_decisions(database_url: Option<&str>) {
+    let work = tempfile::tempdir().expect("temp dir");
+    let running = start(work.path(), database_url).await;
+    let mut registers = client(&running).await;
+    let week = [
+        "2025-09-01",
+        "2025-09-02",
+        "2025-09-03",
+        "2025-09-04",
+        "2025-09-05",
+    ];
+    let marks = week
+        .iter()
+        .map(|date| mark(&upn(1), date, "N", None))
+        .collect();
+    send(&mut registers, import("week", &[upn(1)], marks))
+        .await
+        .expect("import");
+
+    let backwards = registers
+        .record_absence_report(RecordAbsenceReportRequest {
+            request_id: "call-0".into(),
+            report: Some(report("2025-09-03", "2025-09-02")),
+        })
+        .await
+        .expect_err("last before first");
+    assert!(
+        backwards.message().contains("report.last_date"),
+        "{}",
+        backwards.message()
+    );
+
+    let record = RecordAbsenceReportRequest {
+        request_id: "call-1".into(),
+        report: Some(report("2025-09-02", "2025-09-03")),
+    };
+    let first = registers
+        .record_absence_report(record.clone())
+        .await
+        .expect("report")
+        .into_inner()
+        .report
+        .expect("report");
+    let again = registers
+        .record_absence_report(record)
+        .await
+        .expect("same request id")
+        .into_inner()
+        .report
+        .expect("report");
+    assert_eq!(first.id, again.id);
+    assert_eq!(first.laestab, "9192001");
+
+    let listed = registers
+        .list_absence_reports(ListAbsenceReportsRequest {
+            laestab: "9192001".into(),
+            upn: upn(1),
+            ..ListAbsenceReportsRequest::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .reports;
+    assert_eq!(listed.len(), 1);
+
+    // The report never changed a mark on its own.
+    let versions = |date: &str| ListMarkVersionsRequest {
+        upn: upn(1),
+        laestab: String::new(),
+        date: date.into(),
+        session: Session::Am as i32,
+    };
+    let before = registers
+        .list_mark_versions(versions("2025-09-02"))
+        .await
+        .expect("history")
+        .into_inner()
+        .versions;
+    assert_eq!(before.len(), 1);
+
+    let decided = registers
+        .amend_mark(amend_with_report("2025-09-02", &first.id))
+        .await
+        .expect("decision")
+        .into_inner()
+        .mark
+        .expect("mark");
+    assert_eq!(decided.code, "I");
+    assert_eq!(decided.absence_report_id, first.id);
+
+    let outside = registers
+        .amend_mark(amend_with_report("2025-09-05", &first.id))
+        .await
+        .expect_err("the report does not cover Friday");
+    assert!(
+        outside.message().contains("absence_report_id"),
+        "{}",
+        outside.message()
+    );
+    let friday = registers
+        .list_mark_versions(versions("2025-09-05"))
+        .await
+        .expect("history")
+        .into_inner()
+        .versions;
+    assert_eq!(friday.len(), 1, "the rejected amendment stored nothing");
+
+    running.stop().await.expect("server stops");
+}
+
+#[tokio::test]
+async fn absence_reports_on_sqlite() {
+    absence_reports_link_decisions(None).await;
+}
+
+#[tokio::test]
+async fn absence_reports_on_postgres() {
+    absence_reports_link_decisions(Some(&postgres_url().await)).await;
 }

@@ -65,6 +65,9 @@ pub(crate) enum MarksCommand {
         /// The school (seven-digit LAESTAB); the default is the pupil's school on that date.
         #[arg(long)]
         school: Option<String>,
+        /// The id of the parent's absence report this amendment decides on.
+        #[arg(long)]
+        absence_report: Option<String>,
     },
 }
 
@@ -91,6 +94,7 @@ pub(crate) async fn run(
             position,
             minutes_late,
             school,
+            absence_report,
         } => {
             let request = AmendMarkRequest {
                 request_id: String::new(),
@@ -104,6 +108,7 @@ pub(crate) async fn run(
                 recorded_by: by,
                 recorded_by_position: position,
                 source: PbMarkSource::Staff as i32,
+                absence_report_id: absence_report.unwrap_or_default(),
             };
             amend(clients, request, out).await
         }

@@ -12,6 +12,7 @@ use tonic::Status;
 use crate::FEED_LOCK_KEY;
 use crate::calendar::{self, load_calendar_rows};
 use crate::convert::{MarkRow, required_date, session};
+use crate::reports::{REPORT_COLUMNS, ReportRow};
 use crate::store::MARK_COLUMNS;
 
 /// A checked amendment.
@@ -28,6 +29,7 @@ pub(crate) struct Amendment {
     recorded_by: String,
     position: String,
     source: MarkSource,
+    absence_report_id: Option<String>,
 }
 
 /// The result of an amendment.
@@ -89,6 +91,8 @@ impl Amendment {
                 "an amendment needs the position of the person making it",
             )?,
             source: source_from_proto(request.source).unwrap_or(MarkSource::Staff),
+            absence_report_id: Some(request.absence_report_id.trim().to_owned())
+                .filter(|id| !id.is_empty()),
         })
     }
 
@@ -158,6 +162,34 @@ pub(crate) async fn apply(db: &Db, amendment: &Amendment) -> Result<Outcome, Sta
             ));
         };
 
+        if let Some(id) = &amendment.absence_report_id {
+            let report: Option<ReportRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {REPORT_COLUMNS} FROM absence_reports WHERE id = $1"
+            )))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(store_error)?;
+            let at = SessionDate {
+                date,
+                session: amendment.session,
+            };
+            let covers = report.as_ref().is_some_and(|report| {
+                let (first, last) = report.span();
+                report.upn == amendment.upn && report.laestab == school && first <= at && at <= last
+            });
+            if !covers {
+                return Err(invalid_argument(
+                    "absence_report_id",
+                    id,
+                    format!(
+                        "no absence report with this id covers pupil {} at school {school} on {date} {}",
+                        amendment.upn, amendment.session
+                    ),
+                ));
+            }
+        }
+
         let rows = load_calendar_rows!(tx, &school, store_error);
         if let Some(calendar) = rows.map(calendar::from_rows).transpose()? {
             let at = SessionDate {
@@ -199,8 +231,8 @@ pub(crate) async fn apply(db: &Db, amendment: &Amendment) -> Result<Outcome, Sta
         sqlx::query(
             "INSERT INTO marks (sequence, laestab, upn, session_date, session, code, minutes_late, \
              source, source_name, reason, recorded_by, recorded_by_position, recorded_at, \
-             received_at, effective_when_stored) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, TRUE)",
+             received_at, effective_when_stored, absence_report_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, TRUE, $14)",
         )
         .bind(sequence)
         .bind(&school)
@@ -215,6 +247,7 @@ pub(crate) async fn apply(db: &Db, amendment: &Amendment) -> Result<Outcome, Sta
         .bind(&amendment.recorded_by)
         .bind(&amendment.position)
         .bind(now)
+        .bind(&amendment.absence_report_id)
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;

@@ -26,6 +26,7 @@ pub(crate) struct MarkRow {
     pub(crate) recorded_at: DateTime<Utc>,
     pub(crate) effective_when_stored: bool,
     pub(crate) arrived_at: Option<DateTime<Utc>>,
+    pub(crate) absence_report_id: Option<String>,
 }
 
 impl MarkRow {
@@ -52,6 +53,7 @@ impl MarkRow {
             recorded_at: Some(timestamp(self.recorded_at)),
             sequence: self.sequence,
             arrived_at: self.arrived_at.map(timestamp),
+            absence_report_id: self.absence_report_id.unwrap_or_default(),
         }
     }
 }

@@ -11,12 +11,13 @@ use rollcall_api::registers::v1::registers_service_server::{
 use rollcall_api::registers::v1::{
     AmendMarkRequest, AmendMarkResponse, Enrolment, GetCalendarRequest, GetCalendarResponse,
     GetPupilRequest, GetPupilResponse, GetSchoolRequest, GetSchoolResponse, ImportRegisterRequest,
-    ImportRegisterResponse, ListMarkVersionsRequest, ListMarkVersionsResponse, ListMarksRequest,
-    ListMarksResponse, ListMissingMarksRequest, ListMissingMarksResponse, ListPupilsRequest,
-    ListPupilsResponse, ListSchoolsRequest, ListSchoolsResponse, ListUnresolvedMarksRequest,
-    ListUnresolvedMarksResponse, MarkVersion, MissingMark, Pupil, School, SetCalendarRequest,
-    SetCalendarResponse, UnresolvedMark, WatchMarksRequest, WatchMarksResponse,
-    import_register_request::Item,
+    ImportRegisterResponse, ListAbsenceReportsRequest, ListAbsenceReportsResponse,
+    ListMarkVersionsRequest, ListMarkVersionsResponse, ListMarksRequest, ListMarksResponse,
+    ListMissingMarksRequest, ListMissingMarksResponse, ListPupilsRequest, ListPupilsResponse,
+    ListSchoolsRequest, ListSchoolsResponse, ListUnresolvedMarksRequest,
+    ListUnresolvedMarksResponse, MarkVersion, MissingMark, Pupil, RecordAbsenceReportRequest,
+    RecordAbsenceReportResponse, School, SetCalendarRequest, SetCalendarResponse, UnresolvedMark,
+    WatchMarksRequest, WatchMarksResponse, import_register_request::Item,
 };
 use rollcall_api::types::v1::Session as PbSession;
 use rollcall_domain::Session;
@@ -35,6 +36,7 @@ use crate::calendar::{self, load_calendar_rows};
 use crate::checks;
 use crate::convert::{MarkRow, optional_date, phase_from_str, required_date, session};
 use crate::import;
+use crate::reports::{self, NewReport, ReportRow};
 use crate::store::{self, EnrolmentRow, MarkFilter, NO_EARLIER, NO_LATER, PupilRow};
 
 /// School days an N mark may wait for a reason before it is listed as unresolved.
@@ -365,6 +367,37 @@ impl RegistersService for Registers {
             mark: Some(outcome.mark.into_proto()),
             previous: outcome.previous.map(MarkRow::into_proto),
             unchanged: outcome.unchanged,
+        }))
+    }
+
+    async fn record_absence_report(
+        &self,
+        request: Request<RecordAbsenceReportRequest>,
+    ) -> Result<Response<RecordAbsenceReportResponse>, Status> {
+        let request = request.into_inner();
+        let report = NewReport::check(&request.request_id, &request.report.unwrap_or_default())?;
+        let (stored, created) = reports::record(&self.db, &report).await?;
+        // The reporter's name and the reason stay out of the log: they are personal details.
+        tracing::info!(report = %stored.id, upn = %stored.upn, laestab = %stored.laestab, created, "Absence report recorded");
+        Ok(Response::new(RecordAbsenceReportResponse {
+            report: Some(stored.into_proto()),
+        }))
+    }
+
+    async fn list_absence_reports(
+        &self,
+        request: Request<ListAbsenceReportsRequest>,
+    ) -> Result<Response<ListAbsenceReportsResponse>, Status> {
+        let request = request.into_inner();
+        let school = laestab("laestab", &request.laestab)?;
+        let upn = request.upn.trim().to_ascii_uppercase();
+        let rows = reports::list(&self.db, &school, &upn)
+            .await
+            .map_err(|e| storage_error("listing absence reports", e))?;
+        let (page, next_page_token) = checks::page(rows, request.page_size, &request.page_token)?;
+        Ok(Response::new(ListAbsenceReportsResponse {
+            reports: page.into_iter().map(ReportRow::into_proto).collect(),
+            next_page_token,
         }))
     }
 

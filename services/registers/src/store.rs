@@ -37,7 +37,7 @@ pub(crate) struct EnrolmentRow {
 
 pub(crate) const MARK_COLUMNS: &str = "m.sequence, m.laestab, m.upn, m.session_date, m.session, m.code, \
      m.minutes_late, m.source, m.reason, m.recorded_by, m.recorded_by_position, m.recorded_at, \
-     m.effective_when_stored, m.arrived_at";
+     m.effective_when_stored, m.arrived_at, m.absence_report_id";
 
 pub(crate) async fn school(db: &Db, laestab: &str) -> Result<Option<SchoolRow>, sqlx::Error> {
     with_db!(db, |pool| {
