@@ -6,11 +6,12 @@ use std::path::Path;
 
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{
-    AbsenceReport, AmendMarkRequest, Calendar, Closure, ClosureKind, GetCalendarRequest,
+    AbsenceReport, AmendMarkRequest, Calendar, CheckKind, Closure, ClosureKind, GetCalendarRequest,
     GetSchoolRequest, ImportHeader, ImportMarks, ImportPupil, ImportRegisterRequest,
-    ImportRegisterResponse, ListAbsenceReportsRequest, ListMarkVersionsRequest, ListMarksRequest,
-    ListMissingMarksRequest, ListUnresolvedMarksRequest, Mark, Pupil, RecordAbsenceReportRequest,
-    RegisterTimes, ReportChannel, School, SetCalendarRequest, Term, WatchMarksRequest,
+    ImportRegisterResponse, LessonMark, ListAbsenceReportsRequest, ListMarkVersionsRequest,
+    ListMarksRequest, ListMissingMarksRequest, ListTruancyFlagsRequest, ListUnresolvedMarksRequest,
+    Mark, Pupil, RecordAbsenceReportRequest, RecordLessonCheckRequest, RegisterTimes,
+    ReportChannel, School, SetCalendarRequest, Term, WatchMarksRequest,
     import_register_request::Item,
 };
 use rollcall_api::types::v1::{MarkSource, Phase, Session};
@@ -690,4 +691,97 @@ async fn absence_reports_on_sqlite() {
 #[tokio::test]
 async fn absence_reports_on_postgres() {
     absence_reports_link_decisions(Some(&postgres_url().await)).await;
+}
+
+async fn lesson_checks_flag_truancy(database_url: Option<&str>) {
+    let work = tempfile::tempdir().expect("temp dir");
+    let running = start(work.path(), database_url).await;
+    let mut registers = client(&running).await;
+    // Pupil 1 is present at registration; pupil 2 is out at a medical appointment.
+    let marks = vec![
+        mark(&upn(1), "2025-09-02", "/", None),
+        mark(&upn(2), "2025-09-02", "M", None),
+    ];
+    send(&mut registers, import("tuesday", &[upn(1), upn(2)], marks))
+        .await
+        .expect("import");
+
+    let check = |request_id: &str, pupils: &[String]| RecordLessonCheckRequest {
+        request_id: request_id.into(),
+        laestab: "9192001".into(),
+        date: "2025-09-02".into(),
+        session: Session::Am as i32,
+        kind: CheckKind::Lesson as i32,
+        label: "Year 8 maths, period 2".into(),
+        taken_at: None,
+        recorded_by: "A Teacher".into(),
+        recorded_by_position: "Maths teacher".into(),
+        marks: pupils
+            .iter()
+            .map(|upn| LessonMark {
+                upn: upn.clone(),
+                present: false,
+            })
+            .collect(),
+    };
+
+    let not_on_roll = registers
+        .record_lesson_check(check("period-2", &[upn(1), upn(3)]))
+        .await
+        .expect_err("pupil 3 is not on roll");
+    assert!(
+        not_on_roll.message().contains("marks[1].upn"),
+        "{}",
+        not_on_roll.message()
+    );
+
+    let recorded = registers
+        .record_lesson_check(check("period-2", &[upn(1), upn(2)]))
+        .await
+        .expect("check")
+        .into_inner();
+    assert_eq!(
+        recorded.flags.len(),
+        1,
+        "only the pupil present at registration"
+    );
+    let flag = &recorded.flags[0];
+    assert_eq!(flag.upn, upn(1));
+    assert_eq!(flag.register_code, "/");
+    assert_eq!(
+        flag.for_roles,
+        vec!["head_of_year", "senior_attendance_lead"]
+    );
+
+    let again = registers
+        .record_lesson_check(check("period-2", &[upn(1), upn(2)]))
+        .await
+        .expect("same request id")
+        .into_inner();
+    assert!(again.already_recorded);
+    assert_eq!(again.flags.len(), 1);
+
+    let listed = registers
+        .list_truancy_flags(ListTruancyFlagsRequest {
+            laestab: "9192001".into(),
+            ..ListTruancyFlagsRequest::default()
+        })
+        .await
+        .expect("flags")
+        .into_inner()
+        .flags;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, flag.id);
+
+    running.stop().await.expect("server stops");
+}
+
+#[tokio::test]
+async fn lesson_checks_on_sqlite() {
+    lesson_checks_flag_truancy(None).await;
+}
+
+#[tokio::test]
+async fn lesson_checks_on_postgres() {
+    lesson_checks_flag_truancy(Some(&postgres_url().await)).await;
 }

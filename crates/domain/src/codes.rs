@@ -310,6 +310,13 @@ pub fn category_of(code: &str) -> Category {
     lookup(code).map_or(Category::NotPossible, |info| info.category)
 }
 
+/// Returns true when a pupil whose register mark is `register_code` but who was missing from a
+/// later lesson or spot check in the same session may have truanted after registration: the
+/// register says present (`/`, `\` or `L`) and the check says absent.
+pub fn is_possible_truancy(register_code: &str, present_at_check: bool) -> bool {
+    !present_at_check && category_of(register_code) == Category::Present
+}
+
 impl fmt::Display for Category {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -375,6 +382,22 @@ mod tests {
             ));
             assert!(lookup_on(code, date(2024, 8, 19)).is_ok(), "{code}");
         }
+    }
+
+    #[test]
+    fn truancy_needs_present_register_and_absent_check() {
+        assert!(is_possible_truancy("/", false));
+        assert!(is_possible_truancy("L", false));
+        assert!(!is_possible_truancy("/", true));
+        assert!(
+            !is_possible_truancy("M", false),
+            "a pupil out for an appointment"
+        );
+        assert!(!is_possible_truancy("V", false), "a pupil on a trip");
+        assert!(
+            !is_possible_truancy("U", false),
+            "already absent at registration"
+        );
     }
 
     #[test]

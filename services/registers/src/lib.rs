@@ -10,6 +10,7 @@ mod calendar;
 mod checks;
 mod convert;
 mod import;
+mod lessons;
 mod reports;
 mod service;
 mod store;

@@ -14,9 +14,10 @@ use rollcall_api::registers::v1::{
     ImportRegisterResponse, ListAbsenceReportsRequest, ListAbsenceReportsResponse,
     ListMarkVersionsRequest, ListMarkVersionsResponse, ListMarksRequest, ListMarksResponse,
     ListMissingMarksRequest, ListMissingMarksResponse, ListPupilsRequest, ListPupilsResponse,
-    ListSchoolsRequest, ListSchoolsResponse, ListUnresolvedMarksRequest,
-    ListUnresolvedMarksResponse, MarkVersion, MissingMark, Pupil, RecordAbsenceReportRequest,
-    RecordAbsenceReportResponse, School, SetCalendarRequest, SetCalendarResponse, UnresolvedMark,
+    ListSchoolsRequest, ListSchoolsResponse, ListTruancyFlagsRequest, ListTruancyFlagsResponse,
+    ListUnresolvedMarksRequest, ListUnresolvedMarksResponse, MarkVersion, MissingMark, Pupil,
+    RecordAbsenceReportRequest, RecordAbsenceReportResponse, RecordLessonCheckRequest,
+    RecordLessonCheckResponse, School, SetCalendarRequest, SetCalendarResponse, UnresolvedMark,
     WatchMarksRequest, WatchMarksResponse, import_register_request::Item,
 };
 use rollcall_api::types::v1::Session as PbSession;
@@ -36,6 +37,7 @@ use crate::calendar::{self, load_calendar_rows};
 use crate::checks;
 use crate::convert::{MarkRow, optional_date, phase_from_str, required_date, session};
 use crate::import;
+use crate::lessons::{self, LessonCheck};
 use crate::reports::{self, NewReport, ReportRow};
 use crate::store::{self, EnrolmentRow, MarkFilter, NO_EARLIER, NO_LATER, PupilRow};
 
@@ -397,6 +399,37 @@ impl RegistersService for Registers {
         let (page, next_page_token) = checks::page(rows, request.page_size, &request.page_token)?;
         Ok(Response::new(ListAbsenceReportsResponse {
             reports: page.into_iter().map(ReportRow::into_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn record_lesson_check(
+        &self,
+        request: Request<RecordLessonCheckRequest>,
+    ) -> Result<Response<RecordLessonCheckResponse>, Status> {
+        let check = LessonCheck::check(request.get_ref())?;
+        let response = lessons::record(&self.db, &check).await?;
+        for flag in &response.flags {
+            tracing::info!(flag = %flag.id, upn = %flag.upn, laestab = %flag.laestab, date = %flag.date, "Possible post-registration truancy flagged");
+        }
+        tracing::info!(check = %response.check_id, flags = response.flags.len(), already_recorded = response.already_recorded, "Lesson check recorded");
+        Ok(Response::new(response))
+    }
+
+    async fn list_truancy_flags(
+        &self,
+        request: Request<ListTruancyFlagsRequest>,
+    ) -> Result<Response<ListTruancyFlagsResponse>, Status> {
+        let request = request.into_inner();
+        let school = laestab("laestab", &request.laestab)?;
+        let from = optional_date("from_date", &request.from_date)?.unwrap_or(NO_EARLIER);
+        let to = optional_date("to_date", &request.to_date)?.unwrap_or(NO_LATER);
+        let rows = lessons::flags(&self.db, &school, from, to)
+            .await
+            .map_err(|e| storage_error("listing truancy flags", e))?;
+        let (page, next_page_token) = checks::page(rows, request.page_size, &request.page_token)?;
+        Ok(Response::new(ListTruancyFlagsResponse {
+            flags: page.into_iter().map(lessons::FlagRow::into_proto).collect(),
             next_page_token,
         }))
     }
