@@ -6,13 +6,13 @@ use std::path::Path;
 
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{
-    AbsenceReport, AmendMarkRequest, Calendar, CheckKind, Closure, ClosureKind, GetCalendarRequest,
-    GetSchoolRequest, ImportHeader, ImportMarks, ImportPupil, ImportRegisterRequest,
-    ImportRegisterResponse, LessonMark, ListAbsenceReportsRequest, ListMarkVersionsRequest,
-    ListMarksRequest, ListMissingMarksRequest, ListTruancyFlagsRequest, ListUnresolvedMarksRequest,
-    Mark, Pupil, RecordAbsenceReportRequest, RecordLessonCheckRequest, RegisterTimes,
-    ReportChannel, School, SetCalendarRequest, Term, WatchMarksRequest,
-    import_register_request::Item,
+    AbsenceReport, AmendMarkRequest, ApplyRetentionRequest, Calendar, CheckKind, Closure,
+    ClosureKind, GetCalendarRequest, GetSchoolRequest, GetSessionRegisterRequest, ImportHeader,
+    ImportMarks, ImportPupil, ImportRegisterRequest, ImportRegisterResponse, LessonMark,
+    ListAbsenceReportsRequest, ListMarkVersionsRequest, ListMarksRequest, ListMissingMarksRequest,
+    ListTruancyFlagsRequest, ListUnresolvedMarksRequest, Mark, Pupil, RecordAbsenceReportRequest,
+    RecordLeavingRequest, RecordLessonCheckRequest, RegisterTimes, ReportChannel, School,
+    SetCalendarRequest, Term, WatchMarksRequest, import_register_request::Item,
 };
 use rollcall_api::types::v1::{MarkSource, Phase, Session};
 use rollcall_cli::server::{self, RunningServer, ServerConfig};
@@ -784,4 +784,149 @@ async fn lesson_checks_on_sqlite() {
 #[tokio::test]
 async fn lesson_checks_on_postgres() {
     lesson_checks_flag_truancy(Some(&postgres_url().await)).await;
+}
+
+async fn roll_and_retention(database_url: Option<&str>) {
+    let work = tempfile::tempdir().expect("temp dir");
+    let running = start(work.path(), database_url).await;
+    let mut registers = client(&running).await;
+    let mut marks: Vec<Mark> = ["2025-09-01", "2025-09-02", "2025-09-03", "2025-09-04"]
+        .iter()
+        .map(|date| mark(&upn(1), date, "/", None))
+        .collect();
+    marks.extend(
+        ["2025-09-01", "2025-09-02", "2025-09-03"]
+            .iter()
+            .map(|date| mark(&upn(2), date, "/", None)),
+    );
+    send(&mut registers, import("week", &[upn(1), upn(2)], marks))
+        .await
+        .expect("import");
+
+    let leaving = |date: &str| RecordLeavingRequest {
+        upn: upn(2),
+        laestab: "9192001".into(),
+        leaving_date: date.into(),
+        reason: "Registered at another school".into(),
+        recorded_by: "J Smith".into(),
+    };
+    let too_early = registers
+        .record_leaving(leaving("2025-09-02"))
+        .await
+        .expect_err("a mark on 3 September comes after");
+    assert!(
+        too_early.message().contains("1 marks after 2025-09-02"),
+        "{}",
+        too_early.message()
+    );
+    let left = registers
+        .record_leaving(leaving("2025-09-03"))
+        .await
+        .expect("leaving")
+        .into_inner()
+        .enrolment
+        .expect("enrolment");
+    assert_eq!(left.leaving_date, "2025-09-03");
+
+    let register = |date: &str| GetSessionRegisterRequest {
+        laestab: "9192001".into(),
+        date: date.into(),
+        session: Session::Am as i32,
+        year_group: String::new(),
+    };
+    let wednesday = registers
+        .get_session_register(register("2025-09-03"))
+        .await
+        .expect("register")
+        .into_inner()
+        .entries;
+    assert_eq!(wednesday.len(), 2);
+    let thursday = registers
+        .get_session_register(register("2025-09-04"))
+        .await
+        .expect("register")
+        .into_inner()
+        .entries;
+    assert_eq!(
+        thursday.len(),
+        1,
+        "the leaver is not on Thursday's register"
+    );
+    assert_eq!(thursday[0].upn, upn(1));
+    assert_eq!(
+        thursday[0].mark.as_ref().map(|mark| mark.code.as_str()),
+        Some("/")
+    );
+
+    let after = send(
+        &mut registers,
+        import("late", &[], vec![mark(&upn(2), "2025-09-04", "/", None)]),
+    )
+    .await
+    .expect_err("not on roll after leaving");
+    assert!(
+        after.message().contains("not on roll"),
+        "{}",
+        after.message()
+    );
+
+    // Six years after 2 September 2025, Monday 1 September's marks may go.
+    let dry = registers
+        .apply_retention(ApplyRetentionRequest {
+            as_of: "2031-09-02".into(),
+            dry_run: true,
+        })
+        .await
+        .expect("dry run")
+        .into_inner();
+    assert_eq!(dry.cutoff, "2025-09-02");
+    assert_eq!(dry.removed.len(), 1);
+    assert_eq!(dry.removed[0].mark_versions, 2);
+    let versions = |date: &str| ListMarkVersionsRequest {
+        upn: upn(1),
+        laestab: String::new(),
+        date: date.into(),
+        session: Session::Am as i32,
+    };
+    let kept = registers
+        .list_mark_versions(versions("2025-09-01"))
+        .await
+        .expect("history")
+        .into_inner()
+        .versions;
+    assert_eq!(kept.len(), 1, "a dry run removes nothing");
+
+    registers
+        .apply_retention(ApplyRetentionRequest {
+            as_of: "2031-09-02".into(),
+            dry_run: false,
+        })
+        .await
+        .expect("retention");
+    let gone = registers
+        .list_mark_versions(versions("2025-09-01"))
+        .await
+        .expect("history")
+        .into_inner()
+        .versions;
+    assert!(gone.is_empty());
+    let tuesday = registers
+        .list_mark_versions(versions("2025-09-02"))
+        .await
+        .expect("history")
+        .into_inner()
+        .versions;
+    assert_eq!(tuesday.len(), 1, "younger than six years: kept");
+
+    running.stop().await.expect("server stops");
+}
+
+#[tokio::test]
+async fn roll_and_retention_on_sqlite() {
+    roll_and_retention(None).await;
+}
+
+#[tokio::test]
+async fn roll_and_retention_on_postgres() {
+    roll_and_retention(Some(&postgres_url().await)).await;
 }

@@ -12,6 +12,7 @@ mod convert;
 mod import;
 mod lessons;
 mod reports;
+mod roll;
 mod service;
 mod store;
 

@@ -9,16 +9,19 @@ use rollcall_api::registers::v1::registers_service_server::{
     RegistersService, RegistersServiceServer,
 };
 use rollcall_api::registers::v1::{
-    AmendMarkRequest, AmendMarkResponse, Enrolment, GetCalendarRequest, GetCalendarResponse,
-    GetPupilRequest, GetPupilResponse, GetSchoolRequest, GetSchoolResponse, ImportRegisterRequest,
-    ImportRegisterResponse, ListAbsenceReportsRequest, ListAbsenceReportsResponse,
-    ListMarkVersionsRequest, ListMarkVersionsResponse, ListMarksRequest, ListMarksResponse,
-    ListMissingMarksRequest, ListMissingMarksResponse, ListPupilsRequest, ListPupilsResponse,
-    ListSchoolsRequest, ListSchoolsResponse, ListTruancyFlagsRequest, ListTruancyFlagsResponse,
-    ListUnresolvedMarksRequest, ListUnresolvedMarksResponse, MarkVersion, MissingMark, Pupil,
-    RecordAbsenceReportRequest, RecordAbsenceReportResponse, RecordLessonCheckRequest,
-    RecordLessonCheckResponse, School, SetCalendarRequest, SetCalendarResponse, UnresolvedMark,
-    WatchMarksRequest, WatchMarksResponse, import_register_request::Item,
+    AmendMarkRequest, AmendMarkResponse, ApplyRetentionRequest, ApplyRetentionResponse, Enrolment,
+    GetCalendarRequest, GetCalendarResponse, GetPupilRequest, GetPupilResponse, GetSchoolRequest,
+    GetSchoolResponse, GetSessionRegisterRequest, GetSessionRegisterResponse,
+    ImportRegisterRequest, ImportRegisterResponse, ListAbsenceReportsRequest,
+    ListAbsenceReportsResponse, ListMarkVersionsRequest, ListMarkVersionsResponse,
+    ListMarksRequest, ListMarksResponse, ListMissingMarksRequest, ListMissingMarksResponse,
+    ListPupilsRequest, ListPupilsResponse, ListSchoolsRequest, ListSchoolsResponse,
+    ListTruancyFlagsRequest, ListTruancyFlagsResponse, ListUnresolvedMarksRequest,
+    ListUnresolvedMarksResponse, MarkVersion, MissingMark, Pupil, RecordAbsenceReportRequest,
+    RecordAbsenceReportResponse, RecordLeavingRequest, RecordLeavingResponse,
+    RecordLessonCheckRequest, RecordLessonCheckResponse, School, SetCalendarRequest,
+    SetCalendarResponse, UnresolvedMark, WatchMarksRequest, WatchMarksResponse,
+    import_register_request::Item,
 };
 use rollcall_api::types::v1::Session as PbSession;
 use rollcall_domain::Session;
@@ -39,6 +42,7 @@ use crate::convert::{MarkRow, optional_date, phase_from_str, required_date, sess
 use crate::import;
 use crate::lessons::{self, LessonCheck};
 use crate::reports::{self, NewReport, ReportRow};
+use crate::roll;
 use crate::store::{self, EnrolmentRow, MarkFilter, NO_EARLIER, NO_LATER, PupilRow};
 
 /// School days an N mark may wait for a reason before it is listed as unresolved.
@@ -312,6 +316,41 @@ impl RegistersService for Registers {
         Ok(Response::new(GetPupilResponse {
             pupil: Some(pupil_to_proto(pupil, enrolments)),
         }))
+    }
+
+    async fn get_session_register(
+        &self,
+        request: Request<GetSessionRegisterRequest>,
+    ) -> Result<Response<GetSessionRegisterResponse>, Status> {
+        let request = request.into_inner();
+        let school = laestab("laestab", &request.laestab)?;
+        let date = required_date("date", &request.date)?;
+        let session = session("session", request.session)?;
+        let year_group = Some(request.year_group.trim()).filter(|group| !group.is_empty());
+        let entries = roll::session_register(&self.db, &school, date, session, year_group).await?;
+        Ok(Response::new(GetSessionRegisterResponse { entries }))
+    }
+
+    async fn record_leaving(
+        &self,
+        request: Request<RecordLeavingRequest>,
+    ) -> Result<Response<RecordLeavingResponse>, Status> {
+        let enrolment = roll::record_leaving(&self.db, request.get_ref()).await?;
+        tracing::info!(upn = %request.get_ref().upn.trim(), laestab = %enrolment.laestab, leaving_date = %enrolment.leaving_date, "Leaving recorded");
+        Ok(Response::new(RecordLeavingResponse {
+            enrolment: Some(enrolment),
+        }))
+    }
+
+    async fn apply_retention(
+        &self,
+        request: Request<ApplyRetentionRequest>,
+    ) -> Result<Response<ApplyRetentionResponse>, Status> {
+        let request = request.into_inner();
+        let as_of = optional_date("as_of", &request.as_of)?
+            .unwrap_or_else(|| chrono::Utc::now().date_naive());
+        let response = roll::apply_retention(&self.db, as_of, request.dry_run).await?;
+        Ok(Response::new(response))
     }
 
     async fn list_marks(
