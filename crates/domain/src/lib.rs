@@ -1,5 +1,6 @@
 //! The rules of school attendance in England, as a plain library with no I/O.
 //!
+//! - [`age`]: compulsory school age;
 //! - [`calendar`]: a school's terms, register times, closures and time zone;
 //! - [`history`]: the rule that picks a session's effective mark from its versions;
 //! - [`codes`]: the one code table, with the statistical meaning and validity dates of every code;
@@ -12,6 +13,7 @@
 //! - [`source`]: where a version of a mark came from;
 //! - [`upn`]: unique pupil numbers.
 
+pub mod age;
 pub mod calendar;
 pub mod codes;
 pub mod history;
