@@ -100,7 +100,7 @@ fn stdout_json(output: &Output) -> Value {
 
 /// Amends pupil A's illness on Thursday morning to present, which takes A from exactly 10%
 /// absence to 5%: the persistent-absence trigger is withdrawn and A's case goes up for review.
-fn check_amendment(url: &str) {
+fn check_amendment(url: &str, work: &Path) {
     let session = ["--upn", &upn(1), "--date", "2025-09-11", "--session", "AM"];
     let no_reason = rollcall(
         url,
@@ -168,6 +168,33 @@ fn check_amendment(url: &str) {
             .as_str()
             .is_some_and(|at| !at.is_empty())
     );
+
+    // A later import of an export made before the amendment does not undo it: the export's
+    // marks were taken when it was made, before the amendment.
+    let export = work.join("test-academy-again.xml");
+    std::fs::write(
+        &export,
+        ctf().replace("2025-09-12T16:00:00", "2025-09-12T17:00:00"),
+    )
+    .expect("write");
+    let reimport = rollcall(url, &["import", "ctf", export.to_str().expect("utf-8")]);
+    assert!(
+        reimport.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reimport.stderr)
+    );
+    let history = stdout_json(&rollcall(
+        url,
+        &[&["marks", "history"][..], &session, &["--json"]].concat(),
+    ));
+    let versions = history.as_array().expect("array");
+    assert_eq!(versions.len(), 3, "{history}");
+    assert_eq!(versions[2]["code"], "I");
+    assert_eq!(
+        versions[2]["effective"], false,
+        "the export is older than the amendment"
+    );
+    assert_eq!(versions[1]["effective"], true);
 
     let report = stdout_json(&rollcall(
         url,
@@ -421,7 +448,7 @@ async fn run_main_job(database_url: Option<String>, work: &Path) {
         let extract = rollcall_ctf::read(&extract).expect("the extract is a valid CTF");
         assert_eq!(extract.pupils[0].upn, upn(3));
 
-        check_amendment(&url);
+        check_amendment(&url, &work);
         check_calendar(&url, &work);
     });
     let result = checks.await;

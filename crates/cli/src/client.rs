@@ -24,6 +24,18 @@ pub(crate) struct Clients {
 impl Clients {
     /// Connects to the server at `url`.
     pub(crate) async fn connect(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("https://") {
+            bail!(
+                "invalid server URL {url:?}: rollcall serve does not offer TLS yet, so an https:// \
+                 address would not be encrypted; use http:// on a trusted network or a TLS proxy"
+            );
+        }
+        if !url.starts_with("http://") {
+            bail!(
+                "invalid server URL {url:?}: start it with http://, for example \
+                 http://127.0.0.1:50051"
+            );
+        }
         let endpoint = Endpoint::from_shared(url.to_owned())
             .with_context(|| {
                 format!("invalid server URL {url:?}: expected e.g. http://127.0.0.1:50051")

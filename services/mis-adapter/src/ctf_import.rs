@@ -1,6 +1,6 @@
 //! Turns a Common Transfer File into a register import, checking everything first.
 
-use chrono::{Datelike, NaiveDate, Weekday};
+use chrono::{Datelike, NaiveDate, TimeZone, Weekday};
 use rollcall_api::registers::v1::{ImportPupil, Mark, Pupil, School};
 use rollcall_api::types::v1::{Phase as PbPhase, Session as PbSession};
 use rollcall_ctf::{CtfFile, YearData};
@@ -56,6 +56,10 @@ pub fn prepare_ctf(file_name: &str, content: &[u8]) -> Result<CtfImport, FileErr
         .date_time
         .as_deref()
         .and_then(|text| parse_date(text.get(..10).unwrap_or(text)).ok());
+    // The marks in a file were taken no later than the file was made, so that time, not the
+    // time of import, is their time taken. An amendment made in rollcall after the export
+    // then stays effective when a later import of the same export arrives.
+    let taken_at = file.header.date_time.as_deref().and_then(file_made_at);
 
     let mut pupils = Vec::new();
     let mut marks = Vec::new();
@@ -132,6 +136,7 @@ pub fn prepare_ctf(file_name: &str, content: &[u8]) -> Result<CtfImport, FileErr
                 date: date.to_string(),
                 session: session as i32,
                 code: code.clone(),
+                recorded_at: taken_at,
                 ..Default::default()
             });
         }
@@ -172,6 +177,16 @@ pub fn prepare_ctf(file_name: &str, content: &[u8]) -> Result<CtfImport, FileErr
         marks,
         warnings,
     })
+}
+
+/// Reads the header's `DateTime`, a school-local time in England, as a protobuf timestamp.
+fn file_made_at(text: &str) -> Option<prost_types::Timestamp> {
+    let local = chrono::NaiveDateTime::parse_from_str(text.trim(), "%Y-%m-%dT%H:%M:%S%.f").ok()?;
+    let instant = chrono_tz::Europe::London
+        .from_local_datetime(&local)
+        .earliest()?
+        .with_timezone(&chrono::Utc);
+    Some(rollcall_api::convert::timestamp(instant))
 }
 
 /// Checks that the marks fit the academic year they belong to and end no later than the day
