@@ -393,6 +393,24 @@ async fn calendar_checks_marks_and_closes_days(database_url: Option<&str>) {
         .expect_err("no calendar stored");
     assert_eq!(missing.code(), tonic::Code::NotFound);
 
+    // A term starting on Wednesday would leave Monday's and Tuesday's marks outside it.
+    let mut late_start = autumn_calendar(Vec::new(), "09:00");
+    late_start.terms[0].first_day = "2025-09-03".into();
+    let error = registers
+        .set_calendar(set_calendar(late_start))
+        .await
+        .expect_err("marks outside the term");
+    assert!(
+        error.message().contains("2 attendance marks fall outside"),
+        "{}",
+        error.message()
+    );
+    assert!(
+        error.message().contains("2025-09-01 AM"),
+        "{}",
+        error.message()
+    );
+
     registers
         .set_calendar(set_calendar(autumn_calendar(Vec::new(), "09:00")))
         .await

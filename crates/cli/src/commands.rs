@@ -13,6 +13,7 @@ use rollcall_api::convert::from_timestamp;
 use rollcall_api::mis_adapter::v1::ImportCtfRequest;
 use rollcall_api::policy::v1::GetSchoolAttendanceRequest;
 use rollcall_api::referrals::v1::BuildReferralPackRequest;
+use rollcall_api::registers::v1::GetSchoolRequest;
 use rollcall_runtime::telemetry::{self, LogFormat};
 use serde_json::json;
 
@@ -177,7 +178,10 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             upn,
             out: path,
             as_of,
-        }) => referral_pack(&clients, &upn, &path, as_of.as_deref(), &mut out).await,
+        }) => {
+            check_as_of(as_of.as_deref())?;
+            referral_pack(&clients, &upn, &path, as_of.as_deref(), &mut out).await
+        }
     }
 }
 
@@ -278,6 +282,13 @@ pub(crate) async fn import_ctf(
         bail!("{failures} of {} files were not imported", files.len());
     }
     Ok(())
+}
+
+fn check_as_of(value: Option<&str>) -> anyhow::Result<()> {
+    match value.map(rollcall_domain::session::parse_date) {
+        Some(Err(error)) => bail!("invalid --as-of: {error}"),
+        _ => Ok(()),
+    }
 }
 
 fn check_laestab(value: &str) -> anyhow::Result<String> {
@@ -402,6 +413,16 @@ pub(crate) async fn list_cases(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let laestab = check_laestab(school)?;
+    // The cases service knows only schools with cases, so ask the registers whether the
+    // school exists, so that a mistyped number is not mistaken for a school without cases.
+    clients
+        .registers
+        .clone()
+        .get_school(GetSchoolRequest {
+            laestab: laestab.clone(),
+        })
+        .await
+        .map_err(|status| anyhow::anyhow!("{}", status.message()))?;
     let cases = fetch_cases(clients, &laestab).await?;
     if json_output {
         let rows: Vec<serde_json::Value> = cases.iter().map(case_json).collect();
@@ -529,6 +550,13 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> 
     let file_name = path
         .file_name()
         .with_context(|| format!("--out {} does not name a file", path.display()))?;
+    if !folder.is_dir() {
+        bail!(
+            "cannot write {}: folder {} does not exist; create it or choose another path",
+            path.display(),
+            folder.display()
+        );
+    }
     let temporary = folder.join(format!(".{}.partial", file_name.to_string_lossy()));
     std::fs::write(&temporary, bytes)
         .with_context(|| format!("cannot write {}", temporary.display()))?;

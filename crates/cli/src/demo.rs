@@ -175,9 +175,14 @@ async fn run_against(
     println!("  referral packs written:  {}", packs.len());
     println!();
     println!("Where everything is");
-    println!("  CTF files:     {}", dir.join("ctf").display());
-    println!("  reports:       {}", dir.join("reports").display());
-    println!("  referral packs: {}", dir.join("packs").display());
-    println!("  databases:     {}", dir.join("data").display());
+    println!("  CTF files:       {}", dir.join("ctf").display());
+    println!("  reports:         {}", dir.join("reports").display());
+    println!("  referral packs:  {}", dir.join("packs").display());
+    println!("  databases:       {}", dir.join("data").display());
+    println!();
+    println!(
+        "To explore further, serve these databases with `rollcall serve --data-dir {}`",
+        dir.join("data").display()
+    );
     Ok(())
 }

@@ -96,6 +96,17 @@ pub(crate) async fn run(
             school,
             absence_report,
         } => {
+            for (flag, value) in [
+                ("--reason", &reason),
+                ("--by", &by),
+                ("--position", &position),
+            ] {
+                if value.trim().is_empty() {
+                    bail!(
+                        "{flag} is empty: an amendment needs a reason and the name and position of the person making it"
+                    );
+                }
+            }
             let request = AmendMarkRequest {
                 request_id: String::new(),
                 upn,

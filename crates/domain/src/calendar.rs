@@ -114,7 +114,9 @@ impl Arrival {
 pub enum CalendarError {
     /// A register stays open too long, or closes before it opens.
     #[error(
-        "the {session} register opens at {opens} and closes at {closes}: it must close after it opens and at most {MAX_REGISTER_MINUTES} minutes later"
+        "the {session} register opens at {} and closes at {}: it must close after it opens and at most {MAX_REGISTER_MINUTES} minutes later",
+        .opens.format("%H:%M"),
+        .closes.format("%H:%M")
     )]
     RegisterWindow {
         /// The session.

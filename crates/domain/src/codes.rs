@@ -310,6 +310,24 @@ pub fn category_of(code: &str) -> Category {
     lookup(code).map_or(Category::NotPossible, |info| info.category)
 }
 
+/// Checks minutes late against a code: only `L` (late before the register closed, so within
+/// the register's 30 minutes) and `U` (late after it closed) carry minutes late.
+pub fn check_minutes_late(code: &str, minutes_late: i32) -> Result<(), String> {
+    let limit = i32::try_from(crate::calendar::MAX_REGISTER_MINUTES).unwrap_or(i32::MAX);
+    match code {
+        _ if minutes_late < 0 => Err("minutes late cannot be negative".to_owned()),
+        "L" if minutes_late > limit => Err(format!(
+            "L means the pupil arrived before the register closed, at most {limit} minutes after \
+             it opened; {minutes_late} minutes late is U"
+        )),
+        "L" | "U" => Ok(()),
+        _ if minutes_late == 0 => Ok(()),
+        _ => Err(format!(
+            "only L and U carry minutes late, not {code}; send 0 minutes late with {code}"
+        )),
+    }
+}
+
 /// Returns true when a pupil whose register mark is `register_code` but who was missing from a
 /// later lesson or spot check in the same session may have truanted after registration: the
 /// register says present (`/`, `\` or `L`) and the check says absent.
@@ -398,6 +416,16 @@ mod tests {
             !is_possible_truancy("U", false),
             "already absent at registration"
         );
+    }
+
+    #[test]
+    fn minutes_late_only_for_late_codes() {
+        assert_eq!(check_minutes_late("L", 10), Ok(()));
+        assert_eq!(check_minutes_late("U", 90), Ok(()));
+        assert_eq!(check_minutes_late("/", 0), Ok(()));
+        assert!(check_minutes_late("L", 45).is_err_and(|problem| problem.contains("is U")));
+        assert!(check_minutes_late("O", 20).is_err_and(|problem| problem.contains("only L and U")));
+        assert!(check_minutes_late("L", -1).is_err());
     }
 
     #[test]

@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Session {
     /// The morning session.
-    #[serde(rename = "AM")]
+    #[serde(rename = "AM", alias = "am")]
     Am,
     /// The afternoon session.
-    #[serde(rename = "PM")]
+    #[serde(rename = "PM", alias = "pm")]
     Pm,
 }
 
@@ -59,18 +59,43 @@ pub struct SessionDate {
     pub session: Session,
 }
 
-/// A date that is not written as `YYYY-MM-DD`.
+/// A value that is not a calendar date written as `YYYY-MM-DD`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid date {0:?}: expected YYYY-MM-DD, for example 2025-09-03")]
-pub struct DateParseError(pub String);
+pub enum DateParseError {
+    /// Not in the `YYYY-MM-DD` form.
+    #[error("invalid date {0:?}: expected YYYY-MM-DD, for example 2025-09-03")]
+    Format(String),
+    /// In the right form, but no such day exists.
+    #[error("invalid date {0:?}: there is no such day in the calendar")]
+    NoSuchDay(String),
+}
+
+impl DateParseError {
+    /// Returns what is wrong without repeating the value, for messages that name it already.
+    pub fn problem(&self) -> &'static str {
+        match self {
+            Self::Format(_) => "expected a date as YYYY-MM-DD, for example 2025-09-03",
+            Self::NoSuchDay(_) => "there is no such day in the calendar",
+        }
+    }
+}
 
 /// Parses a calendar date written as `YYYY-MM-DD`.
 pub fn parse_date(value: &str) -> Result<NaiveDate, DateParseError> {
     let trimmed = value.trim();
-    if trimmed.len() != 10 {
-        return Err(DateParseError(value.to_owned()));
+    let bytes = trimmed.as_bytes();
+    let shaped = bytes.len() == 10
+        && bytes[4] == b'-'
+        && bytes[7] == b'-'
+        && bytes
+            .iter()
+            .enumerate()
+            .all(|(index, byte)| index == 4 || index == 7 || byte.is_ascii_digit());
+    if !shaped {
+        return Err(DateParseError::Format(value.to_owned()));
     }
-    NaiveDate::parse_from_str(trimmed, "%Y-%m-%d").map_err(|_| DateParseError(value.to_owned()))
+    NaiveDate::parse_from_str(trimmed, "%Y-%m-%d")
+        .map_err(|_| DateParseError::NoSuchDay(value.to_owned()))
 }
 
 /// Returns the academic year containing a date, named by the calendar year it starts in. Academic
@@ -105,9 +130,13 @@ mod tests {
             parse_date("2025-09-03"),
             Ok(NaiveDate::from_ymd_opt(2025, 9, 3).expect("valid"))
         );
-        for bad in ["03/09/2025", "2025-9-3", "2025-02-30", ""] {
-            assert!(parse_date(bad).is_err(), "{bad}");
+        for bad in ["03/09/2025", "2025-9-3", "", "2025/09/03"] {
+            assert_eq!(parse_date(bad), Err(DateParseError::Format(bad.to_owned())));
         }
+        assert_eq!(
+            parse_date("2025-09-31"),
+            Err(DateParseError::NoSuchDay("2025-09-31".to_owned()))
+        );
     }
 
     #[test]

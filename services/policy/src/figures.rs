@@ -77,10 +77,7 @@ pub(crate) async fn school_and_as_of(
     let as_of = if as_of.trim().is_empty() {
         parse_date(&school.last_mark_date).ok()
     } else {
-        Some(
-            parse_date(as_of)
-                .map_err(|error| invalid_argument("as_of", as_of, error.to_string()))?,
-        )
+        Some(parse_date(as_of).map_err(|error| invalid_argument("as_of", as_of, error.problem()))?)
     };
     Ok((school, as_of))
 }

@@ -59,13 +59,9 @@ impl Amendment {
         let code = request.code.trim();
         codes::lookup_on(code, date)
             .map_err(|error| invalid_argument("code", &request.code, error.to_string()))?;
-        if request.minutes_late < 0 {
-            return Err(invalid_argument(
-                "minutes_late",
-                &request.minutes_late.to_string(),
-                "minutes late cannot be negative",
-            ));
-        }
+        codes::check_minutes_late(code, request.minutes_late).map_err(|problem| {
+            invalid_argument("minutes_late", &request.minutes_late.to_string(), problem)
+        })?;
         let school = if request.laestab.trim().is_empty() {
             None
         } else {

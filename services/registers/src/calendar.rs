@@ -117,8 +117,9 @@ pub(crate) fn from_proto(calendar: &pb::Calendar) -> Result<SchoolCalendar, Stat
             reason: closure.reason.trim().to_owned(),
         });
     }
-    SchoolCalendar::new(&calendar.time_zone, am, pm, terms, closures)
-        .map_err(|error| invalid_argument("calendar", &calendar.laestab, error.to_string()))
+    SchoolCalendar::new(&calendar.time_zone, am, pm, terms, closures).map_err(|error| {
+        invalid_argument("calendar of school", &calendar.laestab, error.to_string())
+    })
 }
 
 /// Rebuilds a stored calendar. Stored calendars passed [`from_proto`], so a failure here means
@@ -278,6 +279,48 @@ pub(crate) async fn replace(
                 .map_err(store_error)?;
         if known.is_none() {
             return Err(not_found("school", laestab));
+        }
+
+        // A calendar must not leave attendance outside it: marks that count as possible
+        // sessions must still fall on days the school meets, or on planned closures, whose
+        // marks become # below.
+        let held: Vec<(NaiveDate, String, String)> = sqlx::query_as(
+            "SELECT e.session_date, e.session, m.code FROM effective_marks e \
+             JOIN marks m ON m.sequence = e.sequence WHERE e.laestab = $1 \
+             ORDER BY e.session_date, e.session",
+        )
+        .bind(laestab)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        let misfits: Vec<(NaiveDate, String)> = held
+            .into_iter()
+            .filter(|(date, session, code)| {
+                let Ok(session) = session.parse::<Session>() else {
+                    return false;
+                };
+                let status = calendar.status(SessionDate {
+                    date: *date,
+                    session,
+                });
+                codes::category_of(code).is_possible()
+                    && !matches!(
+                        status,
+                        SessionStatus::Open | SessionStatus::Closed(ClosureKind::Planned)
+                    )
+            })
+            .map(|(date, session, _)| (date, session))
+            .collect();
+        if let Some((date, session)) = misfits.first() {
+            return Err(invalid_argument(
+                "calendar of school",
+                laestab,
+                format!(
+                    "{} attendance marks fall outside this calendar's school days, the first on \
+                     {date} {session}; add the term or day, or amend those marks first",
+                    misfits.len()
+                ),
+            ));
         }
 
         for statement in [

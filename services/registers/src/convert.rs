@@ -83,7 +83,7 @@ pub(crate) fn session(field: &str, value: i32) -> Result<Session, Status> {
 
 /// Parses a required `YYYY-MM-DD` field.
 pub(crate) fn required_date(field: &str, value: &str) -> Result<NaiveDate, Status> {
-    parse_date(value).map_err(|error| invalid_argument(field, value, error.to_string()))
+    parse_date(value).map_err(|error| invalid_argument(field, value, error.problem()))
 }
 
 /// Parses an optional `YYYY-MM-DD` field; empty means none.

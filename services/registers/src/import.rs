@@ -279,12 +279,14 @@ fn check_mark(index: usize, mark: &Mark, now: DateTime<Utc>) -> Result<CheckedMa
             )
         })?;
     }
-    if mark.minutes_late < 0 {
-        return Err(invalid_argument(
-            &format!("{field}.minutes_late"),
-            &mark.minutes_late.to_string(),
-            "minutes late cannot be negative",
-        ));
+    if !(code.is_empty() && arrived_at.is_some()) {
+        codes::check_minutes_late(code, mark.minutes_late).map_err(|problem| {
+            invalid_argument(
+                &format!("{field}.minutes_late"),
+                &mark.minutes_late.to_string(),
+                format!("{problem} (pupil {upn}, {date} {session})"),
+            )
+        })?;
     }
     let recorded_at = match &mark.recorded_at {
         Some(at) => from_timestamp(at).ok_or_else(|| {

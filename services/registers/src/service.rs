@@ -492,6 +492,22 @@ impl RegistersService for Registers {
         let versions = store::versions(&self.db, &upn, school.as_deref(), date, session.as_str())
             .await
             .map_err(|e| storage_error("listing mark versions", e))?;
+        if versions.is_empty() {
+            let known = store::pupil(&self.db, &upn)
+                .await
+                .map_err(|e| storage_error("reading a pupil", e))?;
+            if known.is_none() {
+                return Err(not_found("pupil", &upn));
+            }
+            if let Some(school) = &school {
+                let exists = store::school(&self.db, school)
+                    .await
+                    .map_err(|e| storage_error("reading a school", e))?;
+                if exists.is_none() {
+                    return Err(not_found("school", school));
+                }
+            }
+        }
         Ok(Response::new(ListMarkVersionsResponse {
             versions: versions
                 .into_iter()
