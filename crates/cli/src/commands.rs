@@ -413,8 +413,8 @@ pub(crate) async fn list_cases(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let laestab = check_laestab(school)?;
-    // The cases service knows only schools with cases, so ask the registers whether the
-    // school exists, so that a mistyped number is not mistaken for a school without cases.
+    // The cases service holds only schools that have cases. The registers confirm the school
+    // exists, so a mistyped number is not taken for a school without cases.
     clients
         .registers
         .clone()

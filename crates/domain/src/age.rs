@@ -89,7 +89,7 @@ mod tests {
     }
 
     #[test]
-    fn ends_last_friday_of_june_in_year_turning_sixteen() {
+    fn ends_last_friday_of_june() {
         // Turns 16 on 1 May 2026: the last Friday in June 2026 is the 26th.
         assert_eq!(
             compulsory_school_age_until(day(2010, 5, 1)),

@@ -1,8 +1,8 @@
 //! A school's calendar: terms, register times, closures and its time zone.
 //!
-//! Dates are school-local calendar dates. Times of arrival arrive as instants and are turned
-//! into school-local times with the school's time zone before they are compared with register
-//! times, so the change from British Summer Time to GMT in October moves nobody from L to U.
+//! Dates are school-local calendar dates. Arrival times come as instants and are converted to
+//! school-local times with the school's time zone before they are compared with register times.
+//! The change from British Summer Time to GMT in October therefore turns no L into a U.
 
 use std::fmt;
 
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::session::{Session, SessionDate};
 
-/// The longest a register may stay open, in minutes.
+/// The maximum time a register may stay open, in minutes.
 pub const MAX_REGISTER_MINUTES: i64 = 30;
 
 /// When a session's register opens and closes, in school-local time.
@@ -109,7 +109,7 @@ impl Arrival {
     }
 }
 
-/// Why a calendar is not valid.
+/// The reason a calendar is not valid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CalendarError {
     /// A register stays open too long, or closes before it opens.

@@ -234,7 +234,7 @@ pub(crate) fn check_mark(calendar: &SchoolCalendar, at: SessionDate, code: &str)
     }
 }
 
-/// What a calendar change did.
+/// The outcome of a calendar change.
 #[derive(Debug)]
 pub(crate) struct CalendarChange {
     pub(crate) marks_closed: i32,

@@ -273,7 +273,7 @@ pub(crate) async fn versions(
         .collect())
 }
 
-/// The effective marks of a school on one date.
+/// Returns the effective marks of a school on one date.
 pub(crate) async fn marks_on(
     db: &Db,
     laestab: &str,
@@ -291,7 +291,7 @@ pub(crate) async fn marks_on(
     })
 }
 
-/// The effective marks of a school with one code up to a date, in date order.
+/// Returns the effective marks of a school with one code up to a date, in date order.
 pub(crate) async fn marks_with_code(
     db: &Db,
     laestab: &str,
