@@ -7,11 +7,11 @@
 //! |---|---|---|---|---|---|---|---|---|
 //! | A | 18 present, 2 I | 20 | 18 | 2 | 0 | 90.0 | yes (exactly 10%) | no |
 //! | B | joined 8 Sept: 8 present, 2 O | 10 | 8 | 0 | 2 | 80.0 | yes | no |
-//! | C | L, U, 14 O, X, D, 2 present | 18 | 3 | 0 | 15 | 16.7 | yes | yes |
+//! | C | L, U, 14 O, Q, D, 2 present | 18 | 3 | 0 | 15 | 16.7 | yes | yes |
 //! | D | L, 18 present, M | 20 | 19 | 1 | 0 | 95.0 | no | no |
 //!
 //! L (late before the register closed) counts as present; U (after it closed) is unauthorised;
-//! X and D are not possible sessions. C has met the trust policy's 15-session warning threshold.
+//! Q and D are not possible sessions. C has met the trust policy's 15-session warning threshold.
 
 use std::io::Read;
 use std::path::Path;
@@ -54,7 +54,7 @@ fn ctf() -> String {
             &upn(3),
             "Cole",
             "2025-09-01",
-            &format!(r"LUOOOOOOOO{weekend}OOOOOOXD/\"),
+            &format!(r"LUOOOOOOOO{weekend}OOOOOOQD/\"),
             [18, 0, 3, 15],
         ),
         // D's file total for possible sessions is wrong on purpose (21, not 20).

@@ -12,6 +12,7 @@ use rollcall_api::registers::v1::{
     ImportHeader, ImportMarks, ImportPupil, ImportRegisterRequest, ImportRegisterResponse, Mark,
     import_register_request::Item,
 };
+use rollcall_domain::age::is_compulsory_school_age;
 use rollcall_domain::calendar::SchoolCalendar;
 use rollcall_domain::history::{VersionKey, supersedes};
 use rollcall_domain::{MarkSource, Session, SessionDate, Upn, codes};
@@ -384,6 +385,33 @@ fn plan<'a>(request: &'a ImportRequest, existing: &Existing) -> Result<Plan<'a>,
             date: mark.date,
             session: mark.session,
         };
+        // X is only for pupils below compulsory school age, or past it.
+        if mark.code == "X" {
+            let born = request
+                .pupils
+                .iter()
+                .find(|pupil| pupil.upn == mark.upn)
+                .map(|pupil| pupil.details.date_of_birth)
+                .or_else(|| {
+                    existing
+                        .pupils
+                        .get(&mark.upn)
+                        .map(|details| details.date_of_birth)
+                });
+            if let Some(born) = born
+                && is_compulsory_school_age(born, mark.date)
+            {
+                return Err(invalid_argument(
+                    &format!("{field}.code"),
+                    "X",
+                    format!(
+                        "X is only for pupils not of compulsory school age, and pupil {} is of \
+                         compulsory school age on {}",
+                        mark.upn, mark.date
+                    ),
+                ));
+            }
+        }
         let (code, minutes_late) = match (mark.arrived_at, &existing.calendar) {
             (Some(arrived_at), Some(calendar)) if ARRIVAL_CODES.contains(&mark.code.as_str()) => {
                 let arrival = calendar.arrival(at, arrived_at);
@@ -982,6 +1010,26 @@ mod tests {
         let error = plan(&request, &existing_with("P1", "/", at(8))).expect_err("no calendar");
         assert!(
             error.message().contains("marks[0].arrived_at"),
+            "{}",
+            error.message()
+        );
+    }
+
+    #[test]
+    fn plan_rejects_x_at_compulsory_school_age() {
+        // Born 1 May 2013, so of compulsory school age in September 2025.
+        let request = request(
+            vec![pupil("P1", date(1), "8")],
+            vec![mark(0, "P1", 2, "X", at(9))],
+        );
+        let error = plan(&request, &Existing::default()).expect_err("X at compulsory age");
+        assert!(
+            error.message().contains("marks[0].code"),
+            "{}",
+            error.message()
+        );
+        assert!(
+            error.message().contains("compulsory school age"),
             "{}",
             error.message()
         );
