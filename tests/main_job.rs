@@ -102,6 +102,28 @@ fn stdout_json(output: &Output) -> Value {
 /// absence to 5%: the persistent-absence trigger is withdrawn and A's case goes up for review.
 fn check_amendment(url: &str, work: &Path) {
     let session = ["--upn", &upn(1), "--date", "2025-09-11", "--session", "AM"];
+    // X is for pupils not of compulsory school age; pupil A is 12.
+    let x_mark = rollcall(
+        url,
+        &[
+            &["marks", "amend"][..],
+            &session,
+            &[
+                "--code",
+                "X",
+                "--reason",
+                "Test",
+                "--by",
+                "J Smith",
+                "--position",
+                "Attendance officer",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(!x_mark.status.success());
+    assert!(String::from_utf8_lossy(&x_mark.stderr).contains("compulsory school age"));
+
     let no_reason = rollcall(
         url,
         &[

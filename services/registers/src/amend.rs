@@ -3,6 +3,7 @@
 use chrono::{NaiveDate, Utc};
 use rollcall_api::convert::source_from_proto;
 use rollcall_api::registers::v1::AmendMarkRequest;
+use rollcall_domain::age::is_compulsory_school_age;
 use rollcall_domain::{MarkSource, Session, SessionDate, Upn, codes};
 use rollcall_runtime::grpc::{invalid_argument, laestab, storage_error};
 use rollcall_runtime::storage::WriteTransaction;
@@ -181,6 +182,26 @@ pub(crate) async fn apply(db: &Db, amendment: &Amendment) -> Result<Outcome, Sta
                     format!(
                         "no absence report with this id covers pupil {} at school {school} on {date} {}",
                         amendment.upn, amendment.session
+                    ),
+                ));
+            }
+        }
+
+        if amendment.code == "X" {
+            let born: Option<NaiveDate> =
+                sqlx::query_scalar("SELECT date_of_birth FROM pupils WHERE upn = $1")
+                    .bind(&amendment.upn)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+            if born.is_some_and(|born| is_compulsory_school_age(born, date)) {
+                return Err(invalid_argument(
+                    "code",
+                    "X",
+                    format!(
+                        "X is only for pupils not of compulsory school age, and pupil {} is of \
+                         compulsory school age on {date}",
+                        amendment.upn
                     ),
                 ));
             }
