@@ -7,12 +7,13 @@ use std::path::Path;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{
     AbsenceReport, AmendMarkRequest, ApplyRetentionRequest, Calendar, CheckKind, Closure,
-    ClosureKind, GetCalendarRequest, GetSchoolRequest, GetSessionRegisterRequest, ImportHeader,
-    ImportMarks, ImportPupil, ImportRegisterRequest, ImportRegisterResponse, LessonMark,
-    ListAbsenceReportsRequest, ListMarkVersionsRequest, ListMarksRequest, ListMissingMarksRequest,
-    ListTruancyFlagsRequest, ListUnresolvedMarksRequest, Mark, Pupil, RecordAbsenceReportRequest,
-    RecordLeavingRequest, RecordLessonCheckRequest, RegisterTimes, ReportChannel, School,
-    SetCalendarRequest, Term, WatchMarksRequest, import_register_request::Item,
+    ClosureKind, GetCalendarRequest, GetPupilRequest, GetSchoolRequest, GetSessionRegisterRequest,
+    ImportHeader, ImportMarks, ImportPupil, ImportRegisterRequest, ImportRegisterResponse,
+    LessonMark, ListAbsenceReportsRequest, ListMarkVersionsRequest, ListMarksRequest,
+    ListMissingMarksRequest, ListTruancyFlagsRequest, ListUnresolvedMarksRequest, Mark, Pupil,
+    RecordAbsenceReportRequest, RecordLeavingRequest, RecordLessonCheckRequest, RegisterTimes,
+    Registration, ReportChannel, School, SetCalendarRequest, Term, WatchMarksRequest,
+    import_register_request::Item,
 };
 use rollcall_api::types::v1::{MarkSource, Phase, Session};
 use rollcall_cli::server::{self, RunningServer, ServerConfig};
@@ -83,6 +84,7 @@ fn import(request_id: &str, pupils: &[String], marks: Vec<Mark>) -> Vec<ImportRe
                 }),
                 admission_date: "2025-09-01".into(),
                 year_group: "8".into(),
+                registration: Registration::Unspecified as i32,
             })),
         });
     }
@@ -820,6 +822,26 @@ async fn roll_and_retention(database_url: Option<&str>) {
     send(&mut registers, import("week", &[upn(1), upn(2)], marks))
         .await
         .expect("import");
+
+    // Pupil 1 becomes the main registration of a dual registration.
+    let mut dual = import("dual", &[upn(1)], Vec::new());
+    if let Some(ImportRegisterRequest {
+        item: Some(Item::Pupil(pupil)),
+    }) = dual.get_mut(1)
+    {
+        pupil.registration = Registration::Main as i32;
+    }
+    let updated = send(&mut registers, dual).await.expect("import");
+    assert_eq!(updated.pupils_updated, 1);
+    let enrolments = registers
+        .get_pupil(GetPupilRequest { upn: upn(1) })
+        .await
+        .expect("pupil")
+        .into_inner()
+        .pupil
+        .expect("pupil")
+        .enrolments;
+    assert_eq!(enrolments[0].registration, Registration::Main as i32);
 
     let leaving = |date: &str| RecordLeavingRequest {
         upn: upn(2),

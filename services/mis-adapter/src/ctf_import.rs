@@ -153,6 +153,9 @@ pub fn prepare_ctf(file_name: &str, content: &[u8]) -> Result<CtfImport, FileErr
             }),
             admission_date: sessions.start_date.to_string(),
             year_group,
+            // NOTE: the CTF's EnrolStatus (main or subsidiary of a dual registration) is not
+            // read yet, so every pupil imported from a file is a sole registration.
+            registration: 0,
         });
     }
 

@@ -94,3 +94,22 @@ pub(crate) fn optional_date(field: &str, value: &str) -> Result<Option<NaiveDate
         required_date(field, value).map(Some)
     }
 }
+
+/// Returns the stored name of a registration; unspecified means sole.
+pub(crate) fn registration_as_str(value: i32) -> &'static str {
+    match pb::Registration::try_from(value) {
+        Ok(pb::Registration::Main) => "main",
+        Ok(pb::Registration::Subsidiary) => "subsidiary",
+        _ => "sole",
+    }
+}
+
+/// Returns the protobuf value of a stored registration name.
+pub(crate) fn registration_from_str(value: &str) -> i32 {
+    let registration = match value {
+        "main" => pb::Registration::Main,
+        "subsidiary" => pb::Registration::Subsidiary,
+        _ => pb::Registration::Sole,
+    };
+    registration as i32
+}

@@ -24,7 +24,7 @@ use tonic::{Status, Streaming};
 
 use crate::FEED_LOCK_KEY;
 use crate::calendar::{self, load_calendar_rows};
-use crate::convert::{phase_as_str, required_date, session};
+use crate::convert::{phase_as_str, registration_as_str, required_date, session};
 
 /// Rows per multi-row statement. Fifteen columns a row stays well inside SQLite's limit of
 /// 32,766 bound parameters and PostgreSQL's 65,535.
@@ -59,6 +59,7 @@ struct CheckedPupil {
     details: PupilDetails,
     admission_date: NaiveDate,
     year_group: String,
+    registration: &'static str,
 }
 
 #[derive(Debug, Clone)]
@@ -84,6 +85,7 @@ struct Enrolment {
     admission: NaiveDate,
     leaving: Option<NaiveDate>,
     year_group: String,
+    registration: String,
 }
 
 impl Enrolment {
@@ -142,7 +144,8 @@ struct Plan<'a> {
     new_pupils: Vec<&'a CheckedPupil>,
     changed_pupils: Vec<&'a CheckedPupil>,
     new_enrolments: Vec<&'a CheckedPupil>,
-    year_group_changes: Vec<(&'a CheckedPupil, NaiveDate)>,
+    /// Enrolments whose year group or registration changed, with their admission date.
+    enrolment_changes: Vec<(&'a CheckedPupil, NaiveDate)>,
     versions: Vec<Version<'a>>,
     response: ImportRegisterResponse,
 }
@@ -251,6 +254,7 @@ fn check_pupil(field: &str, import: &ImportPupil) -> Result<CheckedPupil, Status
         },
         admission_date: required_date(&format!("{field}.admission_date"), &import.admission_date)?,
         year_group: required("year_group", &import.year_group)?,
+        registration: registration_as_str(import.registration),
         upn: upn.to_string(),
     })
 }
@@ -335,8 +339,11 @@ fn plan<'a>(request: &'a ImportRequest, existing: &Existing) -> Result<Plan<'a>,
             .iter()
             .find(|e| e.contains(pupil.admission_date))
         {
-            Some(enrolment) if enrolment.year_group != pupil.year_group => {
-                plan.year_group_changes.push((pupil, enrolment.admission));
+            Some(enrolment)
+                if enrolment.year_group != pupil.year_group
+                    || enrolment.registration != pupil.registration =>
+            {
+                plan.enrolment_changes.push((pupil, enrolment.admission));
                 plan.response.pupils_updated += 1;
             }
             Some(_) => {}
@@ -349,6 +356,7 @@ fn plan<'a>(request: &'a ImportRequest, existing: &Existing) -> Result<Plan<'a>,
                     admission: pupil.admission_date,
                     leaving: None,
                     year_group: pupil.year_group.clone(),
+                    registration: pupil.registration.to_owned(),
                 });
             }
         }
@@ -545,7 +553,8 @@ pub(crate) async fn apply(
             }
 
             let mut query = QueryBuilder::new(
-                "SELECT upn, admission_date, leaving_date, year_group FROM enrolments WHERE laestab = ",
+                "SELECT upn, admission_date, leaving_date, year_group, registration FROM enrolments \
+                 WHERE laestab = ",
             );
             query.push_bind(laestab.clone()).push(" AND upn IN (");
             let mut list = query.separated(", ");
@@ -553,16 +562,17 @@ pub(crate) async fn apply(
                 list.push_bind(upn.clone());
             }
             query.push(")");
-            let rows: Vec<(String, NaiveDate, Option<NaiveDate>, String)> = query
+            let rows: Vec<(String, NaiveDate, Option<NaiveDate>, String, String)> = query
                 .build_query_as()
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(store_error)?;
-            for (upn, admission, leaving, year_group) in rows {
+            for (upn, admission, leaving, year_group, registration) in rows {
                 let enrolment = Enrolment {
                     admission,
                     leaving,
                     year_group,
+                    registration,
                 };
                 existing.enrolments.entry(upn).or_default().push(enrolment);
             }
@@ -653,14 +663,16 @@ pub(crate) async fn apply(
         }
         for chunk in plan.new_enrolments.chunks(CHUNK) {
             let mut insert = QueryBuilder::new(
-                "INSERT INTO enrolments (laestab, upn, admission_date, leaving_date, year_group) ",
+                "INSERT INTO enrolments (laestab, upn, admission_date, leaving_date, year_group, \
+                 registration) ",
             );
             insert.push_values(chunk, |mut row, pupil| {
                 row.push_bind(laestab.clone())
                     .push_bind(pupil.upn.clone())
                     .push_bind(pupil.admission_date)
                     .push_bind(None::<NaiveDate>)
-                    .push_bind(pupil.year_group.clone());
+                    .push_bind(pupil.year_group.clone())
+                    .push_bind(pupil.registration);
             });
             insert
                 .build()
@@ -668,15 +680,16 @@ pub(crate) async fn apply(
                 .await
                 .map_err(store_error)?;
         }
-        for (pupil, admission) in &plan.year_group_changes {
+        for (pupil, admission) in &plan.enrolment_changes {
             sqlx::query(
-                "UPDATE enrolments SET year_group = $4 \
+                "UPDATE enrolments SET year_group = $4, registration = $5 \
                  WHERE laestab = $1 AND upn = $2 AND admission_date = $3",
             )
             .bind(laestab)
             .bind(&pupil.upn)
             .bind(*admission)
             .bind(&pupil.year_group)
+            .bind(pupil.registration)
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;
@@ -798,6 +811,7 @@ mod tests {
             },
             admission_date: admission,
             year_group: year_group.to_owned(),
+            registration: "sole",
         }
     }
 
@@ -848,6 +862,7 @@ mod tests {
                 admission: date(1),
                 leaving: None,
                 year_group: "8".into(),
+                registration: "sole".into(),
             }],
         );
         existing.effective.insert(
@@ -1036,12 +1051,23 @@ mod tests {
     }
 
     #[test]
+    fn plan_updates_changed_registration() {
+        let existing = existing_with("P1", "/", at(9));
+        let mut subsidiary = pupil("P1", date(3), "8");
+        subsidiary.registration = "subsidiary";
+        let request = request(vec![subsidiary], Vec::new());
+        let plan = plan(&request, &existing).expect("valid import");
+        assert_eq!(plan.enrolment_changes.len(), 1);
+        assert!(plan.new_enrolments.is_empty());
+    }
+
+    #[test]
     fn plan_updates_changed_year_group() {
         let existing = existing_with("P1", "/", at(9));
         let request = request(vec![pupil("P1", date(3), "9")], Vec::new());
         let plan = plan(&request, &existing).expect("valid import");
-        assert_eq!(plan.year_group_changes.len(), 1);
-        assert_eq!(plan.year_group_changes[0].1, date(1));
+        assert_eq!(plan.enrolment_changes.len(), 1);
+        assert_eq!(plan.enrolment_changes[0].1, date(1));
         assert!(plan.new_enrolments.is_empty());
         assert_eq!(plan.response.pupils_added, 0);
     }

@@ -78,8 +78,8 @@ pub(crate) async fn record_leaving(
 
     with_db!(db, |pool| {
         let mut tx = pool.begin_write(FEED_LOCK_KEY).await.map_err(store_error)?;
-        let open: Option<(NaiveDate, String)> = sqlx::query_as(
-            "SELECT admission_date, year_group FROM enrolments \
+        let open: Option<(NaiveDate, String, String)> = sqlx::query_as(
+            "SELECT admission_date, year_group, registration FROM enrolments \
              WHERE laestab = $1 AND upn = $2 AND admission_date <= $3 AND leaving_date IS NULL \
              ORDER BY admission_date DESC LIMIT 1",
         )
@@ -89,7 +89,7 @@ pub(crate) async fn record_leaving(
         .fetch_optional(&mut *tx)
         .await
         .map_err(store_error)?;
-        let Some((admission, year_group)) = open else {
+        let Some((admission, year_group, registration)) = open else {
             return Err(invalid_argument(
                 "upn",
                 &upn,
@@ -137,6 +137,7 @@ pub(crate) async fn record_leaving(
             admission_date: admission.to_string(),
             leaving_date: leaving.to_string(),
             year_group,
+            registration: crate::convert::registration_from_str(&registration),
         })
     })
 }

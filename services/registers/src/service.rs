@@ -38,7 +38,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::amend::{self, Amendment};
 use crate::calendar::{self, load_calendar_rows};
 use crate::checks;
-use crate::convert::{MarkRow, optional_date, phase_from_str, required_date, session};
+use crate::convert::{
+    MarkRow, optional_date, phase_from_str, registration_from_str, required_date, session,
+};
 use crate::import;
 use crate::lessons::{self, LessonCheck};
 use crate::reports::{self, NewReport, ReportRow};
@@ -121,6 +123,7 @@ fn enrolment_to_proto(row: EnrolmentRow) -> Enrolment {
         admission_date: row.admission_date.to_string(),
         leaving_date: row.leaving_date.map(|d| d.to_string()).unwrap_or_default(),
         year_group: row.year_group,
+        registration: registration_from_str(&row.registration),
     }
 }
 
