@@ -549,3 +549,109 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod register_properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::codes::{CODES, Category};
+    use crate::stats::Figures;
+
+    fn date(month: u32, day: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2025, month, day).expect("valid date")
+    }
+
+    fn calendar() -> SchoolCalendar {
+        let time = |hour, minute| NaiveTime::from_hms_opt(hour, minute, 0).expect("valid time");
+        SchoolCalendar::new(
+            "Europe/London",
+            RegisterTimes {
+                opens: time(8, 40),
+                closes: time(9, 0),
+            },
+            RegisterTimes {
+                opens: time(13, 15),
+                closes: time(13, 30),
+            },
+            vec![Term {
+                name: "Autumn".into(),
+                first_day: date(9, 1),
+                last_day: date(12, 19),
+            }],
+            vec![Closure {
+                date: date(11, 21),
+                session: None,
+                kind: ClosureKind::Planned,
+                reason: "INSET day".into(),
+            }],
+        )
+        .expect("valid calendar")
+    }
+
+    proptest! {
+        /// For a pupil with a mark for every session on roll, any date range partitions those
+        /// sessions: present + approved activity + authorised + unauthorised + not possible
+        /// equals the sessions on roll in the range, and authorised + unauthorised is the
+        /// absence.
+        #[test]
+        fn categories_partition_sessions_on_roll(
+            admitted in 0u64..60,
+            stays in 1u64..120,
+            range_start in 0u64..110,
+            range_days in 0u64..110,
+            picks in proptest::collection::vec(0usize..1000, 400),
+        ) {
+            let calendar = calendar();
+            let first = date(9, 1);
+            let admission = first + Days::new(admitted);
+            let leaving = admission + Days::new(stays);
+            let possible_codes: Vec<&str> = CODES
+                .iter()
+                .filter(|info| info.valid_until.is_none() && info.code != "#")
+                .map(|info| info.code)
+                .collect();
+            // One mark for every session on roll: # on the planned closure, any current code
+            // otherwise.
+            let mut marks = Vec::new();
+            let mut sessions = Vec::new();
+            let mut day = admission;
+            while day <= leaving {
+                for session in [Session::Am, Session::Pm] {
+                    let at = SessionDate { date: day, session };
+                    let code = match calendar.status(at) {
+                        SessionStatus::Open => possible_codes[picks[marks.len() % picks.len()] % possible_codes.len()],
+                        SessionStatus::Closed(ClosureKind::Planned) => "#",
+                        _ => continue,
+                    };
+                    marks.push((at, code));
+                    sessions.push(at);
+                }
+                day = day + Days::new(1);
+            }
+            let from = first + Days::new(range_start);
+            let to = from + Days::new(range_days);
+            let in_range = |at: &SessionDate| at.date >= from && at.date <= to;
+            let figures = Figures::from_codes(
+                marks.iter().filter(|(at, _)| in_range(at)).map(|(_, code)| *code),
+            );
+            let on_roll = sessions.iter().filter(|at| in_range(at)).count() as u32;
+            prop_assert_eq!(
+                figures.present + figures.approved_activity + figures.authorised_absence
+                    + figures.unauthorised_absence + figures.not_possible,
+                on_roll
+            );
+            prop_assert_eq!(figures.authorised_absence + figures.unauthorised_absence, figures.absent());
+            let absent = marks
+                .iter()
+                .filter(|(at, code)| in_range(at) && crate::codes::category_of(code).is_absence())
+                .count() as u32;
+            prop_assert_eq!(figures.absent(), absent);
+            let closures = marks
+                .iter()
+                .filter(|(at, code)| in_range(at) && crate::codes::category_of(code) == Category::NotPossible)
+                .count() as u32;
+            prop_assert_eq!(figures.not_possible, closures);
+        }
+    }
+}
