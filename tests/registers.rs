@@ -85,6 +85,7 @@ fn import(request_id: &str, pupils: &[String], marks: Vec<Mark>) -> Vec<ImportRe
                 admission_date: "2025-09-01".into(),
                 year_group: "8".into(),
                 registration: Registration::Unspecified as i32,
+                class_name: "8B".into(),
             })),
         });
     }
@@ -873,7 +874,19 @@ async fn roll_and_retention(database_url: Option<&str>) {
         date: date.into(),
         session: Session::Am as i32,
         year_group: String::new(),
+        class_name: String::new(),
     };
+    let other_class = GetSessionRegisterRequest {
+        class_name: "8C".into(),
+        ..register("2025-09-03")
+    };
+    let empty = registers
+        .get_session_register(other_class)
+        .await
+        .expect("register")
+        .into_inner()
+        .entries;
+    assert!(empty.is_empty(), "every pupil is in 8B: {empty:?}");
     let wednesday = registers
         .get_session_register(register("2025-09-03"))
         .await
@@ -893,6 +906,7 @@ async fn roll_and_retention(database_url: Option<&str>) {
         "the leaver is not on Thursday's register"
     );
     assert_eq!(thursday[0].upn, upn(1));
+    assert_eq!(thursday[0].class_name, "8B");
     assert_eq!(
         thursday[0].mark.as_ref().map(|mark| mark.code.as_str()),
         Some("/")

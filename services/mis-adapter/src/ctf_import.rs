@@ -156,6 +156,7 @@ pub fn prepare_ctf(file_name: &str, content: &[u8]) -> Result<CtfImport, FileErr
             // NOTE: the CTF's EnrolStatus (main or subsidiary of a dual registration) is not
             // read yet, so every pupil imported from a file is a sole registration.
             registration: 0,
+            class_name: String::new(),
         });
     }
 

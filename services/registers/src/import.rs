@@ -60,6 +60,7 @@ struct CheckedPupil {
     admission_date: NaiveDate,
     year_group: String,
     registration: &'static str,
+    class_name: String,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +87,7 @@ struct Enrolment {
     leaving: Option<NaiveDate>,
     year_group: String,
     registration: String,
+    class_name: String,
 }
 
 impl Enrolment {
@@ -104,6 +106,17 @@ struct Current {
 }
 
 type SessionKey = (String, NaiveDate, Session);
+
+/// An enrolment as loaded for an import.
+#[derive(Debug, sqlx::FromRow)]
+struct EnrolmentLoad {
+    upn: String,
+    admission_date: NaiveDate,
+    leaving_date: Option<NaiveDate>,
+    year_group: String,
+    registration: String,
+    class_name: String,
+}
 
 /// An effective version as loaded for an import.
 #[derive(Debug, sqlx::FromRow)]
@@ -255,6 +268,7 @@ fn check_pupil(field: &str, import: &ImportPupil) -> Result<CheckedPupil, Status
         admission_date: required_date(&format!("{field}.admission_date"), &import.admission_date)?,
         year_group: required("year_group", &import.year_group)?,
         registration: registration_as_str(import.registration),
+        class_name: import.class_name.trim().to_owned(),
         upn: upn.to_string(),
     })
 }
@@ -341,7 +355,8 @@ fn plan<'a>(request: &'a ImportRequest, existing: &Existing) -> Result<Plan<'a>,
         {
             Some(enrolment)
                 if enrolment.year_group != pupil.year_group
-                    || enrolment.registration != pupil.registration =>
+                    || enrolment.registration != pupil.registration
+                    || enrolment.class_name != pupil.class_name =>
             {
                 plan.enrolment_changes.push((pupil, enrolment.admission));
                 plan.response.pupils_updated += 1;
@@ -357,6 +372,7 @@ fn plan<'a>(request: &'a ImportRequest, existing: &Existing) -> Result<Plan<'a>,
                     leaving: None,
                     year_group: pupil.year_group.clone(),
                     registration: pupil.registration.to_owned(),
+                    class_name: pupil.class_name.clone(),
                 });
             }
         }
@@ -553,7 +569,8 @@ pub(crate) async fn apply(
             }
 
             let mut query = QueryBuilder::new(
-                "SELECT upn, admission_date, leaving_date, year_group, registration FROM enrolments \
+                "SELECT upn, admission_date, leaving_date, year_group, registration, class_name \
+                 FROM enrolments \
                  WHERE laestab = ",
             );
             query.push_bind(laestab.clone()).push(" AND upn IN (");
@@ -562,19 +579,24 @@ pub(crate) async fn apply(
                 list.push_bind(upn.clone());
             }
             query.push(")");
-            let rows: Vec<(String, NaiveDate, Option<NaiveDate>, String, String)> = query
+            let rows: Vec<EnrolmentLoad> = query
                 .build_query_as()
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(store_error)?;
-            for (upn, admission, leaving, year_group, registration) in rows {
+            for row in rows {
                 let enrolment = Enrolment {
-                    admission,
-                    leaving,
-                    year_group,
-                    registration,
+                    admission: row.admission_date,
+                    leaving: row.leaving_date,
+                    year_group: row.year_group,
+                    registration: row.registration,
+                    class_name: row.class_name,
                 };
-                existing.enrolments.entry(upn).or_default().push(enrolment);
+                existing
+                    .enrolments
+                    .entry(row.upn)
+                    .or_default()
+                    .push(enrolment);
             }
 
             let (Some(first_date), Some(last_date)) = (first_date, last_date) else {
@@ -664,7 +686,7 @@ pub(crate) async fn apply(
         for chunk in plan.new_enrolments.chunks(CHUNK) {
             let mut insert = QueryBuilder::new(
                 "INSERT INTO enrolments (laestab, upn, admission_date, leaving_date, year_group, \
-                 registration) ",
+                 registration, class_name) ",
             );
             insert.push_values(chunk, |mut row, pupil| {
                 row.push_bind(laestab.clone())
@@ -672,7 +694,8 @@ pub(crate) async fn apply(
                     .push_bind(pupil.admission_date)
                     .push_bind(None::<NaiveDate>)
                     .push_bind(pupil.year_group.clone())
-                    .push_bind(pupil.registration);
+                    .push_bind(pupil.registration)
+                    .push_bind(pupil.class_name.clone());
             });
             insert
                 .build()
@@ -682,7 +705,7 @@ pub(crate) async fn apply(
         }
         for (pupil, admission) in &plan.enrolment_changes {
             sqlx::query(
-                "UPDATE enrolments SET year_group = $4, registration = $5 \
+                "UPDATE enrolments SET year_group = $4, registration = $5, class_name = $6 \
                  WHERE laestab = $1 AND upn = $2 AND admission_date = $3",
             )
             .bind(laestab)
@@ -690,6 +713,7 @@ pub(crate) async fn apply(
             .bind(*admission)
             .bind(&pupil.year_group)
             .bind(pupil.registration)
+            .bind(&pupil.class_name)
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;
@@ -812,6 +836,7 @@ mod tests {
             admission_date: admission,
             year_group: year_group.to_owned(),
             registration: "sole",
+            class_name: String::new(),
         }
     }
 
@@ -863,6 +888,7 @@ mod tests {
                 leaving: None,
                 year_group: "8".into(),
                 registration: "sole".into(),
+                class_name: String::new(),
             }],
         );
         existing.effective.insert(

@@ -19,13 +19,22 @@ use crate::store;
 /// How long register entries are kept: at least six years.
 pub(crate) const RETENTION_YEARS: u32 = 6;
 
+/// Which pupils a session register lists.
+#[derive(Debug, Default)]
+pub(crate) struct RegisterFilter {
+    /// Only this year group.
+    pub(crate) year_group: Option<String>,
+    /// Only this class or registration group.
+    pub(crate) class_name: Option<String>,
+}
+
 /// Builds the register of one session: every pupil on roll that day, with their mark if any.
 pub(crate) async fn session_register(
     db: &Db,
     school: &str,
     date: NaiveDate,
     session: Session,
-    year_group: Option<&str>,
+    filter: &RegisterFilter,
 ) -> Result<Vec<RegisterEntry>, Status> {
     let pupils = store::pupils_at(db, school, Some(date), "", i64::MAX)
         .await
@@ -39,11 +48,21 @@ pub(crate) async fn session_register(
         .collect();
     Ok(pupils
         .into_iter()
-        .filter(|(_, enrolment)| year_group.is_none_or(|group| enrolment.year_group == group))
+        .filter(|(_, enrolment)| {
+            filter
+                .year_group
+                .as_ref()
+                .is_none_or(|group| enrolment.year_group == *group)
+                && filter
+                    .class_name
+                    .as_ref()
+                    .is_none_or(|class| enrolment.class_name == *class)
+        })
         .map(|(pupil, enrolment)| RegisterEntry {
             mark: marks.remove(&pupil.upn).map(|row| row.into_proto()),
             upn: pupil.upn,
             year_group: enrolment.year_group,
+            class_name: enrolment.class_name,
         })
         .collect())
 }
@@ -78,8 +97,8 @@ pub(crate) async fn record_leaving(
 
     with_db!(db, |pool| {
         let mut tx = pool.begin_write(FEED_LOCK_KEY).await.map_err(store_error)?;
-        let open: Option<(NaiveDate, String, String)> = sqlx::query_as(
-            "SELECT admission_date, year_group, registration FROM enrolments \
+        let open: Option<(NaiveDate, String, String, String)> = sqlx::query_as(
+            "SELECT admission_date, year_group, registration, class_name FROM enrolments \
              WHERE laestab = $1 AND upn = $2 AND admission_date <= $3 AND leaving_date IS NULL \
              ORDER BY admission_date DESC LIMIT 1",
         )
@@ -89,7 +108,7 @@ pub(crate) async fn record_leaving(
         .fetch_optional(&mut *tx)
         .await
         .map_err(store_error)?;
-        let Some((admission, year_group, registration)) = open else {
+        let Some((admission, year_group, registration, class_name)) = open else {
             return Err(invalid_argument(
                 "upn",
                 &upn,
@@ -138,6 +157,7 @@ pub(crate) async fn record_leaving(
             leaving_date: leaving.to_string(),
             year_group,
             registration: crate::convert::registration_from_str(&registration),
+            class_name,
         })
     })
 }

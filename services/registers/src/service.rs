@@ -124,6 +124,7 @@ fn enrolment_to_proto(row: EnrolmentRow) -> Enrolment {
         leaving_date: row.leaving_date.map(|d| d.to_string()).unwrap_or_default(),
         year_group: row.year_group,
         registration: registration_from_str(&row.registration),
+        class_name: row.class_name,
     }
 }
 
@@ -329,8 +330,12 @@ impl RegistersService for Registers {
         let school = laestab("laestab", &request.laestab)?;
         let date = required_date("date", &request.date)?;
         let session = session("session", request.session)?;
-        let year_group = Some(request.year_group.trim()).filter(|group| !group.is_empty());
-        let entries = roll::session_register(&self.db, &school, date, session, year_group).await?;
+        let group = |value: &str| Some(value.trim().to_owned()).filter(|group| !group.is_empty());
+        let filter = roll::RegisterFilter {
+            year_group: group(&request.year_group),
+            class_name: group(&request.class_name),
+        };
+        let entries = roll::session_register(&self.db, &school, date, session, &filter).await?;
         Ok(Response::new(GetSessionRegisterResponse { entries }))
     }
 

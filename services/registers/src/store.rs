@@ -34,6 +34,7 @@ pub(crate) struct EnrolmentRow {
     pub(crate) leaving_date: Option<NaiveDate>,
     pub(crate) year_group: String,
     pub(crate) registration: String,
+    pub(crate) class_name: String,
 }
 
 pub(crate) const MARK_COLUMNS: &str = "m.sequence, m.laestab, m.upn, m.session_date, m.session, m.code, \
@@ -87,7 +88,8 @@ pub(crate) async fn pupil(db: &Db, upn: &str) -> Result<Option<PupilRow>, sqlx::
 pub(crate) async fn enrolments_of(db: &Db, upn: &str) -> Result<Vec<EnrolmentRow>, sqlx::Error> {
     with_db!(db, |pool| {
         sqlx::query_as(
-            "SELECT laestab, upn, admission_date, leaving_date, year_group, registration FROM enrolments \
+            "SELECT laestab, upn, admission_date, leaving_date, year_group, registration, class_name \
+             FROM enrolments \
              WHERE upn = $1 ORDER BY admission_date DESC, laestab",
         )
         .bind(upn)
@@ -114,6 +116,7 @@ pub(crate) async fn pupils_at(
         leaving_date: Option<NaiveDate>,
         year_group: String,
         registration: String,
+        class_name: String,
     }
     let (day_from, day_to) = match on_roll {
         Some(day) => (day, day),
@@ -122,7 +125,8 @@ pub(crate) async fn pupils_at(
     let rows: Vec<Joined> = with_db!(db, |pool| {
         sqlx::query_as(
             "SELECT p.upn, p.forename, p.surname, p.date_of_birth, p.sex, \
-                    e.laestab, e.admission_date, e.leaving_date, e.year_group, e.registration \
+                    e.laestab, e.admission_date, e.leaving_date, e.year_group, e.registration, \
+                    e.class_name \
              FROM enrolments e JOIN pupils p ON p.upn = e.upn \
              WHERE e.laestab = $1 AND e.upn > $2 \
                AND e.admission_date <= $3 \
@@ -153,6 +157,7 @@ pub(crate) async fn pupils_at(
             leaving_date: row.leaving_date,
             year_group: row.year_group,
             registration: row.registration,
+            class_name: row.class_name,
         };
         out.push((row.pupil, enrolment));
     }
