@@ -62,6 +62,9 @@ pub struct Pupil {
     pub sex: String,
     /// `NCyearActual`, read from `BasicDetails` or directly under `Pupil`: `R`, `1` to `14`, ...
     pub year_group: Option<String>,
+    /// `EnrolStatus` in `BasicDetails`: `C` for a single registration, `M` and `S` for the
+    /// main and subsidiary school of a dual registration, or as written.
+    pub enrol_status: Option<String>,
     /// One entry per `Attendance/YearData` element.
     pub attendance: Vec<YearData>,
 }

@@ -212,6 +212,7 @@ struct PupilFields {
     date_of_birth: Option<NaiveDate>,
     sex: Option<String>,
     year_group: Option<String>,
+    enrol_status: Option<String>,
     attendance: Vec<YearData>,
 }
 
@@ -244,7 +245,9 @@ fn read_pupil(cursor: &mut Cursor<'_>) -> Result<Pupil, CtfError> {
         Some(element @ "NCyearActual") => {
             cursor.read_value(|value| fill(&mut fields.year_group, values::text(value), element))
         }
-        Some("BasicDetails") => read_basic_details(cursor, &mut fields.year_group),
+        Some("BasicDetails") => {
+            read_basic_details(cursor, &mut fields.year_group, &mut fields.enrol_status)
+        }
         Some("Attendance") => read_attendance(cursor, &mut fields.attendance),
         _ => Ok(()),
     })?;
@@ -267,19 +270,28 @@ fn finish_pupil(
         date_of_birth: required(fields.date_of_birth, "DOB").map_err(at_pupil)?,
         sex: fields.sex.unwrap_or_default(),
         year_group: fields.year_group,
+        enrol_status: fields.enrol_status,
         attendance: fields.attendance,
     })
 }
 
-/// Reads `BasicDetails`, of which rollcall keeps only `NCyearActual`.
+/// Reads `BasicDetails`, of which rollcall keeps only `NCyearActual` and `EnrolStatus`.
 fn read_basic_details(
     cursor: &mut Cursor<'_>,
     year_group: &mut Option<String>,
+    enrol_status: &mut Option<String>,
 ) -> Result<(), CtfError> {
-    cursor.for_each_child(|cursor, name| match canonical(name, &["NCyearActual"]) {
-        Some(element) => cursor.read_value(|value| fill(year_group, values::text(value), element)),
-        None => Ok(()),
-    })
+    cursor.for_each_child(
+        |cursor, name| match canonical(name, &["NCyearActual", "EnrolStatus"]) {
+            Some(element @ "NCyearActual") => {
+                cursor.read_value(|value| fill(year_group, values::text(value), element))
+            }
+            Some(element @ "EnrolStatus") => {
+                cursor.read_value(|value| fill(enrol_status, values::text(value), element))
+            }
+            _ => Ok(()),
+        },
+    )
 }
 
 fn read_attendance(

@@ -88,9 +88,14 @@ fn write_pupil(
     if !pupil.sex.is_empty() {
         out.leaf(sex_element(ctf_version), &pupil.sex)?;
     }
-    if let Some(year_group) = &pupil.year_group {
+    if pupil.year_group.is_some() || pupil.enrol_status.is_some() {
         out.open("BasicDetails", None);
-        out.leaf("NCyearActual", year_group)?;
+        if let Some(year_group) = &pupil.year_group {
+            out.leaf("NCyearActual", year_group)?;
+        }
+        if let Some(enrol_status) = &pupil.enrol_status {
+            out.leaf("EnrolStatus", enrol_status)?;
+        }
         out.close();
     }
     if !pupil.attendance.is_empty() {

@@ -143,17 +143,21 @@ fn pupil(size: Size) -> impl Strategy<Value = Pupil> {
         date(),
         select(&["", "F", "M", "U"][..]),
         option::of(select(&["N1", "R", "1", "6", "11", "14"][..])),
+        option::of(select(&["C", "M", "S"][..])),
         vec(year_data(size), 0..=size.years),
     )
         .prop_map(
-            |(upn, surname, forename, date_of_birth, sex, year_group, attendance)| Pupil {
-                upn,
-                surname,
-                forename,
-                date_of_birth,
-                sex: sex.to_owned(),
-                year_group: year_group.map(str::to_owned),
-                attendance,
+            |(upn, surname, forename, date_of_birth, sex, year_group, enrol_status, attendance)| {
+                Pupil {
+                    upn,
+                    surname,
+                    forename,
+                    date_of_birth,
+                    sex: sex.to_owned(),
+                    year_group: year_group.map(str::to_owned),
+                    enrol_status: enrol_status.map(str::to_owned),
+                    attendance,
+                }
             },
         )
 }

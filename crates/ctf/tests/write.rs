@@ -48,6 +48,7 @@ fn small_file(codes: &[&str]) -> CtfFile {
         date_of_birth: date("2019-03-04"),
         sex: "F".to_owned(),
         year_group: Some("1".to_owned()),
+        enrol_status: None,
         attendance: vec![year_data],
     };
     let header = Header {

@@ -253,6 +253,7 @@ fn ctf_pupil(entry: &RollEntry, year_data: YearData) -> Pupil {
         date_of_birth: entry.date_of_birth,
         sex: entry.sex.ctf_code().to_owned(),
         year_group: Some(entry.year_group.ctf_code()),
+        enrol_status: Some("C".to_owned()),
         attendance: vec![year_data],
     }
 }

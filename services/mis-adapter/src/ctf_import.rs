@@ -1,7 +1,7 @@
 //! Turns a Common Transfer File into a register import, checking everything first.
 
 use chrono::{Datelike, NaiveDate, TimeZone, Weekday};
-use rollcall_api::registers::v1::{ImportPupil, Mark, Pupil, School};
+use rollcall_api::registers::v1::{ImportPupil, Mark, Pupil, Registration, School};
 use rollcall_api::types::v1::{Phase as PbPhase, Session as PbSession};
 use rollcall_ctf::{CtfFile, YearData};
 use rollcall_domain::session::parse_date;
@@ -153,9 +153,7 @@ pub fn prepare_ctf(file_name: &str, content: &[u8]) -> Result<CtfImport, FileErr
             }),
             admission_date: sessions.start_date.to_string(),
             year_group,
-            // NOTE: the CTF's EnrolStatus (main or subsidiary of a dual registration) is not
-            // read yet, so every pupil imported from a file is a sole registration.
-            registration: 0,
+            registration: registration_of(pupil.enrol_status.as_deref()) as i32,
             class_name: String::new(),
         });
     }
@@ -181,6 +179,16 @@ pub fn prepare_ctf(file_name: &str, content: &[u8]) -> Result<CtfImport, FileErr
         marks,
         warnings,
     })
+}
+
+/// Maps CTF's `EnrolStatus` to a registration: `M` and `S` are the main and subsidiary school
+/// of a dual registration; anything else, `C` included, is a single registration.
+fn registration_of(enrol_status: Option<&str>) -> Registration {
+    match enrol_status.map(str::trim) {
+        Some("M" | "m") => Registration::Main,
+        Some("S" | "s") => Registration::Subsidiary,
+        _ => Registration::Sole,
+    }
 }
 
 /// Reads the header's `DateTime`, a school-local time in England, as a protobuf timestamp.
@@ -377,6 +385,24 @@ mod tests {
         let error = prepare_ctf("test.xml", text.as_bytes()).expect_err("no year group");
         assert!(error.message.contains("NCyearActual"), "{}", error.message);
         assert!(error.message.contains(&upn()), "{}", error.message);
+    }
+
+    #[test]
+    fn enrol_status_sets_registration() {
+        let text = file(
+            r"/\",
+            "2025-09-12",
+            "",
+            "<BasicDetails><NCyearActual>8</NCyearActual><EnrolStatus>S</EnrolStatus></BasicDetails>",
+        );
+        let import = prepare_ctf("test.xml", text.as_bytes()).expect("valid file");
+        assert_eq!(
+            import.pupils[0].registration,
+            Registration::Subsidiary as i32
+        );
+        assert_eq!(registration_of(Some("M")), Registration::Main);
+        assert_eq!(registration_of(Some("C")), Registration::Sole);
+        assert_eq!(registration_of(None), Registration::Sole);
     }
 
     #[test]

@@ -120,6 +120,7 @@ fn ctf_extract(input: &PackInput<'_>) -> Result<Vec<u8>, String> {
             date_of_birth: parse_date(&input.pupil.date_of_birth).unwrap_or(NaiveDate::MIN),
             sex: input.pupil.sex.clone(),
             year_group: Some(input.year_group.to_owned()),
+            enrol_status: None,
             attendance: vec![YearData {
                 year,
                 school: identity,
