@@ -13,6 +13,7 @@ use rollcall_domain::Session;
 use serde::{Deserialize, Serialize};
 
 use crate::client::Clients;
+use crate::text::count;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum CalendarCommand {
@@ -194,11 +195,11 @@ pub(crate) async fn run(
             let calendar = response.calendar.unwrap_or_default();
             writeln!(
                 out,
-                "Calendar of school {laestab} replaced: {} terms, {} closures; {} marks on new \
-                 planned closures replaced by #",
-                calendar.terms.len(),
-                calendar.closures.len(),
-                response.marks_closed
+                "Calendar of school {laestab} replaced: {}, {}; {} on new planned closures \
+                 replaced by #",
+                count(calendar.terms.len(), "term", "terms"),
+                count(calendar.closures.len(), "closure", "closures"),
+                count(response.marks_closed, "mark", "marks")
             )?;
             if response.marks_closed > 0 {
                 clients

@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use comfy_table::{CellAlignment, Table, presets};
+
+use crate::text::count;
 use rollcall_api::cases::v1::{Case, CaseStatus, ListCasesRequest};
 use rollcall_api::convert::from_timestamp;
 use rollcall_api::mis_adapter::v1::ImportCtfRequest;
@@ -263,11 +265,11 @@ pub(crate) async fn import_ctf(
         } else {
             writeln!(
                 out,
-                "{name}: school {}, {} pupils ({} new), {} marks recorded, {} unchanged",
+                "{name}: school {}, {} ({} new), {} recorded, {} unchanged",
                 response.laestab,
-                response.pupils,
+                count(response.pupils, "pupil", "pupils"),
                 response.pupils_added,
-                response.marks_recorded,
+                count(response.marks_recorded, "mark", "marks"),
                 response.marks_unchanged
             )?;
         }
@@ -387,7 +389,7 @@ pub(crate) async fn report_attendance(
             column.set_cell_alignment(CellAlignment::Right);
         }
     }
-    writeln!(out, "{table}")?;
+    writeln!(out, "{}", crate::text::table(&table))?;
     let persistent = response
         .pupils
         .iter()
@@ -395,8 +397,8 @@ pub(crate) async fn report_attendance(
         .count();
     writeln!(
         out,
-        "{} pupils, {persistent} persistently absent",
-        response.pupils.len()
+        "{}, {persistent} persistently absent",
+        count(response.pupils.len(), "pupil", "pupils")
     )?;
     Ok(())
 }
@@ -451,8 +453,8 @@ pub(crate) async fn list_cases(
             case_opened_at(case),
         ]);
     }
-    writeln!(out, "{table}")?;
-    writeln!(out, "{} cases", cases.len())?;
+    writeln!(out, "{}", crate::text::table(&table))?;
+    writeln!(out, "{}", count(cases.len(), "case", "cases"))?;
     Ok(())
 }
 

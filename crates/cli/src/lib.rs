@@ -7,6 +7,7 @@ mod commands;
 mod demo;
 mod marks;
 pub mod server;
+mod text;
 
 use std::process::ExitCode;
 

@@ -222,7 +222,7 @@ async fn history(
             mark.reason.clone(),
         ]);
     }
-    writeln!(out, "{table}")?;
+    writeln!(out, "{}", crate::text::table(&table))?;
     writeln!(out, "* effective version")?;
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! Logging. Logs carry ids (UPNs, LAESTABs, request ids), never names, dates of birth or
 //! addresses.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// The format of log lines.
@@ -21,6 +23,8 @@ pub fn init(format: LogFormat, default_directive: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log written to a file or a collector stays plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     // A second call (as in tests that start several servers) keeps the first logger.
     let _ = match format {

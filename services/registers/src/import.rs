@@ -331,10 +331,14 @@ fn check_mark(index: usize, mark: &Mark, now: DateTime<Utc>) -> Result<CheckedMa
 
 /// Works out the writes of an import from what the registers already hold.
 ///
-/// A mark equal (code and minutes late) to the effective version of its session is unchanged
-/// and not stored again. Any other mark becomes a new version, and it is effective unless the
-/// effective version was taken later: the effective mark is the version with the latest time
-/// taken, ties going to the later feed position.
+/// A mark equal (code and minutes late) to the effective version of its session, and taken no
+/// later than it, is unchanged and not stored again. Any other mark becomes a new version, and
+/// it is effective unless the effective version was taken later: the effective mark is the
+/// version with the latest time taken, ties going to the later feed position.
+///
+/// A mark that repeats the effective code but was taken later is stored: leaving it out would
+/// let a version taken in between, arriving afterwards, take effect, so the outcome would
+/// depend on the order of arrival.
 fn plan<'a>(request: &'a ImportRequest, existing: &Existing) -> Result<Plan<'a>, Status> {
     let mut plan = Plan::default();
     let mut enrolments = existing.enrolments.clone();
@@ -356,7 +360,8 @@ fn plan<'a>(request: &'a ImportRequest, existing: &Existing) -> Result<Plan<'a>,
             Some(enrolment)
                 if enrolment.year_group != pupil.year_group
                     || enrolment.registration != pupil.registration
-                    || enrolment.class_name != pupil.class_name =>
+                    || (!pupil.class_name.is_empty()
+                        && enrolment.class_name != pupil.class_name) =>
             {
                 plan.enrolment_changes.push((pupil, enrolment.admission));
                 plan.response.pupils_updated += 1;
@@ -466,7 +471,11 @@ fn plan<'a>(request: &'a ImportRequest, existing: &Existing) -> Result<Plan<'a>,
         }
         let key = (mark.upn.clone(), mark.date, mark.session);
         let effective = match existing.effective.get(&key) {
-            Some(current) if current.code == code && current.minutes_late == minutes_late => {
+            Some(current)
+                if current.code == code
+                    && current.minutes_late == minutes_late
+                    && mark.recorded_at <= current.recorded_at =>
+            {
                 plan.response.marks_unchanged += 1;
                 continue;
             }
@@ -705,7 +714,8 @@ pub(crate) async fn apply(
         }
         for (pupil, admission) in &plan.enrolment_changes {
             sqlx::query(
-                "UPDATE enrolments SET year_group = $4, registration = $5, class_name = $6 \
+                "UPDATE enrolments SET year_group = $4, registration = $5, \
+                 class_name = CASE WHEN $6 = '' THEN class_name ELSE $6 END \
                  WHERE laestab = $1 AND upn = $2 AND admission_date = $3",
             )
             .bind(laestab)
@@ -928,11 +938,30 @@ mod tests {
     #[test]
     fn plan_skips_unchanged_mark() {
         let existing = existing_with("P1", "I", at(9));
-        let request = request(Vec::new(), vec![mark(0, "P1", 2, "I", at(10))]);
+        let request = request(
+            Vec::new(),
+            vec![mark(0, "P1", 2, "I", at(9)), mark(1, "P1", 2, "I", at(8))],
+        );
         let plan = plan(&request, &existing).expect("valid import");
-        assert_eq!(plan.response.marks_unchanged, 1);
+        assert_eq!(plan.response.marks_unchanged, 2);
         assert!(plan.versions.is_empty());
         assert_eq!(plan.response.feed_cursor, 10);
+    }
+
+    #[test]
+    fn plan_stores_a_later_repeat_of_the_effective_code() {
+        let existing = existing_with("P1", "I", at(9));
+        let again = request(Vec::new(), vec![mark(0, "P1", 2, "I", at(11))]);
+        let repeat = plan(&again, &existing).expect("valid import");
+        assert_eq!(repeat.versions.len(), 1);
+        assert!(repeat.versions[0].effective);
+
+        // Had the repeat been left out, O (taken at 10) would now take effect over it.
+        let mut after = existing_with("P1", "I", at(11));
+        after.next_sequence = 12;
+        let late = request(Vec::new(), vec![mark(0, "P1", 2, "O", at(10))]);
+        let late = plan(&late, &after).expect("valid import");
+        assert!(!late.versions[0].effective, "taken before the repeat");
     }
 
     #[test]
@@ -1096,5 +1125,25 @@ mod tests {
         assert_eq!(plan.enrolment_changes[0].1, date(1));
         assert!(plan.new_enrolments.is_empty());
         assert_eq!(plan.response.pupils_added, 0);
+    }
+
+    #[test]
+    fn plan_keeps_the_class_when_the_import_has_none() {
+        let mut existing = existing_with("P1", "/", at(9));
+        for enrolment in existing.enrolments.values_mut().flatten() {
+            enrolment.class_name = "8B".into();
+        }
+        let unnamed = request(vec![pupil("P1", date(3), "8")], Vec::new());
+        let kept = plan(&unnamed, &existing).expect("valid import");
+        assert!(
+            kept.enrolment_changes.is_empty(),
+            "an empty class changes nothing"
+        );
+
+        let mut moved = pupil("P1", date(3), "8");
+        moved.class_name = "8C".into();
+        let named = request(vec![moved], Vec::new());
+        let changed = plan(&named, &existing).expect("valid import");
+        assert_eq!(changed.enrolment_changes.len(), 1);
     }
 }
