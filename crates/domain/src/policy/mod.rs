@@ -1,7 +1,10 @@
-//! Attendance policies: the thresholds a trust applies, each with the clause that sets it.
+//! Attendance policies: the rules a trust applies, each with the clause that sets it.
 //!
-//! Two policies ship with rollcall: the trust's 2021 attendance policy, which is the default,
-//! and the statutory framework that applies from 19 August 2024.
+//! Policies are data: each version is a TOML file (see [`file`]) with its effective dates. Two
+//! ship with rollcall, the trust's 2021 attendance policy, which is the default, and the
+//! statutory framework that applies from 19 August 2024.
+
+use std::sync::LazyLock;
 
 use chrono::{Datelike, Days, NaiveDate};
 use serde::{Deserialize, Serialize};
@@ -10,12 +13,34 @@ use crate::codes::{Category, category_of};
 use crate::session::{SessionDate, academic_year_start};
 use crate::stats::Figures;
 
+pub mod check;
+pub mod decide;
+pub mod file;
+
+/// The trust's 2021 policy as shipped.
+pub const TRUST_2021_TOML: &str = include_str!("../../policies/aat-2021.toml");
+/// The statutory framework of August 2024 as shipped.
+pub const STATUTORY_2024_TOML: &str = include_str!("../../policies/statutory-2024.toml");
+
+static TRUST_2021: LazyLock<Policy> = LazyLock::new(|| shipped(TRUST_2021_TOML));
+static STATUTORY_2024: LazyLock<Policy> = LazyLock::new(|| shipped(STATUTORY_2024_TOML));
+
+fn shipped(text: &str) -> Policy {
+    match file::parse_policy(text) {
+        Ok(document) => document.policy,
+        // The tests in `file` parse both shipped files, so a broken one fails the tests.
+        Err(error) => panic!("a policy shipped with rollcall is invalid: {error}"),
+    }
+}
+
 /// The window over which unauthorised sessions count towards a penalty-notice threshold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum ThresholdWindow {
     /// From 1 August of the academic year containing the as-of date.
     AcademicYear,
+    /// The school term containing the as-of date (or the last term before it).
+    Term,
     /// The twelve months ending on the as-of date.
     TwelveMonths,
     /// Any run of this many school weeks up to the as-of date, where a school week is any
@@ -24,6 +49,18 @@ pub enum ThresholdWindow {
         /// The number of school weeks in each window.
         weeks: u32,
     },
+}
+
+impl ThresholdWindow {
+    /// Describes the window in plain English.
+    pub fn describe(self) -> String {
+        match self {
+            Self::AcademicYear => "the academic year".to_owned(),
+            Self::Term => "the term".to_owned(),
+            Self::TwelveMonths => "the last 12 months".to_owned(),
+            Self::RollingSchoolWeeks { weeks } => format!("a rolling {weeks} school weeks"),
+        }
+    }
 }
 
 /// A rule's value with the clause of the policy that sets it.
@@ -42,19 +79,160 @@ pub struct PenaltyThreshold {
     pub sessions: u32,
     /// The window they are counted over.
     pub window: ThresholdWindow,
+    /// The codes that count; empty for every code of unauthorised absence.
+    pub codes: Vec<String>,
     /// The clause that sets it.
     pub clause: Clause,
+}
+
+impl PenaltyThreshold {
+    /// Returns true when a session with this code counts towards the threshold.
+    pub fn counts(&self, code: &str) -> bool {
+        if self.codes.is_empty() {
+            category_of(code) == Category::UnauthorisedAbsence
+        } else {
+            self.codes.iter().any(|counted| counted == code)
+        }
+    }
+}
+
+/// Whether a policy is a trust's own or the statutory framework.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyKind {
+    /// A trust's or school's own attendance policy.
+    Trust,
+    /// The law and national guidance.
+    Statutory,
+}
+
+impl PolicyKind {
+    /// Returns the name used in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trust => "trust",
+            Self::Statutory => "statutory",
+        }
+    }
+}
+
+/// The set of register codes a policy was written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CodeSet {
+    /// The codes of the 2006 regulations, in force until 18 August 2024.
+    Regulations2006,
+    /// The codes of the 2024 regulations, in force from 19 August 2024.
+    Regulations2024,
+}
+
+impl CodeSet {
+    /// Returns the name used in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Regulations2006 => "2006",
+            Self::Regulations2024 => "2024",
+        }
+    }
+
+    /// Returns a date on which every code of the set is valid.
+    pub fn first_valid_date(self) -> NaiveDate {
+        match self {
+            Self::Regulations2006 => date(2024, 8, 18),
+            Self::Regulations2024 => date(2024, 8, 19),
+        }
+    }
+}
+
+/// When a policy is due for review.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Review {
+    /// The date the next review is due.
+    pub due: NaiveDate,
+    /// The clause that sets the date.
+    pub clause: Clause,
+}
+
+/// Penalty-notice amounts and limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PenaltyNotice {
+    /// The amount, in pounds, if paid within `reduced_days`.
+    pub reduced_amount: u32,
+    /// Days to pay the reduced amount.
+    pub reduced_days: u32,
+    /// The amount, in pounds, if paid within `full_days`.
+    pub full_amount: u32,
+    /// Days to pay the full amount.
+    pub full_days: u32,
+    /// The flat amount of a second notice to the same parent for the same child, if different.
+    pub repeat_amount: Option<u32>,
+    /// The maximum number of notices per parent per child within `limit_years`, if limited.
+    pub max_notices: Option<u32>,
+    /// The period, in years, that `max_notices` counts over.
+    pub limit_years: Option<u32>,
+    /// The clause that sets them.
+    pub clause: Clause,
+}
+
+/// How long register entries are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// The minimum number of years.
+    pub years: u32,
+    /// The clause that sets it.
+    pub clause: Clause,
+}
+
+/// A reason for absence and the policy's decision on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReasonRule {
+    /// The reason, for example `illness` or `holiday`.
+    pub reason: String,
+    /// True when the policy allows the absence to be authorised.
+    pub authorised: bool,
+    /// The register code recorded.
+    pub code: String,
+    /// The clause that sets it.
+    pub clause: Clause,
+}
+
+/// Who decides on absence and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Authorisation {
+    /// The roles that may decide: `headteacher` and `delegated_staff`.
+    pub deciders: Vec<String>,
+    /// The clause naming who decides.
+    pub clause: Clause,
+    /// The clause that makes a doubted explanation unauthorised.
+    pub doubt_clause: Clause,
+    /// Days of illness in a row after which medical evidence is needed, if ever.
+    pub medical_evidence_after_days: Option<u32>,
+    /// The clause about medical evidence.
+    pub medical_evidence_clause: Option<Clause>,
+    /// The reasons the policy names, authorised or not.
+    pub reasons: Vec<ReasonRule>,
 }
 
 /// An attendance policy as rollcall applies it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
-    /// Stable identifier.
+    /// Stable identifier, shared by every version of the policy.
     pub id: String,
     /// Title, as the policy names itself.
     pub title: String,
-    /// First date it applies.
+    /// The version, for example `November 2021`.
+    pub version: String,
+    /// A trust policy or the statutory framework.
+    pub kind: PolicyKind,
+    /// First date this version applies.
     pub effective_from: NaiveDate,
+    /// Last date this version applies, if it has one.
+    pub effective_to: Option<NaiveDate>,
+    /// The policy's next review, if it sets one.
+    pub review: Option<Review>,
+    /// The register codes the policy was written for.
+    pub code_set: CodeSet,
+    /// The clause that relies on those codes.
+    pub code_set_clause: Clause,
     /// Absence, in percent of possible sessions, at or above which a pupil is persistently
     /// absent.
     pub persistent_absence_percent: u32,
@@ -66,67 +244,28 @@ pub struct Policy {
     pub severe_absence_clause: Clause,
     /// The penalty-notice warning threshold.
     pub penalty_warning: PenaltyThreshold,
+    /// Penalty-notice amounts and limits, if the policy sets them.
+    pub penalty_notice: Option<PenaltyNotice>,
+    /// How long register entries are kept, if the policy says.
+    pub register_retention: Option<Retention>,
+    /// Who decides on absence, and the reasons that are and are not authorised.
+    pub authorisation: Authorisation,
 }
 
 impl Policy {
     /// Returns the trust's attendance policy, last reviewed in November 2021, which is the default.
     pub fn trust_2021() -> Self {
-        Self {
-            id: "aat-2021".into(),
-            title: "AAT Attendance Policy (November 2021)".into(),
-            effective_from: date(2021, 11, 1),
-            persistent_absence_percent: 10,
-            persistent_absence_clause: Clause {
-                reference: "3.5".into(),
-                summary: "Persistent absence is absence of 10% or more".into(),
-            },
-            severe_absence_percent: 50,
-            severe_absence_clause: Clause {
-                reference: "DfE severe absence".into(),
-                summary: "Severe absence is absence of 50% or more of possible sessions".into(),
-            },
-            penalty_warning: PenaltyThreshold {
-                sessions: 15,
-                window: ThresholdWindow::AcademicYear,
-                clause: Clause {
-                    reference: "4.10".into(),
-                    summary: "A warning letter when unauthorised absences total 15 or more \
-                              half-day sessions, before applying for a Fixed Penalty Notice"
-                        .into(),
-                },
-            },
-        }
+        TRUST_2021.clone()
     }
 
     /// Returns the statutory framework in force from 19 August 2024.
     pub fn statutory_2024() -> Self {
-        Self {
-            id: "statutory-2024".into(),
-            title: "Working together to improve school attendance and the national framework \
-                    for penalty notices (August 2024)"
-                .into(),
-            effective_from: date(2024, 8, 19),
-            persistent_absence_percent: 10,
-            persistent_absence_clause: Clause {
-                reference: "DfE persistent absence".into(),
-                summary: "Persistent absence is absence of 10% or more of possible sessions".into(),
-            },
-            severe_absence_percent: 50,
-            severe_absence_clause: Clause {
-                reference: "DfE severe absence".into(),
-                summary: "Severe absence is absence of 50% or more of possible sessions".into(),
-            },
-            penalty_warning: PenaltyThreshold {
-                sessions: 10,
-                window: ThresholdWindow::RollingSchoolWeeks { weeks: 10 },
-                clause: Clause {
-                    reference: "National framework for penalty notices".into(),
-                    summary: "A penalty notice is considered at 10 sessions of unauthorised \
-                              absence (G, N, O, U) within a rolling 10 school weeks"
-                        .into(),
-                },
-            },
-        }
+        STATUTORY_2024.clone()
+    }
+
+    /// Returns true when this version is in force on `date`.
+    pub fn in_force_on(&self, date: NaiveDate) -> bool {
+        date >= self.effective_from && self.effective_to.is_none_or(|to| date <= to)
     }
 }
 
@@ -168,6 +307,18 @@ pub fn evaluate_penalty_threshold(
     marks: &[(SessionDate, &str)],
     as_of: NaiveDate,
 ) -> ThresholdEvaluation {
+    evaluate_penalty_threshold_in_terms(threshold, marks, as_of, &[])
+}
+
+/// Evaluates a penalty-notice threshold as [`evaluate_penalty_threshold`] does, with the
+/// school's terms (first and last day) for a window of one term. Without terms, or before the
+/// first term, a term window counts from the start of the academic year.
+pub fn evaluate_penalty_threshold_in_terms(
+    threshold: &PenaltyThreshold,
+    marks: &[(SessionDate, &str)],
+    as_of: NaiveDate,
+    terms: &[(NaiveDate, NaiveDate)],
+) -> ThresholdEvaluation {
     let mut marks: Vec<(SessionDate, &str)> = marks
         .iter()
         .copied()
@@ -176,38 +327,41 @@ pub fn evaluate_penalty_threshold(
     marks.sort_by_key(|(session, _)| *session);
 
     match threshold.window {
-        ThresholdWindow::AcademicYear => count_in_dates(
-            threshold.sessions,
-            &marks,
-            academic_year_start(as_of),
-            as_of,
-        ),
+        ThresholdWindow::AcademicYear => {
+            count_in_dates(threshold, &marks, academic_year_start(as_of), as_of)
+        }
+        ThresholdWindow::Term => {
+            let from = terms
+                .iter()
+                .filter(|(first, _)| *first <= as_of)
+                .map(|(first, _)| *first)
+                .max()
+                .unwrap_or_else(|| academic_year_start(as_of));
+            count_in_dates(threshold, &marks, from, as_of)
+        }
         ThresholdWindow::TwelveMonths => {
             let from = as_of
                 .checked_sub_months(chrono::Months::new(12))
                 .and_then(|d| d.checked_add_days(Days::new(1)))
                 .unwrap_or(NaiveDate::MIN);
-            count_in_dates(threshold.sessions, &marks, from, as_of)
+            count_in_dates(threshold, &marks, from, as_of)
         }
         ThresholdWindow::RollingSchoolWeeks { weeks } => {
-            rolling_school_weeks(threshold.sessions, weeks, &marks, as_of)
+            rolling_school_weeks(threshold, weeks, &marks, as_of)
         }
     }
 }
 
 fn count_in_dates(
-    threshold: u32,
+    rule: &PenaltyThreshold,
     marks: &[(SessionDate, &str)],
     from: NaiveDate,
     to: NaiveDate,
 ) -> ThresholdEvaluation {
+    let threshold = rule.sessions;
     let sessions: Vec<(SessionDate, String)> = marks
         .iter()
-        .filter(|(session, code)| {
-            session.date >= from
-                && session.date <= to
-                && category_of(code) == Category::UnauthorisedAbsence
-        })
+        .filter(|(session, code)| session.date >= from && session.date <= to && rule.counts(code))
         .map(|(session, code)| (*session, (*code).to_owned()))
         .collect();
     let counted = u32::try_from(sessions.len()).unwrap_or(u32::MAX);
@@ -228,7 +382,7 @@ fn week_start(date: NaiveDate) -> NaiveDate {
 }
 
 fn rolling_school_weeks(
-    threshold: u32,
+    threshold: &PenaltyThreshold,
     weeks: u32,
     marks: &[(SessionDate, &str)],
     as_of: NaiveDate,
