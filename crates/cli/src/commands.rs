@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use comfy_table::{CellAlignment, Table, presets};
 
-use crate::text::count;
+use crate::text::{count, figures_json};
 use rollcall_api::cases::v1::{Case, CaseStatus, ListCasesRequest};
 use rollcall_api::convert::from_timestamp;
 use rollcall_api::mis_adapter::v1::ImportCtfRequest;
@@ -22,6 +22,8 @@ use serde_json::json;
 use crate::calendar::CalendarCommand;
 use crate::client::Clients;
 use crate::marks::MarksCommand;
+use crate::policy::{AbsenceCommand, PolicyCommand};
+use crate::pupil::PupilCommand;
 use crate::server::{self, ServerConfig};
 
 /// rollcall: attendance registers, policy decisions, casework and referrals for a trust's schools.
@@ -63,6 +65,15 @@ enum Command {
     /// Referrals to the local authority.
     #[command(subcommand)]
     Referral(ReferralCommand),
+    /// Attendance policies: show, check against the law, load, and move schools between them.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Decisions on absence under the policy in force.
+    #[command(subcommand)]
+    Absence(AbsenceCommand),
+    /// One pupil's figures and thresholds, with the clauses applied.
+    #[command(subcommand)]
+    Pupil(PupilCommand),
     /// Run the whole main job on a generated trust in a fresh folder.
     Demo(crate::demo::DemoArgs),
 }
@@ -157,6 +168,15 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Marks(command) => ClientCommand::Marks(command),
         Command::Calendar(command) => ClientCommand::Calendar(command),
         Command::Referral(command) => ClientCommand::Referral(command),
+        Command::Policy(command) => {
+            if let Some(result) = crate::policy::run_local(&command, &mut std::io::stdout().lock())
+            {
+                return result;
+            }
+            ClientCommand::Policy(command)
+        }
+        Command::Absence(command) => ClientCommand::Absence(command),
+        Command::Pupil(command) => ClientCommand::Pupil(command),
     };
 
     telemetry::init(LogFormat::Text, "warn,sqlx=error");
@@ -176,6 +196,11 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         ClientCommand::Marks(command) => crate::marks::run(&clients, command, &mut out).await,
         ClientCommand::Calendar(command) => crate::calendar::run(&clients, command, &mut out).await,
+        ClientCommand::Policy(command) => crate::policy::run(&clients, command, &mut out).await,
+        ClientCommand::Absence(command) => {
+            crate::policy::run_absence(&clients, command, &mut out).await
+        }
+        ClientCommand::Pupil(command) => crate::pupil::run(&clients, command, &mut out).await,
         ClientCommand::Referral(ReferralCommand::Pack {
             upn,
             out: path,
@@ -195,6 +220,9 @@ enum ClientCommand {
     Marks(MarksCommand),
     Calendar(CalendarCommand),
     Referral(ReferralCommand),
+    Policy(PolicyCommand),
+    Absence(AbsenceCommand),
+    Pupil(PupilCommand),
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -323,21 +351,10 @@ pub(crate) async fn report_attendance(
             .pupils
             .iter()
             .map(|pupil| {
-                let figures = pupil.figures.unwrap_or_default();
-                json!({
-                    "upn": pupil.upn,
-                    "year_group": pupil.year_group,
-                    "possible_sessions": figures.possible_sessions,
-                    "attended_sessions": figures.attended_sessions,
-                    "present_sessions": figures.present_sessions,
-                    "approved_activity_sessions": figures.approved_activity_sessions,
-                    "authorised_absence_sessions": figures.authorised_absence_sessions,
-                    "unauthorised_absence_sessions": figures.unauthorised_absence_sessions,
-                    "not_possible_sessions": figures.not_possible_sessions,
-                    "attendance_percent": figures.attendance_percent,
-                    "persistent_absence": figures.persistent_absence,
-                    "severe_absence": figures.severe_absence,
-                })
+                let mut row = figures_json(&pupil.figures.unwrap_or_default());
+                row.insert("upn".into(), json!(pupil.upn));
+                row.insert("year_group".into(), json!(pupil.year_group));
+                serde_json::Value::Object(row)
             })
             .collect();
         serde_json::to_writer_pretty(&mut *out, &rows)?;

@@ -6,6 +6,8 @@ mod client;
 mod commands;
 mod demo;
 mod marks;
+mod policy;
+mod pupil;
 pub mod server;
 mod text;
 

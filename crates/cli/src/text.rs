@@ -1,6 +1,8 @@
 //! Small helpers for the text the commands print.
 
 use comfy_table::Table;
+use rollcall_api::types::v1::AttendanceFigures;
+use serde_json::{Map, Value, json};
 
 /// Returns "1 mark" or "3 marks": the count with the singular or plural noun.
 pub(crate) fn count(number: impl TryInto<i64>, singular: &str, plural: &str) -> String {
@@ -19,6 +21,26 @@ pub(crate) fn table(table: &Table) -> String {
         .map(|line| line.trim_end().to_owned())
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Returns the figures as the JSON keys the commands print.
+pub(crate) fn figures_json(figures: &AttendanceFigures) -> Map<String, Value> {
+    let value = json!({
+        "possible_sessions": figures.possible_sessions,
+        "attended_sessions": figures.attended_sessions,
+        "present_sessions": figures.present_sessions,
+        "approved_activity_sessions": figures.approved_activity_sessions,
+        "authorised_absence_sessions": figures.authorised_absence_sessions,
+        "unauthorised_absence_sessions": figures.unauthorised_absence_sessions,
+        "not_possible_sessions": figures.not_possible_sessions,
+        "attendance_percent": figures.attendance_percent,
+        "persistent_absence": figures.persistent_absence,
+        "severe_absence": figures.severe_absence,
+    });
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
 }
 
 #[cfg(test)]

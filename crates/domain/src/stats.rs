@@ -112,15 +112,26 @@ impl Figures {
     /// Returns how many more absent sessions, with every other session attended, would make the
     /// pupil persistently absent, or 0 when they already are.
     pub fn absences_before_persistent(&self) -> u32 {
-        // With k more absences among k more possible sessions: 10(a + k) >= p + k, so
-        // k >= (p - 10a) / 9, rounded up.
+        self.absences_before(10)
+    }
+
+    /// Returns how many more absent sessions would bring absence to `percent`% of possible
+    /// sessions, or 0 when it is there already. Each further absence adds one absent and one
+    /// possible session. At 100% no number is enough unless every session is already missed.
+    pub fn absences_before(&self, percent: u32) -> u32 {
+        let percent = u64::from(percent.clamp(1, 100));
         let absent = u64::from(self.absent());
         let possible = u64::from(self.possible());
-        if possible > 0 && absent * 10 >= possible {
+        if possible > 0 && absent * 100 >= possible * percent {
             return 0;
         }
-        let needed = (possible.saturating_sub(absent * 10)).div_ceil(9).max(1);
-        u32::try_from(needed).unwrap_or(u32::MAX)
+        if percent == 100 {
+            return u32::MAX;
+        }
+        // The smallest k with (absent + k) * 100 >= (possible + k) * percent.
+        let needed = (possible * percent).saturating_sub(absent * 100);
+        let k = needed.div_ceil(100 - percent).max(1);
+        u32::try_from(k).unwrap_or(u32::MAX)
     }
 }
 
@@ -227,6 +238,18 @@ mod tests {
             prop_assert_eq!(f.is_persistent_absence(), expected);
             if f.is_severe_absence() {
                 prop_assert!(f.is_persistent_absence());
+            }
+        }
+
+        #[test]
+        fn absences_before_is_exact(absent in 0u32..200, attended in 0u32..2000, percent in 1u32..100) {
+            let f = Figures { present: attended, unauthorised_absence: absent, ..Figures::default() };
+            let k = f.absences_before(percent);
+            let after = Figures { unauthorised_absence: absent + k, ..f };
+            prop_assert!(after.absence_at_least(percent));
+            if k > 1 {
+                let before = Figures { unauthorised_absence: absent + k - 1, ..f };
+                prop_assert!(!before.absence_at_least(percent));
             }
         }
 

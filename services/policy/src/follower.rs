@@ -18,6 +18,7 @@ use tonic::transport::Channel;
 
 use crate::TRIGGER_LOCK_KEY;
 use crate::figures::{PupilMarks, figures_to_proto, load_school, school_and_as_of};
+use crate::policies;
 
 /// The name under which the follower stores its cursor.
 pub(crate) const REGISTERS_FEED: &str = "registers.marks";
@@ -115,7 +116,14 @@ async fn follow(
                 Ok(Err(status)) => return Err(status.into()),
             }
         }
-        evaluate(db, &mut registers, &affected, last_cursor, trigger_head).await?;
+        evaluate(
+            db,
+            &mut registers,
+            &affected,
+            Some(last_cursor),
+            trigger_head,
+        )
+        .await?;
         tracing::info!(
             cursor = last_cursor,
             marks = count,
@@ -125,32 +133,53 @@ async fn follow(
     }
 }
 
-/// Re-evaluates the affected pupils of each school and stores triggers and the new cursor.
+/// Re-evaluates every pupil of a school, for example after it moves to another policy, and
+/// stores the triggers that follow. The feed cursor is left where it is.
+pub(crate) async fn evaluate_school(
+    db: &Db,
+    registers: &mut RegistersServiceClient<Channel>,
+    laestab: &str,
+    trigger_head: &watch::Sender<i64>,
+) -> anyhow::Result<()> {
+    let affected = BTreeMap::from([(laestab.to_owned(), BTreeSet::new())]);
+    evaluate(db, registers, &affected, None, trigger_head).await
+}
+
+/// Re-evaluates the affected pupils of each school (every pupil where the set is empty) under
+/// the policy each school follows, and stores triggers and, when given, the new cursor.
 async fn evaluate(
     db: &Db,
     registers: &mut RegistersServiceClient<Channel>,
     affected: &BTreeMap<String, BTreeSet<String>>,
-    cursor: i64,
+    cursor: Option<i64>,
     trigger_head: &watch::Sender<i64>,
 ) -> anyhow::Result<()> {
-    let policy = Policy::trust_2021();
     let mut loaded = Vec::new();
     for (laestab, upns) in affected {
         let (school, as_of) = school_and_as_of(registers, laestab, "").await?;
         let Some(as_of) = as_of else { continue };
+        let policy = policies::policy_for(db, laestab, as_of)
+            .await
+            .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+            .policy;
         loaded.push((
             laestab,
             upns,
             load_school(registers, school, as_of, None).await?,
+            policy,
         ));
     }
     let mut evaluations = Vec::new();
-    for (laestab, upns, marks) in &loaded {
-        for pupil in marks.pupils.iter().filter(|p| upns.contains(&p.upn)) {
+    for (laestab, upns, marks, policy) in &loaded {
+        for pupil in marks
+            .pupils
+            .iter()
+            .filter(|p| upns.is_empty() || upns.contains(&p.upn))
+        {
             evaluations.push(Evaluation::of(
                 pupil,
                 marks.phase,
-                &policy,
+                policy,
                 laestab,
                 marks.as_of,
             ));
@@ -174,6 +203,7 @@ async fn evaluate(
             .fetch_optional(&mut *tx)
             .await?;
             let (was_pa, was_sa, was_warning) = previous.unwrap_or((false, false, false));
+            let policy = evaluation.policy;
             let changes = [
                 (
                     Kind::PersistentAbsence,
@@ -239,14 +269,16 @@ async fn evaluate(
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query(
-            "INSERT INTO sync_state (feed, cursor) VALUES ($1, $2) \
-             ON CONFLICT (feed) DO UPDATE SET cursor = excluded.cursor",
-        )
-        .bind(REGISTERS_FEED)
-        .bind(cursor)
-        .execute(&mut *tx)
-        .await?;
+        if let Some(cursor) = cursor {
+            sqlx::query(
+                "INSERT INTO sync_state (feed, cursor) VALUES ($1, $2) \
+                 ON CONFLICT (feed) DO UPDATE SET cursor = excluded.cursor",
+            )
+            .bind(REGISTERS_FEED)
+            .bind(cursor)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok::<i64, sqlx::Error>(next)
     })?;
@@ -263,6 +295,7 @@ async fn evaluate(
 
 struct Evaluation<'a> {
     pupil: &'a PupilMarks,
+    policy: &'a Policy,
     laestab: String,
     phase: Phase,
     as_of: chrono::NaiveDate,
@@ -276,7 +309,7 @@ impl<'a> Evaluation<'a> {
     fn of(
         pupil: &'a PupilMarks,
         school_phase: Phase,
-        policy: &Policy,
+        policy: &'a Policy,
         laestab: &str,
         as_of: chrono::NaiveDate,
     ) -> Self {
@@ -285,6 +318,7 @@ impl<'a> Evaluation<'a> {
         let proto = figures_to_proto(&figures, policy);
         Self {
             pupil,
+            policy,
             laestab: laestab.to_owned(),
             phase: pupil.phase(school_phase),
             as_of,

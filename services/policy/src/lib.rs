@@ -5,8 +5,10 @@
 //! A follower reads the registers' change feed, re-evaluates the pupils whose marks changed
 //! and appends a trigger whenever a pupil starts or stops meeting a threshold.
 
+mod decide;
 mod figures;
 mod follower;
+mod policies;
 mod service;
 
 pub use follower::spawn_follower;

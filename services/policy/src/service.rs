@@ -7,16 +7,20 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rollcall_api::convert::timestamp;
 use rollcall_api::policy::v1::policy_service_server::{PolicyService, PolicyServiceServer};
 use rollcall_api::policy::v1::{
-    CountedSession, GetPolicyRequest, GetPolicyResponse, GetPupilAttendanceRequest,
+    AssignPolicyRequest, AssignPolicyResponse, CountedSession, DecideAbsenceRequest,
+    DecideAbsenceResponse, GetPolicyRequest, GetPolicyResponse, GetPupilAttendanceRequest,
     GetPupilAttendanceResponse, GetSchoolAttendanceRequest, GetSchoolAttendanceResponse,
-    GetSyncStateRequest, GetSyncStateResponse, Period, Policy as PbPolicy, PolicyRule,
-    PupilAttendance, ThresholdStatus, Trigger, TriggerKind, TriggerState, WatchTriggersRequest,
+    GetSyncStateRequest, GetSyncStateResponse, ListPoliciesRequest, ListPoliciesResponse,
+    ListPolicyAssignmentsRequest, ListPolicyAssignmentsResponse, LoadPolicyRequest,
+    LoadPolicyResponse, Period, Policy as PbPolicy, PolicyAssignment, PolicyRule, PupilAttendance,
+    ThresholdStatus, Trigger, TriggerKind, TriggerState, WatchTriggersRequest,
     WatchTriggersResponse,
 };
 use rollcall_api::registers::v1::GetPupilRequest;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::types::v1::{Phase as PbPhase, Session as PbSession};
 use rollcall_domain::policy::ThresholdEvaluation;
+use rollcall_domain::session::parse_date;
 use rollcall_domain::{Figures, Phase, Policy as DomainPolicy};
 use rollcall_runtime::grpc::{
     MAX_MESSAGE_BYTES, failed_precondition, invalid_argument, laestab, not_found, storage_error,
@@ -30,7 +34,8 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::figures::{figures_to_proto, load_school, school_and_as_of};
-use crate::follower::{REGISTERS_FEED, stored_cursor};
+use crate::follower::{REGISTERS_FEED, evaluate_school, stored_cursor};
+use crate::policies::{self, Assignment, DEFAULT_POLICY_ID, PolicyVersion, version_on};
 
 const TRIGGER_BATCH: i64 = 500;
 const TRIGGER_POLL: Duration = Duration::from_secs(2);
@@ -82,29 +87,81 @@ impl Policy {
     }
 }
 
-fn policy_to_proto(policy: &DomainPolicy) -> PbPolicy {
+fn rule(id: &str, clause: &rollcall_domain::policy::Clause) -> PolicyRule {
+    PolicyRule {
+        id: id.to_owned(),
+        description: clause.summary.clone(),
+        clause: clause.reference.clone(),
+    }
+}
+
+fn policy_to_proto(version: &PolicyVersion) -> PbPolicy {
+    let policy = &version.policy;
+
+    let mut rules = Vec::new();
+    if let Some(review) = &policy.review {
+        rules.push(rule("review", &review.clause));
+    }
+    rules.push(rule("codes", &policy.code_set_clause));
+    rules.push(rule(
+        "persistent_absence",
+        &policy.persistent_absence_clause,
+    ));
+    rules.push(rule("severe_absence", &policy.severe_absence_clause));
+    rules.push(rule(
+        "penalty_notice_warning",
+        &policy.penalty_warning.clause,
+    ));
+    if let Some(notice) = &policy.penalty_notice {
+        rules.push(rule("penalty_notice", &notice.clause));
+    }
+    if let Some(retention) = &policy.register_retention {
+        rules.push(rule("register_retention", &retention.clause));
+    }
+
+    let authorisation = &policy.authorisation;
+    rules.push(rule("authorisation", &authorisation.clause));
+    rules.push(rule("authorisation.doubt", &authorisation.doubt_clause));
+    if let Some(clause) = &authorisation.medical_evidence_clause {
+        rules.push(rule("authorisation.medical_evidence", clause));
+    }
+
+    for reason in &authorisation.reasons {
+        rules.push(rule(&format!("reason.{}", reason.reason), &reason.clause));
+    }
+
     PbPolicy {
         id: policy.id.clone(),
         title: policy.title.clone(),
         effective_from: policy.effective_from.to_string(),
-        rules: vec![
-            PolicyRule {
-                id: "persistent_absence".into(),
-                description: policy.persistent_absence_clause.summary.clone(),
-                clause: policy.persistent_absence_clause.reference.clone(),
-            },
-            PolicyRule {
-                id: "severe_absence".into(),
-                description: policy.severe_absence_clause.summary.clone(),
-                clause: policy.severe_absence_clause.reference.clone(),
-            },
-            PolicyRule {
-                id: "penalty_notice_warning".into(),
-                description: policy.penalty_warning.clause.summary.clone(),
-                clause: policy.penalty_warning.clause.reference.clone(),
-            },
-        ],
+        rules,
+        version: policy.version.clone(),
+        kind: policy.kind.as_str().to_owned(),
+        effective_to: policy
+            .effective_to
+            .map(|date| date.to_string())
+            .unwrap_or_default(),
+        source: version.source.clone(),
     }
+}
+
+fn assignment_to_proto(assignment: Assignment) -> PolicyAssignment {
+    PolicyAssignment {
+        laestab: assignment.laestab,
+        policy_id: assignment.policy_id,
+        from_date: assignment.from_date.to_string(),
+        assigned_by: assignment.assigned_by,
+        reason: assignment.reason,
+        assigned_at: Some(timestamp(assignment.assigned_at)),
+    }
+}
+
+/// Parses a date request field, or returns today for an empty one.
+fn date_or_today(field: &str, value: &str) -> Result<NaiveDate, Status> {
+    if value.trim().is_empty() {
+        return Ok(Utc::now().date_naive());
+    }
+    parse_date(value).map_err(|error| invalid_argument(field, value, error.problem()))
 }
 
 fn period(from: NaiveDate, to: NaiveDate) -> Period {
@@ -193,6 +250,11 @@ async fn triggers_after(db: &Db, cursor: i64, limit: i64) -> Result<Vec<TriggerR
     })
 }
 
+/// Returns true when `to_go` sessions before a threshold of `threshold` counts as close.
+fn is_near(to_go: u32, threshold: u32) -> bool {
+    to_go > 0 && to_go <= (threshold / 5).max(2)
+}
+
 /// Describes the pupil's position against each threshold of the policy.
 fn threshold_statuses(
     policy: &DomainPolicy,
@@ -202,24 +264,47 @@ fn threshold_statuses(
     as_of: NaiveDate,
 ) -> Vec<ThresholdStatus> {
     let count = |value: u32| i32::try_from(value).unwrap_or(i32::MAX);
-    let persistent_sessions = (u64::from(figures.possible())
-        * u64::from(policy.persistent_absence_percent))
-    .div_ceil(100);
-    let persistent = ThresholdStatus {
-        rule_id: "persistent_absence".into(),
-        clause: policy.persistent_absence_clause.reference.clone(),
-        threshold_sessions: i32::try_from(persistent_sessions).unwrap_or(i32::MAX),
-        counted_sessions: count(figures.absent()),
-        met: policy.is_persistent_absence(figures),
-        window: Some(period(from, as_of)),
-        counted: Vec::new(),
-        explanation: format!(
-            "{} absent sessions of {} possible; {} more before persistent absence",
-            figures.absent(),
-            figures.possible(),
-            figures.absences_before_persistent()
-        ),
+    let absence = |rule_id: &str, percent: u32, clause: &str, met: bool, name: &str| {
+        let threshold_sessions = (u64::from(figures.possible()) * u64::from(percent)).div_ceil(100);
+        let to_go = if met {
+            0
+        } else {
+            figures.absences_before(percent)
+        };
+        let threshold = u32::try_from(threshold_sessions).unwrap_or(u32::MAX);
+        ThresholdStatus {
+            rule_id: rule_id.into(),
+            clause: clause.to_owned(),
+            threshold_sessions: count(threshold),
+            counted_sessions: count(figures.absent()),
+            met,
+            window: Some(period(from, as_of)),
+            counted: Vec::new(),
+            explanation: format!(
+                "{} absent sessions of {} possible; {} more before {name} ({percent}%)",
+                figures.absent(),
+                figures.possible(),
+                to_go
+            ),
+            sessions_to_go: count(to_go),
+            near: is_near(to_go, threshold.max(1)),
+        }
     };
+    let persistent = absence(
+        "persistent_absence",
+        policy.persistent_absence_percent,
+        &policy.persistent_absence_clause.reference,
+        policy.is_persistent_absence(figures),
+        "persistent absence",
+    );
+    let severe = absence(
+        "severe_absence",
+        policy.severe_absence_percent,
+        &policy.severe_absence_clause.reference,
+        policy.is_severe_absence(figures),
+        "severe absence",
+    );
+    let to_go = penalty.threshold.saturating_sub(penalty.counted);
     let warning = ThresholdStatus {
         rule_id: "penalty_notice_warning".into(),
         clause: policy.penalty_warning.clause.reference.clone(),
@@ -237,11 +322,17 @@ fn threshold_statuses(
             })
             .collect(),
         explanation: format!(
-            "{} unauthorised sessions between {} and {}; the threshold is {}",
-            penalty.counted, penalty.window_from, penalty.window_to, penalty.threshold
+            "{} unauthorised sessions between {} and {}; the threshold is {} in {}",
+            penalty.counted,
+            penalty.window_from,
+            penalty.window_to,
+            penalty.threshold,
+            policy.penalty_warning.window.describe()
         ),
+        sessions_to_go: count(to_go),
+        near: is_near(to_go, penalty.threshold),
     };
-    vec![persistent, warning]
+    vec![persistent, severe, warning]
 }
 
 type TriggerStream = Pin<Box<dyn Stream<Item = Result<WatchTriggersResponse, Status>> + Send>>;
@@ -250,11 +341,95 @@ type TriggerStream = Pin<Box<dyn Stream<Item = Result<WatchTriggersResponse, Sta
 impl PolicyService for Policy {
     async fn get_policy(
         &self,
-        _request: Request<GetPolicyRequest>,
+        request: Request<GetPolicyRequest>,
     ) -> Result<Response<GetPolicyResponse>, Status> {
+        let request = request.into_inner();
+        let school = if request.laestab.trim().is_empty() {
+            String::new()
+        } else {
+            laestab("laestab", &request.laestab)?
+        };
+        let on = date_or_today("on_date", &request.on_date)?;
+        let version = policies::policy_for(&self.db, &school, on).await?;
         Ok(Response::new(GetPolicyResponse {
-            policy: Some(policy_to_proto(&DomainPolicy::trust_2021())),
+            policy: Some(policy_to_proto(&version)),
         }))
+    }
+
+    async fn load_policy(
+        &self,
+        request: Request<LoadPolicyRequest>,
+    ) -> Result<Response<LoadPolicyResponse>, Status> {
+        let request = request.into_inner();
+        let (version, already_loaded) =
+            policies::load(&self.db, &request.source, &request.loaded_by).await?;
+        Ok(Response::new(LoadPolicyResponse {
+            policy: Some(policy_to_proto(&version)),
+            already_loaded,
+        }))
+    }
+
+    async fn list_policies(
+        &self,
+        _request: Request<ListPoliciesRequest>,
+    ) -> Result<Response<ListPoliciesResponse>, Status> {
+        let mut versions = policies::versions(&self.db).await?;
+        versions.sort_by(|a, b| {
+            (&a.policy.id, a.policy.effective_from).cmp(&(&b.policy.id, b.policy.effective_from))
+        });
+        Ok(Response::new(ListPoliciesResponse {
+            policies: versions.iter().map(policy_to_proto).collect(),
+        }))
+    }
+
+    async fn assign_policy(
+        &self,
+        request: Request<AssignPolicyRequest>,
+    ) -> Result<Response<AssignPolicyResponse>, Status> {
+        let request = request.into_inner();
+        let school = laestab("laestab", &request.laestab)?;
+        let from = parse_date(&request.from_date)
+            .map_err(|error| invalid_argument("from_date", &request.from_date, error.problem()))?;
+        let assignment = policies::assign(
+            &self.db,
+            &school,
+            request.policy_id.trim(),
+            from,
+            &request.assigned_by,
+            &request.reason,
+        )
+        .await?;
+        // Thresholds may now be met or no longer met: evaluate the school's pupils again.
+        let mut registers = self.registers.clone();
+        if let Err(error) =
+            evaluate_school(&self.db, &mut registers, &school, &self.trigger_head).await
+        {
+            tracing::warn!(laestab = %school, %error, "Re-evaluation after a policy change failed; the next marks will retry it");
+        }
+        Ok(Response::new(AssignPolicyResponse {
+            assignment: Some(assignment_to_proto(assignment)),
+        }))
+    }
+
+    async fn list_policy_assignments(
+        &self,
+        request: Request<ListPolicyAssignmentsRequest>,
+    ) -> Result<Response<ListPolicyAssignmentsResponse>, Status> {
+        let school = laestab("laestab", &request.into_inner().laestab)?;
+        let assignments = policies::assignments(&self.db, &school).await?;
+        Ok(Response::new(ListPolicyAssignmentsResponse {
+            assignments: assignments.into_iter().map(assignment_to_proto).collect(),
+            default_policy_id: DEFAULT_POLICY_ID.to_owned(),
+        }))
+    }
+
+    async fn decide_absence(
+        &self,
+        request: Request<DecideAbsenceRequest>,
+    ) -> Result<Response<DecideAbsenceResponse>, Status> {
+        crate::decide::decide(&self.db, &self.registers, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn get_school_attendance(
@@ -265,14 +440,20 @@ impl PolicyService for Policy {
         let laestab = laestab("laestab", &request.laestab)?;
         let mut registers = self.registers.clone();
         let (school, as_of) = school_and_as_of(&mut registers, &laestab, &request.as_of).await?;
-        let policy = DomainPolicy::trust_2021();
         let Some(as_of) = as_of else {
+            let today = Utc::now().date_naive();
             return Ok(Response::new(GetSchoolAttendanceResponse {
                 pupils: Vec::new(),
                 period: None,
-                policy_id: policy.id,
+                policy_id: policies::policy_for(&self.db, &laestab, today)
+                    .await?
+                    .policy
+                    .id,
             }));
         };
+        let policy = policies::policy_for(&self.db, &laestab, as_of)
+            .await?
+            .policy;
         let marks = load_school(&mut registers, school, as_of, None).await?;
         let pupils = marks
             .pupils
@@ -335,20 +516,21 @@ impl PolicyService for Policy {
                 &upn,
             )
         })?;
-        let policy = DomainPolicy::trust_2021();
+        let version = policies::policy_for(&self.db, &laestab, as_of).await?;
+        let policy = &version.policy;
         let figures = pupil.figures();
-        let penalty = pupil.penalty(&policy, as_of);
-        let thresholds = threshold_statuses(&policy, &figures, &penalty, marks.from, as_of);
+        let penalty = pupil.penalty(policy, as_of);
+        let thresholds = threshold_statuses(policy, &figures, &penalty, marks.from, as_of);
         Ok(Response::new(GetPupilAttendanceResponse {
             attendance: Some(PupilAttendance {
                 upn: pupil.upn.clone(),
                 laestab,
                 year_group: pupil.year_group.clone(),
-                figures: Some(figures_to_proto(&figures, &policy)),
+                figures: Some(figures_to_proto(&figures, policy)),
                 thresholds: thresholds.clone(),
             }),
             period: Some(period(marks.from, as_of)),
-            policy: Some(policy_to_proto(&policy)),
+            policy: Some(policy_to_proto(&version)),
             thresholds,
         }))
     }
@@ -368,7 +550,7 @@ impl PolicyService for Policy {
             ));
         }
         let db = self.db.clone();
-        let policy = DomainPolicy::trust_2021();
+        let versions = policies::versions(&self.db).await?;
         let mut head = self.trigger_head.subscribe();
         let mut stopping = self.stopping.clone();
         let (sender, receiver) = tokio::sync::mpsc::channel(TRIGGER_BATCH as usize);
@@ -387,6 +569,8 @@ impl PolicyService for Policy {
                 let caught_up = (rows.len() as i64) < TRIGGER_BATCH;
                 for row in rows {
                     cursor = row.sequence;
+                    let policy = version_on(&versions, &row.policy_id, row.as_of)
+                        .map_or_else(DomainPolicy::trust_2021, |found| found.policy.clone());
                     let message = WatchTriggersResponse {
                         trigger: Some(row.into_proto(&policy)),
                         cursor,
@@ -421,5 +605,18 @@ impl PolicyService for Policy {
             registers_cursor,
             trigger_cursor: *self.trigger_head.borrow(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn near_means_close_but_not_met() {
+        assert!(is_near(2, 10));
+        assert!(!is_near(3, 10));
+        assert!(is_near(3, 15));
+        assert!(!is_near(0, 10), "met is not near");
     }
 }

@@ -100,7 +100,10 @@ pub fn compare(policy: &Policy, statutory: &Policy, on: NaiveDate) -> Vec<Differ
         differences.push(Difference {
             rule: "review".to_owned(),
             policy: position(format!("next review due {}", review.due), &review.clause),
-            statutory: absent("a current attendance policy"),
+            statutory: Position {
+                value: "a current attendance policy".to_owned(),
+                clause: Some(statutory.title.clone()),
+            },
             note: format!(
                 "The review date {} has passed; the policy may no longer reflect the law in force on {on}.",
                 review.due

@@ -1,0 +1,579 @@
+//! The policy service on a real server: policy files loaded and refused, a school moving to the
+//! statutory framework from a date, decisions on absence recorded in the register, and the
+//! triggers that follow. The `rollcall policy` commands are run as a user would.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
+use rollcall_api::policy::v1::{
+    AssignPolicyRequest, DecideAbsenceRequest, GetPolicyRequest, GetPupilAttendanceRequest,
+    GetSyncStateRequest, ListPoliciesRequest, LoadPolicyRequest, SessionRef, TriggerKind,
+    TriggerState, WatchTriggersRequest,
+};
+use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
+use rollcall_api::registers::v1::{
+    ImportHeader, ImportMarks, ImportPupil, ImportRegisterRequest, ListMarkVersionsRequest, Mark,
+    Pupil, Registration, School, import_register_request::Item,
+};
+use rollcall_api::types::v1::{MarkSource, Phase, Session};
+use rollcall_cli::server::{self, RunningServer, ServerConfig};
+use rollcall_domain::Upn;
+use rollcall_domain::policy::TRUST_2021_TOML;
+use tonic::transport::Channel;
+
+const LAESTAB: &str = "9192001";
+
+fn upn() -> String {
+    Upn::from_digits([9, 1, 9, 2, 0, 0, 1, 2, 5, 0, 0, 7]).to_string()
+}
+
+struct Clients {
+    registers: RegistersServiceClient<Channel>,
+    policy: PolicyServiceClient<Channel>,
+}
+
+async fn start(work: &Path, database_url: Option<&str>) -> (RunningServer, Clients) {
+    let config = ServerConfig::new(
+        "127.0.0.1:0".parse().expect("address"),
+        work.join("data"),
+        database_url,
+    )
+    .expect("config");
+    let running = server::start(config).await.expect("server starts");
+    let channel = tonic::transport::Endpoint::from_shared(running.url())
+        .expect("valid URL")
+        .connect()
+        .await
+        .expect("connect");
+    let clients = Clients {
+        registers: RegistersServiceClient::new(channel.clone()),
+        policy: PolicyServiceClient::new(channel),
+    };
+    (running, clients)
+}
+
+fn mark(date: &str, session: Session, code: &str) -> Mark {
+    Mark {
+        upn: upn(),
+        date: date.to_owned(),
+        session: session as i32,
+        code: code.to_owned(),
+        recorded_at: Some(prost_types::Timestamp {
+            seconds: 1_758_358_800,
+            nanos: 0,
+        }),
+        ..Mark::default()
+    }
+}
+
+/// Three weeks of September 2025: ill all of the first week, unexplained absence on Monday 8,
+/// truancy (O) for the rest of the second week, present in the third.
+fn september() -> Vec<ImportRegisterRequest> {
+    let mut marks = Vec::new();
+    let days = |first: u32, last: u32| (first..=last).map(|day| format!("2025-09-{day:02}"));
+    for (dates, code) in [
+        (days(1, 5).collect::<Vec<_>>(), "I"),
+        (days(8, 8).collect(), "N"),
+        (days(9, 12).collect(), "O"),
+        (days(15, 19).collect(), "/"),
+    ] {
+        for date in dates {
+            marks.push(mark(&date, Session::Am, code));
+            marks.push(mark(&date, Session::Pm, code));
+        }
+    }
+    vec![
+        ImportRegisterRequest {
+            item: Some(Item::Header(ImportHeader {
+                request_id: "september".into(),
+                school: Some(School {
+                    laestab: LAESTAB.into(),
+                    name: "Test Academy".into(),
+                    phase: Phase::Secondary as i32,
+                    last_mark_date: String::new(),
+                }),
+                source: MarkSource::MisSync as i32,
+                source_name: "test".into(),
+                recorded_by: "test".into(),
+            })),
+        },
+        ImportRegisterRequest {
+            item: Some(Item::Pupil(ImportPupil {
+                pupil: Some(Pupil {
+                    upn: upn(),
+                    forename: "Sam".into(),
+                    surname: "Able".into(),
+                    date_of_birth: "2013-05-01".into(),
+                    sex: "F".into(),
+                    enrolments: Vec::new(),
+                }),
+                admission_date: "2025-09-01".into(),
+                year_group: "8".into(),
+                registration: Registration::Unspecified as i32,
+                class_name: "8B".into(),
+            })),
+        },
+        ImportRegisterRequest {
+            item: Some(Item::Marks(ImportMarks { marks })),
+        },
+    ]
+}
+
+async fn wait_for_policy(clients: &mut Clients, cursor: i64) {
+    for _ in 0..600 {
+        let state = clients
+            .policy
+            .get_sync_state(GetSyncStateRequest {})
+            .await
+            .expect("sync state")
+            .into_inner();
+        if state.registers_cursor >= cursor {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the policy service did not reach feed position {cursor}");
+}
+
+/// Returns the pupil's penalty-warning triggers as (state, policy id), in feed order.
+async fn warning_triggers(clients: &mut Clients) -> Vec<(TriggerState, String)> {
+    let head = clients
+        .policy
+        .get_sync_state(GetSyncStateRequest {})
+        .await
+        .expect("sync state")
+        .into_inner()
+        .trigger_cursor;
+    let mut stream = clients
+        .policy
+        .watch_triggers(WatchTriggersRequest { cursor: 0 })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut found = Vec::new();
+    while let Some(message) = stream.message().await.expect("message") {
+        let trigger = message.trigger.expect("trigger");
+        if trigger.kind == TriggerKind::PenaltyNoticeWarning as i32 {
+            found.push((
+                TriggerState::try_from(trigger.state).expect("state"),
+                trigger.policy_id,
+            ));
+        }
+        if message.cursor >= head {
+            break;
+        }
+    }
+    found
+}
+
+fn decide(reason: &str, role: &str, medical_evidence: bool, record: bool) -> DecideAbsenceRequest {
+    DecideAbsenceRequest {
+        request_id: format!("decision-{reason}-{role}-{medical_evidence}"),
+        upn: upn(),
+        laestab: LAESTAB.into(),
+        sessions: [Session::Am, Session::Pm]
+            .into_iter()
+            .map(|session| SessionRef {
+                date: "2025-09-08".into(),
+                session: session as i32,
+            })
+            .collect(),
+        reason: reason.into(),
+        medical_evidence,
+        evidence_note: if medical_evidence {
+            "GP letter dated 9 September".into()
+        } else {
+            String::new()
+        },
+        staff_doubt: false,
+        decided_by: "R Patel".into(),
+        decider_role: role.into(),
+        absence_report_id: String::new(),
+        record,
+    }
+}
+
+async fn policies_over_time(database_url: Option<&str>) {
+    let work = tempfile::tempdir().expect("temp dir");
+    let (running, mut clients) = start(work.path(), database_url).await;
+
+    let default = clients
+        .policy
+        .get_policy(GetPolicyRequest {
+            laestab: String::new(),
+            on_date: "2025-09-01".into(),
+        })
+        .await
+        .expect("default policy")
+        .into_inner()
+        .policy
+        .expect("policy");
+    assert_eq!(default.id, "aat-2021");
+    assert!(default.rules.iter().any(|rule| rule.clause == "3.4.1"));
+
+    // A file with an unknown key is refused, naming the key and the line, and nothing is stored.
+    let before = clients
+        .policy
+        .list_policies(ListPoliciesRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .policies
+        .len();
+    let bad = TRUST_2021_TOML
+        .replacen("id = \"aat-2021\"", "id = \"aat-2025\"", 1)
+        .replacen("sessions = 15\n", "sessions = 15\nsesions = 16\n", 1);
+    let error = clients
+        .policy
+        .load_policy(LoadPolicyRequest {
+            source: bad,
+            loaded_by: "J Smith".into(),
+        })
+        .await
+        .expect_err("unknown key");
+    assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    assert!(error.message().contains("sesions"), "{}", error.message());
+    assert!(error.message().contains("line 33"), "{}", error.message());
+    let after = clients
+        .policy
+        .list_policies(ListPoliciesRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .policies
+        .len();
+    assert_eq!(after, before, "nothing stored");
+
+    // A new version of the trust policy that overlaps the shipped one is refused.
+    let overlapping =
+        TRUST_2021_TOML.replacen("version = \"November 2021\"", "version = \"2025\"", 1);
+    let error = clients
+        .policy
+        .load_policy(LoadPolicyRequest {
+            source: overlapping,
+            loaded_by: "J Smith".into(),
+        })
+        .await
+        .expect_err("overlaps November 2021");
+    assert!(
+        error.message().contains("effective_from"),
+        "{}",
+        error.message()
+    );
+    assert!(error.message().contains("overlaps"), "{}", error.message());
+
+    // A trust policy under its own id loads once; loading it again changes nothing.
+    let renamed = TRUST_2021_TOML.replacen("id = \"aat-2021\"", "id = \"aat-2025\"", 1);
+    for expected in [false, true] {
+        let loaded = clients
+            .policy
+            .load_policy(LoadPolicyRequest {
+                source: renamed.clone(),
+                loaded_by: "J Smith".into(),
+            })
+            .await
+            .expect("load")
+            .into_inner();
+        assert_eq!(loaded.already_loaded, expected);
+    }
+
+    let imported = clients
+        .registers
+        .import_register(tokio_stream::iter(september()))
+        .await
+        .expect("import")
+        .into_inner();
+    wait_for_policy(&mut clients, imported.feed_cursor).await;
+
+    // Ten unauthorised sessions: short of the trust's 15.
+    let pupil = |as_of: &str| GetPupilAttendanceRequest {
+        upn: upn(),
+        laestab: LAESTAB.into(),
+        as_of: as_of.into(),
+    };
+    let trust = clients
+        .policy
+        .get_pupil_attendance(pupil("2025-09-19"))
+        .await
+        .expect("figures")
+        .into_inner();
+    assert_eq!(trust.policy.expect("policy").id, "aat-2021");
+    let warning = trust
+        .thresholds
+        .iter()
+        .find(|t| t.rule_id == "penalty_notice_warning")
+        .expect("warning");
+    assert_eq!(warning.counted_sessions, 10);
+    assert!(!warning.met);
+
+    // From Monday 15 September the school follows the statutory framework: ten in a rolling
+    // ten school weeks meets it, and a trigger follows at once.
+    clients
+        .policy
+        .assign_policy(AssignPolicyRequest {
+            laestab: LAESTAB.into(),
+            policy_id: "statutory-2024".into(),
+            from_date: "2025-09-15".into(),
+            assigned_by: "J Smith".into(),
+            reason: "Governors adopted the national framework".into(),
+        })
+        .await
+        .expect("assign");
+    let statutory = clients
+        .policy
+        .get_pupil_attendance(pupil("2025-09-19"))
+        .await
+        .expect("figures")
+        .into_inner();
+    assert_eq!(statutory.policy.expect("policy").id, "statutory-2024");
+    let warning = statutory
+        .thresholds
+        .iter()
+        .find(|t| t.rule_id == "penalty_notice_warning")
+        .expect("warning");
+    assert!(warning.met, "{warning:?}");
+    assert_eq!(warning.counted.len(), 10);
+    let earlier = clients
+        .policy
+        .get_pupil_attendance(pupil("2025-09-12"))
+        .await
+        .expect("figures")
+        .into_inner();
+    assert_eq!(
+        earlier.policy.expect("policy").id,
+        "aat-2021",
+        "dates before the move keep the old policy"
+    );
+    assert_eq!(
+        warning_triggers(&mut clients).await,
+        [(TriggerState::Raised, "statutory-2024".to_owned())]
+    );
+
+    // The same, as a user sees it from the command line.
+    let server = running.url();
+    let explained = run_cli(&server, &["pupil", "explain", "--upn", &upn(), "--json"]).await;
+    assert_eq!(explained["policy"]["id"], "statutory-2024");
+    assert_eq!(explained["figures"]["unauthorised_absence_sessions"], 10);
+    let thresholds = explained["thresholds"].as_array().expect("thresholds");
+    let warning = thresholds
+        .iter()
+        .find(|t| t["rule"] == "penalty_notice_warning")
+        .expect("warning");
+    assert_eq!(warning["state"], "met");
+    assert_eq!(warning["sessions_to_go"], 0);
+    assert_eq!(warning["counted"].as_array().map(Vec::len), Some(10));
+    let persistent = thresholds
+        .iter()
+        .find(|t| t["rule"] == "persistent_absence")
+        .expect("persistent absence");
+    assert_eq!(persistent["state"], "met", "20 absent of 30 sessions");
+    let clauses: Vec<&str> = explained["clauses"]
+        .as_array()
+        .expect("clauses")
+        .iter()
+        .filter_map(|c| c["clause"].as_str())
+        .collect();
+    assert!(
+        clauses.contains(&"National framework for penalty notices"),
+        "{clauses:?}"
+    );
+    let trust_policy = run_cli(
+        &server,
+        &[
+            "policy",
+            "show",
+            "--school",
+            LAESTAB,
+            "--on",
+            "2025-09-12",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(trust_policy["id"], "aat-2021");
+
+    // Decisions on Monday 8 September fall under the trust policy.
+    let parent = clients
+        .policy
+        .decide_absence(decide("illness", "parent", false, true))
+        .await
+        .expect_err("parents cannot authorise");
+    assert_eq!(parent.code(), tonic::Code::PermissionDenied);
+    assert!(parent.message().contains("3.1"), "{}", parent.message());
+
+    let holiday = clients
+        .policy
+        .decide_absence(decide("holiday", "headteacher", false, false))
+        .await
+        .expect("decision")
+        .into_inner();
+    assert_eq!(holiday.code, "G");
+    assert!(!holiday.authorised);
+    assert!(holiday.clauses.iter().any(|c| c.clause == "3.4.1"));
+
+    // Monday is the sixth school day of illness in a row: evidence is needed after five.
+    let without = clients
+        .policy
+        .decide_absence(decide("illness", "headteacher", false, false))
+        .await
+        .expect("decision")
+        .into_inner();
+    assert_eq!(without.illness_days, 6);
+    assert_eq!(without.code, "O");
+    assert!(without.clauses.iter().any(|c| c.clause == "3.2.1"));
+
+    let with = clients
+        .policy
+        .decide_absence(decide("illness", "delegated_staff", true, true))
+        .await
+        .expect("decision")
+        .into_inner();
+    assert_eq!(with.code, "I");
+    assert!(with.authorised);
+    assert!(with.feed_cursor > 0);
+    let versions = clients
+        .registers
+        .list_mark_versions(ListMarkVersionsRequest {
+            upn: upn(),
+            laestab: LAESTAB.into(),
+            date: "2025-09-08".into(),
+            session: Session::Am as i32,
+        })
+        .await
+        .expect("history")
+        .into_inner()
+        .versions;
+    let recorded = versions
+        .last()
+        .and_then(|v| v.mark.clone())
+        .expect("version");
+    assert_eq!(recorded.code, "I");
+    assert_eq!(recorded.recorded_by, "R Patel");
+    assert_eq!(recorded.recorded_by_position, "delegated_staff");
+    assert!(recorded.reason.contains("GP letter"), "{}", recorded.reason);
+
+    // Eight unauthorised sessions are left: the warning is withdrawn.
+    wait_for_policy(&mut clients, with.feed_cursor).await;
+    assert_eq!(
+        warning_triggers(&mut clients).await,
+        [
+            (TriggerState::Raised, "statutory-2024".to_owned()),
+            (TriggerState::Withdrawn, "statutory-2024".to_owned())
+        ]
+    );
+
+    running.stop().await.expect("server stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_over_time_on_sqlite() {
+    policies_over_time(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_over_time_on_postgres() {
+    let url = rollcall_testkit::postgres()
+        .await
+        .expect("PostgreSQL for the tests")
+        .create_database()
+        .await
+        .expect("database");
+    policies_over_time(Some(&url)).await;
+}
+
+/// Runs the rollcall binary against `server` and returns its JSON output.
+async fn run_cli(server: &str, args: &[&str]) -> serde_json::Value {
+    let mut full = vec!["--server".to_owned(), server.to_owned()];
+    full.extend(args.iter().map(|arg| (*arg).to_owned()));
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_rollcall"))
+            .args(&full)
+            .output()
+            .expect("rollcall runs")
+    })
+    .await
+    .expect("command thread");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON output")
+}
+
+fn rollcall(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rollcall"))
+        .args(args)
+        .output()
+        .expect("rollcall runs")
+}
+
+#[test]
+fn policy_check_lists_differences_as_json() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let file = work.path().join("aat-2021.toml");
+    std::fs::write(&file, TRUST_2021_TOML).expect("write");
+    let path = file.to_str().expect("UTF-8 path");
+
+    let output = rollcall(&[
+        "policy",
+        "check",
+        "--policy",
+        path,
+        "--on",
+        "2025-09-01",
+        "--json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(report["statutory"]["id"], "statutory-2024");
+    let differences = report["differences"].as_array().expect("array");
+    let rules: Vec<&str> = differences
+        .iter()
+        .filter_map(|d| d["rule"].as_str())
+        .collect();
+    for rule in [
+        "review",
+        "codes",
+        "penalty_warning",
+        "penalty_notice.amounts",
+        "penalty_notice.limit",
+        "register_retention",
+    ] {
+        assert!(rules.contains(&rule), "{rule} missing from {rules:?}");
+    }
+    for difference in differences {
+        assert!(difference["policy"]["value"].is_string());
+        assert!(
+            difference["statutory"]["clause"].is_string(),
+            "{difference}"
+        );
+    }
+
+    // Before the framework of August 2024 there is nothing to compare with.
+    let early = rollcall(&["policy", "check", "--policy", path, "--on", "2024-08-18"]);
+    assert!(!early.status.success());
+    assert!(String::from_utf8_lossy(&early.stderr).contains("19 August 2024"));
+}
+
+#[test]
+fn policy_show_refuses_a_broken_file() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let file = work.path().join("broken.toml");
+    std::fs::write(
+        &file,
+        TRUST_2021_TOML.replacen("clause = \"4.10\"", "clause = \"\"", 1),
+    )
+    .expect("write");
+    let output = rollcall(&["policy", "show", "--policy", file.to_str().expect("UTF-8")]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("penalty_warning.clause"), "{stderr}");
+    assert!(stderr.contains("line 34"), "{stderr}");
+}
