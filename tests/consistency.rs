@@ -7,7 +7,8 @@
 //! registers' effective marks, each session's history under the domain rule, the session
 //! registers, the policy figures for the pupil and the school, and the referral pack's CSV and
 //! CTF extract. Every session on roll has a mark, so the figures must also add up to the sessions
-//! on roll taken from the calendar.
+//! on roll taken from the calendar. The totals the policy service keeps incrementally from the
+//! change feed must equal a recomputation from the registers.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -17,7 +18,10 @@ use chrono::{DateTime, NaiveDate, Utc};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
-use rollcall_api::policy::v1::{GetPupilAttendanceRequest, GetSchoolAttendanceRequest};
+use rollcall_api::policy::v1::{
+    CheckAggregatesRequest, GetPupilAttendanceRequest, GetSchoolAttendanceRequest,
+    GetSyncStateRequest,
+};
 use rollcall_api::referrals::v1::BuildReferralPackRequest;
 use rollcall_api::referrals::v1::referrals_service_client::ReferralsServiceClient;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
@@ -464,18 +468,21 @@ async fn check_case(
         .map(|pupil| (next_upn(), pupil))
         .collect();
     let mut streams = imports(case, &pupils);
+    let mut feed_cursor = 0;
     for &batch in [BASE].iter().chain(&batch_order) {
         let (request_id, messages) = std::mem::take(&mut streams[batch]);
-        clients
+        let imported = clients
             .registers
             .import_register(tokio_stream::iter(messages))
             .await
-            .map_err(|status| TestCaseError::fail(format!("import {request_id}: {status}")))?;
+            .map_err(|status| TestCaseError::fail(format!("import {request_id}: {status}")))?
+            .into_inner();
+        feed_cursor = feed_cursor.max(imported.feed_cursor);
     }
     for (upn, pupil) in &pupils {
         for (number, &(session, code)) in pupil.amendments.iter().enumerate() {
             let at = session_at(session);
-            clients
+            let amended = clients
                 .registers
                 .amend_mark(AmendMarkRequest {
                     request_id: format!("{upn}-amendment-{number}"),
@@ -492,9 +499,14 @@ async fn check_case(
                     absence_report_id: String::new(),
                 })
                 .await
-                .map_err(|status| TestCaseError::fail(format!("amend: {status}")))?;
+                .map_err(|status| TestCaseError::fail(format!("amend: {status}")))?
+                .into_inner();
+            if let Some(mark) = amended.mark {
+                feed_cursor = feed_cursor.max(mark.sequence);
+            }
         }
     }
+    check_kept_totals(clients, feed_cursor).await?;
 
     let school = clients
         .policy
@@ -671,6 +683,41 @@ async fn check_case(
         check_pack(clients, upn, &expected).await?;
     }
     Ok(())
+}
+
+/// Waits for the policy service to follow the feed to `feed_cursor`, then checks that the
+/// totals it kept incrementally equal a recomputation from the registers.
+async fn check_kept_totals(clients: &mut Clients, feed_cursor: i64) -> Result<(), TestCaseError> {
+    for _ in 0..1200 {
+        let state = clients
+            .policy
+            .get_sync_state(GetSyncStateRequest {})
+            .await
+            .map_err(|status| TestCaseError::fail(format!("sync state: {status}")))?
+            .into_inner();
+        if state.registers_cursor >= feed_cursor {
+            let checked = clients
+                .policy
+                .check_aggregates(CheckAggregatesRequest {
+                    laestab: LAESTAB.into(),
+                    as_of: AS_OF.into(),
+                })
+                .await
+                .map_err(|status| TestCaseError::fail(format!("check: {status}")))?
+                .into_inner();
+            prop_assert!(checked.pupils_checked > 0);
+            prop_assert!(
+                checked.mismatches.is_empty(),
+                "kept totals differ: {:?}",
+                checked.mismatches
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    Err(TestCaseError::fail(format!(
+        "the policy service did not reach feed position {feed_cursor}"
+    )))
 }
 
 fn run(database_url: Option<String>, cases: u32) {

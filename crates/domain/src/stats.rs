@@ -45,6 +45,28 @@ impl Figures {
         figures
     }
 
+    /// Takes one mark of the given category away, as when a session's code changes. A count
+    /// that is already zero stays zero.
+    pub fn remove(&mut self, category: Category) {
+        let count = match category {
+            Category::Present => &mut self.present,
+            Category::ApprovedActivity => &mut self.approved_activity,
+            Category::AuthorisedAbsence => &mut self.authorised_absence,
+            Category::UnauthorisedAbsence => &mut self.unauthorised_absence,
+            Category::NotPossible => &mut self.not_possible,
+        };
+        *count = count.saturating_sub(1);
+    }
+
+    /// Applies a change of one session's effective code: the old code, if the session had
+    /// one, is taken away and the new one counted.
+    pub fn replace(&mut self, old: Option<&str>, new: &str) {
+        if let Some(old) = old {
+            self.remove(category_of(old));
+        }
+        self.add(category_of(new));
+    }
+
     /// Adds another set of figures to this one, as for a group of pupils.
     pub fn merge(&mut self, other: &Self) {
         self.present += other.present;
@@ -239,6 +261,21 @@ mod tests {
             if f.is_severe_absence() {
                 prop_assert!(f.is_persistent_absence());
             }
+        }
+
+        /// Keeping figures up to date one change at a time gives the same figures as counting
+        /// the final codes afresh, whatever the order of the changes.
+        #[test]
+        fn replace_matches_recount(
+            changes in proptest::collection::vec((0usize..20, proptest::sample::select(vec!["/", "L", "I", "O", "N", "B", "D", "#", "C1", "U"])), 0..200)
+        ) {
+            let mut current: std::collections::BTreeMap<usize, &str> = std::collections::BTreeMap::new();
+            let mut incremental = Figures::default();
+            for (session, code) in &changes {
+                let old = current.insert(*session, code);
+                incremental.replace(old, code);
+            }
+            prop_assert_eq!(incremental, Figures::from_codes(current.values().copied()));
         }
 
         #[test]

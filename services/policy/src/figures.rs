@@ -26,8 +26,14 @@ pub(crate) struct PupilMarks {
 }
 
 impl PupilMarks {
-    pub(crate) fn figures(&self) -> Figures {
-        Figures::from_codes(self.marks.iter().map(|(_, code)| code.as_str()))
+    /// Counts the marks from `from` on; earlier marks are kept only for penalty windows.
+    pub(crate) fn figures(&self, from: NaiveDate) -> Figures {
+        Figures::from_codes(
+            self.marks
+                .iter()
+                .filter(|(session, _)| session.date >= from)
+                .map(|(_, code)| code.as_str()),
+        )
     }
 
     pub(crate) fn phase(&self, school_phase: Phase) -> Phase {
@@ -47,7 +53,6 @@ impl PupilMarks {
 /// A school's marks over a period.
 #[derive(Debug, Clone)]
 pub(crate) struct SchoolMarks {
-    pub(crate) phase: Phase,
     pub(crate) from: NaiveDate,
     pub(crate) as_of: NaiveDate,
     pub(crate) pupils: Vec<PupilMarks>,
@@ -82,8 +87,38 @@ pub(crate) async fn school_and_as_of(
     Ok((school, as_of))
 }
 
+/// Returns how far before `as_of` marks are read for a penalty threshold: a rolling window of
+/// school weeks may reach back over the summer into the previous academic year.
+pub(crate) fn lookback(as_of: NaiveDate) -> NaiveDate {
+    academic_year_start(as_of)
+        .checked_sub_months(chrono::Months::new(12))
+        .unwrap_or(NaiveDate::MIN)
+}
+
+/// Returns the pupils on roll at the school at some point in the academic year to `as_of`,
+/// with their year groups.
+pub(crate) async fn pupils_on_roll(
+    registers: &mut RegistersServiceClient<Channel>,
+    laestab: &str,
+    as_of: NaiveDate,
+) -> Result<BTreeMap<String, String>, Status> {
+    let from = academic_year_start(as_of);
+    Ok(all_pupils(registers, laestab)
+        .await?
+        .into_iter()
+        .filter(|(_, enrolment)| on_roll_between(enrolment, from, as_of))
+        .map(|(pupil, enrolment)| (pupil.upn, enrolment.year_group))
+        .collect())
+}
+
+fn on_roll_between(enrolment: &Enrolment, from: NaiveDate, to: NaiveDate) -> bool {
+    let admitted = parse_date(&enrolment.admission_date).unwrap_or(NaiveDate::MAX);
+    let left = parse_date(&enrolment.leaving_date).ok();
+    admitted <= to && left.is_none_or(|left| left >= from)
+}
+
 /// Reads every pupil on roll during the academic year to `as_of` and their effective marks,
-/// optionally for one pupil only.
+/// optionally for one pupil only. Marks go back to [`lookback`] for penalty windows.
 pub(crate) async fn load_school(
     registers: &mut RegistersServiceClient<Channel>,
     school: School,
@@ -98,9 +133,7 @@ pub(crate) async fn load_school(
         None => all_pupils(registers, &school.laestab).await?,
     };
     for (pupil, enrolment) in listed {
-        let admitted = parse_date(&enrolment.admission_date).unwrap_or(NaiveDate::MAX);
-        let left = parse_date(&enrolment.leaving_date).ok();
-        if admitted > as_of || left.is_some_and(|left| left < from) {
+        if !on_roll_between(&enrolment, from, as_of) {
             continue;
         }
         pupils.insert(
@@ -119,7 +152,7 @@ pub(crate) async fn load_school(
             .list_marks(ListMarksRequest {
                 laestab: school.laestab.clone(),
                 upn: only_upn.unwrap_or_default().to_owned(),
-                from_date: from.to_string(),
+                from_date: lookback(as_of).to_string(),
                 to_date: as_of.to_string(),
                 page_size: 20_000,
                 page_token,
@@ -146,7 +179,6 @@ pub(crate) async fn load_school(
     }
 
     Ok(SchoolMarks {
-        phase: school_phase(&school),
         from,
         as_of,
         pupils: pupils.into_values().collect(),

@@ -6,10 +6,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use chrono::Utc;
-use rollcall_api::registers::v1::WatchMarksRequest;
+use chrono::{NaiveDate, Utc};
+use rollcall_api::convert::session_from_proto;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
-use rollcall_domain::{Phase, Policy};
+use rollcall_api::registers::v1::{Mark, WatchMarksRequest};
+use rollcall_domain::session::{academic_year_of, parse_date};
+use rollcall_domain::{Figures, Phase, Policy, Session, SessionDate};
 use rollcall_runtime::storage::WriteTransaction;
 use rollcall_runtime::{Db, with_db};
 use tokio::sync::watch;
@@ -17,14 +19,16 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 use crate::TRIGGER_LOCK_KEY;
-use crate::figures::{PupilMarks, figures_to_proto, load_school, school_and_as_of};
+use crate::figures::{
+    PupilMarks, figures_to_proto, lookback, pupils_on_roll, school_and_as_of, school_phase,
+};
 use crate::policies;
 
 /// The name under which the follower stores its cursor.
 pub(crate) const REGISTERS_FEED: &str = "registers.marks";
-/// Marks gathered before evaluating, at most. Each evaluation reads the affected schools'
-/// marks for the year, so a large import is best evaluated once, at its end.
-const BATCH: usize = 500_000;
+/// Feed entries gathered before evaluating, at most. Each evaluation reads the affected
+/// schools' stored marks, so a large import is best evaluated in few passes.
+const BATCH: usize = 50_000;
 /// How long the follower waits for more marks before evaluating what it has.
 const SETTLE: Duration = Duration::from_millis(250);
 
@@ -97,13 +101,13 @@ async fn follow(
         let Some(first) = stream.message().await? else {
             return Ok(());
         };
-        let mut affected: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut batch = Batch::default();
         let mut last_cursor = 0;
         let mut count = 0usize;
         let mut next = Some(first);
         while let Some(message) = next.take() {
             if let Some(mark) = message.mark {
-                affected.entry(mark.laestab).or_default().insert(mark.upn);
+                batch.add(mark, message.effective);
             }
             last_cursor = message.cursor;
             count += 1;
@@ -116,20 +120,59 @@ async fn follow(
                 Ok(Err(status)) => return Err(status.into()),
             }
         }
-        evaluate(
-            db,
-            &mut registers,
-            &affected,
-            Some(last_cursor),
-            trigger_head,
-        )
-        .await?;
+        let schools = batch.affected.len();
+        evaluate(db, &mut registers, &batch, Some(last_cursor), trigger_head).await?;
         tracing::info!(
             cursor = last_cursor,
             marks = count,
-            schools = affected.len(),
+            schools,
             "Evaluated pupils after new marks"
         );
+    }
+}
+
+/// A session's new effective code, as the feed reports it.
+#[derive(Debug, Clone)]
+struct EffectiveMark {
+    laestab: String,
+    upn: String,
+    date: NaiveDate,
+    session: Session,
+    code: String,
+    sequence: i64,
+}
+
+/// One pass of the follower: the new effective codes, and the pupils to evaluate by school. An empty set of pupils means every pupil of the school.
+#[derive(Debug, Default)]
+struct Batch {
+    marks: Vec<EffectiveMark>,
+    affected: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Batch {
+    fn add(&mut self, mark: Mark, effective: bool) {
+        let (Ok(date), Some(session)) = (parse_date(&mark.date), session_from_proto(mark.session))
+        else {
+            tracing::warn!(
+                sequence = mark.sequence,
+                "Skipped a feed entry with no valid session"
+            );
+            return;
+        };
+        self.affected
+            .entry(mark.laestab.clone())
+            .or_default()
+            .insert(mark.upn.clone());
+        if effective {
+            self.marks.push(EffectiveMark {
+                laestab: mark.laestab,
+                upn: mark.upn,
+                date,
+                session,
+                code: mark.code,
+                sequence: mark.sequence,
+            });
+        }
     }
 }
 
@@ -141,54 +184,333 @@ pub(crate) async fn evaluate_school(
     laestab: &str,
     trigger_head: &watch::Sender<i64>,
 ) -> anyhow::Result<()> {
-    let affected = BTreeMap::from([(laestab.to_owned(), BTreeSet::new())]);
-    evaluate(db, registers, &affected, None, trigger_head).await
+    let batch = Batch {
+        marks: Vec::new(),
+        affected: BTreeMap::from([(laestab.to_owned(), BTreeSet::new())]),
+    };
+    evaluate(db, registers, &batch, None, trigger_head).await
 }
 
-/// Re-evaluates the affected pupils of each school (every pupil where the set is empty) under
-/// the policy each school follows, and stores triggers and, when given, the new cursor.
+/// A school as the follower evaluates it: its phase, the as-of date, the policy in force then,
+/// and the pupils on roll in the academic year with their year groups.
+struct SchoolContext {
+    laestab: String,
+    phase: Phase,
+    as_of: NaiveDate,
+    policy: Policy,
+    pupils: BTreeMap<String, String>,
+    only: BTreeSet<String>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct StoredMark {
+    upn: String,
+    session_date: NaiveDate,
+    session: String,
+    code: String,
+    sequence: i64,
+}
+
+/// A pupil's kept totals for an academic year.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct StoredTotals {
+    pub(crate) upn: String,
+    pub(crate) academic_year: i32,
+    present: i32,
+    approved_activity: i32,
+    authorised: i32,
+    unauthorised: i32,
+    not_possible: i32,
+}
+
+impl StoredTotals {
+    pub(crate) fn figures(&self) -> Figures {
+        let count = |value: i32| u32::try_from(value).unwrap_or(0);
+        Figures {
+            present: count(self.present),
+            approved_activity: count(self.approved_activity),
+            authorised_absence: count(self.authorised),
+            unauthorised_absence: count(self.unauthorised),
+            not_possible: count(self.not_possible),
+        }
+    }
+}
+
+/// The writes that bring a school's stored copy and totals up to date with new codes.
+#[derive(Debug, Default)]
+struct ProjectionPlan {
+    laestab: String,
+    marks: Vec<EffectiveMark>,
+    totals: BTreeMap<(String, i32), Figures>,
+}
+
+type MarkKey = (String, NaiveDate, String);
+
+/// Works out, in memory, which new codes replace stored ones and the totals that follow. A code
+/// older (by feed position) than the stored one is passed over, so replaying the feed changes
+/// nothing.
+fn plan_projection(
+    laestab: &str,
+    marks: &[&EffectiveMark],
+    stored: Vec<StoredMark>,
+    totals: Vec<StoredTotals>,
+) -> ProjectionPlan {
+    let mut current: BTreeMap<MarkKey, (String, i64)> = stored
+        .into_iter()
+        .map(|row| {
+            (
+                (row.upn, row.session_date, row.session),
+                (row.code, row.sequence),
+            )
+        })
+        .collect();
+    let mut figures: BTreeMap<(String, i32), Figures> = totals
+        .iter()
+        .map(|row| ((row.upn.clone(), row.academic_year), row.figures()))
+        .collect();
+    let mut plan = ProjectionPlan {
+        laestab: laestab.to_owned(),
+        ..ProjectionPlan::default()
+    };
+    let mut changed: BTreeMap<MarkKey, EffectiveMark> = BTreeMap::new();
+    let mut touched = BTreeSet::new();
+    for mark in marks {
+        let key = (
+            mark.upn.clone(),
+            mark.date,
+            mark.session.as_str().to_owned(),
+        );
+        if current
+            .get(&key)
+            .is_some_and(|(_, sequence)| *sequence >= mark.sequence)
+        {
+            continue;
+        }
+        let year = academic_year_of(mark.date);
+        let old = current.insert(key.clone(), (mark.code.clone(), mark.sequence));
+        figures
+            .entry((mark.upn.clone(), year))
+            .or_default()
+            .replace(old.as_ref().map(|(code, _)| code.as_str()), &mark.code);
+        touched.insert((mark.upn.clone(), year));
+        changed.insert(key, (*mark).clone());
+    }
+    plan.marks = changed.into_values().collect();
+    plan.totals = figures
+        .into_iter()
+        .filter(|(key, _)| touched.contains(key))
+        .collect();
+    plan
+}
+
+/// Rows per multi-row insert: well under SQLite's limit on bound values.
+const WRITE_CHUNK: usize = 1_000;
+
+/// Writes a projection plan in multi-row upserts.
+async fn write_projection<'c, DB>(
+    tx: &mut sqlx::Transaction<'c, DB>,
+    plan: &ProjectionPlan,
+) -> Result<(), sqlx::Error>
+where
+    DB: sqlx::Database,
+    for<'q> i32: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> NaiveDate: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'e> &'e mut <DB as sqlx::Database>::Connection: sqlx::Executor<'e, Database = DB>,
+{
+    for chunk in plan.marks.chunks(WRITE_CHUNK) {
+        let mut insert = sqlx::QueryBuilder::<DB>::new(
+            "INSERT INTO pupil_marks (laestab, upn, session_date, session, code, sequence) ",
+        );
+        insert.push_values(chunk, |mut row, mark| {
+            row.push_bind(plan.laestab.clone())
+                .push_bind(mark.upn.clone())
+                .push_bind(mark.date)
+                .push_bind(mark.session.as_str().to_owned())
+                .push_bind(mark.code.clone())
+                .push_bind(mark.sequence);
+        });
+        insert.push(
+            " ON CONFLICT (laestab, upn, session_date, session) DO UPDATE \
+             SET code = excluded.code, sequence = excluded.sequence",
+        );
+        insert.build().execute(&mut **tx).await?;
+    }
+    let totals: Vec<(&(String, i32), &Figures)> = plan.totals.iter().collect();
+    for chunk in totals.chunks(WRITE_CHUNK) {
+        let count = |value: u32| i32::try_from(value).unwrap_or(i32::MAX);
+        let mut insert = sqlx::QueryBuilder::<DB>::new(
+            "INSERT INTO pupil_totals (laestab, upn, academic_year, present, approved_activity, \
+             authorised, unauthorised, not_possible) ",
+        );
+        insert.push_values(chunk, |mut row, ((upn, year), figures)| {
+            row.push_bind(plan.laestab.clone())
+                .push_bind(upn.clone())
+                .push_bind(*year)
+                .push_bind(count(figures.present))
+                .push_bind(count(figures.approved_activity))
+                .push_bind(count(figures.authorised_absence))
+                .push_bind(count(figures.unauthorised_absence))
+                .push_bind(count(figures.not_possible));
+        });
+        insert.push(
+            " ON CONFLICT (laestab, upn, academic_year) DO UPDATE SET present = excluded.present, \
+             approved_activity = excluded.approved_activity, authorised = excluded.authorised, \
+             unauthorised = excluded.unauthorised, not_possible = excluded.not_possible",
+        );
+        insert.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Re-evaluates the affected pupils of each school under the policy each school follows. In
+/// one transaction it applies the batch's effective codes to the stored copy and totals, reads
+/// the affected pupils back, and stores triggers, statuses and, when given, the new cursor.
 async fn evaluate(
     db: &Db,
     registers: &mut RegistersServiceClient<Channel>,
-    affected: &BTreeMap<String, BTreeSet<String>>,
+    batch: &Batch,
     cursor: Option<i64>,
     trigger_head: &watch::Sender<i64>,
 ) -> anyhow::Result<()> {
-    let mut loaded = Vec::new();
-    for (laestab, upns) in affected {
+    let mut schools = Vec::new();
+    for (laestab, upns) in &batch.affected {
         let (school, as_of) = school_and_as_of(registers, laestab, "").await?;
         let Some(as_of) = as_of else { continue };
         let policy = policies::policy_for(db, laestab, as_of)
             .await
             .map_err(|status| anyhow::anyhow!("{}", status.message()))?
             .policy;
-        loaded.push((
-            laestab,
-            upns,
-            load_school(registers, school, as_of, None).await?,
+        let pupils = pupils_on_roll(registers, laestab, as_of)
+            .await
+            .map_err(|status| anyhow::anyhow!("{}", status.message()))?;
+        schools.push(SchoolContext {
+            laestab: laestab.clone(),
+            phase: school_phase(&school),
+            as_of,
             policy,
-        ));
-    }
-    let mut evaluations = Vec::new();
-    for (laestab, upns, marks, policy) in &loaded {
-        for pupil in marks
-            .pupils
-            .iter()
-            .filter(|p| upns.is_empty() || upns.contains(&p.upn))
-        {
-            evaluations.push(Evaluation::of(
-                pupil,
-                marks.phase,
-                policy,
-                laestab,
-                marks.as_of,
-            ));
-        }
+            pupils,
+            only: upns.clone(),
+        });
     }
 
     let now = Utc::now();
     let head = with_db!(db, |pool| {
         let mut tx = pool.begin_write(TRIGGER_LOCK_KEY).await?;
+
+        // The new effective codes, each changing its pupil's totals for the academic year.
+        let planned = {
+            let mut by_school: BTreeMap<&str, Vec<&EffectiveMark>> = BTreeMap::new();
+            for mark in &batch.marks {
+                by_school
+                    .entry(mark.laestab.as_str())
+                    .or_default()
+                    .push(mark);
+            }
+            let mut planned = Vec::new();
+            for (laestab, marks) in by_school {
+                let first = marks.iter().map(|m| m.date).min().unwrap_or(NaiveDate::MIN);
+                let last = marks.iter().map(|m| m.date).max().unwrap_or(NaiveDate::MAX);
+                let stored: Vec<StoredMark> = sqlx::query_as(
+                    "SELECT upn, session_date, session, code, sequence FROM pupil_marks \
+                     WHERE laestab = $1 AND session_date >= $2 AND session_date <= $3",
+                )
+                .bind(laestab)
+                .bind(first)
+                .bind(last)
+                .fetch_all(&mut *tx)
+                .await?;
+                let totals: Vec<StoredTotals> = sqlx::query_as(
+                    "SELECT upn, academic_year, present, approved_activity, authorised, \
+                     unauthorised, not_possible FROM pupil_totals \
+                     WHERE laestab = $1 AND academic_year >= $2 AND academic_year <= $3",
+                )
+                .bind(laestab)
+                .bind(academic_year_of(first))
+                .bind(academic_year_of(last))
+                .fetch_all(&mut *tx)
+                .await?;
+                planned.push(plan_projection(laestab, &marks, stored, totals));
+            }
+            planned
+        };
+        for plan in &planned {
+            write_projection(&mut tx, plan).await?;
+        }
+
+        // The affected pupils, read back from the stored copy.
+        let mut loaded: Vec<(&SchoolContext, Vec<PupilMarks>, BTreeMap<String, Figures>)> =
+            Vec::new();
+        for school in &schools {
+            let rows: Vec<StoredMark> = sqlx::query_as(
+                "SELECT upn, session_date, session, code, sequence FROM pupil_marks \
+                 WHERE laestab = $1 AND session_date >= $2 AND session_date <= $3 \
+                 ORDER BY upn, session_date, session",
+            )
+            .bind(&school.laestab)
+            .bind(lookback(school.as_of))
+            .bind(school.as_of)
+            .fetch_all(&mut *tx)
+            .await?;
+            let totals: Vec<StoredTotals> = sqlx::query_as(
+                "SELECT upn, academic_year, present, approved_activity, authorised, unauthorised, \
+                 not_possible FROM pupil_totals WHERE laestab = $1 AND academic_year = $2",
+            )
+            .bind(&school.laestab)
+            .bind(academic_year_of(school.as_of))
+            .fetch_all(&mut *tx)
+            .await?;
+            let wanted = |upn: &str| {
+                school.pupils.contains_key(upn)
+                    && (school.only.is_empty() || school.only.contains(upn))
+            };
+            let mut pupils: BTreeMap<String, PupilMarks> = school
+                .pupils
+                .iter()
+                .filter(|(upn, _)| wanted(upn))
+                .map(|(upn, year_group)| {
+                    (
+                        upn.clone(),
+                        PupilMarks {
+                            upn: upn.clone(),
+                            year_group: year_group.clone(),
+                            marks: Vec::new(),
+                        },
+                    )
+                })
+                .collect();
+            for row in rows {
+                let Some(pupil) = pupils.get_mut(&row.upn) else {
+                    continue;
+                };
+                let Ok(session) = row.session.parse::<Session>() else {
+                    continue;
+                };
+                pupil.marks.push((
+                    SessionDate {
+                        date: row.session_date,
+                        session,
+                    },
+                    row.code,
+                ));
+            }
+            let totals = totals
+                .into_iter()
+                .filter(|row| wanted(&row.upn))
+                .map(|row| (row.upn.clone(), row.figures()))
+                .collect();
+            loaded.push((school, pupils.into_values().collect(), totals));
+        }
+        let mut evaluations = Vec::new();
+        for (school, pupils, totals) in &loaded {
+            for pupil in pupils {
+                let figures = totals.get(&pupil.upn).copied().unwrap_or_default();
+                evaluations.push(Evaluation::of(pupil, figures, school));
+            }
+        }
+
         let mut next: i64 =
             sqlx::query_scalar::<_, i64>("SELECT COALESCE(MAX(sequence), 0) FROM triggers")
                 .fetch_one(&mut *tx)
@@ -306,22 +628,17 @@ struct Evaluation<'a> {
 }
 
 impl<'a> Evaluation<'a> {
-    fn of(
-        pupil: &'a PupilMarks,
-        school_phase: Phase,
-        policy: &'a Policy,
-        laestab: &str,
-        as_of: chrono::NaiveDate,
-    ) -> Self {
-        let figures = pupil.figures();
-        let penalty = pupil.penalty(policy, as_of);
+    /// Evaluates a pupil from their stored totals for the academic year and their marks.
+    fn of(pupil: &'a PupilMarks, figures: Figures, school: &'a SchoolContext) -> Self {
+        let policy = &school.policy;
+        let penalty = pupil.penalty(policy, school.as_of);
         let proto = figures_to_proto(&figures, policy);
         Self {
             pupil,
             policy,
-            laestab: laestab.to_owned(),
-            phase: pupil.phase(school_phase),
-            as_of,
+            laestab: school.laestab.clone(),
+            phase: pupil.phase(school.phase),
+            as_of: school.as_of,
             persistent: policy.is_persistent_absence(&figures),
             severe: policy.is_severe_absence(&figures),
             warning: penalty.met,
@@ -336,5 +653,71 @@ impl<'a> Evaluation<'a> {
             })
             .to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(day: u32, code: &str, sequence: i64) -> EffectiveMark {
+        EffectiveMark {
+            laestab: "9192001".into(),
+            upn: "A123".into(),
+            date: NaiveDate::from_ymd_opt(2025, 9, day).expect("valid date"),
+            session: Session::Am,
+            code: code.into(),
+            sequence,
+        }
+    }
+
+    #[test]
+    fn plan_replaces_codes_and_moves_totals() {
+        let stored = vec![StoredMark {
+            upn: "A123".into(),
+            session_date: NaiveDate::from_ymd_opt(2025, 9, 1).expect("valid date"),
+            session: "AM".into(),
+            code: "N".into(),
+            sequence: 5,
+        }];
+        let totals = vec![StoredTotals {
+            upn: "A123".into(),
+            academic_year: 2025,
+            present: 0,
+            approved_activity: 0,
+            authorised: 0,
+            unauthorised: 1,
+            not_possible: 0,
+        }];
+        let marks = [mark(1, "I", 7), mark(1, "O", 6), mark(2, "/", 8)];
+        let refs: Vec<&EffectiveMark> = marks.iter().collect();
+        let plan = plan_projection("9192001", &refs, stored, totals);
+
+        let codes: Vec<&str> = plan.marks.iter().map(|m| m.code.as_str()).collect();
+        assert_eq!(
+            codes,
+            ["I", "/"],
+            "O came before I in the feed, so it is passed over"
+        );
+        let figures = plan.totals[&("A123".to_owned(), 2025)];
+        assert_eq!(figures.unauthorised_absence, 0);
+        assert_eq!(figures.authorised_absence, 1);
+        assert_eq!(figures.present, 1);
+    }
+
+    #[test]
+    fn replayed_codes_change_nothing() {
+        let stored = vec![StoredMark {
+            upn: "A123".into(),
+            session_date: NaiveDate::from_ymd_opt(2025, 9, 1).expect("valid date"),
+            session: "AM".into(),
+            code: "I".into(),
+            sequence: 7,
+        }];
+        let marks = [mark(1, "I", 7)];
+        let refs: Vec<&EffectiveMark> = marks.iter().collect();
+        let plan = plan_projection("9192001", &refs, stored, Vec::new());
+        assert!(plan.marks.is_empty());
+        assert!(plan.totals.is_empty());
     }
 }

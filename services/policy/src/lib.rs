@@ -5,6 +5,7 @@
 //! A follower reads the registers' change feed, re-evaluates the pupils whose marks changed
 //! and appends a trigger whenever a pupil starts or stops meeting a threshold.
 
+mod aggregates;
 mod decide;
 mod figures;
 mod follower;

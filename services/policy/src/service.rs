@@ -7,14 +7,14 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rollcall_api::convert::timestamp;
 use rollcall_api::policy::v1::policy_service_server::{PolicyService, PolicyServiceServer};
 use rollcall_api::policy::v1::{
-    AssignPolicyRequest, AssignPolicyResponse, CountedSession, DecideAbsenceRequest,
-    DecideAbsenceResponse, GetPolicyRequest, GetPolicyResponse, GetPupilAttendanceRequest,
-    GetPupilAttendanceResponse, GetSchoolAttendanceRequest, GetSchoolAttendanceResponse,
-    GetSyncStateRequest, GetSyncStateResponse, ListPoliciesRequest, ListPoliciesResponse,
-    ListPolicyAssignmentsRequest, ListPolicyAssignmentsResponse, LoadPolicyRequest,
-    LoadPolicyResponse, Period, Policy as PbPolicy, PolicyAssignment, PolicyRule, PupilAttendance,
-    ThresholdStatus, Trigger, TriggerKind, TriggerState, WatchTriggersRequest,
-    WatchTriggersResponse,
+    AssignPolicyRequest, AssignPolicyResponse, CheckAggregatesRequest, CheckAggregatesResponse,
+    CountedSession, DecideAbsenceRequest, DecideAbsenceResponse, GetPolicyRequest,
+    GetPolicyResponse, GetPupilAttendanceRequest, GetPupilAttendanceResponse,
+    GetSchoolAttendanceRequest, GetSchoolAttendanceResponse, GetSyncStateRequest,
+    GetSyncStateResponse, ListPoliciesRequest, ListPoliciesResponse, ListPolicyAssignmentsRequest,
+    ListPolicyAssignmentsResponse, LoadPolicyRequest, LoadPolicyResponse, Period,
+    Policy as PbPolicy, PolicyAssignment, PolicyRule, PupilAttendance, ThresholdStatus, Trigger,
+    TriggerKind, TriggerState, WatchTriggersRequest, WatchTriggersResponse,
 };
 use rollcall_api::registers::v1::GetPupilRequest;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
@@ -459,7 +459,7 @@ impl PolicyService for Policy {
             .pupils
             .iter()
             .map(|pupil| {
-                let figures = pupil.figures();
+                let figures = pupil.figures(marks.from);
                 let penalty = pupil.penalty(&policy, as_of);
                 PupilAttendance {
                     upn: pupil.upn.clone(),
@@ -518,7 +518,7 @@ impl PolicyService for Policy {
         })?;
         let version = policies::policy_for(&self.db, &laestab, as_of).await?;
         let policy = &version.policy;
-        let figures = pupil.figures();
+        let figures = pupil.figures(marks.from);
         let penalty = pupil.penalty(policy, as_of);
         let thresholds = threshold_statuses(policy, &figures, &penalty, marks.from, as_of);
         Ok(Response::new(GetPupilAttendanceResponse {
@@ -592,6 +592,15 @@ impl PolicyService for Policy {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(receiver),
         )))
+    }
+
+    async fn check_aggregates(
+        &self,
+        request: Request<CheckAggregatesRequest>,
+    ) -> Result<Response<CheckAggregatesResponse>, Status> {
+        crate::aggregates::check(&self.db, &self.registers, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn get_sync_state(
