@@ -14,8 +14,8 @@ use rollcall_api::policy::v1::{
 };
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{
-    ImportHeader, ImportMarks, ImportPupil, ImportRegisterRequest, ListMarkVersionsRequest, Mark,
-    Pupil, Registration, School, import_register_request::Item,
+    AmendMarkRequest, ImportHeader, ImportMarks, ImportPupil, ImportRegisterRequest,
+    ListMarkVersionsRequest, Mark, Pupil, Registration, School, import_register_request::Item,
 };
 use rollcall_api::types::v1::{MarkSource, Phase, Session};
 use rollcall_cli::server::{self, RunningServer, ServerConfig};
@@ -465,6 +465,182 @@ async fn policies_over_time(database_url: Option<&str>) {
     );
 
     running.stop().await.expect("server stops");
+}
+
+/// Weekdays from `first` to `last` in 2025 (month, day pairs), each with both sessions `code`.
+fn weekdays(upn: &str, first: (u32, u32), last: (u32, u32), code: &str) -> Vec<Mark> {
+    let start = chrono::NaiveDate::from_ymd_opt(2025, first.0, first.1).expect("date");
+    let end = chrono::NaiveDate::from_ymd_opt(2025, last.0, last.1).expect("date");
+    start
+        .iter_days()
+        .take_while(|day| *day <= end)
+        .filter(|day| chrono::Datelike::weekday(day).number_from_monday() <= 5)
+        .flat_map(|day| {
+            [Session::Am, Session::Pm].map(|session| Mark {
+                upn: upn.to_owned(),
+                date: day.to_string(),
+                session: session as i32,
+                code: code.to_owned(),
+                recorded_at: Some(prost_types::Timestamp {
+                    seconds: 1_759_500_000,
+                    nanos: 0,
+                }),
+                ..Mark::default()
+            })
+        })
+        .collect()
+}
+
+/// Returns this pupil's triggers of the given kinds as (kind, state), in feed order.
+async fn pupil_triggers(
+    clients: &mut Clients,
+    upn: &str,
+    kinds: &[TriggerKind],
+) -> Vec<(TriggerKind, TriggerState)> {
+    let head = clients
+        .policy
+        .get_sync_state(GetSyncStateRequest {})
+        .await
+        .expect("sync state")
+        .into_inner()
+        .trigger_cursor;
+    let mut stream = clients
+        .policy
+        .watch_triggers(WatchTriggersRequest { cursor: 0 })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut found = Vec::new();
+    while let Some(message) = stream.message().await.expect("message") {
+        let trigger = message.trigger.expect("trigger");
+        let kind = TriggerKind::try_from(trigger.kind).expect("kind");
+        if trigger.upn == upn && kinds.contains(&kind) {
+            found.push((kind, TriggerState::try_from(trigger.state).expect("state")));
+        }
+        if message.cursor >= head {
+            break;
+        }
+    }
+    found
+}
+
+/// An unexplained absence left too long, ten school days of unauthorised absence in a row and
+/// fifteen days of sickness each raise a trigger; correcting the N withdraws the first two.
+async fn patterns_of_absence(database_url: Option<&str>) {
+    let work = tempfile::tempdir().expect("temp dir");
+    let (running, mut clients) = start(work.path(), database_url).await;
+    let pupil = upn();
+    let mut marks = weekdays(&pupil, (9, 1), (9, 1), "N");
+    marks.extend(weekdays(&pupil, (9, 2), (9, 12), "O"));
+    marks.extend(weekdays(&pupil, (9, 15), (10, 3), "I"));
+    let mut messages = september();
+    messages[2] = ImportRegisterRequest {
+        item: Some(Item::Marks(ImportMarks { marks })),
+    };
+    let imported = clients
+        .registers
+        .import_register(tokio_stream::iter(messages))
+        .await
+        .expect("import")
+        .into_inner();
+    wait_for_policy(&mut clients, imported.feed_cursor).await;
+
+    let kinds = [
+        TriggerKind::UnexplainedAbsenceOverdue,
+        TriggerKind::UnauthorisedAbsenceReturn,
+        TriggerKind::SicknessReturn,
+    ];
+    let mut raised = pupil_triggers(&mut clients, &pupil, &kinds).await;
+    raised.sort_by_key(|(kind, _)| *kind as i32);
+    assert_eq!(
+        raised,
+        [
+            (TriggerKind::UnexplainedAbsenceOverdue, TriggerState::Raised),
+            (TriggerKind::UnauthorisedAbsenceReturn, TriggerState::Raised),
+            (TriggerKind::SicknessReturn, TriggerState::Raised),
+        ]
+    );
+
+    // The same rules in the pupil's thresholds.
+    let thresholds = clients
+        .policy
+        .get_pupil_attendance(GetPupilAttendanceRequest {
+            upn: pupil.clone(),
+            laestab: LAESTAB.into(),
+            as_of: "2025-10-03".into(),
+        })
+        .await
+        .expect("figures")
+        .into_inner()
+        .thresholds;
+    for rule in [
+        "unexplained_absence",
+        "unauthorised_absence_return",
+        "sickness_return",
+    ] {
+        let status = thresholds
+            .iter()
+            .find(|status| status.rule_id == rule)
+            .unwrap_or_else(|| panic!("{rule} missing"));
+        assert!(status.met, "{status:?}");
+    }
+
+    // Monday 1 September was illness after all: the run is nine days and no N is left.
+    let mut cursor = 0;
+    for session in [Session::Am, Session::Pm] {
+        let amended = clients
+            .registers
+            .amend_mark(AmendMarkRequest {
+                request_id: format!("illness-{}", session as i32),
+                upn: pupil.clone(),
+                laestab: LAESTAB.into(),
+                date: "2025-09-01".into(),
+                session: session as i32,
+                code: "I".into(),
+                minutes_late: 0,
+                reason: "Parent phoned: ill".into(),
+                recorded_by: "A Jones".into(),
+                recorded_by_position: "Attendance officer".into(),
+                source: MarkSource::Staff as i32,
+                absence_report_id: String::new(),
+            })
+            .await
+            .expect("amend")
+            .into_inner();
+        cursor = amended.mark.map_or(cursor, |mark| mark.sequence);
+    }
+    wait_for_policy(&mut clients, cursor).await;
+    let after = pupil_triggers(&mut clients, &pupil, &kinds[..2]).await;
+    assert_eq!(
+        after[after.len() - 2..],
+        [
+            (
+                TriggerKind::UnexplainedAbsenceOverdue,
+                TriggerState::Withdrawn
+            ),
+            (
+                TriggerKind::UnauthorisedAbsenceReturn,
+                TriggerState::Withdrawn
+            ),
+        ]
+    );
+    running.stop().await.expect("server stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patterns_of_absence_on_sqlite() {
+    patterns_of_absence(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patterns_of_absence_on_postgres() {
+    let url = rollcall_testkit::postgres()
+        .await
+        .expect("PostgreSQL for the tests")
+        .create_database()
+        .await
+        .expect("database");
+    patterns_of_absence(Some(&url)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

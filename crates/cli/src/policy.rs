@@ -265,8 +265,13 @@ fn show(policy: &Policy, json_output: bool, out: &mut impl Write) -> anyhow::Res
     rows.add_row([
         "penalty_warning".to_owned(),
         format!(
-            "{} unauthorised sessions in {}",
+            "{} unauthorised sessions{} in {}",
             warning.sessions,
+            if warning.codes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", warning.codes.join(", "))
+            },
             warning.window.describe()
         ),
         warning.clause.reference.clone(),
@@ -292,6 +297,32 @@ fn show(policy: &Policy, json_output: bool, out: &mut impl Write) -> anyhow::Res
             "register_retention".to_owned(),
             format!("at least {} years", retention.years),
             retention.clause.reference.clone(),
+        ]);
+    }
+
+    if let Some(rule) = &policy.unexplained_absence {
+        rows.add_row([
+            "unexplained_absence".to_owned(),
+            format!("N resolved within {} school days", rule.days),
+            rule.clause.reference.clone(),
+        ]);
+    }
+    if let Some(rule) = &policy.unauthorised_absence_return {
+        rows.add_row([
+            "unauthorised_absence_return".to_owned(),
+            format!(
+                "{} {}school days of unauthorised absence",
+                rule.days,
+                if rule.continuous { "continuous " } else { "" }
+            ),
+            rule.clause.reference.clone(),
+        ]);
+    }
+    if let Some(rule) = &policy.sickness_return {
+        rows.add_row([
+            "sickness_return".to_owned(),
+            format!("{} days of sickness in the year", rule.days),
+            rule.clause.reference.clone(),
         ]);
     }
 

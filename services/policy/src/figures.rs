@@ -10,7 +10,7 @@ use rollcall_api::registers::v1::{
     School,
 };
 use rollcall_api::types::v1::AttendanceFigures;
-use rollcall_domain::policy::{ThresholdEvaluation, evaluate_penalty_threshold};
+use rollcall_domain::policy::{ThresholdEvaluation, alerts, evaluate_penalty_threshold};
 use rollcall_domain::session::{academic_year_start, parse_date};
 use rollcall_domain::{Figures, Phase, Policy, SessionDate};
 use rollcall_runtime::grpc::{invalid_argument, not_found, upstream_error};
@@ -40,6 +40,43 @@ impl PupilMarks {
         Phase::of_year_group(&self.year_group).unwrap_or(school_phase)
     }
 
+    /// Evaluates the rules about patterns of absence over the academic year to `as_of`.
+    pub(crate) fn alerts(&self, policy: &Policy, as_of: NaiveDate) -> Alerts {
+        let marks: Vec<(SessionDate, &str)> = self
+            .marks
+            .iter()
+            .filter(|(session, _)| session.date <= as_of)
+            .map(|(session, code)| (*session, code.as_str()))
+            .collect();
+        let from = academic_year_start(as_of);
+        let in_year: Vec<(SessionDate, &str)> = marks
+            .iter()
+            .copied()
+            .filter(|(session, _)| session.date >= from)
+            .collect();
+        Alerts {
+            unexplained: policy.unexplained_absence.as_ref().map(|rule| {
+                (
+                    rule.days,
+                    alerts::overdue_unexplained(&marks, rule.days, as_of),
+                )
+            }),
+            unauthorised: policy.unauthorised_absence_return.as_ref().map(|rule| {
+                let days = if rule.continuous {
+                    alerts::longest_unauthorised_run(&in_year, from, as_of)
+                        .map_or(0, |run| run.days)
+                } else {
+                    alerts::unauthorised_days(&in_year, from, as_of)
+                };
+                (rule.days, days)
+            }),
+            sickness: policy
+                .sickness_return
+                .as_ref()
+                .map(|rule| (rule.days, alerts::sickness_days(&in_year, from, as_of))),
+        }
+    }
+
     pub(crate) fn penalty(&self, policy: &Policy, as_of: NaiveDate) -> ThresholdEvaluation {
         let marks: Vec<(SessionDate, &str)> = self
             .marks
@@ -47,6 +84,34 @@ impl PupilMarks {
             .map(|(session, code)| (*session, code.as_str()))
             .collect();
         evaluate_penalty_threshold(&policy.penalty_warning, &marks, as_of)
+    }
+}
+
+/// Where a pupil stands on the rules about patterns of absence, under a policy on a date.
+#[derive(Debug, Clone)]
+pub(crate) struct Alerts {
+    /// The policy's limit for unresolved N, and the N marks past it.
+    pub(crate) unexplained: Option<(u32, Vec<SessionDate>)>,
+    /// The policy's return rule, and the days counted towards it: the longest run for a
+    /// continuous rule, all unauthorised days otherwise.
+    pub(crate) unauthorised: Option<(u32, u32)>,
+    /// The policy's sickness limit in days, and the days of sickness in the academic year.
+    pub(crate) sickness: Option<(u32, u32)>,
+}
+
+impl Alerts {
+    pub(crate) fn unexplained_met(&self) -> bool {
+        self.unexplained
+            .as_ref()
+            .is_some_and(|(_, overdue)| !overdue.is_empty())
+    }
+
+    pub(crate) fn unauthorised_met(&self) -> bool {
+        self.unauthorised.is_some_and(|(limit, days)| days >= limit)
+    }
+
+    pub(crate) fn sickness_met(&self) -> bool {
+        self.sickness.is_some_and(|(limit, days)| days >= limit)
     }
 }
 

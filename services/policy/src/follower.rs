@@ -38,14 +38,75 @@ pub(crate) enum Kind {
     PersistentAbsence,
     SevereAbsence,
     PenaltyNoticeWarning,
+    UnexplainedAbsenceOverdue,
+    UnauthorisedAbsenceReturn,
+    SicknessReturn,
 }
 
 impl Kind {
+    const ALL: [Self; 6] = [
+        Self::PersistentAbsence,
+        Self::SevereAbsence,
+        Self::PenaltyNoticeWarning,
+        Self::UnexplainedAbsenceOverdue,
+        Self::UnauthorisedAbsenceReturn,
+        Self::SicknessReturn,
+    ];
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::PersistentAbsence => "persistent_absence",
             Self::SevereAbsence => "severe_absence",
             Self::PenaltyNoticeWarning => "penalty_notice_warning",
+            Self::UnexplainedAbsenceOverdue => "unexplained_absence_overdue",
+            Self::UnauthorisedAbsenceReturn => "unauthorised_absence_return",
+            Self::SicknessReturn => "sickness_return",
+        }
+    }
+
+    /// Returns the clause of the policy behind this kind, or an empty string when the policy
+    /// has no such rule.
+    fn clause(self, policy: &Policy) -> &str {
+        match self {
+            Self::PersistentAbsence => &policy.persistent_absence_clause.reference,
+            Self::SevereAbsence => &policy.severe_absence_clause.reference,
+            Self::PenaltyNoticeWarning => &policy.penalty_warning.clause.reference,
+            Self::UnexplainedAbsenceOverdue => policy
+                .unexplained_absence
+                .as_ref()
+                .map_or("", |rule| rule.clause.reference.as_str()),
+            Self::UnauthorisedAbsenceReturn => policy
+                .unauthorised_absence_return
+                .as_ref()
+                .map_or("", |rule| rule.clause.reference.as_str()),
+            Self::SicknessReturn => policy
+                .sickness_return
+                .as_ref()
+                .map_or("", |rule| rule.clause.reference.as_str()),
+        }
+    }
+}
+
+/// Where a pupil stands on each kind of trigger, as stored between evaluations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
+struct PupilStatus {
+    persistent_absence: bool,
+    severe_absence: bool,
+    penalty_warning: bool,
+    unexplained_overdue: bool,
+    unauthorised_return: bool,
+    sickness_return: bool,
+}
+
+impl PupilStatus {
+    fn get(self, kind: Kind) -> bool {
+        match kind {
+            Kind::PersistentAbsence => self.persistent_absence,
+            Kind::SevereAbsence => self.severe_absence,
+            Kind::PenaltyNoticeWarning => self.penalty_warning,
+            Kind::UnexplainedAbsenceOverdue => self.unexplained_overdue,
+            Kind::UnauthorisedAbsenceReturn => self.unauthorised_return,
+            Kind::SicknessReturn => self.sickness_return,
         }
     }
 }
@@ -516,42 +577,25 @@ async fn evaluate(
                 .fetch_one(&mut *tx)
                 .await?;
         for evaluation in &evaluations {
-            let previous: Option<(bool, bool, bool)> = sqlx::query_as(
-                "SELECT persistent_absence, severe_absence, penalty_warning FROM pupil_status \
+            let previous: Option<PupilStatus> = sqlx::query_as(
+                "SELECT persistent_absence, severe_absence, penalty_warning, unexplained_overdue, \
+                 unauthorised_return, sickness_return FROM pupil_status \
                  WHERE laestab = $1 AND upn = $2",
             )
             .bind(&evaluation.laestab)
             .bind(&evaluation.pupil.upn)
             .fetch_optional(&mut *tx)
             .await?;
-            let (was_pa, was_sa, was_warning) = previous.unwrap_or((false, false, false));
+            let before = previous.unwrap_or_default();
+            let after = evaluation.status;
             let policy = evaluation.policy;
-            let changes = [
-                (
-                    Kind::PersistentAbsence,
-                    was_pa,
-                    evaluation.persistent,
-                    policy.persistent_absence_clause.reference.as_str(),
-                ),
-                (
-                    Kind::SevereAbsence,
-                    was_sa,
-                    evaluation.severe,
-                    policy.severe_absence_clause.reference.as_str(),
-                ),
-                (
-                    Kind::PenaltyNoticeWarning,
-                    was_warning,
-                    evaluation.warning,
-                    policy.penalty_warning.clause.reference.as_str(),
-                ),
-            ];
-            for (kind, before, after, clause) in changes {
-                if before == after {
+            for kind in Kind::ALL {
+                let (was, is) = (before.get(kind), after.get(kind));
+                if was == is {
                     continue;
                 }
                 next += 1;
-                let state = if after { "raised" } else { "withdrawn" };
+                let state = if is { "raised" } else { "withdrawn" };
                 let id = format!("trg-{next:010}");
                 sqlx::query(
                     "INSERT INTO triggers (sequence, id, kind, state, laestab, upn, year_group, phase, \
@@ -567,7 +611,7 @@ async fn evaluate(
                 .bind(&evaluation.pupil.year_group)
                 .bind(evaluation.phase.as_str())
                 .bind(&policy.id)
-                .bind(clause)
+                .bind(kind.clause(policy))
                 .bind(evaluation.as_of)
                 .bind(&evaluation.figures_json)
                 .bind(now)
@@ -576,17 +620,23 @@ async fn evaluate(
                 tracing::info!(trigger = %id, kind = kind.as_str(), state, upn = %evaluation.pupil.upn, laestab = %evaluation.laestab, "Trigger recorded");
             }
             sqlx::query(
-                "INSERT INTO pupil_status (laestab, upn, persistent_absence, severe_absence, penalty_warning, as_of) \
-                 VALUES ($1, $2, $3, $4, $5, $6) \
+                "INSERT INTO pupil_status (laestab, upn, persistent_absence, severe_absence, \
+                 penalty_warning, unexplained_overdue, unauthorised_return, sickness_return, as_of) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                  ON CONFLICT (laestab, upn) DO UPDATE SET persistent_absence = excluded.persistent_absence, \
                  severe_absence = excluded.severe_absence, penalty_warning = excluded.penalty_warning, \
-                 as_of = excluded.as_of",
+                 unexplained_overdue = excluded.unexplained_overdue, \
+                 unauthorised_return = excluded.unauthorised_return, \
+                 sickness_return = excluded.sickness_return, as_of = excluded.as_of",
             )
             .bind(&evaluation.laestab)
             .bind(&evaluation.pupil.upn)
-            .bind(evaluation.persistent)
-            .bind(evaluation.severe)
-            .bind(evaluation.warning)
+            .bind(after.persistent_absence)
+            .bind(after.severe_absence)
+            .bind(after.penalty_warning)
+            .bind(after.unexplained_overdue)
+            .bind(after.unauthorised_return)
+            .bind(after.sickness_return)
             .bind(evaluation.as_of)
             .execute(&mut *tx)
             .await?;
@@ -620,10 +670,8 @@ struct Evaluation<'a> {
     policy: &'a Policy,
     laestab: String,
     phase: Phase,
-    as_of: chrono::NaiveDate,
-    persistent: bool,
-    severe: bool,
-    warning: bool,
+    as_of: NaiveDate,
+    status: PupilStatus,
     figures_json: String,
 }
 
@@ -632,6 +680,7 @@ impl<'a> Evaluation<'a> {
     fn of(pupil: &'a PupilMarks, figures: Figures, school: &'a SchoolContext) -> Self {
         let policy = &school.policy;
         let penalty = pupil.penalty(policy, school.as_of);
+        let alerts = pupil.alerts(policy, school.as_of);
         let proto = figures_to_proto(&figures, policy);
         Self {
             pupil,
@@ -639,9 +688,14 @@ impl<'a> Evaluation<'a> {
             laestab: school.laestab.clone(),
             phase: pupil.phase(school.phase),
             as_of: school.as_of,
-            persistent: policy.is_persistent_absence(&figures),
-            severe: policy.is_severe_absence(&figures),
-            warning: penalty.met,
+            status: PupilStatus {
+                persistent_absence: policy.is_persistent_absence(&figures),
+                severe_absence: policy.is_severe_absence(&figures),
+                penalty_warning: penalty.met,
+                unexplained_overdue: alerts.unexplained_met(),
+                unauthorised_return: alerts.unauthorised_met(),
+                sickness_return: alerts.sickness_met(),
+            },
             figures_json: serde_json::json!({
                 "possible_sessions": proto.possible_sessions,
                 "attended_sessions": proto.attended_sessions,

@@ -33,7 +33,7 @@ use tokio_stream::Stream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::figures::{figures_to_proto, load_school, school_and_as_of};
+use crate::figures::{Alerts, figures_to_proto, load_school, school_and_as_of};
 use crate::follower::{REGISTERS_FEED, evaluate_school, stored_cursor};
 use crate::policies::{self, Assignment, DEFAULT_POLICY_ID, PolicyVersion, version_on};
 
@@ -119,6 +119,16 @@ fn policy_to_proto(version: &PolicyVersion) -> PbPolicy {
         rules.push(rule("register_retention", &retention.clause));
     }
 
+    if let Some(unexplained) = &policy.unexplained_absence {
+        rules.push(rule("unexplained_absence", &unexplained.clause));
+    }
+    if let Some(unauthorised) = &policy.unauthorised_absence_return {
+        rules.push(rule("unauthorised_absence_return", &unauthorised.clause));
+    }
+    if let Some(sickness) = &policy.sickness_return {
+        rules.push(rule("sickness_return", &sickness.clause));
+    }
+
     let authorisation = &policy.authorisation;
     rules.push(rule("authorisation", &authorisation.clause));
     rules.push(rule("authorisation.doubt", &authorisation.doubt_clause));
@@ -194,6 +204,9 @@ impl TriggerRow {
             "persistent_absence" => TriggerKind::PersistentAbsence,
             "severe_absence" => TriggerKind::SevereAbsence,
             "penalty_notice_warning" => TriggerKind::PenaltyNoticeWarning,
+            "unexplained_absence_overdue" => TriggerKind::UnexplainedAbsenceOverdue,
+            "unauthorised_absence_return" => TriggerKind::UnauthorisedAbsenceReturn,
+            "sickness_return" => TriggerKind::SicknessReturn,
             _ => TriggerKind::Unspecified,
         };
         let state = match self.state.as_str() {
@@ -260,6 +273,7 @@ fn threshold_statuses(
     policy: &DomainPolicy,
     figures: &Figures,
     penalty: &ThresholdEvaluation,
+    alerts: &Alerts,
     from: NaiveDate,
     as_of: NaiveDate,
 ) -> Vec<ThresholdStatus> {
@@ -332,7 +346,86 @@ fn threshold_statuses(
         sessions_to_go: count(to_go),
         near: is_near(to_go, penalty.threshold),
     };
-    vec![persistent, severe, warning]
+    let mut statuses = vec![persistent, severe, warning];
+    statuses.extend(alert_statuses(policy, alerts, from, as_of));
+    statuses
+}
+
+/// Describes the pupil's position on the rules about patterns of absence.
+fn alert_statuses(
+    policy: &DomainPolicy,
+    alerts: &Alerts,
+    from: NaiveDate,
+    as_of: NaiveDate,
+) -> Vec<ThresholdStatus> {
+    let count = |value: u32| i32::try_from(value).unwrap_or(i32::MAX);
+    let mut statuses = Vec::new();
+    if let (Some(rule), Some((limit, overdue))) = (&policy.unexplained_absence, &alerts.unexplained)
+    {
+        statuses.push(ThresholdStatus {
+            rule_id: "unexplained_absence".into(),
+            clause: rule.clause.reference.clone(),
+            threshold_sessions: 1,
+            counted_sessions: count(u32::try_from(overdue.len()).unwrap_or(u32::MAX)),
+            met: !overdue.is_empty(),
+            window: Some(period(from, as_of)),
+            counted: overdue
+                .iter()
+                .map(|session| CountedSession {
+                    date: session.date.to_string(),
+                    session: PbSession::from(session.session) as i32,
+                    code: "N".into(),
+                })
+                .collect(),
+            explanation: format!(
+                "{} unexplained absences (N) older than {limit} school days",
+                overdue.len()
+            ),
+            sessions_to_go: i32::from(overdue.is_empty()),
+            near: false,
+        });
+    }
+    let days_rule = |rule_id: &str, clause: &str, limit: u32, days: u32, what: &str| {
+        let to_go = limit.saturating_sub(days);
+        ThresholdStatus {
+            rule_id: rule_id.into(),
+            clause: clause.to_owned(),
+            threshold_sessions: count(limit.saturating_mul(2)),
+            counted_sessions: count(days.saturating_mul(2)),
+            met: days >= limit,
+            window: Some(period(from, as_of)),
+            counted: Vec::new(),
+            explanation: format!("{days} {what}; the local authority's return is at {limit}"),
+            sessions_to_go: count(to_go.saturating_mul(2)),
+            near: is_near(to_go, limit),
+        }
+    };
+    if let (Some(rule), Some((limit, days))) =
+        (&policy.unauthorised_absence_return, alerts.unauthorised)
+    {
+        let what = if rule.continuous {
+            "school days in the longest run of unauthorised absence"
+        } else {
+            "days of unauthorised absence"
+        };
+        statuses.push(days_rule(
+            "unauthorised_absence_return",
+            &rule.clause.reference,
+            limit,
+            days,
+            what,
+        ));
+    }
+    if let (Some(rule), Some((limit, days))) = (&policy.sickness_return, alerts.sickness) {
+        statuses.push(days_rule(
+            "sickness_return",
+            &rule.clause.reference,
+            limit,
+            days,
+            "days of sickness",
+        ));
+    }
+    statuses
 }
 
 type TriggerStream = Pin<Box<dyn Stream<Item = Result<WatchTriggersResponse, Status>> + Send>>;
@@ -466,7 +559,14 @@ impl PolicyService for Policy {
                     laestab: laestab.clone(),
                     year_group: pupil.year_group.clone(),
                     figures: Some(figures_to_proto(&figures, &policy)),
-                    thresholds: threshold_statuses(&policy, &figures, &penalty, marks.from, as_of),
+                    thresholds: threshold_statuses(
+                        &policy,
+                        &figures,
+                        &penalty,
+                        &pupil.alerts(&policy, as_of),
+                        marks.from,
+                        as_of,
+                    ),
                 }
             })
             .collect();
@@ -520,7 +620,8 @@ impl PolicyService for Policy {
         let policy = &version.policy;
         let figures = pupil.figures(marks.from);
         let penalty = pupil.penalty(policy, as_of);
-        let thresholds = threshold_statuses(policy, &figures, &penalty, marks.from, as_of);
+        let alerts = pupil.alerts(policy, as_of);
+        let thresholds = threshold_statuses(policy, &figures, &penalty, &alerts, marks.from, as_of);
         Ok(Response::new(GetPupilAttendanceResponse {
             attendance: Some(PupilAttendance {
                 upn: pupil.upn.clone(),

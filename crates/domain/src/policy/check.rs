@@ -81,6 +81,14 @@ fn limit_text(notice: &PenaltyNotice) -> Option<String> {
     }
 }
 
+fn return_text(days: u32, continuous: bool) -> String {
+    if continuous {
+        format!("{days} continuous school days of unauthorised absence")
+    } else {
+        format!("{days} school days of unauthorised absence in all")
+    }
+}
+
 /// Returns the codes of the 2006 set that were withdrawn on 19 August 2024.
 pub fn withdrawn_codes() -> Vec<&'static str> {
     codes::CODES
@@ -243,6 +251,71 @@ pub fn compare(policy: &Policy, statutory: &Policy, on: NaiveDate) -> Vec<Differ
             ),
         }),
         _ => {}
+    }
+
+    let day_rules = [
+        (
+            "unexplained_absence",
+            policy.unexplained_absence.as_ref().map(|rule| {
+                (
+                    format!("N resolved within {} school days", rule.days),
+                    &rule.clause,
+                )
+            }),
+            statutory.unexplained_absence.as_ref().map(|rule| {
+                (
+                    format!("N resolved within {} school days", rule.days),
+                    &rule.clause,
+                )
+            }),
+        ),
+        (
+            "unauthorised_absence_return",
+            policy
+                .unauthorised_absence_return
+                .as_ref()
+                .map(|rule| (return_text(rule.days, rule.continuous), &rule.clause)),
+            statutory
+                .unauthorised_absence_return
+                .as_ref()
+                .map(|rule| (return_text(rule.days, rule.continuous), &rule.clause)),
+        ),
+        (
+            "sickness_return",
+            policy.sickness_return.as_ref().map(|rule| {
+                (
+                    format!("{} days of sickness in the year", rule.days),
+                    &rule.clause,
+                )
+            }),
+            statutory.sickness_return.as_ref().map(|rule| {
+                (
+                    format!("{} days of sickness in the year", rule.days),
+                    &rule.clause,
+                )
+            }),
+        ),
+    ];
+    for (rule, ours, theirs) in day_rules {
+        let differs = match (&ours, &theirs) {
+            (Some((a, _)), Some((b, _))) => a != b,
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if differs {
+            differences.push(Difference {
+                rule: rule.to_owned(),
+                policy: ours.map_or_else(
+                    || absent("not set"),
+                    |(value, clause)| position(value, clause),
+                ),
+                statutory: theirs.map_or_else(
+                    || absent("not set"),
+                    |(value, clause)| position(value, clause),
+                ),
+                note: format!("The rule on {} differs.", rule.replace('_', " ")),
+            });
+        }
     }
 
     for ours in &policy.authorisation.reasons {

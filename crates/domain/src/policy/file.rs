@@ -11,8 +11,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Authorisation, Clause, CodeSet, PenaltyNotice, PenaltyThreshold, Policy, PolicyKind,
-    ReasonRule, Retention, Review, ThresholdWindow,
+    AbsenceReturnRule, Authorisation, Clause, CodeSet, DayRule, PenaltyNotice, PenaltyThreshold,
+    Policy, PolicyKind, ReasonRule, Retention, Review, ThresholdWindow,
 };
 use crate::codes::{self, Category};
 
@@ -61,6 +61,34 @@ struct RawPolicy {
     penalty_notice: Option<RawPenaltyNotice>,
     register_retention: Option<RawRetention>,
     authorisation: RawAuthorisation,
+    unexplained_absence: Option<RawSchoolDays>,
+    unauthorised_absence_return: Option<RawAbsenceReturn>,
+    sickness_return: Option<RawDays>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchoolDays {
+    school_days: Spanned<u32>,
+    clause: Spanned<String>,
+    text: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAbsenceReturn {
+    days: Spanned<u32>,
+    continuous: bool,
+    clause: Spanned<String>,
+    text: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDays {
+    days: Spanned<u32>,
+    clause: Spanned<String>,
+    text: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -366,6 +394,42 @@ impl Reader<'_> {
             None => None,
         };
         let authorisation = self.authorisation(&raw.authorisation, code_set)?;
+        let unexplained_absence = match &raw.unexplained_absence {
+            Some(rule) => Some(DayRule {
+                days: self.within(
+                    &rule.school_days,
+                    "unexplained_absence.school_days",
+                    1..=60,
+                    "school days",
+                )?,
+                clause: self.clause(&rule.clause, &rule.text, "unexplained_absence.clause")?,
+            }),
+            None => None,
+        };
+        let unauthorised_absence_return = match &raw.unauthorised_absence_return {
+            Some(rule) => Some(AbsenceReturnRule {
+                days: self.within(
+                    &rule.days,
+                    "unauthorised_absence_return.days",
+                    1..=200,
+                    "school days",
+                )?,
+                continuous: rule.continuous,
+                clause: self.clause(
+                    &rule.clause,
+                    &rule.text,
+                    "unauthorised_absence_return.clause",
+                )?,
+            }),
+            None => None,
+        };
+        let sickness_return = match &raw.sickness_return {
+            Some(rule) => Some(DayRule {
+                days: self.within(&rule.days, "sickness_return.days", 1..=200, "days")?,
+                clause: self.clause(&rule.clause, &rule.text, "sickness_return.clause")?,
+            }),
+            None => None,
+        };
 
         let policy = Policy {
             id,
@@ -393,6 +457,9 @@ impl Reader<'_> {
             penalty_notice,
             register_retention,
             authorisation,
+            unexplained_absence,
+            unauthorised_absence_return,
+            sickness_return,
         };
         Ok(PolicyDocument {
             policy,

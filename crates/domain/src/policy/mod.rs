@@ -13,6 +13,7 @@ use crate::codes::{Category, category_of};
 use crate::session::{SessionDate, academic_year_start};
 use crate::stats::Figures;
 
+pub mod alerts;
 pub mod check;
 pub mod decide;
 pub mod file;
@@ -212,6 +213,26 @@ pub struct Authorisation {
     pub reasons: Vec<ReasonRule>,
 }
 
+/// A rule counted in school days, such as how long an unexplained absence may stay unresolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayRule {
+    /// The number of days.
+    pub days: u32,
+    /// The clause that sets it.
+    pub clause: Clause,
+}
+
+/// When unauthorised absence must be reported to the local authority.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbsenceReturnRule {
+    /// The number of school days of unauthorised absence.
+    pub days: u32,
+    /// True when the days must run without a break; false when they may be spread out.
+    pub continuous: bool,
+    /// The clause that sets it.
+    pub clause: Clause,
+}
+
 /// An attendance policy as rollcall applies it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
@@ -250,6 +271,13 @@ pub struct Policy {
     pub register_retention: Option<Retention>,
     /// Who decides on absence, and the reasons that are and are not authorised.
     pub authorisation: Authorisation,
+    /// School days within which an unexplained absence (N) must be resolved, if set.
+    pub unexplained_absence: Option<DayRule>,
+    /// The return to the local authority for unauthorised absence, if set.
+    pub unauthorised_absence_return: Option<AbsenceReturnRule>,
+    /// The return to the local authority for long sickness, in days in the academic year, if
+    /// set.
+    pub sickness_return: Option<DayRule>,
 }
 
 impl Policy {

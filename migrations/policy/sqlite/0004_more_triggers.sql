@@ -1,0 +1,6 @@
+-- Where each pupil stands on the rules added since: an unexplained absence left unresolved,
+-- a run of unauthorised absence to report, and long sickness to report.
+
+ALTER TABLE pupil_status ADD COLUMN unexplained_overdue INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE pupil_status ADD COLUMN unauthorised_return INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE pupil_status ADD COLUMN sickness_return INTEGER NOT NULL DEFAULT 0;
