@@ -1,4 +1,4 @@
-//! Patterns of absence that call for action whatever the percentages say: an unexplained
+//! Patterns of absence that call for action whatever the percentages: an unexplained
 //! absence (N) left unresolved, a run of unauthorised absence, and long sickness.
 //!
 //! Each works on one pupil's effective marks. A school day is a day on which the pupil has a
@@ -12,7 +12,7 @@ use chrono::NaiveDate;
 use crate::codes::{Category, category_of};
 use crate::session::SessionDate;
 
-/// The pupil's possible sessions by day, in date order.
+/// Groups the pupil's possible sessions by day, in date order.
 fn school_days<'a>(
     marks: &[(SessionDate, &'a str)],
     from: NaiveDate,
@@ -54,8 +54,7 @@ fn school_days_list(marks: &[(SessionDate, &str)], as_of: NaiveDate) -> Vec<Naiv
         .collect()
 }
 
-/// The longest run of school days on which every possible session was unauthorised absence,
-/// between two dates.
+/// A run of school days on which every possible session was unauthorised absence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Run {
     /// School days in the run.
