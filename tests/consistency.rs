@@ -230,6 +230,7 @@ fn imports(
                         year_group: "8".into(),
                         registration: Registration::Unspecified as i32,
                         class_name: "8B".into(),
+                        ..ImportPupil::default()
                     })),
                 });
                 if batch == BASE {

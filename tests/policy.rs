@@ -8,14 +8,16 @@ use std::time::Duration;
 
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
 use rollcall_api::policy::v1::{
-    AssignPolicyRequest, DecideAbsenceRequest, GetPolicyRequest, GetPupilAttendanceRequest,
-    GetSyncStateRequest, ListPoliciesRequest, LoadPolicyRequest, SessionRef, TriggerKind,
-    TriggerState, WatchTriggersRequest,
+    AssignPolicyRequest, DecideAbsenceRequest, GetAttendanceStatisticsRequest, GetPolicyRequest,
+    GetPupilAttendanceRequest, GetSyncStateRequest, ListPoliciesRequest, LoadPolicyRequest,
+    SessionRef, StatisticsGroupBy, StatisticsRange, TriggerKind, TriggerState,
+    WatchTriggersRequest,
 };
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{
-    AmendMarkRequest, ImportHeader, ImportMarks, ImportPupil, ImportRegisterRequest,
-    ListMarkVersionsRequest, Mark, Pupil, Registration, School, import_register_request::Item,
+    AmendMarkRequest, Calendar, FreeSchoolMeals, ImportHeader, ImportMarks, ImportPupil,
+    ImportRegisterRequest, ListMarkVersionsRequest, Mark, Pupil, RegisterTimes, Registration,
+    School, SenProvision, SetCalendarRequest, Term, import_register_request::Item,
 };
 use rollcall_api::types::v1::{MarkSource, Phase, Session};
 use rollcall_cli::server::{self, RunningServer, ServerConfig};
@@ -113,6 +115,7 @@ fn september() -> Vec<ImportRegisterRequest> {
                 year_group: "8".into(),
                 registration: Registration::Unspecified as i32,
                 class_name: "8B".into(),
+                ..ImportPupil::default()
             })),
         },
         ImportRegisterRequest {
@@ -625,6 +628,221 @@ async fn patterns_of_absence(database_url: Option<&str>) {
         ]
     );
     running.stop().await.expect("server stops");
+}
+
+fn pupil_import(upn: &str, admission: &str, year_group: &str, class: &str) -> ImportPupil {
+    ImportPupil {
+        pupil: Some(Pupil {
+            upn: upn.to_owned(),
+            forename: "Sam".into(),
+            surname: "Able".into(),
+            date_of_birth: "2012-05-01".into(),
+            sex: "F".into(),
+            enrolments: Vec::new(),
+        }),
+        admission_date: admission.into(),
+        year_group: year_group.into(),
+        registration: Registration::Unspecified as i32,
+        class_name: class.into(),
+        ..ImportPupil::default()
+    }
+}
+
+/// Figures summed by group, over ranges, for filters and for the whole school.
+async fn statistics_by_group(database_url: Option<&str>) {
+    let work = tempfile::tempdir().expect("temp dir");
+    let (running, mut clients) = start(work.path(), database_url).await;
+    let upn = |serial: u8| Upn::from_digits([9, 1, 9, 2, 0, 0, 1, 2, 6, 0, 0, serial]).to_string();
+    let (one, two, three) = (upn(1), upn(2), upn(3));
+
+    let mut first = pupil_import(&one, "2025-09-01", "8", "8A");
+    first.sen_provision = SenProvision::Support as i32;
+    first.free_school_meals = FreeSchoolMeals::Eligible as i32;
+    let mut second = pupil_import(&two, "2025-09-01", "9", "9B");
+    second.sen_provision = SenProvision::None as i32;
+    second.free_school_meals = FreeSchoolMeals::NotEligible as i32;
+    let third = pupil_import(&three, "2025-09-08", "8", "8A");
+
+    // One: two unauthorised sessions in the second week. Two: ill on Tuesday 2 September
+    // morning. Three: joined on Monday 8 September, present throughout.
+    let mut marks = weekdays(&one, (9, 1), (9, 12), "/");
+    marks[10].code = "O".into();
+    marks[11].code = "O".into();
+    let mut second_marks = weekdays(&two, (9, 1), (9, 12), "/");
+    second_marks[2].code = "I".into();
+    marks.extend(second_marks);
+    marks.extend(weekdays(&three, (9, 8), (9, 12), "/"));
+    let mut messages = september();
+    messages.splice(
+        1..,
+        [first, second, third]
+            .into_iter()
+            .map(|pupil| ImportRegisterRequest {
+                item: Some(Item::Pupil(pupil)),
+            })
+            .chain(std::iter::once(ImportRegisterRequest {
+                item: Some(Item::Marks(ImportMarks { marks })),
+            })),
+    );
+    clients
+        .registers
+        .import_register(tokio_stream::iter(messages))
+        .await
+        .expect("import");
+
+    let request = |group_by: StatisticsGroupBy| GetAttendanceStatisticsRequest {
+        laestab: LAESTAB.into(),
+        group_by: group_by as i32,
+        as_of: "2025-09-12".into(),
+        ..GetAttendanceStatisticsRequest::default()
+    };
+    let by_meals = clients
+        .policy
+        .get_attendance_statistics(request(StatisticsGroupBy::FreeSchoolMeals))
+        .await
+        .expect("statistics")
+        .into_inner();
+    let summary: Vec<(String, i32, i32, i32, i32)> = by_meals
+        .groups
+        .iter()
+        .map(|group| {
+            let figures = group.figures.expect("figures");
+            (
+                group.key.clone(),
+                group.pupils,
+                figures.possible_sessions,
+                figures.unauthorised_absence_sessions + figures.authorised_absence_sessions,
+                group.persistent_absentees,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("eligible".to_owned(), 1, 20, 2, 1),
+            ("not supplied".to_owned(), 1, 10, 0, 0),
+            ("not_eligible".to_owned(), 1, 20, 1, 0),
+        ]
+    );
+    let total = by_meals.total.expect("total");
+    assert_eq!(total.pupils, 3);
+    assert!((total.persistent_absence_rate - 33.3).abs() < 1e-9);
+    assert_eq!(by_meals.period.expect("period").from_date, "2025-08-01");
+
+    let by_sen = clients
+        .policy
+        .get_attendance_statistics(request(StatisticsGroupBy::SenProvision))
+        .await
+        .expect("statistics")
+        .into_inner();
+    let keys: Vec<&str> = by_sen.groups.iter().map(|g| g.key.as_str()).collect();
+    assert_eq!(keys, ["none", "not supplied", "sen_support"]);
+
+    let by_year = clients
+        .policy
+        .get_attendance_statistics(request(StatisticsGroupBy::YearGroup))
+        .await
+        .expect("statistics")
+        .into_inner();
+    let eight = &by_year.groups[0];
+    assert_eq!((eight.key.as_str(), eight.pupils), ("8", 2));
+    assert_eq!(eight.figures.expect("figures").possible_sessions, 30);
+    assert!((eight.persistent_absence_rate - 50.0).abs() < 1e-9);
+
+    // One class; then the last week only, where one is 20% absent and two is not absent.
+    let class = clients
+        .policy
+        .get_attendance_statistics(GetAttendanceStatisticsRequest {
+            class_name: "8A".into(),
+            ..request(StatisticsGroupBy::Pupil)
+        })
+        .await
+        .expect("statistics")
+        .into_inner();
+    let upns: Vec<&str> = class.groups.iter().map(|g| g.key.as_str()).collect();
+    assert_eq!(upns, [one.as_str(), three.as_str()]);
+    let week = clients
+        .policy
+        .get_attendance_statistics(GetAttendanceStatisticsRequest {
+            range: StatisticsRange::RollingWeeks as i32,
+            weeks: 1,
+            ..request(StatisticsGroupBy::Pupil)
+        })
+        .await
+        .expect("statistics")
+        .into_inner();
+    assert_eq!(week.period.expect("period").from_date, "2025-09-06");
+    let possible: Vec<i32> = week
+        .groups
+        .iter()
+        .map(|g| g.figures.expect("figures").possible_sessions)
+        .collect();
+    assert_eq!(possible, [10, 10, 10]);
+    assert_eq!(week.total.expect("total").persistent_absentees, 1);
+
+    // A term needs the calendar.
+    let term = GetAttendanceStatisticsRequest {
+        range: StatisticsRange::Term as i32,
+        ..request(StatisticsGroupBy::Unspecified)
+    };
+    let error = clients
+        .policy
+        .get_attendance_statistics(term.clone())
+        .await
+        .expect_err("no calendar yet");
+    assert_eq!(error.code(), tonic::Code::FailedPrecondition);
+    clients
+        .registers
+        .set_calendar(SetCalendarRequest {
+            calendar: Some(Calendar {
+                laestab: LAESTAB.into(),
+                time_zone: "Europe/London".into(),
+                am: Some(RegisterTimes {
+                    opens: "08:40".into(),
+                    closes: "09:00".into(),
+                }),
+                pm: Some(RegisterTimes {
+                    opens: "13:15".into(),
+                    closes: "13:30".into(),
+                }),
+                terms: vec![Term {
+                    name: "Autumn 2025".into(),
+                    first_day: "2025-09-01".into(),
+                    last_day: "2025-12-19".into(),
+                }],
+                closures: Vec::new(),
+            }),
+            changed_by: "J Smith".into(),
+            changed_by_position: "Data manager".into(),
+        })
+        .await
+        .expect("calendar");
+    let term = clients
+        .policy
+        .get_attendance_statistics(term)
+        .await
+        .expect("statistics")
+        .into_inner();
+    assert_eq!(term.period.expect("period").from_date, "2025-09-01");
+    assert_eq!(term.total.expect("total").pupils, 3);
+
+    running.stop().await.expect("server stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statistics_by_group_on_sqlite() {
+    statistics_by_group(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statistics_by_group_on_postgres() {
+    let url = rollcall_testkit::postgres()
+        .await
+        .expect("PostgreSQL for the tests")
+        .create_database()
+        .await
+        .expect("database");
+    statistics_by_group(Some(&url)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

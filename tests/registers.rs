@@ -86,6 +86,7 @@ fn import(request_id: &str, pupils: &[String], marks: Vec<Mark>) -> Vec<ImportRe
                 year_group: "8".into(),
                 registration: Registration::Unspecified as i32,
                 class_name: "8B".into(),
+                ..ImportPupil::default()
             })),
         });
     }

@@ -121,6 +121,8 @@ enum ReportCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Attendance statistics over a range for a school or the trust, optionally by group.
+    Statistics(crate::statistics::StatisticsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,6 +193,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             as_of,
             json,
         }) => report_attendance(&clients, &school, as_of.as_deref(), json, &mut out).await,
+        ClientCommand::Report(ReportCommand::Statistics(args)) => {
+            crate::statistics::run(&clients, args, &mut out).await
+        }
         ClientCommand::Cases(CasesCommand::List { school, json }) => {
             list_cases(&clients, &school, json, &mut out).await
         }

@@ -9,6 +9,7 @@ mod marks;
 mod policy;
 mod pupil;
 pub mod server;
+mod statistics;
 mod text;
 
 use std::process::ExitCode;

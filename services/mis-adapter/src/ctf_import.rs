@@ -155,6 +155,7 @@ pub fn prepare_ctf(file_name: &str, content: &[u8]) -> Result<CtfImport, FileErr
             year_group,
             registration: registration_of(pupil.enrol_status.as_deref()) as i32,
             class_name: String::new(),
+            ..ImportPupil::default()
         });
     }
 

@@ -251,7 +251,7 @@ pub(crate) async fn load_school(
 }
 
 /// Reads every pupil ever on roll at the school, each with their latest enrolment there.
-async fn all_pupils(
+pub(crate) async fn all_pupils(
     registers: &mut RegistersServiceClient<Channel>,
     laestab: &str,
 ) -> Result<Vec<(Pupil, Enrolment)>, Status> {

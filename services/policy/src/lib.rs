@@ -11,6 +11,7 @@ mod figures;
 mod follower;
 mod policies;
 mod service;
+mod statistics;
 
 pub use follower::spawn_follower;
 pub use service::Policy;

@@ -8,13 +8,14 @@ use rollcall_api::convert::timestamp;
 use rollcall_api::policy::v1::policy_service_server::{PolicyService, PolicyServiceServer};
 use rollcall_api::policy::v1::{
     AssignPolicyRequest, AssignPolicyResponse, CheckAggregatesRequest, CheckAggregatesResponse,
-    CountedSession, DecideAbsenceRequest, DecideAbsenceResponse, GetPolicyRequest,
-    GetPolicyResponse, GetPupilAttendanceRequest, GetPupilAttendanceResponse,
-    GetSchoolAttendanceRequest, GetSchoolAttendanceResponse, GetSyncStateRequest,
-    GetSyncStateResponse, ListPoliciesRequest, ListPoliciesResponse, ListPolicyAssignmentsRequest,
-    ListPolicyAssignmentsResponse, LoadPolicyRequest, LoadPolicyResponse, Period,
-    Policy as PbPolicy, PolicyAssignment, PolicyRule, PupilAttendance, ThresholdStatus, Trigger,
-    TriggerKind, TriggerState, WatchTriggersRequest, WatchTriggersResponse,
+    CountedSession, DecideAbsenceRequest, DecideAbsenceResponse, GetAttendanceStatisticsRequest,
+    GetAttendanceStatisticsResponse, GetPolicyRequest, GetPolicyResponse,
+    GetPupilAttendanceRequest, GetPupilAttendanceResponse, GetSchoolAttendanceRequest,
+    GetSchoolAttendanceResponse, GetSyncStateRequest, GetSyncStateResponse, ListPoliciesRequest,
+    ListPoliciesResponse, ListPolicyAssignmentsRequest, ListPolicyAssignmentsResponse,
+    LoadPolicyRequest, LoadPolicyResponse, Period, Policy as PbPolicy, PolicyAssignment,
+    PolicyRule, PupilAttendance, ThresholdStatus, Trigger, TriggerKind, TriggerState,
+    WatchTriggersRequest, WatchTriggersResponse,
 };
 use rollcall_api::registers::v1::GetPupilRequest;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
@@ -693,6 +694,15 @@ impl PolicyService for Policy {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(receiver),
         )))
+    }
+
+    async fn get_attendance_statistics(
+        &self,
+        request: Request<GetAttendanceStatisticsRequest>,
+    ) -> Result<Response<GetAttendanceStatisticsResponse>, Status> {
+        crate::statistics::statistics(&self.db, &self.registers, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn check_aggregates(

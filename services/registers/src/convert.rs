@@ -104,6 +104,48 @@ pub(crate) fn registration_as_str(value: i32) -> &'static str {
     }
 }
 
+/// Returns the stored name of a SEN provision: `none`, `sen_support`, `ehc_plan`, or empty
+/// when not supplied.
+pub(crate) fn sen_as_str(value: i32) -> &'static str {
+    match pb::SenProvision::try_from(value) {
+        Ok(pb::SenProvision::None) => "none",
+        Ok(pb::SenProvision::Support) => "sen_support",
+        Ok(pb::SenProvision::EhcPlan) => "ehc_plan",
+        _ => "",
+    }
+}
+
+/// Returns the protobuf value of a stored SEN provision name.
+pub(crate) fn sen_from_str(value: &str) -> i32 {
+    let provision = match value {
+        "none" => pb::SenProvision::None,
+        "sen_support" => pb::SenProvision::Support,
+        "ehc_plan" => pb::SenProvision::EhcPlan,
+        _ => pb::SenProvision::Unspecified,
+    };
+    provision as i32
+}
+
+/// Returns the stored name of free school meals eligibility: `eligible`, `not_eligible`, or
+/// empty when not supplied.
+pub(crate) fn fsm_as_str(value: i32) -> &'static str {
+    match pb::FreeSchoolMeals::try_from(value) {
+        Ok(pb::FreeSchoolMeals::Eligible) => "eligible",
+        Ok(pb::FreeSchoolMeals::NotEligible) => "not_eligible",
+        _ => "",
+    }
+}
+
+/// Returns the protobuf value of a stored free school meals name.
+pub(crate) fn fsm_from_str(value: &str) -> i32 {
+    let meals = match value {
+        "eligible" => pb::FreeSchoolMeals::Eligible,
+        "not_eligible" => pb::FreeSchoolMeals::NotEligible,
+        _ => pb::FreeSchoolMeals::Unspecified,
+    };
+    meals as i32
+}
+
 /// Returns the protobuf value of a stored registration name.
 pub(crate) fn registration_from_str(value: &str) -> i32 {
     let registration = match value {

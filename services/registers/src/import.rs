@@ -24,7 +24,9 @@ use tonic::{Status, Streaming};
 
 use crate::FEED_LOCK_KEY;
 use crate::calendar::{self, load_calendar_rows};
-use crate::convert::{phase_as_str, registration_as_str, required_date, session};
+use crate::convert::{
+    fsm_as_str, phase_as_str, registration_as_str, required_date, sen_as_str, session,
+};
 
 /// Rows per multi-row statement. Fifteen columns a row stays well inside SQLite's limit of
 /// 32,766 bound parameters and PostgreSQL's 65,535.
@@ -61,6 +63,8 @@ struct CheckedPupil {
     year_group: String,
     registration: &'static str,
     class_name: String,
+    sen_provision: &'static str,
+    free_school_meals: &'static str,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +92,8 @@ struct Enrolment {
     year_group: String,
     registration: String,
     class_name: String,
+    sen_provision: String,
+    free_school_meals: String,
 }
 
 impl Enrolment {
@@ -116,6 +122,8 @@ struct EnrolmentLoad {
     year_group: String,
     registration: String,
     class_name: String,
+    sen_provision: String,
+    free_school_meals: String,
 }
 
 /// An effective version as loaded for an import.
@@ -269,6 +277,8 @@ fn check_pupil(field: &str, import: &ImportPupil) -> Result<CheckedPupil, Status
         year_group: required("year_group", &import.year_group)?,
         registration: registration_as_str(import.registration),
         class_name: import.class_name.trim().to_owned(),
+        sen_provision: sen_as_str(import.sen_provision),
+        free_school_meals: fsm_as_str(import.free_school_meals),
         upn: upn.to_string(),
     })
 }
@@ -361,7 +371,11 @@ fn plan<'a>(request: &'a ImportRequest, existing: &Existing) -> Result<Plan<'a>,
                 if enrolment.year_group != pupil.year_group
                     || enrolment.registration != pupil.registration
                     || (!pupil.class_name.is_empty()
-                        && enrolment.class_name != pupil.class_name) =>
+                        && enrolment.class_name != pupil.class_name)
+                    || (!pupil.sen_provision.is_empty()
+                        && enrolment.sen_provision != pupil.sen_provision)
+                    || (!pupil.free_school_meals.is_empty()
+                        && enrolment.free_school_meals != pupil.free_school_meals) =>
             {
                 plan.enrolment_changes.push((pupil, enrolment.admission));
                 plan.response.pupils_updated += 1;
@@ -378,6 +392,8 @@ fn plan<'a>(request: &'a ImportRequest, existing: &Existing) -> Result<Plan<'a>,
                     year_group: pupil.year_group.clone(),
                     registration: pupil.registration.to_owned(),
                     class_name: pupil.class_name.clone(),
+                    sen_provision: pupil.sen_provision.to_owned(),
+                    free_school_meals: pupil.free_school_meals.to_owned(),
                 });
             }
         }
@@ -578,8 +594,8 @@ pub(crate) async fn apply(
             }
 
             let mut query = QueryBuilder::new(
-                "SELECT upn, admission_date, leaving_date, year_group, registration, class_name \
-                 FROM enrolments \
+                "SELECT upn, admission_date, leaving_date, year_group, registration, class_name, \
+                 sen_provision, free_school_meals FROM enrolments \
                  WHERE laestab = ",
             );
             query.push_bind(laestab.clone()).push(" AND upn IN (");
@@ -600,6 +616,8 @@ pub(crate) async fn apply(
                     year_group: row.year_group,
                     registration: row.registration,
                     class_name: row.class_name,
+                    sen_provision: row.sen_provision,
+                    free_school_meals: row.free_school_meals,
                 };
                 existing
                     .enrolments
@@ -695,7 +713,7 @@ pub(crate) async fn apply(
         for chunk in plan.new_enrolments.chunks(CHUNK) {
             let mut insert = QueryBuilder::new(
                 "INSERT INTO enrolments (laestab, upn, admission_date, leaving_date, year_group, \
-                 registration, class_name) ",
+                 registration, class_name, sen_provision, free_school_meals) ",
             );
             insert.push_values(chunk, |mut row, pupil| {
                 row.push_bind(laestab.clone())
@@ -704,7 +722,9 @@ pub(crate) async fn apply(
                     .push_bind(None::<NaiveDate>)
                     .push_bind(pupil.year_group.clone())
                     .push_bind(pupil.registration)
-                    .push_bind(pupil.class_name.clone());
+                    .push_bind(pupil.class_name.clone())
+                    .push_bind(pupil.sen_provision)
+                    .push_bind(pupil.free_school_meals);
             });
             insert
                 .build()
@@ -715,7 +735,9 @@ pub(crate) async fn apply(
         for (pupil, admission) in &plan.enrolment_changes {
             sqlx::query(
                 "UPDATE enrolments SET year_group = $4, registration = $5, \
-                 class_name = CASE WHEN $6 = '' THEN class_name ELSE $6 END \
+                 class_name = CASE WHEN $6 = '' THEN class_name ELSE $6 END, \
+                 sen_provision = CASE WHEN $7 = '' THEN sen_provision ELSE $7 END, \
+                 free_school_meals = CASE WHEN $8 = '' THEN free_school_meals ELSE $8 END \
                  WHERE laestab = $1 AND upn = $2 AND admission_date = $3",
             )
             .bind(laestab)
@@ -724,6 +746,8 @@ pub(crate) async fn apply(
             .bind(&pupil.year_group)
             .bind(pupil.registration)
             .bind(&pupil.class_name)
+            .bind(pupil.sen_provision)
+            .bind(pupil.free_school_meals)
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;
@@ -847,6 +871,8 @@ mod tests {
             year_group: year_group.to_owned(),
             registration: "sole",
             class_name: String::new(),
+            sen_provision: "",
+            free_school_meals: "",
         }
     }
 
@@ -899,6 +925,8 @@ mod tests {
                 year_group: "8".into(),
                 registration: "sole".into(),
                 class_name: String::new(),
+                sen_provision: String::new(),
+                free_school_meals: String::new(),
             }],
         );
         existing.effective.insert(

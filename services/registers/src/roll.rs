@@ -68,6 +68,17 @@ pub(crate) async fn session_register(
 }
 
 /// Ends a pupil's enrolment at a school on the leaving date.
+/// The open enrolment a leaving closes.
+#[derive(Debug, sqlx::FromRow)]
+struct OpenEnrolment {
+    admission_date: NaiveDate,
+    year_group: String,
+    registration: String,
+    class_name: String,
+    sen_provision: String,
+    free_school_meals: String,
+}
+
 pub(crate) async fn record_leaving(
     db: &Db,
     request: &RecordLeavingRequest,
@@ -97,8 +108,9 @@ pub(crate) async fn record_leaving(
 
     with_db!(db, |pool| {
         let mut tx = pool.begin_write(FEED_LOCK_KEY).await.map_err(store_error)?;
-        let open: Option<(NaiveDate, String, String, String)> = sqlx::query_as(
-            "SELECT admission_date, year_group, registration, class_name FROM enrolments \
+        let open: Option<OpenEnrolment> = sqlx::query_as(
+            "SELECT admission_date, year_group, registration, class_name, sen_provision, \
+             free_school_meals FROM enrolments \
              WHERE laestab = $1 AND upn = $2 AND admission_date <= $3 AND leaving_date IS NULL \
              ORDER BY admission_date DESC LIMIT 1",
         )
@@ -108,7 +120,7 @@ pub(crate) async fn record_leaving(
         .fetch_optional(&mut *tx)
         .await
         .map_err(store_error)?;
-        let Some((admission, year_group, registration, class_name)) = open else {
+        let Some(open) = open else {
             return Err(invalid_argument(
                 "upn",
                 &upn,
@@ -143,7 +155,7 @@ pub(crate) async fn record_leaving(
         )
         .bind(&school)
         .bind(&upn)
-        .bind(admission)
+        .bind(open.admission_date)
         .bind(leaving)
         .bind(reason)
         .bind(recorded_by)
@@ -153,11 +165,13 @@ pub(crate) async fn record_leaving(
         tx.commit().await.map_err(store_error)?;
         Ok(Enrolment {
             laestab: school.clone(),
-            admission_date: admission.to_string(),
+            admission_date: open.admission_date.to_string(),
             leaving_date: leaving.to_string(),
-            year_group,
-            registration: crate::convert::registration_from_str(&registration),
-            class_name,
+            year_group: open.year_group,
+            registration: crate::convert::registration_from_str(&open.registration),
+            class_name: open.class_name,
+            sen_provision: crate::convert::sen_from_str(&open.sen_provision),
+            free_school_meals: crate::convert::fsm_from_str(&open.free_school_meals),
         })
     })
 }

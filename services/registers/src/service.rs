@@ -125,6 +125,8 @@ fn enrolment_to_proto(row: EnrolmentRow) -> Enrolment {
         year_group: row.year_group,
         registration: registration_from_str(&row.registration),
         class_name: row.class_name,
+        sen_provision: crate::convert::sen_from_str(&row.sen_provision),
+        free_school_meals: crate::convert::fsm_from_str(&row.free_school_meals),
     }
 }
 

@@ -35,6 +35,8 @@ pub(crate) struct EnrolmentRow {
     pub(crate) year_group: String,
     pub(crate) registration: String,
     pub(crate) class_name: String,
+    pub(crate) sen_provision: String,
+    pub(crate) free_school_meals: String,
 }
 
 pub(crate) const MARK_COLUMNS: &str = "m.sequence, m.laestab, m.upn, m.session_date, m.session, m.code, \
@@ -88,8 +90,8 @@ pub(crate) async fn pupil(db: &Db, upn: &str) -> Result<Option<PupilRow>, sqlx::
 pub(crate) async fn enrolments_of(db: &Db, upn: &str) -> Result<Vec<EnrolmentRow>, sqlx::Error> {
     with_db!(db, |pool| {
         sqlx::query_as(
-            "SELECT laestab, upn, admission_date, leaving_date, year_group, registration, class_name \
-             FROM enrolments \
+            "SELECT laestab, upn, admission_date, leaving_date, year_group, registration, class_name, \
+             sen_provision, free_school_meals FROM enrolments \
              WHERE upn = $1 ORDER BY admission_date DESC, laestab",
         )
         .bind(upn)
@@ -117,6 +119,8 @@ pub(crate) async fn pupils_at(
         year_group: String,
         registration: String,
         class_name: String,
+        sen_provision: String,
+        free_school_meals: String,
     }
     let (day_from, day_to) = match on_roll {
         Some(day) => (day, day),
@@ -126,7 +130,7 @@ pub(crate) async fn pupils_at(
         sqlx::query_as(
             "SELECT p.upn, p.forename, p.surname, p.date_of_birth, p.sex, \
                     e.laestab, e.admission_date, e.leaving_date, e.year_group, e.registration, \
-                    e.class_name \
+                    e.class_name, e.sen_provision, e.free_school_meals \
              FROM enrolments e JOIN pupils p ON p.upn = e.upn \
              WHERE e.laestab = $1 AND e.upn > $2 \
                AND e.admission_date <= $3 \
@@ -158,6 +162,8 @@ pub(crate) async fn pupils_at(
             year_group: row.year_group,
             registration: row.registration,
             class_name: row.class_name,
+            sen_provision: row.sen_provision,
+            free_school_meals: row.free_school_meals,
         };
         out.push((row.pupil, enrolment));
     }

@@ -1,0 +1,374 @@
+//! GetAttendanceStatistics: figures by the DfE rules over a range, for any scope from one pupil
+//! to the whole trust, grouped by school, year group, phase, class, SEN provision or free
+//! school meals.
+//!
+//! Figures come from the registers' effective marks. Each pupil counts over their own possible
+//! sessions in the range; a group's figures are the sums of its pupils' sessions.
+
+use std::collections::BTreeMap;
+
+use chrono::{Days, NaiveDate};
+use rollcall_api::convert::{phase_from_proto, session_from_proto};
+use rollcall_api::policy::v1::{
+    GetAttendanceStatisticsRequest, GetAttendanceStatisticsResponse, StatisticsGroup,
+    StatisticsGroupBy, StatisticsRange,
+};
+use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
+use rollcall_api::registers::v1::{
+    Enrolment, FreeSchoolMeals, GetCalendarRequest, ListMarksRequest, ListSchoolsRequest, School,
+    SenProvision,
+};
+use rollcall_domain::session::{academic_year_start, parse_date};
+use rollcall_domain::{Figures, Phase, Policy};
+use rollcall_runtime::Db;
+use rollcall_runtime::grpc::{failed_precondition, invalid_argument, laestab, upstream_error};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::figures::{all_pupils, figures_to_proto, school_and_as_of};
+use crate::policies;
+
+/// One pupil's figures over the range, with the groups they belong to.
+#[derive(Debug)]
+struct PupilFigures {
+    upn: String,
+    laestab: String,
+    year_group: String,
+    phase: Phase,
+    class_name: String,
+    sen: String,
+    fsm: String,
+    figures: Figures,
+    persistent: bool,
+    severe: bool,
+}
+
+fn sen_key(value: i32) -> &'static str {
+    match SenProvision::try_from(value) {
+        Ok(SenProvision::None) => "none",
+        Ok(SenProvision::Support) => "sen_support",
+        Ok(SenProvision::EhcPlan) => "ehc_plan",
+        _ => "not supplied",
+    }
+}
+
+fn fsm_key(value: i32) -> &'static str {
+    match FreeSchoolMeals::try_from(value) {
+        Ok(FreeSchoolMeals::Eligible) => "eligible",
+        Ok(FreeSchoolMeals::NotEligible) => "not_eligible",
+        _ => "not supplied",
+    }
+}
+
+fn optional(value: &str) -> Option<String> {
+    Some(value.trim().to_owned()).filter(|value| !value.is_empty())
+}
+
+/// Returns every school of the trust.
+async fn all_schools(
+    registers: &mut RegistersServiceClient<Channel>,
+) -> Result<Vec<School>, Status> {
+    let mut schools = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = registers
+            .list_schools(ListSchoolsRequest {
+                page_size: 100,
+                page_token,
+            })
+            .await
+            .map_err(|status| upstream_error("registers", status))?
+            .into_inner();
+        schools.extend(page.schools);
+        if page.next_page_token.is_empty() {
+            return Ok(schools);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Works out the first date of the range for one school.
+async fn range_start(
+    registers: &mut RegistersServiceClient<Channel>,
+    request: &GetAttendanceStatisticsRequest,
+    school: &str,
+    as_of: NaiveDate,
+) -> Result<NaiveDate, Status> {
+    match StatisticsRange::try_from(request.range).unwrap_or(StatisticsRange::Unspecified) {
+        StatisticsRange::Unspecified | StatisticsRange::YearToDate => {
+            Ok(academic_year_start(as_of))
+        }
+        StatisticsRange::RollingWeeks => {
+            let weeks = u64::try_from(request.weeks).unwrap_or(0);
+            if !(1..=104).contains(&weeks) {
+                return Err(invalid_argument(
+                    "weeks",
+                    &request.weeks.to_string(),
+                    "give 1 to 104 weeks for a rolling range",
+                ));
+            }
+            Ok(as_of
+                .checked_sub_days(Days::new(weeks * 7 - 1))
+                .unwrap_or(NaiveDate::MIN))
+        }
+        StatisticsRange::Dates => {
+            let from = parse_date(&request.from_date).map_err(|error| {
+                invalid_argument("from_date", &request.from_date, error.problem())
+            })?;
+            if from > as_of {
+                return Err(invalid_argument(
+                    "from_date",
+                    &request.from_date,
+                    format!("it is after the as-of date {as_of}"),
+                ));
+            }
+            Ok(from)
+        }
+        StatisticsRange::Term => {
+            let calendar = registers
+                .get_calendar(GetCalendarRequest {
+                    laestab: school.to_owned(),
+                })
+                .await
+                .map_err(|status| {
+                    if status.code() == Code::NotFound {
+                        failed_precondition(format!(
+                            "school {school} has no calendar, so its terms are unknown; set the \
+                             calendar or choose another range"
+                        ))
+                    } else {
+                        upstream_error("registers", status)
+                    }
+                })?
+                .into_inner()
+                .calendar
+                .unwrap_or_default();
+            calendar
+                .terms
+                .iter()
+                .filter_map(|term| parse_date(&term.first_day).ok())
+                .filter(|first| *first <= as_of)
+                .max()
+                .ok_or_else(|| {
+                    failed_precondition(format!(
+                        "school {school} has no term starting by {as_of}; choose another range"
+                    ))
+                })
+        }
+    }
+}
+
+/// Reads one school's pupils in scope and their figures over the range.
+async fn school_figures(
+    db: &Db,
+    registers: &mut RegistersServiceClient<Channel>,
+    school: &School,
+    from: NaiveDate,
+    to: NaiveDate,
+    request: &GetAttendanceStatisticsRequest,
+    out: &mut Vec<PupilFigures>,
+) -> Result<(), Status> {
+    let policy: Policy = policies::policy_for(db, &school.laestab, to).await?.policy;
+    let school_phase = phase_from_proto(school.phase).unwrap_or(Phase::Secondary);
+    let year_group = optional(&request.year_group);
+    let class_name = optional(&request.class_name);
+    let only_upn = optional(&request.upn).map(|upn| upn.to_ascii_uppercase());
+
+    let mut pupils: BTreeMap<String, (Enrolment, Vec<String>)> = BTreeMap::new();
+    for (pupil, enrolment) in all_pupils(registers, &school.laestab).await? {
+        let admitted = parse_date(&enrolment.admission_date).unwrap_or(NaiveDate::MAX);
+        let left = parse_date(&enrolment.leaving_date).ok();
+        let on_roll = admitted <= to && left.is_none_or(|left| left >= from);
+        let wanted = year_group
+            .as_ref()
+            .is_none_or(|g| enrolment.year_group == *g)
+            && class_name
+                .as_ref()
+                .is_none_or(|c| enrolment.class_name == *c)
+            && only_upn.as_ref().is_none_or(|u| pupil.upn == *u);
+        if on_roll && wanted {
+            pupils.insert(pupil.upn, (enrolment, Vec::new()));
+        }
+    }
+    if pupils.is_empty() {
+        return Ok(());
+    }
+
+    let mut page_token = String::new();
+    loop {
+        let page = registers
+            .list_marks(ListMarksRequest {
+                laestab: school.laestab.clone(),
+                upn: only_upn.clone().unwrap_or_default(),
+                from_date: from.to_string(),
+                to_date: to.to_string(),
+                page_size: 20_000,
+                page_token,
+            })
+            .await
+            .map_err(|status| upstream_error("registers", status))?
+            .into_inner();
+        for mark in page.marks {
+            if session_from_proto(mark.session).is_none() {
+                continue;
+            }
+            if let Some((_, codes)) = pupils.get_mut(&mark.upn) {
+                codes.push(mark.code);
+            }
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+
+    for (upn, (enrolment, codes)) in pupils {
+        let figures = Figures::from_codes(codes.iter().map(String::as_str));
+        if figures.possible() == 0 {
+            continue;
+        }
+        out.push(PupilFigures {
+            upn,
+            laestab: school.laestab.clone(),
+            phase: Phase::of_year_group(&enrolment.year_group).unwrap_or(school_phase),
+            year_group: enrolment.year_group,
+            class_name: enrolment.class_name,
+            sen: sen_key(enrolment.sen_provision).to_owned(),
+            fsm: fsm_key(enrolment.free_school_meals).to_owned(),
+            persistent: policy.is_persistent_absence(&figures),
+            severe: policy.is_severe_absence(&figures),
+            figures,
+        });
+    }
+    Ok(())
+}
+
+fn rate(part: u32, whole: u32) -> f64 {
+    if whole == 0 {
+        return 0.0;
+    }
+    (f64::from(part) * 1000.0 / f64::from(whole)).round() / 10.0
+}
+
+/// Sums pupils' figures into a group.
+fn group(key: &str, pupils: &[&PupilFigures], policy: &Policy) -> StatisticsGroup {
+    let mut figures = Figures::default();
+    let mut persistent = 0u32;
+    let mut severe = 0u32;
+    for pupil in pupils {
+        figures.merge(&pupil.figures);
+        persistent += u32::from(pupil.persistent);
+        severe += u32::from(pupil.severe);
+    }
+    let count = u32::try_from(pupils.len()).unwrap_or(u32::MAX);
+    let mut summed = figures_to_proto(&figures, policy);
+    // The flags describe one pupil. For a group, the counts of absentees carry that meaning.
+    summed.persistent_absence = false;
+    summed.severe_absence = false;
+    StatisticsGroup {
+        key: key.to_owned(),
+        pupils: i32::try_from(count).unwrap_or(i32::MAX),
+        figures: Some(summed),
+        persistent_absentees: i32::try_from(persistent).unwrap_or(i32::MAX),
+        severe_absentees: i32::try_from(severe).unwrap_or(i32::MAX),
+        persistent_absence_rate: rate(persistent, count),
+        severe_absence_rate: rate(severe, count),
+    }
+}
+
+/// Answers GetAttendanceStatistics.
+pub(crate) async fn statistics(
+    db: &Db,
+    registers: &RegistersServiceClient<Channel>,
+    request: GetAttendanceStatisticsRequest,
+) -> Result<GetAttendanceStatisticsResponse, Status> {
+    let mut registers = registers.clone();
+    let schools = if request.laestab.trim().is_empty() {
+        all_schools(&mut registers).await?
+    } else {
+        let school = laestab("laestab", &request.laestab)?;
+        vec![school_and_as_of(&mut registers, &school, "").await?.0]
+    };
+    let group_by =
+        StatisticsGroupBy::try_from(request.group_by).unwrap_or(StatisticsGroupBy::Unspecified);
+
+    // The as-of date: the one given, or the latest date with marks in scope.
+    let as_of = if request.as_of.trim().is_empty() {
+        schools
+            .iter()
+            .filter_map(|school| parse_date(&school.last_mark_date).ok())
+            .max()
+    } else {
+        Some(
+            parse_date(&request.as_of)
+                .map_err(|error| invalid_argument("as_of", &request.as_of, error.problem()))?,
+        )
+    };
+    let Some(as_of) = as_of else {
+        return Ok(GetAttendanceStatisticsResponse::default());
+    };
+
+    let mut pupils = Vec::new();
+    let mut earliest = as_of;
+    for school in &schools {
+        let from = range_start(&mut registers, &request, &school.laestab, as_of).await?;
+        earliest = earliest.min(from);
+        school_figures(
+            db,
+            &mut registers,
+            school,
+            from,
+            as_of,
+            &request,
+            &mut pupils,
+        )
+        .await?;
+    }
+
+    // Group flags are cleared, so the default policy serves for the percentages.
+    let policy = Policy::trust_2021();
+    let mut groups: BTreeMap<String, Vec<&PupilFigures>> = BTreeMap::new();
+    for pupil in &pupils {
+        let key = match group_by {
+            StatisticsGroupBy::Unspecified => "all".to_owned(),
+            StatisticsGroupBy::School => pupil.laestab.clone(),
+            StatisticsGroupBy::YearGroup => pupil.year_group.clone(),
+            StatisticsGroupBy::Phase => pupil.phase.as_str().to_owned(),
+            StatisticsGroupBy::Class => {
+                if pupil.class_name.is_empty() {
+                    "not supplied".to_owned()
+                } else {
+                    pupil.class_name.clone()
+                }
+            }
+            StatisticsGroupBy::SenProvision => pupil.sen.clone(),
+            StatisticsGroupBy::FreeSchoolMeals => pupil.fsm.clone(),
+            StatisticsGroupBy::Pupil => pupil.upn.clone(),
+        };
+        groups.entry(key).or_default().push(pupil);
+    }
+    let all: Vec<&PupilFigures> = pupils.iter().collect();
+    Ok(GetAttendanceStatisticsResponse {
+        period: Some(rollcall_api::policy::v1::Period {
+            from_date: earliest.to_string(),
+            to_date: as_of.to_string(),
+        }),
+        groups: groups
+            .iter()
+            .map(|(key, members)| group(key, members, &policy))
+            .collect(),
+        total: Some(group("all", &all, &policy)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_round_to_one_decimal_place() {
+        assert!((rate(1, 3) - 33.3).abs() < 1e-9);
+        assert!((rate(2, 3) - 66.7).abs() < 1e-9);
+        assert!(rate(0, 0).abs() < 1e-9);
+    }
+}
