@@ -9,8 +9,8 @@ use std::time::Duration;
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
 use rollcall_api::policy::v1::{
     AssignPolicyRequest, DecideAbsenceRequest, GetAttendanceStatisticsRequest, GetPolicyRequest,
-    GetPupilAttendanceRequest, GetSyncStateRequest, ListPoliciesRequest, LoadPolicyRequest,
-    SessionRef, StatisticsGroupBy, StatisticsRange, TriggerKind, TriggerState,
+    GetPupilAttendanceRequest, GetSyncStateRequest, ListPoliciesRequest, ListRewardsRequest,
+    LoadPolicyRequest, SessionRef, StatisticsGroupBy, StatisticsRange, TriggerKind, TriggerState,
     WatchTriggersRequest,
 };
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
@@ -779,6 +779,98 @@ async fn statistics_by_group(database_url: Option<&str>) {
         .collect();
     assert_eq!(possible, [10, 10, 10]);
     assert_eq!(week.total.expect("total").persistent_absentees, 1);
+
+    // Rewards for the last week against the week before.
+    let rewards = clients
+        .policy
+        .list_rewards(ListRewardsRequest {
+            laestab: LAESTAB.into(),
+            as_of: "2025-09-12".into(),
+            range: StatisticsRange::RollingWeeks as i32,
+            weeks: 1,
+            ..ListRewardsRequest::default()
+        })
+        .await
+        .expect("rewards")
+        .into_inner();
+    assert_eq!(rewards.clause, "5.1.3");
+    assert_eq!(
+        rewards.previous_period.expect("previous").from_date,
+        "2025-08-30"
+    );
+    let earned: Vec<(String, Vec<String>)> = rewards
+        .pupils
+        .iter()
+        .map(|pupil| (pupil.upn.clone(), pupil.rewards.clone()))
+        .collect();
+    let names = |list: &[&str]| list.iter().map(|r| (*r).to_owned()).collect::<Vec<_>>();
+    let mut expected = vec![
+        (one.clone(), names(&["excellent_punctuality"])),
+        (
+            two.clone(),
+            names(&[
+                "excellent_attendance",
+                "excellent_punctuality",
+                "much_improved_attendance",
+            ]),
+        ),
+        (
+            three.clone(),
+            names(&["excellent_attendance", "excellent_punctuality"]),
+        ),
+    ];
+    expected.sort();
+    assert_eq!(earned, expected, "ordered by UPN");
+
+    // The same from the command line, with the early warning list.
+    let server = running.url();
+    let from_cli = run_cli(
+        &server,
+        &[
+            "report",
+            "rewards",
+            "--school",
+            LAESTAB,
+            "--range",
+            "weeks",
+            "--weeks",
+            "1",
+            "--as-of",
+            "2025-09-12",
+            "--json",
+        ],
+    )
+    .await;
+    assert_eq!(from_cli["pupils"].as_array().map(Vec::len), Some(3));
+    assert_eq!(from_cli["clause"], "5.1.3");
+    let warning = run_cli(
+        &server,
+        &[
+            "report",
+            "early-warning",
+            "--school",
+            LAESTAB,
+            "--as-of",
+            "2025-09-12",
+            "--all",
+            "--json",
+        ],
+    )
+    .await;
+    let listed = warning.as_array().expect("array");
+    assert_eq!(listed.len(), 3);
+    let first = listed
+        .iter()
+        .find(|pupil| pupil["upn"] == one.as_str())
+        .expect("pupil one");
+    let penalty = first["thresholds"]
+        .as_array()
+        .expect("thresholds")
+        .iter()
+        .find(|t| t["rule"] == "penalty_notice_warning")
+        .expect("penalty warning");
+    assert_eq!(penalty["counted_sessions"], 2);
+    assert_eq!(penalty["sessions_to_go"], 13, "15 under the trust policy");
 
     // A term needs the calendar.
     let term = GetAttendanceStatisticsRequest {

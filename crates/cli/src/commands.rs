@@ -123,6 +123,10 @@ enum ReportCommand {
     },
     /// Attendance statistics over a range for a school or the trust, optionally by group.
     Statistics(crate::statistics::StatisticsArgs),
+    /// Pupils who earned a reward for excellent or much-improved attendance or punctuality.
+    Rewards(crate::statistics::RewardsArgs),
+    /// Pupils close to a threshold, with the sessions still to go before each.
+    EarlyWarning(crate::statistics::EarlyWarningArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,6 +199,12 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => report_attendance(&clients, &school, as_of.as_deref(), json, &mut out).await,
         ClientCommand::Report(ReportCommand::Statistics(args)) => {
             crate::statistics::run(&clients, args, &mut out).await
+        }
+        ClientCommand::Report(ReportCommand::Rewards(args)) => {
+            crate::statistics::run_rewards(&clients, args, &mut out).await
+        }
+        ClientCommand::Report(ReportCommand::EarlyWarning(args)) => {
+            crate::statistics::run_early_warning(&clients, args, &mut out).await
         }
         ClientCommand::Cases(CasesCommand::List { school, json }) => {
             list_cases(&clients, &school, json, &mut out).await

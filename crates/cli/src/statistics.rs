@@ -6,7 +6,8 @@ use anyhow::bail;
 use clap::Args;
 use comfy_table::{CellAlignment, Table, presets};
 use rollcall_api::policy::v1::{
-    GetAttendanceStatisticsRequest, StatisticsGroup, StatisticsGroupBy, StatisticsRange,
+    GetAttendanceStatisticsRequest, GetSchoolAttendanceRequest, ListRewardsRequest,
+    StatisticsGroup, StatisticsGroupBy, StatisticsRange,
 };
 use rollcall_domain::session::parse_date;
 use serde_json::{Value, json};
@@ -76,12 +77,7 @@ pub(crate) async fn run(
     args: StatisticsArgs,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let range = match args.range.as_str() {
-        "term" => StatisticsRange::Term,
-        "weeks" => StatisticsRange::RollingWeeks,
-        "dates" => StatisticsRange::Dates,
-        _ => StatisticsRange::YearToDate,
-    };
+    let range = range_of(&args.range);
     if range == StatisticsRange::Dates && args.from.is_none() {
         bail!("--range dates needs --from, the first date (YYYY-MM-DD)");
     }
@@ -174,6 +170,266 @@ pub(crate) async fn run(
     for index in 1..9 {
         if let Some(column) = rows.column_mut(index) {
             column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    writeln!(out, "{}", table(&rows))?;
+    Ok(())
+}
+
+/// Options of `rollcall report rewards`.
+#[derive(Debug, Args)]
+pub(crate) struct RewardsArgs {
+    /// The school (seven-digit LAESTAB).
+    #[arg(long)]
+    school: String,
+    /// Only this year group.
+    #[arg(long)]
+    year_group: Option<String>,
+    /// Only this class or registration group.
+    #[arg(long)]
+    class: Option<String>,
+    /// The last date counted (YYYY-MM-DD); the default is the last date with marks.
+    #[arg(long)]
+    as_of: Option<String>,
+    /// The range ending on the as-of date, compared with the range of the same length before.
+    #[arg(long, default_value = "term", value_parser = ["year-to-date", "term", "weeks", "dates"])]
+    range: String,
+    /// Calendar weeks, with --range weeks.
+    #[arg(long, default_value_t = 4)]
+    weeks: i32,
+    /// The first date (YYYY-MM-DD), with --range dates.
+    #[arg(long)]
+    from: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn range_of(name: &str) -> StatisticsRange {
+    match name {
+        "term" => StatisticsRange::Term,
+        "weeks" => StatisticsRange::RollingWeeks,
+        "dates" => StatisticsRange::Dates,
+        _ => StatisticsRange::YearToDate,
+    }
+}
+
+pub(crate) async fn run_rewards(
+    clients: &Clients,
+    args: RewardsArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let range = range_of(&args.range);
+    if range == StatisticsRange::Dates && args.from.is_none() {
+        bail!("--range dates needs --from, the first date (YYYY-MM-DD)");
+    }
+    for (flag, value) in [("--as-of", &args.as_of), ("--from", &args.from)] {
+        if let Some(value) = value
+            && let Err(error) = parse_date(value)
+        {
+            bail!("invalid {flag}: {error}");
+        }
+    }
+    let response = clients
+        .policy
+        .clone()
+        .list_rewards(ListRewardsRequest {
+            laestab: args.school,
+            as_of: args.as_of.unwrap_or_default(),
+            range: range as i32,
+            weeks: args.weeks,
+            from_date: args.from.unwrap_or_default(),
+            year_group: args.year_group.unwrap_or_default(),
+            class_name: args.class.unwrap_or_default(),
+        })
+        .await
+        .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+        .into_inner();
+    let period = response.period.unwrap_or_default();
+    let previous = response.previous_period.unwrap_or_default();
+
+    if args.json {
+        let pupils: Vec<Value> = response
+            .pupils
+            .iter()
+            .map(|pupil| {
+                json!({
+                    "upn": pupil.upn,
+                    "year_group": pupil.year_group,
+                    "class": pupil.class_name,
+                    "rewards": pupil.rewards,
+                    "attendance_percent": pupil.attendance_percent,
+                    "previous_attendance_percent": pupil.previous_attendance_percent,
+                    "lates": pupil.lates,
+                    "previous_lates": pupil.previous_lates,
+                })
+            })
+            .collect();
+        let document = json!({
+            "period": {"from": period.from_date, "to": period.to_date},
+            "previous_period": {"from": previous.from_date, "to": previous.to_date},
+            "policy_id": response.policy_id,
+            "clause": response.clause,
+            "pupils": pupils,
+        });
+        serde_json::to_writer_pretty(&mut *out, &document)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "Rewards from {} to {}, compared with {} to {} (policy {}, clause {})",
+        period.from_date,
+        period.to_date,
+        previous.from_date,
+        previous.to_date,
+        response.policy_id,
+        response.clause
+    )?;
+    if response.pupils.is_empty() {
+        writeln!(out, "No pupil earned a reward.")?;
+        return Ok(());
+    }
+    let mut rows = Table::new();
+    rows.load_preset(presets::NOTHING);
+    rows.set_header([
+        "upn",
+        "year",
+        "class",
+        "attendance %",
+        "before %",
+        "lates",
+        "rewards",
+    ]);
+    for pupil in &response.pupils {
+        let percent = |value: Option<f64>| value.map_or_else(String::new, |p| format!("{p:.1}"));
+        rows.add_row([
+            pupil.upn.clone(),
+            pupil.year_group.clone(),
+            pupil.class_name.clone(),
+            percent(pupil.attendance_percent),
+            percent(pupil.previous_attendance_percent),
+            pupil.lates.to_string(),
+            pupil.rewards.join(", "),
+        ]);
+    }
+    writeln!(out, "{}", table(&rows))?;
+    Ok(())
+}
+
+/// Options of `rollcall report early-warning`.
+#[derive(Debug, Args)]
+pub(crate) struct EarlyWarningArgs {
+    /// The school (seven-digit LAESTAB).
+    #[arg(long)]
+    school: String,
+    /// Figures as of this date (YYYY-MM-DD); the default is the last date with marks.
+    #[arg(long)]
+    as_of: Option<String>,
+    /// List every pupil with the sessions still to go, not only those near a threshold.
+    #[arg(long)]
+    all: bool,
+    /// Print a JSON array, one object per pupil.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn run_early_warning(
+    clients: &Clients,
+    args: EarlyWarningArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    if let Some(value) = &args.as_of
+        && let Err(error) = parse_date(value)
+    {
+        bail!("invalid --as-of: {error}");
+    }
+    let response = clients
+        .policy
+        .clone()
+        .get_school_attendance(GetSchoolAttendanceRequest {
+            laestab: args.school.clone(),
+            as_of: args.as_of.unwrap_or_default(),
+        })
+        .await
+        .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+        .into_inner();
+    let pupils: Vec<_> = response
+        .pupils
+        .iter()
+        .filter(|pupil| args.all || pupil.thresholds.iter().any(|t| t.near))
+        .collect();
+
+    if args.json {
+        let rows: Vec<Value> = pupils
+            .iter()
+            .map(|pupil| {
+                let thresholds: Vec<Value> = pupil
+                    .thresholds
+                    .iter()
+                    .map(|t| {
+                        json!({
+                            "rule": t.rule_id,
+                            "clause": t.clause,
+                            "met": t.met,
+                            "near": t.near,
+                            "sessions_to_go": t.sessions_to_go,
+                            "counted_sessions": t.counted_sessions,
+                            "threshold_sessions": t.threshold_sessions,
+                        })
+                    })
+                    .collect();
+                json!({
+                    "upn": pupil.upn,
+                    "year_group": pupil.year_group,
+                    "thresholds": thresholds,
+                })
+            })
+            .collect();
+        serde_json::to_writer_pretty(&mut *out, &rows)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    if pupils.is_empty() {
+        writeln!(
+            out,
+            "No pupil at school {} is near a threshold.",
+            args.school
+        )?;
+        return Ok(());
+    }
+    let mut rows = Table::new();
+    rows.load_preset(presets::NOTHING);
+    rows.set_header([
+        "upn",
+        "year",
+        "rule",
+        "clause",
+        "counted",
+        "threshold",
+        "to go",
+        "state",
+    ]);
+    for pupil in &pupils {
+        for status in &pupil.thresholds {
+            if !args.all && !status.near {
+                continue;
+            }
+            let state = match (status.met, status.near) {
+                (true, _) => "met",
+                (false, true) => "near",
+                (false, false) => "",
+            };
+            rows.add_row([
+                pupil.upn.clone(),
+                pupil.year_group.clone(),
+                status.rule_id.clone(),
+                status.clause.clone(),
+                status.counted_sessions.to_string(),
+                status.threshold_sessions.to_string(),
+                status.sessions_to_go.to_string(),
+                state.to_owned(),
+            ]);
         }
     }
     writeln!(out, "{}", table(&rows))?;

@@ -10,6 +10,7 @@ mod decide;
 mod figures;
 mod follower;
 mod policies;
+mod rewards;
 mod service;
 mod statistics;
 

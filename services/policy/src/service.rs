@@ -13,9 +13,9 @@ use rollcall_api::policy::v1::{
     GetPupilAttendanceRequest, GetPupilAttendanceResponse, GetSchoolAttendanceRequest,
     GetSchoolAttendanceResponse, GetSyncStateRequest, GetSyncStateResponse, ListPoliciesRequest,
     ListPoliciesResponse, ListPolicyAssignmentsRequest, ListPolicyAssignmentsResponse,
-    LoadPolicyRequest, LoadPolicyResponse, Period, Policy as PbPolicy, PolicyAssignment,
-    PolicyRule, PupilAttendance, ThresholdStatus, Trigger, TriggerKind, TriggerState,
-    WatchTriggersRequest, WatchTriggersResponse,
+    ListRewardsRequest, ListRewardsResponse, LoadPolicyRequest, LoadPolicyResponse, Period,
+    Policy as PbPolicy, PolicyAssignment, PolicyRule, PupilAttendance, ThresholdStatus, Trigger,
+    TriggerKind, TriggerState, WatchTriggersRequest, WatchTriggersResponse,
 };
 use rollcall_api::registers::v1::GetPupilRequest;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
@@ -701,6 +701,15 @@ impl PolicyService for Policy {
         request: Request<GetAttendanceStatisticsRequest>,
     ) -> Result<Response<GetAttendanceStatisticsResponse>, Status> {
         crate::statistics::statistics(&self.db, &self.registers, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_rewards(
+        &self,
+        request: Request<ListRewardsRequest>,
+    ) -> Result<Response<ListRewardsResponse>, Status> {
+        crate::rewards::list(&self.db, &self.registers, request.into_inner())
             .await
             .map(Response::new)
     }

@@ -88,7 +88,7 @@ async fn all_schools(
 }
 
 /// Works out the first date of the range for one school.
-async fn range_start(
+pub(crate) async fn range_start(
     registers: &mut RegistersServiceClient<Channel>,
     request: &GetAttendanceStatisticsRequest,
     school: &str,
@@ -158,48 +158,74 @@ async fn range_start(
     }
 }
 
-/// Reads one school's pupils in scope and their figures over the range.
-async fn school_figures(
-    db: &Db,
+/// A pupil in scope with their enrolment and effective codes over a range.
+pub(crate) struct PupilCodes {
+    pub(crate) upn: String,
+    pub(crate) enrolment: Enrolment,
+    pub(crate) codes: Vec<String>,
+}
+
+/// Filters on the pupils in scope.
+#[derive(Debug, Default)]
+pub(crate) struct Scope {
+    pub(crate) year_group: Option<String>,
+    pub(crate) class_name: Option<String>,
+    pub(crate) upn: Option<String>,
+}
+
+impl Scope {
+    fn of(request: &GetAttendanceStatisticsRequest) -> Self {
+        Self {
+            year_group: optional(&request.year_group),
+            class_name: optional(&request.class_name),
+            upn: optional(&request.upn).map(|upn| upn.to_ascii_uppercase()),
+        }
+    }
+}
+
+/// Reads the school's pupils in scope who were on roll in the range, with their codes.
+pub(crate) async fn school_pupils(
     registers: &mut RegistersServiceClient<Channel>,
-    school: &School,
+    laestab: &str,
     from: NaiveDate,
     to: NaiveDate,
-    request: &GetAttendanceStatisticsRequest,
-    out: &mut Vec<PupilFigures>,
-) -> Result<(), Status> {
-    let policy: Policy = policies::policy_for(db, &school.laestab, to).await?.policy;
-    let school_phase = phase_from_proto(school.phase).unwrap_or(Phase::Secondary);
-    let year_group = optional(&request.year_group);
-    let class_name = optional(&request.class_name);
-    let only_upn = optional(&request.upn).map(|upn| upn.to_ascii_uppercase());
-
-    let mut pupils: BTreeMap<String, (Enrolment, Vec<String>)> = BTreeMap::new();
-    for (pupil, enrolment) in all_pupils(registers, &school.laestab).await? {
+    scope: &Scope,
+) -> Result<Vec<PupilCodes>, Status> {
+    let mut pupils: BTreeMap<String, PupilCodes> = BTreeMap::new();
+    for (pupil, enrolment) in all_pupils(registers, laestab).await? {
         let admitted = parse_date(&enrolment.admission_date).unwrap_or(NaiveDate::MAX);
         let left = parse_date(&enrolment.leaving_date).ok();
         let on_roll = admitted <= to && left.is_none_or(|left| left >= from);
-        let wanted = year_group
+        let wanted = scope
+            .year_group
             .as_ref()
             .is_none_or(|g| enrolment.year_group == *g)
-            && class_name
+            && scope
+                .class_name
                 .as_ref()
                 .is_none_or(|c| enrolment.class_name == *c)
-            && only_upn.as_ref().is_none_or(|u| pupil.upn == *u);
+            && scope.upn.as_ref().is_none_or(|u| pupil.upn == *u);
         if on_roll && wanted {
-            pupils.insert(pupil.upn, (enrolment, Vec::new()));
+            pupils.insert(
+                pupil.upn.clone(),
+                PupilCodes {
+                    upn: pupil.upn,
+                    enrolment,
+                    codes: Vec::new(),
+                },
+            );
         }
     }
     if pupils.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
 
     let mut page_token = String::new();
     loop {
         let page = registers
             .list_marks(ListMarksRequest {
-                laestab: school.laestab.clone(),
-                upn: only_upn.clone().unwrap_or_default(),
+                laestab: laestab.to_owned(),
+                upn: scope.upn.clone().unwrap_or_default(),
                 from_date: from.to_string(),
                 to_date: to.to_string(),
                 page_size: 20_000,
@@ -212,8 +238,8 @@ async fn school_figures(
             if session_from_proto(mark.session).is_none() {
                 continue;
             }
-            if let Some((_, codes)) = pupils.get_mut(&mark.upn) {
-                codes.push(mark.code);
+            if let Some(pupil) = pupils.get_mut(&mark.upn) {
+                pupil.codes.push(mark.code);
             }
         }
         if page.next_page_token.is_empty() {
@@ -221,14 +247,29 @@ async fn school_figures(
         }
         page_token = page.next_page_token;
     }
+    Ok(pupils.into_values().collect())
+}
 
-    for (upn, (enrolment, codes)) in pupils {
-        let figures = Figures::from_codes(codes.iter().map(String::as_str));
+/// Reads one school's pupils in scope and their figures over the range.
+async fn school_figures(
+    db: &Db,
+    registers: &mut RegistersServiceClient<Channel>,
+    school: &School,
+    from: NaiveDate,
+    to: NaiveDate,
+    scope: &Scope,
+    out: &mut Vec<PupilFigures>,
+) -> Result<(), Status> {
+    let policy: Policy = policies::policy_for(db, &school.laestab, to).await?.policy;
+    let school_phase = phase_from_proto(school.phase).unwrap_or(Phase::Secondary);
+    for pupil in school_pupils(registers, &school.laestab, from, to, scope).await? {
+        let figures = Figures::from_codes(pupil.codes.iter().map(String::as_str));
         if figures.possible() == 0 {
             continue;
         }
+        let enrolment = pupil.enrolment;
         out.push(PupilFigures {
-            upn,
+            upn: pupil.upn,
             laestab: school.laestab.clone(),
             phase: Phase::of_year_group(&enrolment.year_group).unwrap_or(school_phase),
             year_group: enrolment.year_group,
@@ -308,21 +349,13 @@ pub(crate) async fn statistics(
         return Ok(GetAttendanceStatisticsResponse::default());
     };
 
+    let scope = Scope::of(&request);
     let mut pupils = Vec::new();
     let mut earliest = as_of;
     for school in &schools {
         let from = range_start(&mut registers, &request, &school.laestab, as_of).await?;
         earliest = earliest.min(from);
-        school_figures(
-            db,
-            &mut registers,
-            school,
-            from,
-            as_of,
-            &request,
-            &mut pupils,
-        )
-        .await?;
+        school_figures(db, &mut registers, school, from, as_of, &scope, &mut pupils).await?;
     }
 
     // Group flags are cleared, so the default policy serves for the percentages.

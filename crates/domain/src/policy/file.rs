@@ -10,6 +10,7 @@ use chrono::NaiveDate;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::rewards::RewardRules;
 use super::{
     AbsenceReturnRule, Authorisation, Clause, CodeSet, DayRule, PenaltyNotice, PenaltyThreshold,
     Policy, PolicyKind, ReasonRule, Retention, Review, ThresholdWindow,
@@ -64,6 +65,18 @@ struct RawPolicy {
     unexplained_absence: Option<RawSchoolDays>,
     unauthorised_absence_return: Option<RawAbsenceReturn>,
     sickness_return: Option<RawDays>,
+    rewards: Option<RawRewards>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRewards {
+    excellent_attendance_percent: Spanned<u32>,
+    much_improved_points: Spanned<u32>,
+    excellent_punctuality_lates: Spanned<u32>,
+    much_improved_punctuality_lates: Spanned<u32>,
+    clause: Spanned<String>,
+    text: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -423,6 +436,36 @@ impl Reader<'_> {
             }),
             None => None,
         };
+        let rewards = match &raw.rewards {
+            Some(rule) => Some(RewardRules {
+                excellent_attendance_percent: self.within(
+                    &rule.excellent_attendance_percent,
+                    "rewards.excellent_attendance_percent",
+                    1..=100,
+                    "percent",
+                )?,
+                much_improved_points: self.within(
+                    &rule.much_improved_points,
+                    "rewards.much_improved_points",
+                    1..=100,
+                    "percentage points",
+                )?,
+                excellent_punctuality_lates: self.within(
+                    &rule.excellent_punctuality_lates,
+                    "rewards.excellent_punctuality_lates",
+                    0..=100,
+                    "late marks",
+                )?,
+                much_improved_punctuality_lates: self.within(
+                    &rule.much_improved_punctuality_lates,
+                    "rewards.much_improved_punctuality_lates",
+                    1..=100,
+                    "late marks",
+                )?,
+                clause: self.clause(&rule.clause, &rule.text, "rewards.clause")?,
+            }),
+            None => None,
+        };
         let sickness_return = match &raw.sickness_return {
             Some(rule) => Some(DayRule {
                 days: self.within(&rule.days, "sickness_return.days", 1..=200, "days")?,
@@ -460,6 +503,7 @@ impl Reader<'_> {
             unexplained_absence,
             unauthorised_absence_return,
             sickness_return,
+            rewards,
         };
         Ok(PolicyDocument {
             policy,

@@ -17,6 +17,8 @@ pub mod alerts;
 pub mod check;
 pub mod decide;
 pub mod file;
+pub mod notices;
+pub mod rewards;
 
 /// The trust's 2021 policy as shipped.
 pub const TRUST_2021_TOML: &str = include_str!("../../policies/aat-2021.toml");
@@ -278,6 +280,8 @@ pub struct Policy {
     /// The return to the local authority for long sickness, in days in the academic year, if
     /// set.
     pub sickness_return: Option<DayRule>,
+    /// The criteria for rewards, if the policy offers them.
+    pub rewards: Option<rewards::RewardRules>,
 }
 
 impl Policy {
