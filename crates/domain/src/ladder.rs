@@ -190,15 +190,11 @@ impl Ladder {
     /// Returns the furthest stage whose entry criterion the attendance meets, or `None` when
     /// it meets none. Attendance is in tenths of a percent.
     pub fn stage_for_attendance(&self, attendance_tenths: u32) -> Option<(usize, &Stage)> {
-        self.stages
-            .iter()
-            .enumerate()
-            .filter(|(_, stage)| {
-                stage
-                    .entry_attendance_below_percent
-                    .is_some_and(|percent| attendance_tenths < percent * 10)
-            })
-            .last()
+        self.stages.iter().enumerate().rev().find(|(_, stage)| {
+            stage
+                .entry_attendance_below_percent
+                .is_some_and(|percent| attendance_tenths < percent * 10)
+        })
     }
 }
 
