@@ -209,6 +209,30 @@ pub fn missing_before_escalating(stage: &Stage, recorded: &[ActionKind]) -> Vec<
         .collect()
 }
 
+/// Returns the date `school_days` weekdays after `from`, for review dates. Weekends are passed
+/// over; holidays are not known here and count as school days.
+pub fn school_days_after(from: chrono::NaiveDate, school_days: u32) -> chrono::NaiveDate {
+    use chrono::Datelike;
+    let mut date = from;
+    let mut left = school_days;
+    while left > 0 {
+        date = date.succ_opt().unwrap_or(date);
+        if date.weekday().number_from_monday() <= 5 {
+            left -= 1;
+        }
+    }
+    date
+}
+
+/// Chooses the ladder for a phase: a loaded one that names the phase, else the default.
+pub fn choose_ladder(loaded: &[Ladder], phase: Phase) -> Ladder {
+    loaded
+        .iter()
+        .find(|ladder| ladder.phases.contains(&phase))
+        .cloned()
+        .unwrap_or_else(|| ladder_for(phase).clone())
+}
+
 /// Returns the default ladder for a phase.
 pub fn ladder_for(phase: Phase) -> &'static Ladder {
     match phase {
@@ -481,6 +505,15 @@ mod tests {
         assert!(
             missing_before_escalating(stage, &[ActionKind::Meeting, ActionKind::Letter]).is_empty()
         );
+    }
+
+    #[test]
+    fn review_dates_pass_over_weekends() {
+        let friday = chrono::NaiveDate::from_ymd_opt(2025, 9, 5).expect("date");
+        let after = |days| school_days_after(friday, days).to_string();
+        assert_eq!(after(1), "2025-09-08");
+        assert_eq!(after(10), "2025-09-19");
+        assert_eq!(after(0), "2025-09-05");
     }
 
     #[test]

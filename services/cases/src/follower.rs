@@ -7,7 +7,8 @@ use rollcall_api::convert::phase_from_proto;
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
 use rollcall_api::policy::v1::{Trigger, TriggerKind, TriggerState, WatchTriggersRequest};
 use rollcall_domain::Phase;
-use rollcall_domain::ladder::ladder_for;
+use rollcall_domain::ladder::{Ladder, choose_ladder, parse_ladder, school_days_after};
+use rollcall_domain::session::parse_date;
 use rollcall_runtime::storage::WriteTransaction;
 use rollcall_runtime::{Db, with_db};
 use tokio::sync::watch;
@@ -106,7 +107,17 @@ async fn apply(db: &Db, trigger: &Trigger, cursor: i64) -> Result<(), sqlx::Erro
     let now = Utc::now();
     // A trigger without a phase follows the juniors' and secondary ladder.
     let phase = phase_from_proto(trigger.phase).unwrap_or(Phase::Secondary);
-    let ladder = ladder_for(phase);
+    let sources: Vec<(String,)> = with_db!(db, |pool| {
+        sqlx::query_as("SELECT source FROM ladders ORDER BY id")
+            .fetch_all(pool)
+            .await
+    })?;
+    let loaded: Vec<Ladder> = sources
+        .iter()
+        .filter_map(|(source,)| parse_ladder(source).ok())
+        .collect();
+    let ladder = choose_ladder(&loaded, phase);
+    let started_on = parse_date(&trigger.as_of).unwrap_or_else(|_| now.date_naive());
     with_db!(db, |pool| {
         let mut tx = pool.begin_write(CASES_LOCK_KEY).await?;
         let live: Option<(String, String)> = sqlx::query_as(
@@ -122,8 +133,9 @@ async fn apply(db: &Db, trigger: &Trigger, cursor: i64) -> Result<(), sqlx::Erro
                 let case_id = format!("case-{}", trigger.id.trim_start_matches("trg-"));
                 sqlx::query(
                     "INSERT INTO cases (id, laestab, upn, concern, phase, ladder, stage, stage_number, \
-                     owner_role, status, opened_at, opened_by_trigger) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, 'open', $9, $10)",
+                     owner_role, status, opened_at, opened_by_trigger, stage_started_on, \
+                     next_review) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, 'open', $9, $10, $11, $12)",
                 )
                 .bind(&case_id)
                 .bind(&trigger.laestab)
@@ -135,6 +147,8 @@ async fn apply(db: &Db, trigger: &Trigger, cursor: i64) -> Result<(), sqlx::Erro
                 .bind(stage.owner.as_str())
                 .bind(now)
                 .bind(&trigger.id)
+                .bind(started_on)
+                .bind(school_days_after(started_on, stage.review_interval_days))
                 .execute(&mut *tx)
                 .await?;
                 tracing::info!(case = %case_id, upn = %trigger.upn, laestab = %trigger.laestab, stage = stage.id, "Case opened");

@@ -4,6 +4,7 @@
 //! the first stage of the pupil's ladder, unless one is already open for that pupil and
 //! concern. A withdrawn trigger puts the case up for review; it is never closed silently.
 
+mod casework;
 mod follower;
 mod service;
 

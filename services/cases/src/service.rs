@@ -1,22 +1,26 @@
 //! The gRPC service: requests in, storage, responses out.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use rollcall_api::cases::v1::cases_service_server::{CasesService, CasesServiceServer};
 use rollcall_api::cases::v1::{
-    Case, CaseStatus, GetSyncStateRequest, GetSyncStateResponse, ListCasesRequest,
-    ListCasesResponse,
+    Case, CaseStatus, ChangeCaseRequest, ChangeCaseResponse, GetCaseTimelineRequest,
+    GetCaseTimelineResponse, GetSyncStateRequest, GetSyncStateResponse, ListCasesRequest,
+    ListCasesResponse, ListLaddersRequest, ListLaddersResponse, ListOverdueReviewsRequest,
+    ListOverdueReviewsResponse, LoadLadderRequest, LoadLadderResponse, OpenCaseRequest,
+    OpenCaseResponse, RecordActionRequest, RecordActionResponse,
 };
 use rollcall_api::convert::timestamp;
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
 use rollcall_api::types::v1::Phase as PbPhase;
 use rollcall_domain::Phase;
-use rollcall_runtime::grpc::{MAX_MESSAGE_BYTES, laestab, storage_error};
+use rollcall_domain::session::parse_date;
+use rollcall_runtime::grpc::{MAX_MESSAGE_BYTES, invalid_argument, laestab, storage_error};
 use rollcall_runtime::{Db, with_db};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::follower;
+use crate::{casework, follower};
 
 /// The cases service.
 #[derive(Debug, Clone)]
@@ -43,6 +47,17 @@ impl Cases {
         follower::spawn(self.db.clone(), self.policy.clone(), self.processed.clone())
     }
 
+    async fn change(
+        &self,
+        request: Request<ChangeCaseRequest>,
+        change: casework::Change,
+    ) -> Result<Response<ChangeCaseResponse>, Status> {
+        let row = casework::change(&self.db, request.into_inner(), change).await?;
+        Ok(Response::new(ChangeCaseResponse {
+            r#case: Some(row.into_proto()),
+        }))
+    }
+
     /// Wraps the service in its tonic server.
     pub fn into_server(self) -> CasesServiceServer<Self> {
         CasesServiceServer::new(self)
@@ -51,23 +66,33 @@ impl Cases {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct CaseRow {
-    id: String,
-    laestab: String,
-    upn: String,
-    concern: String,
-    phase: String,
-    stage: String,
-    stage_number: i32,
-    owner_role: String,
-    status: String,
-    opened_at: DateTime<Utc>,
-    opened_by_trigger: String,
+/// The columns of `cases` read into a [`CaseRow`].
+pub(crate) const CASE_COLUMNS: &str = "id, laestab, upn, concern, phase, ladder, stage, \
+     stage_number, owner_role, status, opened_at, opened_by_trigger, stage_started_on, \
+     next_review, opened_by";
+
+/// A case as stored.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct CaseRow {
+    pub(crate) id: String,
+    pub(crate) laestab: String,
+    pub(crate) upn: String,
+    pub(crate) concern: String,
+    pub(crate) phase: String,
+    pub(crate) ladder: String,
+    pub(crate) stage: String,
+    pub(crate) stage_number: i32,
+    pub(crate) owner_role: String,
+    pub(crate) status: String,
+    pub(crate) opened_at: DateTime<Utc>,
+    pub(crate) opened_by_trigger: String,
+    pub(crate) stage_started_on: Option<NaiveDate>,
+    pub(crate) next_review: Option<NaiveDate>,
+    pub(crate) opened_by: String,
 }
 
 impl CaseRow {
-    fn into_proto(self) -> Case {
+    pub(crate) fn into_proto(self) -> Case {
         let phase = self
             .phase
             .parse::<Phase>()
@@ -90,6 +115,13 @@ impl CaseRow {
             status: status as i32,
             opened_at: Some(timestamp(self.opened_at)),
             opened_by_trigger: self.opened_by_trigger,
+            ladder: self.ladder,
+            next_review: self.next_review.map(|d| d.to_string()).unwrap_or_default(),
+            stage_started_on: self
+                .stage_started_on
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
+            opened_by: self.opened_by,
         }
     }
 }
@@ -119,12 +151,11 @@ impl CasesService for Cases {
         };
         let after = request.page_token.clone();
         let mut rows: Vec<CaseRow> = with_db!(&self.db, |pool| {
-            sqlx::query_as(
-                "SELECT id, laestab, upn, concern, phase, stage, stage_number, owner_role, status, \
-                 opened_at, opened_by_trigger FROM cases \
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {CASE_COLUMNS} FROM cases \
                  WHERE ($1 = '' OR laestab = $1) AND status IN ($2, $3) AND ($4 = '' OR id > $4) \
-                 ORDER BY id LIMIT $5",
-            )
+                 ORDER BY id LIMIT $5"
+            )))
             .bind(&laestab)
             .bind(first_status)
             .bind(second_status)
@@ -143,6 +174,94 @@ impl CasesService for Cases {
         Ok(Response::new(ListCasesResponse {
             cases: rows.into_iter().map(CaseRow::into_proto).collect(),
             next_page_token,
+        }))
+    }
+
+    async fn open_case(
+        &self,
+        request: Request<OpenCaseRequest>,
+    ) -> Result<Response<OpenCaseResponse>, Status> {
+        let row = casework::open(&self.db, request.into_inner()).await?;
+        Ok(Response::new(OpenCaseResponse {
+            r#case: Some(row.into_proto()),
+        }))
+    }
+
+    async fn escalate_case(
+        &self,
+        request: Request<ChangeCaseRequest>,
+    ) -> Result<Response<ChangeCaseResponse>, Status> {
+        self.change(request, casework::Change::Escalate).await
+    }
+
+    async fn deescalate_case(
+        &self,
+        request: Request<ChangeCaseRequest>,
+    ) -> Result<Response<ChangeCaseResponse>, Status> {
+        self.change(request, casework::Change::Deescalate).await
+    }
+
+    async fn close_case(
+        &self,
+        request: Request<ChangeCaseRequest>,
+    ) -> Result<Response<ChangeCaseResponse>, Status> {
+        self.change(request, casework::Change::Close).await
+    }
+
+    async fn record_action(
+        &self,
+        request: Request<RecordActionRequest>,
+    ) -> Result<Response<RecordActionResponse>, Status> {
+        casework::record_action(&self.db, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_overdue_reviews(
+        &self,
+        request: Request<ListOverdueReviewsRequest>,
+    ) -> Result<Response<ListOverdueReviewsResponse>, Status> {
+        let request = request.into_inner();
+        let school = if request.laestab.trim().is_empty() {
+            String::new()
+        } else {
+            laestab("laestab", &request.laestab)?
+        };
+        let as_of = if request.as_of.trim().is_empty() {
+            Utc::now().date_naive()
+        } else {
+            parse_date(&request.as_of)
+                .map_err(|error| invalid_argument("as_of", &request.as_of, error.problem()))?
+        };
+        let owners = casework::overdue(&self.db, &school, as_of).await?;
+        Ok(Response::new(ListOverdueReviewsResponse { owners }))
+    }
+
+    async fn get_case_timeline(
+        &self,
+        request: Request<GetCaseTimelineRequest>,
+    ) -> Result<Response<GetCaseTimelineResponse>, Status> {
+        casework::timeline(&self.db, request.into_inner().case_id.trim())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_ladders(
+        &self,
+        _request: Request<ListLaddersRequest>,
+    ) -> Result<Response<ListLaddersResponse>, Status> {
+        let ladders = casework::list_ladders(&self.db).await?;
+        Ok(Response::new(ListLaddersResponse { ladders }))
+    }
+
+    async fn load_ladder(
+        &self,
+        request: Request<LoadLadderRequest>,
+    ) -> Result<Response<LoadLadderResponse>, Status> {
+        let request = request.into_inner();
+        let ladder = casework::load_ladder(&self.db, &request.source, &request.loaded_by).await?;
+        Ok(Response::new(LoadLadderResponse {
+            ladder: Some(ladder),
         }))
     }
 

@@ -1,0 +1,306 @@
+//! Casework on a real server: opening a case by hand, actions, escalation that waits for the
+//! stage's actions, de-escalation, closing with a reason, overdue reviews, the timeline, and
+//! ladders loaded from files.
+
+use std::path::Path;
+
+use rollcall_api::cases::v1::cases_service_client::CasesServiceClient;
+use rollcall_api::cases::v1::{
+    CaseStatus, ChangeCaseRequest, GetCaseTimelineRequest, ListLaddersRequest,
+    ListOverdueReviewsRequest, LoadLadderRequest, OpenCaseRequest, RecordActionRequest,
+};
+use rollcall_api::types::v1::Phase;
+use rollcall_cli::server::{self, RunningServer, ServerConfig};
+use rollcall_domain::ladder::JUNIORS_AND_SECONDARY_TOML;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const LAESTAB: &str = "9192001";
+const UPN: &str = "A919200125009";
+
+async fn start(
+    work: &Path,
+    database_url: Option<&str>,
+) -> (RunningServer, CasesServiceClient<Channel>) {
+    let config = ServerConfig::new(
+        "127.0.0.1:0".parse().expect("address"),
+        work.join("data"),
+        database_url,
+    )
+    .expect("config");
+    let running = server::start(config).await.expect("server starts");
+    let channel = tonic::transport::Endpoint::from_shared(running.url())
+        .expect("valid URL")
+        .connect()
+        .await
+        .expect("connect");
+    (running, CasesServiceClient::new(channel))
+}
+
+fn change(case_id: &str, reason: &str, on: &str) -> ChangeCaseRequest {
+    ChangeCaseRequest {
+        case_id: case_id.into(),
+        changed_by: "P Green".into(),
+        role: "head_of_year".into(),
+        reason: reason.into(),
+        on_date: on.into(),
+    }
+}
+
+fn action(request_id: &str, case_id: &str, kind: &str, on: &str) -> RecordActionRequest {
+    RecordActionRequest {
+        request_id: request_id.into(),
+        case_id: case_id.into(),
+        kind: kind.into(),
+        taken_on: on.into(),
+        outcome: "Parent agreed to bring the pupil on time".into(),
+        notes: String::new(),
+        with_aio: false,
+        next_review: String::new(),
+        recorded_by: "T Brown".into(),
+        role: "class_teacher_or_tutor".into(),
+    }
+}
+
+async fn casework(database_url: Option<&str>) {
+    let work = tempfile::tempdir().expect("temp dir");
+    let (running, mut cases) = start(work.path(), database_url).await;
+
+    let open = OpenCaseRequest {
+        upn: UPN.into(),
+        laestab: LAESTAB.into(),
+        concern: "punctuality".into(),
+        phase: Phase::Secondary as i32,
+        opened_by: "T Brown".into(),
+        role: "class_teacher_or_tutor".into(),
+        reason: "Late on six mornings in two weeks".into(),
+        on_date: "2025-09-15".into(),
+    };
+    let case = cases
+        .open_case(open.clone())
+        .await
+        .expect("open")
+        .into_inner()
+        .r#case
+        .expect("case");
+    assert_eq!(case.stage, "tutor-monitoring");
+    assert_eq!(case.ladder, "juniors-and-secondary");
+    assert_eq!(case.next_review, "2025-09-29", "ten school days");
+    let again = cases.open_case(open).await.expect_err("one live case");
+    assert_eq!(again.code(), Code::AlreadyExists);
+    assert!(again.message().contains(&case.id), "{}", again.message());
+
+    // The first stage needs a call home before the case moves up.
+    let blocked = cases
+        .escalate_case(change(&case.id, "No improvement", "2025-09-22"))
+        .await
+        .expect_err("no call yet");
+    assert_eq!(blocked.code(), Code::FailedPrecondition);
+    assert!(blocked.message().contains("call"), "{}", blocked.message());
+
+    let recorded = cases
+        .record_action(action("call-1", &case.id, "call", "2025-09-16"))
+        .await
+        .expect("call")
+        .into_inner();
+    assert!(!recorded.already_recorded);
+    let repeat = cases
+        .record_action(action("call-1", &case.id, "call", "2025-09-16"))
+        .await
+        .expect("same request")
+        .into_inner();
+    assert!(repeat.already_recorded);
+    assert_eq!(
+        repeat.action.expect("action").id,
+        recorded.action.expect("action").id
+    );
+
+    let no_reason = cases
+        .escalate_case(change(&case.id, " ", "2025-09-22"))
+        .await
+        .expect_err("a reason is required");
+    assert_eq!(no_reason.code(), Code::InvalidArgument);
+    assert!(
+        no_reason.message().contains("reason"),
+        "{}",
+        no_reason.message()
+    );
+
+    let escalated = cases
+        .escalate_case(change(&case.id, "Still late after the call", "2025-09-22"))
+        .await
+        .expect("escalate")
+        .into_inner()
+        .r#case
+        .expect("case");
+    assert_eq!(escalated.stage, "head-of-year-meeting");
+    assert_eq!(escalated.owner_role, "head_of_year");
+    assert_eq!(escalated.stage_started_on, "2025-09-22");
+
+    let mut structured = action("meeting-1", &case.id, "structured_meeting", "2025-09-23");
+    let without_aio = cases
+        .record_action(structured.clone())
+        .await
+        .expect_err("needs the AIO");
+    assert!(
+        without_aio
+            .message()
+            .contains("Attendance Improvement Officer")
+    );
+    structured.with_aio = true;
+    cases.record_action(structured).await.expect("with the AIO");
+
+    let back = cases
+        .deescalate_case(change(&case.id, "Improved after the meeting", "2025-09-30"))
+        .await
+        .expect("de-escalate")
+        .into_inner()
+        .r#case
+        .expect("case");
+    assert_eq!(back.stage, "tutor-monitoring");
+
+    // Reviews fall due; the tutor owns this one now.
+    let overdue = cases
+        .list_overdue_reviews(ListOverdueReviewsRequest {
+            laestab: LAESTAB.into(),
+            as_of: "2025-12-01".into(),
+        })
+        .await
+        .expect("overdue")
+        .into_inner()
+        .owners;
+    assert_eq!(overdue.len(), 1);
+    assert_eq!(overdue[0].owner_role, "class_teacher_or_tutor");
+    assert_eq!(overdue[0].cases[0].id, case.id);
+
+    let no_reason = cases
+        .close_case(change(&case.id, "", "2025-10-10"))
+        .await
+        .expect_err("a reason is required");
+    assert_eq!(no_reason.code(), Code::InvalidArgument);
+    let closed = cases
+        .close_case(change(&case.id, "On time for four weeks", "2025-10-10"))
+        .await
+        .expect("close")
+        .into_inner()
+        .r#case
+        .expect("case");
+    assert_eq!(closed.status, CaseStatus::Closed as i32);
+    let late = cases
+        .record_action(action("call-2", &case.id, "call", "2025-10-11"))
+        .await
+        .expect_err("closed");
+    assert_eq!(late.code(), Code::FailedPrecondition);
+
+    let timeline = cases
+        .get_case_timeline(GetCaseTimelineRequest {
+            case_id: case.id.clone(),
+        })
+        .await
+        .expect("timeline")
+        .into_inner()
+        .entries;
+    let kinds: Vec<(&str, bool)> = timeline
+        .iter()
+        .map(|entry| (entry.kind.as_str(), entry.communicated_to_parents))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("opened", false),
+            ("call", true),
+            ("escalated", false),
+            ("structured_meeting", true),
+            ("de-escalated", false),
+            ("closed", false),
+        ]
+    );
+    assert!(timeline[2].by.contains("P Green"));
+    assert_eq!(timeline[2].reason, "Still late after the call");
+
+    // A ladder file with a typo is refused with its line; a good one replaces the default.
+    let typo =
+        JUNIORS_AND_SECONDARY_TOML.replacen("review_interval_days = 10", "review_interval = 10", 1);
+    let error = cases
+        .load_ladder(LoadLadderRequest {
+            source: typo,
+            loaded_by: "J Smith".into(),
+        })
+        .await
+        .expect_err("unknown key");
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(
+        error.message().contains("review_interval"),
+        "{}",
+        error.message()
+    );
+    assert!(error.message().contains("line 17"), "{}", error.message());
+    let relaxed = JUNIORS_AND_SECONDARY_TOML.replacen(
+        "complete_before_escalating = [\"call\"]",
+        "complete_before_escalating = []",
+        1,
+    );
+    cases
+        .load_ladder(LoadLadderRequest {
+            source: relaxed,
+            loaded_by: "J Smith".into(),
+        })
+        .await
+        .expect("load");
+    let ladders = cases
+        .list_ladders(ListLaddersRequest {})
+        .await
+        .expect("ladders")
+        .into_inner()
+        .ladders;
+    let shipped: Vec<(&str, bool)> = ladders
+        .iter()
+        .map(|ladder| (ladder.id.as_str(), ladder.shipped))
+        .collect();
+    assert_eq!(
+        shipped,
+        [("infants", true), ("juniors-and-secondary", false)]
+    );
+    let second = cases
+        .open_case(OpenCaseRequest {
+            upn: UPN.into(),
+            laestab: LAESTAB.into(),
+            concern: "punctuality".into(),
+            phase: Phase::Secondary as i32,
+            opened_by: "T Brown".into(),
+            role: String::new(),
+            reason: "Late again".into(),
+            on_date: "2025-11-03".into(),
+        })
+        .await
+        .expect("a new case after the last closed")
+        .into_inner()
+        .r#case
+        .expect("case");
+    cases
+        .escalate_case(change(
+            &second.id,
+            "The loaded ladder needs no call",
+            "2025-11-04",
+        ))
+        .await
+        .expect("escalate without a call");
+
+    running.stop().await.expect("server stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn casework_on_sqlite() {
+    casework(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn casework_on_postgres() {
+    let url = rollcall_testkit::postgres()
+        .await
+        .expect("PostgreSQL for the tests")
+        .create_database()
+        .await
+        .expect("database");
+    casework(Some(&url)).await;
+}
