@@ -71,15 +71,15 @@ fn mark(date: &str, session: Session, code: &str) -> Mark {
 }
 
 /// Three weeks of September 2025: ill all of the first week, unexplained absence on Monday 8,
-/// truancy (O) for the rest of the second week, present in the third.
+/// present for the rest of the second week, truancy (O) all of the third.
 fn september() -> Vec<ImportRegisterRequest> {
     let mut marks = Vec::new();
     let days = |first: u32, last: u32| (first..=last).map(|day| format!("2025-09-{day:02}"));
     for (dates, code) in [
         (days(1, 5).collect::<Vec<_>>(), "I"),
         (days(8, 8).collect(), "N"),
-        (days(9, 12).collect(), "O"),
-        (days(15, 19).collect(), "/"),
+        (days(9, 12).collect(), "/"),
+        (days(15, 19).collect(), "O"),
     ] {
         for date in dates {
             marks.push(mark(&date, Session::Am, code));
@@ -282,6 +282,51 @@ async fn policies_over_time(database_url: Option<&str>) {
         assert_eq!(loaded.already_loaded, expected);
     }
 
+    // A review of it from September 2026 overlaps until the first version is given an end.
+    let reviewed = renamed
+        .replacen("version = \"November 2021\"", "version = \"2026\"", 1)
+        .replacen(
+            "effective_from = \"2021-11-01\"",
+            "effective_from = \"2026-09-01\"",
+            1,
+        );
+    let load = |source: String| LoadPolicyRequest {
+        source,
+        loaded_by: "J Smith".into(),
+    };
+    let error = clients
+        .policy
+        .load_policy(load(reviewed.clone()))
+        .await
+        .expect_err("overlaps");
+    assert!(
+        error.message().contains("effective_to"),
+        "{}",
+        error.message()
+    );
+    let ended = renamed.replacen(
+        "effective_from = \"2021-11-01\"",
+        "effective_from = \"2021-11-01\"\neffective_to = \"2026-08-31\"",
+        1,
+    );
+    clients
+        .policy
+        .load_policy(load(ended))
+        .await
+        .expect("an end date may be added");
+    clients
+        .policy
+        .load_policy(load(reviewed))
+        .await
+        .expect("the review follows it");
+    let changed = renamed.replacen("sessions = 15", "sessions = 12", 1);
+    let error = clients
+        .policy
+        .load_policy(load(changed))
+        .await
+        .expect_err("other changes need a version");
+    assert_eq!(error.code(), tonic::Code::AlreadyExists);
+
     let imported = clients
         .registers
         .import_register(tokio_stream::iter(september()))
@@ -308,12 +353,37 @@ async fn policies_over_time(database_url: Option<&str>) {
         .iter()
         .find(|t| t.rule_id == "penalty_notice_warning")
         .expect("warning");
-    assert_eq!(warning.counted_sessions, 10);
+    assert_eq!(warning.counted_sessions, 12, "N twice and O ten times");
     assert!(!warning.met);
 
-    // From Monday 15 September the school follows the statutory framework: ten in a rolling
-    // ten school weeks meets it, and a trigger follows at once.
-    clients
+    // A school must exist, and the policy must be in force from the date.
+    let assign = |laestab: &str, from: &str| AssignPolicyRequest {
+        laestab: laestab.into(),
+        policy_id: "statutory-2024".into(),
+        from_date: from.into(),
+        assigned_by: "J Smith".into(),
+        reason: "Governors adopted the national framework".into(),
+    };
+    let error = clients
+        .policy
+        .assign_policy(assign("9192999", "2025-09-15"))
+        .await
+        .expect_err("no such school");
+    assert_eq!(error.code(), tonic::Code::NotFound);
+    let error = clients
+        .policy
+        .assign_policy(assign(LAESTAB, "2024-01-01"))
+        .await
+        .expect_err("before the framework");
+    assert!(
+        error.message().contains("2024-08-19"),
+        "{}",
+        error.message()
+    );
+
+    // From Monday 15 September the school follows the statutory framework. The unauthorised
+    // sessions before the move do not count towards its threshold.
+    let moved = clients
         .policy
         .assign_policy(AssignPolicyRequest {
             laestab: LAESTAB.into(),
@@ -323,7 +393,9 @@ async fn policies_over_time(database_url: Option<&str>) {
             reason: "Governors adopted the national framework".into(),
         })
         .await
-        .expect("assign");
+        .expect("assign")
+        .into_inner();
+    assert_eq!(moved.triggers_raised, 1, "the penalty warning");
     let statutory = clients
         .policy
         .get_pupil_attendance(pupil("2025-09-19"))
@@ -358,7 +430,7 @@ async fn policies_over_time(database_url: Option<&str>) {
     let server = running.url();
     let explained = run_cli(&server, &["pupil", "explain", "--upn", &upn(), "--json"]).await;
     assert_eq!(explained["policy"]["id"], "statutory-2024");
-    assert_eq!(explained["figures"]["unauthorised_absence_sessions"], 10);
+    assert_eq!(explained["figures"]["unauthorised_absence_sessions"], 12);
     let thresholds = explained["thresholds"].as_array().expect("thresholds");
     let warning = thresholds
         .iter()
@@ -371,7 +443,7 @@ async fn policies_over_time(database_url: Option<&str>) {
         .iter()
         .find(|t| t["rule"] == "persistent_absence")
         .expect("persistent absence");
-    assert_eq!(persistent["state"], "met", "20 absent of 30 sessions");
+    assert_eq!(persistent["state"], "met", "22 absent of 30 sessions");
     let clauses: Vec<&str> = explained["clauses"]
         .as_array()
         .expect("clauses")
@@ -416,6 +488,70 @@ async fn policies_over_time(database_url: Option<&str>) {
     assert!(!holiday.authorised);
     assert!(holiday.clauses.iter().any(|c| c.clause == "3.4.1"));
 
+    // Friday 5 September is the fifth day of illness and Monday the sixth: each day is decided
+    // on its own.
+    let mut span = decide("illness", "Headteacher", false, false);
+    span.sessions = ["2025-09-05", "2025-09-08"]
+        .into_iter()
+        .flat_map(|date| {
+            [Session::Am, Session::Pm].map(|session| SessionRef {
+                date: date.into(),
+                session: session as i32,
+            })
+        })
+        .collect();
+    let split = clients
+        .policy
+        .decide_absence(span)
+        .await
+        .expect("decision")
+        .into_inner();
+    let codes: Vec<(&str, &str)> = split
+        .decisions
+        .iter()
+        .map(|d| (d.date.as_str(), d.code.as_str()))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            ("2025-09-05", "I"),
+            ("2025-09-05", "I"),
+            ("2025-09-08", "O"),
+            ("2025-09-08", "O")
+        ]
+    );
+    assert!(!split.authorised);
+    let references: Vec<&str> = split.clauses.iter().map(|c| c.clause.as_str()).collect();
+    assert_eq!(references, ["3.1", "3.2.1"], "each clause once");
+
+    // A decision never replaces attendance, and needs the pupil on roll at the school.
+    let mut present = decide("illness", "headteacher", true, true);
+    present.sessions[0].date = "2025-09-09".into();
+    present.sessions[1].date = "2025-09-09".into();
+    let refused = clients
+        .policy
+        .decide_absence(present)
+        .await
+        .expect_err("present that day");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("2025-09-09 AM (/)"),
+        "{}",
+        refused.message()
+    );
+    let mut elsewhere = decide("illness", "headteacher", true, false);
+    elsewhere.laestab = "9192002".into();
+    let refused = clients
+        .policy
+        .decide_absence(elsewhere)
+        .await
+        .expect_err("not on roll there");
+    assert!(
+        refused.message().contains("not on roll"),
+        "{}",
+        refused.message()
+    );
+
     // Monday is the sixth school day of illness in a row: evidence is needed after five.
     let without = clients
         .policy
@@ -457,8 +593,21 @@ async fn policies_over_time(database_url: Option<&str>) {
     assert_eq!(recorded.recorded_by_position, "delegated_staff");
     assert!(recorded.reason.contains("GP letter"), "{}", recorded.reason);
 
-    // Eight unauthorised sessions are left: the warning is withdrawn.
-    wait_for_policy(&mut clients, with.feed_cursor).await;
+    // Monday 15 September, under the statutory framework, was illness after all: eight
+    // unauthorised sessions are left since the move, and the warning is withdrawn.
+    let mut monday = decide("illness", "headteacher", false, true);
+    for session in &mut monday.sessions {
+        session.date = "2025-09-15".into();
+    }
+    let statutory_decision = clients
+        .policy
+        .decide_absence(monday)
+        .await
+        .expect("decision")
+        .into_inner();
+    assert_eq!(statutory_decision.policy_id, "statutory-2024");
+    assert_eq!(statutory_decision.code, "I");
+    wait_for_policy(&mut clients, statutory_decision.feed_cursor).await;
     assert_eq!(
         warning_triggers(&mut clients).await,
         [

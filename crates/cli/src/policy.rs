@@ -368,6 +368,10 @@ fn show(policy: &Policy, json_output: bool, out: &mut impl Write) -> anyhow::Res
     Ok(())
 }
 
+fn session_name(value: i32) -> &'static str {
+    rollcall_api::convert::session_from_proto(value).map_or("", Session::as_str)
+}
+
 fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", status.message())
 }
@@ -609,8 +613,22 @@ pub(crate) async fn run_absence(
             .iter()
             .map(|clause| json!({"clause": clause.clause, "text": clause.description}))
             .collect();
+        let sessions: Vec<serde_json::Value> = response
+            .decisions
+            .iter()
+            .map(|d| {
+                json!({
+                    "date": d.date,
+                    "session": session_name(d.session),
+                    "code": d.code,
+                    "authorised": d.authorised,
+                    "explanation": d.explanation,
+                })
+            })
+            .collect();
         let document = json!({
             "upn": upn,
+            "sessions": sessions,
             "code": response.code,
             "authorised": response.authorised,
             "explanation": response.explanation,
@@ -636,6 +654,26 @@ pub(crate) async fn run_absence(
         },
         response.explanation
     )?;
+    let mixed = response
+        .decisions
+        .iter()
+        .any(|decision| decision.code != response.code);
+    if mixed {
+        for decision in &response.decisions {
+            writeln!(
+                out,
+                "  {} {}: {} ({})",
+                decision.date,
+                session_name(decision.session),
+                decision.code,
+                if decision.authorised {
+                    "authorised"
+                } else {
+                    "unauthorised"
+                }
+            )?;
+        }
+    }
     let references: Vec<&str> = response.clauses.iter().map(|c| c.clause.as_str()).collect();
     writeln!(
         out,
@@ -645,7 +683,13 @@ pub(crate) async fn run_absence(
         references.join(", ")
     )?;
     if response.feed_cursor > 0 {
-        writeln!(out, "Recorded in the register for pupil {upn}")?;
+        let first = response.decisions.first().map_or("", |d| d.date.as_str());
+        let last = response.decisions.last().map_or("", |d| d.date.as_str());
+        writeln!(
+            out,
+            "Recorded in the register for pupil {upn}: {} from {first} to {last}",
+            count(response.decisions.len(), "session", "sessions")
+        )?;
     }
     Ok(())
 }

@@ -5,11 +5,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{Days, NaiveDate};
 use rollcall_api::convert::session_from_proto;
-use rollcall_api::policy::v1::{DecideAbsenceRequest, DecideAbsenceResponse, PolicyRule};
+use rollcall_api::policy::v1::{
+    DecideAbsenceRequest, DecideAbsenceResponse, PolicyRule, SessionDecision,
+};
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
-use rollcall_api::registers::v1::{AmendMarkRequest, ListMarksRequest};
+use rollcall_api::registers::v1::{AmendMarkRequest, GetPupilRequest, ListMarksRequest};
 use rollcall_api::types::v1::{MarkSource, Session as PbSession};
-use rollcall_domain::policy::decide::{AbsenceQuestion, DecisionError, decide_absence};
+use rollcall_domain::codes::category_of;
+use rollcall_domain::policy::decide::{
+    AbsenceDecision, AbsenceQuestion, DecisionError, decide_absence,
+};
 use rollcall_domain::session::parse_date;
 use rollcall_domain::{Session, SessionDate};
 use rollcall_runtime::Db;
@@ -176,39 +181,54 @@ pub(crate) async fn decide(
     }
 
     let mut registers = registers.clone();
+    check_on_roll(&mut registers, &checked, first, last).await?;
     let lookback = first
         .checked_sub_days(Days::new(ILLNESS_LOOKBACK_DAYS))
         .unwrap_or(first);
     let marks = marks_between(&mut registers, &checked, lookback, last).await?;
-    let illness = illness_days(&checked.sessions, &marks, first);
+    let earlier_illness = illness_days(&[], &marks, first);
 
-    let question = AbsenceQuestion {
-        reason: request.reason.trim(),
-        decider_role: request.decider_role.trim(),
-        staff_doubt: request.staff_doubt,
-        medical_evidence: request.medical_evidence,
-        illness_days: illness,
-    };
-    let decision = match decide_absence(&policy.policy, &question) {
-        Ok(decision) => decision,
-        Err(error @ DecisionError::NotPermitted { .. }) => {
-            tracing::warn!(
-                upn = %checked.upn,
-                laestab = %checked.laestab,
-                role = %request.decider_role,
-                policy = %policy.policy.id,
-                "Refused an absence decision from a role that may not decide"
-            );
-            return Err(Status::new(Code::PermissionDenied, error.to_string()));
-        }
-        Err(error @ DecisionError::UnknownReason { .. }) => {
-            return Err(invalid_argument(
-                "reason",
-                &request.reason,
-                error.to_string(),
-            ));
-        }
-    };
+    // Each day is decided on its own: an illness may pass the medical evidence limit part way.
+    let days: Vec<NaiveDate> = checked
+        .sessions
+        .iter()
+        .map(|session| session.date)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut by_day: BTreeMap<NaiveDate, (AbsenceDecision, u32)> = BTreeMap::new();
+    for (index, day) in days.iter().enumerate() {
+        let illness = earlier_illness + u32::try_from(index + 1).unwrap_or(u32::MAX);
+        let question = AbsenceQuestion {
+            reason: request.reason.trim(),
+            decider_role: &request.decider_role.trim().to_ascii_lowercase(),
+            staff_doubt: request.staff_doubt,
+            medical_evidence: request.medical_evidence,
+            illness_days: illness,
+        };
+        let decision = match decide_absence(&policy.policy, &question) {
+            Ok(decision) => decision,
+            Err(error @ DecisionError::NotPermitted { .. }) => {
+                tracing::warn!(
+                    upn = %checked.upn,
+                    laestab = %checked.laestab,
+                    role = %request.decider_role,
+                    policy = %policy.policy.id,
+                    "Refused an absence decision from a role that may not decide"
+                );
+                return Err(Status::new(Code::PermissionDenied, error.to_string()));
+            }
+            Err(error @ DecisionError::UnknownReason { .. }) => {
+                return Err(invalid_argument(
+                    "reason",
+                    &request.reason,
+                    error.to_string(),
+                ));
+            }
+        };
+        by_day.insert(*day, (decision, illness));
+    }
+    let is_illness = request.reason.trim() == "illness";
 
     let mut feed_cursor = 0;
     if request.record {
@@ -226,11 +246,37 @@ pub(crate) async fn decide(
                 checked.laestab
             )));
         }
-        let mut reason = decision.explanation.clone();
-        if !request.evidence_note.trim().is_empty() {
-            reason.push_str(&format!(" Evidence: {}", request.evidence_note.trim()));
+        // A decision on absence replaces absence marks only, never attendance or a closure.
+        let kept: Vec<String> = checked
+            .sessions
+            .iter()
+            .filter_map(|session| {
+                let code = marks.get(session)?;
+                (!category_of(code).is_absence())
+                    .then(|| format!("{} {} ({code})", session.date, session.session.as_str()))
+            })
+            .collect();
+        if !kept.is_empty() {
+            return Err(failed_precondition(format!(
+                "pupil {} was not absent at {}: a decision on absence does not replace \
+                 attendance or a session that was not possible; check the dates, or amend \
+                 those marks first",
+                checked.upn,
+                kept.join(", ")
+            )));
         }
         for session in &checked.sessions {
+            let Some((decision, _)) = by_day.get(&session.date) else {
+                continue;
+            };
+            let mut reason = format!(
+                "Decided by the {}: {}",
+                request.decider_role.trim().replace('_', " "),
+                decision.explanation
+            );
+            if !request.evidence_note.trim().is_empty() {
+                reason.push_str(&format!(" Evidence: {}", request.evidence_note.trim()));
+            }
             let response = registers
                 .amend_mark(AmendMarkRequest {
                     request_id: format!(
@@ -245,7 +291,7 @@ pub(crate) async fn decide(
                     session: PbSession::from(session.session) as i32,
                     code: decision.code.clone(),
                     minutes_late: 0,
-                    reason: reason.clone(),
+                    reason,
                     recorded_by: request.decided_by.trim().to_owned(),
                     recorded_by_position: request.decider_role.trim().to_owned(),
                     source: MarkSource::Staff as i32,
@@ -261,30 +307,95 @@ pub(crate) async fn decide(
         tracing::info!(
             upn = %checked.upn,
             laestab = %checked.laestab,
-            code = %decision.code,
             sessions = checked.sessions.len(),
             "Absence decision recorded"
         );
     }
 
+    let decisions: Vec<SessionDecision> = checked
+        .sessions
+        .iter()
+        .filter_map(|session| {
+            let (decision, illness) = by_day.get(&session.date)?;
+            Some(SessionDecision {
+                date: session.date.to_string(),
+                session: PbSession::from(session.session) as i32,
+                code: decision.code.clone(),
+                authorised: decision.authorised,
+                explanation: decision.explanation.clone(),
+                illness_days: if is_illness {
+                    i32::try_from(*illness).unwrap_or(i32::MAX)
+                } else {
+                    0
+                },
+            })
+        })
+        .collect();
+    let Some((decision, illness)) = by_day.values().last().cloned() else {
+        return Err(invalid_argument("sessions", "", "no session to decide on"));
+    };
+    let mut clauses: Vec<PolicyRule> = Vec::new();
+    for (day_decision, _) in by_day.values() {
+        for clause in &day_decision.clauses {
+            if !clauses.iter().any(|c| c.clause == clause.reference) {
+                clauses.push(PolicyRule {
+                    id: String::new(),
+                    description: clause.summary.clone(),
+                    clause: clause.reference.clone(),
+                });
+            }
+        }
+    }
+    let authorised = by_day.values().all(|(d, _)| d.authorised);
     Ok(DecideAbsenceResponse {
         code: decision.code,
-        authorised: decision.authorised,
+        authorised,
         explanation: decision.explanation,
-        clauses: decision
-            .clauses
-            .into_iter()
-            .map(|clause| PolicyRule {
-                id: String::new(),
-                description: clause.summary,
-                clause: clause.reference,
-            })
-            .collect(),
+        clauses,
         policy_id: policy.policy.id,
         policy_version: policy.policy.version,
-        illness_days: i32::try_from(illness).unwrap_or(i32::MAX),
+        illness_days: if is_illness {
+            i32::try_from(illness).unwrap_or(i32::MAX)
+        } else {
+            0
+        },
         feed_cursor,
+        decisions,
     })
+}
+
+/// Checks that the pupil is on roll at the school from `first` to `last`.
+async fn check_on_roll(
+    registers: &mut RegistersServiceClient<Channel>,
+    checked: &Checked,
+    first: NaiveDate,
+    last: NaiveDate,
+) -> Result<(), Status> {
+    let pupil = registers
+        .get_pupil(GetPupilRequest {
+            upn: checked.upn.clone(),
+        })
+        .await
+        .map_err(|status| upstream_error("registers", status))?
+        .into_inner()
+        .pupil
+        .unwrap_or_default();
+    let on_roll = pupil.enrolments.iter().any(|enrolment| {
+        let admitted = parse_date(&enrolment.admission_date).unwrap_or(NaiveDate::MAX);
+        let left = parse_date(&enrolment.leaving_date).ok();
+        enrolment.laestab == checked.laestab
+            && admitted <= first
+            && left.is_none_or(|left| left >= last)
+    });
+    if on_roll {
+        Ok(())
+    } else {
+        Err(failed_precondition(format!(
+            "pupil {} is not on roll at school {} from {first} to {last}; check the school and \
+             the dates",
+            checked.upn, checked.laestab
+        )))
+    }
 }
 
 #[cfg(test)]

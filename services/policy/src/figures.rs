@@ -77,10 +77,18 @@ impl PupilMarks {
         }
     }
 
-    pub(crate) fn penalty(&self, policy: &Policy, as_of: NaiveDate) -> ThresholdEvaluation {
+    /// Evaluates the policy's penalty threshold to `as_of`. Sessions before `since`, the date
+    /// the school moved to the policy, do not count towards it.
+    pub(crate) fn penalty(
+        &self,
+        policy: &Policy,
+        as_of: NaiveDate,
+        since: Option<NaiveDate>,
+    ) -> ThresholdEvaluation {
         let marks: Vec<(SessionDate, &str)> = self
             .marks
             .iter()
+            .filter(|(session, _)| since.is_none_or(|since| session.date >= since))
             .map(|(session, code)| (*session, code.as_str()))
             .collect();
         evaluate_penalty_threshold(&policy.penalty_warning, &marks, as_of)

@@ -244,7 +244,7 @@ pub(crate) async fn evaluate_school(
     registers: &mut RegistersServiceClient<Channel>,
     laestab: &str,
     trigger_head: &watch::Sender<i64>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<TriggerCounts> {
     let batch = Batch {
         marks: Vec::new(),
         affected: BTreeMap::from([(laestab.to_owned(), BTreeSet::new())]),
@@ -259,6 +259,7 @@ struct SchoolContext {
     phase: Phase,
     as_of: NaiveDate,
     policy: Policy,
+    adopted_from: Option<NaiveDate>,
     pupils: BTreeMap<String, String>,
     only: BTreeSet<String>,
 }
@@ -435,15 +436,14 @@ async fn evaluate(
     batch: &Batch,
     cursor: Option<i64>,
     trigger_head: &watch::Sender<i64>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<TriggerCounts> {
     let mut schools = Vec::new();
     for (laestab, upns) in &batch.affected {
         let (school, as_of) = school_and_as_of(registers, laestab, "").await?;
         let Some(as_of) = as_of else { continue };
-        let policy = policies::policy_for(db, laestab, as_of)
+        let version = policies::policy_for(db, laestab, as_of)
             .await
-            .map_err(|status| anyhow::anyhow!("{}", status.message()))?
-            .policy;
+            .map_err(|status| anyhow::anyhow!("{}", status.message()))?;
         let pupils = pupils_on_roll(registers, laestab, as_of)
             .await
             .map_err(|status| anyhow::anyhow!("{}", status.message()))?;
@@ -451,7 +451,8 @@ async fn evaluate(
             laestab: laestab.clone(),
             phase: school_phase(&school),
             as_of,
-            policy,
+            policy: version.policy,
+            adopted_from: version.adopted_from,
             pupils,
             only: upns.clone(),
         });
@@ -576,6 +577,7 @@ async fn evaluate(
             sqlx::query_scalar::<_, i64>("SELECT COALESCE(MAX(sequence), 0) FROM triggers")
                 .fetch_one(&mut *tx)
                 .await?;
+        let mut counts = TriggerCounts::default();
         for evaluation in &evaluations {
             let previous: Option<PupilStatus> = sqlx::query_as(
                 "SELECT persistent_absence, severe_absence, penalty_warning, unexplained_overdue, \
@@ -595,6 +597,11 @@ async fn evaluate(
                     continue;
                 }
                 next += 1;
+                if is {
+                    counts.raised += 1;
+                } else {
+                    counts.withdrawn += 1;
+                }
                 let state = if is { "raised" } else { "withdrawn" };
                 let id = format!("trg-{next:010}");
                 sqlx::query(
@@ -652,8 +659,9 @@ async fn evaluate(
             .await?;
         }
         tx.commit().await?;
-        Ok::<i64, sqlx::Error>(next)
+        Ok::<(i64, TriggerCounts), sqlx::Error>((next, counts))
     })?;
+    let (head, counts) = head;
     trigger_head.send_if_modified(|current| {
         if head > *current {
             *current = head;
@@ -662,7 +670,14 @@ async fn evaluate(
             false
         }
     });
-    Ok(())
+    Ok(counts)
+}
+
+/// How many triggers one evaluation raised and withdrew.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct TriggerCounts {
+    pub(crate) raised: u32,
+    pub(crate) withdrawn: u32,
 }
 
 struct Evaluation<'a> {
@@ -679,7 +694,7 @@ impl<'a> Evaluation<'a> {
     /// Evaluates a pupil from their stored totals for the academic year and their marks.
     fn of(pupil: &'a PupilMarks, figures: Figures, school: &'a SchoolContext) -> Self {
         let policy = &school.policy;
-        let penalty = pupil.penalty(policy, school.as_of);
+        let penalty = pupil.penalty(policy, school.as_of, school.adopted_from);
         let alerts = pupil.alerts(policy, school.as_of);
         let proto = figures_to_proto(&figures, policy);
         Self {

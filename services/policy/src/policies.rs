@@ -25,6 +25,9 @@ const POLICY_LOCK_KEY: i64 = 0x726f_6c6c_0021;
 pub(crate) struct PolicyVersion {
     pub(crate) policy: Policy,
     pub(crate) source: String,
+    /// The date the school moved to this policy, when it was chosen for a school that did.
+    /// Penalty windows do not reach back before it.
+    pub(crate) adopted_from: Option<NaiveDate>,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -50,10 +53,12 @@ fn shipped() -> Vec<PolicyVersion> {
         PolicyVersion {
             policy: Policy::trust_2021(),
             source: TRUST_2021_TOML.to_owned(),
+            adopted_from: None,
         },
         PolicyVersion {
             policy: Policy::statutory_2024(),
             source: STATUTORY_2024_TOML.to_owned(),
+            adopted_from: None,
         },
     ]
 }
@@ -75,6 +80,7 @@ pub(crate) async fn versions(db: &Db) -> Result<Vec<PolicyVersion>, Status> {
             Ok(document) => all.push(PolicyVersion {
                 policy: document.policy,
                 source: row.source,
+                adopted_from: None,
             }),
             // A stored file was checked when it was loaded. One this build cannot read is left
             // out with an error in the log, so the other figures still work.
@@ -140,16 +146,16 @@ pub(crate) async fn policy_for(
     } else {
         assignments(db, laestab).await?
     };
-    let policy_id = assigned
+    let assignment = assigned
         .iter()
         .rev()
-        .find(|assignment| assignment.from_date <= date)
-        .map_or(DEFAULT_POLICY_ID, |assignment| {
-            assignment.policy_id.as_str()
-        });
-    version_on(&all, policy_id, date)
+        .find(|assignment| assignment.from_date <= date);
+    let policy_id = assignment.map_or(DEFAULT_POLICY_ID, |a| a.policy_id.as_str());
+    let mut version = version_on(&all, policy_id, date)
         .cloned()
-        .ok_or_else(|| not_found("policy", policy_id))
+        .ok_or_else(|| not_found("policy", policy_id))?;
+    version.adopted_from = assignment.map(|a| a.from_date);
+    Ok(version)
 }
 
 /// Checks and stores a policy file. Returns the policy and whether it was already held.
@@ -175,6 +181,7 @@ pub(crate) async fn load(
     let new = PolicyVersion {
         policy: document.policy.clone(),
         source: source.to_owned(),
+        adopted_from: None,
     };
     let all = versions(db).await?;
     if let Some(held) = all
@@ -184,11 +191,21 @@ pub(crate) async fn load(
         if held.source == source {
             return Ok((new, true));
         }
-        return Err(Status::already_exists(format!(
-            "version \"{}\" of policy {} is already loaded with different text; give the new \
-             text its own version",
-            new.policy.version, new.policy.id
-        )));
+        // Setting or moving the end date of a loaded version is allowed, so that a reviewed
+        // policy can follow it; any other change needs a version of its own.
+        let mut unchanged = held.policy.clone();
+        unchanged.effective_to = new.policy.effective_to;
+        let shipped = shipped()
+            .iter()
+            .any(|version| version.policy.id == held.policy.id);
+        if shipped || unchanged != new.policy {
+            return Err(Status::already_exists(format!(
+                "version \"{}\" of policy {} is already loaded with different rules; give the \
+                 new text its own version. To end this version, load it again with only \
+                 effective_to added",
+                new.policy.version, new.policy.id
+            )));
+        }
     }
     let policies: Vec<Policy> = all.into_iter().map(|held| held.policy).collect();
     check_no_overlap(&document, &policies).map_err(|error| {
@@ -206,7 +223,9 @@ pub(crate) async fn load(
         sqlx::query(
             "INSERT INTO policy_versions (policy_id, version, kind, effective_from, effective_to, \
              source, loaded_by, loaded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (policy_id, version) DO NOTHING",
+             ON CONFLICT (policy_id, version) DO UPDATE SET effective_to = excluded.effective_to, \
+             source = excluded.source, loaded_by = excluded.loaded_by, \
+             loaded_at = excluded.loaded_at",
         )
         .bind(&policy.id)
         .bind(&policy.version)
@@ -259,6 +278,31 @@ pub(crate) async fn assign(
             format!(
                 "no policy has this id; load it first or use one of: {}",
                 known.join(", ")
+            ),
+        ));
+    }
+    let in_force = all
+        .iter()
+        .filter(|held| held.policy.id == policy_id)
+        .any(|held| held.policy.in_force_on(from_date));
+    if !in_force {
+        let dates: Vec<String> = all
+            .iter()
+            .filter(|held| held.policy.id == policy_id)
+            .map(|held| {
+                held.policy.effective_to.map_or_else(
+                    || format!("from {}", held.policy.effective_from),
+                    |to| format!("{} to {to}", held.policy.effective_from),
+                )
+            })
+            .collect();
+        return Err(invalid_argument(
+            "from_date",
+            &from_date.to_string(),
+            format!(
+                "no version of policy {policy_id} is in force on that date (it is in force {}); \
+                 choose a date within it",
+                dates.join(", ")
             ),
         ));
     }

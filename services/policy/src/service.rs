@@ -17,8 +17,8 @@ use rollcall_api::policy::v1::{
     Policy as PbPolicy, PolicyAssignment, PolicyRule, PupilAttendance, ThresholdStatus, Trigger,
     TriggerKind, TriggerState, WatchTriggersRequest, WatchTriggersResponse,
 };
-use rollcall_api::registers::v1::GetPupilRequest;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
+use rollcall_api::registers::v1::{GetPupilRequest, GetSchoolRequest};
 use rollcall_api::types::v1::{Phase as PbPhase, Session as PbSession};
 use rollcall_domain::policy::ThresholdEvaluation;
 use rollcall_domain::session::parse_date;
@@ -35,7 +35,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::figures::{Alerts, figures_to_proto, load_school, school_and_as_of};
-use crate::follower::{REGISTERS_FEED, evaluate_school, stored_cursor};
+use crate::follower::{REGISTERS_FEED, TriggerCounts, evaluate_school, stored_cursor};
 use crate::policies::{self, Assignment, DEFAULT_POLICY_ID, PolicyVersion, version_on};
 
 const TRIGGER_BATCH: i64 = 500;
@@ -78,6 +78,18 @@ impl Policy {
             self.registers.clone(),
             self.trigger_head.clone(),
         )
+    }
+
+    /// Returns NOT_FOUND, naming it, for a school the registers do not hold.
+    async fn school_exists(&self, school: &str) -> Result<(), Status> {
+        self.registers
+            .clone()
+            .get_school(GetSchoolRequest {
+                laestab: school.to_owned(),
+            })
+            .await
+            .map_err(|status| upstream_error("registers", status))?;
+        Ok(())
     }
 
     /// Wraps the service in its tonic server.
@@ -441,7 +453,9 @@ impl PolicyService for Policy {
         let school = if request.laestab.trim().is_empty() {
             String::new()
         } else {
-            laestab("laestab", &request.laestab)?
+            let school = laestab("laestab", &request.laestab)?;
+            self.school_exists(&school).await?;
+            school
         };
         let on = date_or_today("on_date", &request.on_date)?;
         let version = policies::policy_for(&self.db, &school, on).await?;
@@ -484,6 +498,7 @@ impl PolicyService for Policy {
         let school = laestab("laestab", &request.laestab)?;
         let from = parse_date(&request.from_date)
             .map_err(|error| invalid_argument("from_date", &request.from_date, error.problem()))?;
+        self.school_exists(&school).await?;
         let assignment = policies::assign(
             &self.db,
             &school,
@@ -495,13 +510,19 @@ impl PolicyService for Policy {
         .await?;
         // Thresholds may now be met or no longer met: evaluate the school's pupils again.
         let mut registers = self.registers.clone();
-        if let Err(error) =
-            evaluate_school(&self.db, &mut registers, &school, &self.trigger_head).await
+        let counts = match evaluate_school(&self.db, &mut registers, &school, &self.trigger_head)
+            .await
         {
-            tracing::warn!(laestab = %school, %error, "Re-evaluation after a policy change failed; the next marks will retry it");
-        }
+            Ok(counts) => counts,
+            Err(error) => {
+                tracing::warn!(laestab = %school, %error, "Re-evaluation after a policy change failed; the next marks will retry it");
+                TriggerCounts::default()
+            }
+        };
         Ok(Response::new(AssignPolicyResponse {
             assignment: Some(assignment_to_proto(assignment)),
+            triggers_raised: i32::try_from(counts.raised).unwrap_or(i32::MAX),
+            triggers_withdrawn: i32::try_from(counts.withdrawn).unwrap_or(i32::MAX),
         }))
     }
 
@@ -545,16 +566,15 @@ impl PolicyService for Policy {
                     .id,
             }));
         };
-        let policy = policies::policy_for(&self.db, &laestab, as_of)
-            .await?
-            .policy;
+        let version = policies::policy_for(&self.db, &laestab, as_of).await?;
+        let (policy, since) = (version.policy, version.adopted_from);
         let marks = load_school(&mut registers, school, as_of, None).await?;
         let pupils = marks
             .pupils
             .iter()
             .map(|pupil| {
                 let figures = pupil.figures(marks.from);
-                let penalty = pupil.penalty(&policy, as_of);
+                let penalty = pupil.penalty(&policy, as_of, since);
                 PupilAttendance {
                     upn: pupil.upn.clone(),
                     laestab: laestab.clone(),
@@ -620,7 +640,7 @@ impl PolicyService for Policy {
         let version = policies::policy_for(&self.db, &laestab, as_of).await?;
         let policy = &version.policy;
         let figures = pupil.figures(marks.from);
-        let penalty = pupil.penalty(policy, as_of);
+        let penalty = pupil.penalty(policy, as_of, version.adopted_from);
         let alerts = pupil.alerts(policy, as_of);
         let thresholds = threshold_statuses(policy, &figures, &penalty, &alerts, marks.from, as_of);
         Ok(Response::new(GetPupilAttendanceResponse {

@@ -157,7 +157,7 @@ pub fn decide_absence(
         code: rule.code.clone(),
         authorised: true,
         explanation: format!(
-            "{} may be authorised under clause {}; recorded as {}.",
+            "{} is authorised under clause {}; recorded as {}.",
             sentence_case(&rule.reason),
             rule.clause.reference,
             rule.code
