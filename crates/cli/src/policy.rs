@@ -9,7 +9,7 @@ use clap::Subcommand;
 use comfy_table::{Table, presets};
 use rollcall_api::policy::v1::{
     AssignPolicyRequest, DecideAbsenceRequest, GetPolicyRequest, ListPoliciesRequest,
-    LoadPolicyRequest, SessionRef,
+    ListPolicyAssignmentsRequest, LoadPolicyRequest, SessionRef,
 };
 use rollcall_api::types::v1::Session as PbSession;
 use rollcall_domain::policy::check::{compare, statutory_in_force};
@@ -63,6 +63,15 @@ pub(crate) enum PolicyCommand {
     /// List every policy version the server holds.
     List {
         /// Print a JSON array, one object per version.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the policies a school has been moved to, with who moved it, when and why.
+    Assignments {
+        /// The school (seven-digit LAESTAB).
+        #[arg(long)]
+        school: String,
+        /// Print a JSON array, one object per move.
         #[arg(long)]
         json: bool,
     },
@@ -160,7 +169,7 @@ pub(crate) fn run_local(
             policy: Some(path),
             json,
             ..
-        } => Some(read_policy(path).and_then(|(policy, _)| show(&policy, *json, out))),
+        } => Some(read_policy(path).and_then(|(policy, _)| show(&policy, None, *json, out))),
         _ => None,
     }
 }
@@ -220,11 +229,26 @@ fn check(path: &Path, on: &str, json_output: bool, out: &mut impl Write) -> anyh
     Ok(())
 }
 
-fn show(policy: &Policy, json_output: bool, out: &mut impl Write) -> anyhow::Result<()> {
+/// Prints a policy's rules. `context` is the school (if any) and the date it was asked for.
+fn show(
+    policy: &Policy,
+    context: Option<(&str, chrono::NaiveDate)>,
+    json_output: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     if json_output {
         serde_json::to_writer_pretty(&mut *out, policy)?;
         writeln!(out)?;
         return Ok(());
+    }
+    let on = context.map_or_else(|| chrono::Utc::now().date_naive(), |(_, on)| on);
+    if let Some((school, on)) = context {
+        let whose = if school.is_empty() {
+            "The trust's default policy".to_owned()
+        } else {
+            format!("School {school} follows this policy")
+        };
+        writeln!(out, "{whose} on {on}.")?;
     }
     let until = policy
         .effective_to
@@ -238,8 +262,16 @@ fn show(policy: &Policy, json_output: bool, out: &mut impl Write) -> anyhow::Res
         policy.kind.as_str()
     )?;
     writeln!(out, "In force from {} {until}", policy.effective_from)?;
+    if !policy.in_force_on(on) {
+        writeln!(
+            out,
+            "Note: this version is not in force on {on}; rollcall applies the nearest version \
+             of the policy"
+        )?;
+    }
     if let Some(review) = &policy.review {
-        writeln!(out, "Next review due {}", review.due)?;
+        let passed = if review.due < on { " (passed)" } else { "" };
+        writeln!(out, "Next review due {}{passed}", review.due)?;
     }
 
     let mut rows = Table::new();
@@ -281,6 +313,9 @@ fn show(policy: &Policy, json_output: bool, out: &mut impl Write) -> anyhow::Res
             "£{} within {} days, £{} within {} days",
             notice.reduced_amount, notice.reduced_days, notice.full_amount, notice.full_days
         );
+        if let Some(repeat) = notice.repeat_amount {
+            setting.push_str(&format!("; a second notice £{repeat}"));
+        }
         if let (Some(max), Some(years)) = (notice.max_notices, notice.limit_years) {
             setting.push_str(&format!(
                 "; at most {max} per parent per child in {years} years"
@@ -323,6 +358,20 @@ fn show(policy: &Policy, json_output: bool, out: &mut impl Write) -> anyhow::Res
             "sickness_return".to_owned(),
             format!("{} days of sickness in the year", rule.days),
             rule.clause.reference.clone(),
+        ]);
+    }
+
+    if let Some(rewards) = &policy.rewards {
+        rows.add_row([
+            "rewards".to_owned(),
+            format!(
+                "attendance {}% or up {} points; at most {} lates or {} fewer",
+                rewards.excellent_attendance_percent,
+                rewards.much_improved_points,
+                rewards.excellent_punctuality_lates,
+                rewards.much_improved_punctuality_lates
+            ),
+            rewards.clause.reference.clone(),
         ]);
     }
 
@@ -386,10 +435,12 @@ pub(crate) async fn run(
         PolicyCommand::Show {
             school, on, json, ..
         } => {
-            let on_date = match on {
-                Some(value) => checked_date("--on", &value)?.to_string(),
-                None => String::new(),
+            let on_day = match on {
+                Some(value) => checked_date("--on", &value)?,
+                None => chrono::Utc::now().date_naive(),
             };
+            let on_date = on_day.to_string();
+            let school_name = school.clone().unwrap_or_default();
             let response = clients
                 .policy
                 .clone()
@@ -409,7 +460,7 @@ pub(crate) async fn run(
                     anyhow::anyhow!("the server sent a policy this client cannot read: {error}")
                 })?
                 .policy;
-            show(&policy, json, out)
+            show(&policy, Some((&school_name, on_day)), json, out)
         }
         PolicyCommand::Load { file, by } => {
             let text = std::fs::read_to_string(&file)
@@ -491,7 +542,7 @@ pub(crate) async fn run(
             reason,
         } => {
             let from = checked_date("--from", &from)?;
-            let assignment = clients
+            let response = clients
                 .policy
                 .clone()
                 .assign_policy(AssignPolicyRequest {
@@ -503,14 +554,71 @@ pub(crate) async fn run(
                 })
                 .await
                 .map_err(status_error)?
-                .into_inner()
-                .assignment
-                .unwrap_or_default();
+                .into_inner();
+            let assignment = response.assignment.unwrap_or_default();
             writeln!(
                 out,
                 "School {} follows policy {} from {}",
                 assignment.laestab, assignment.policy_id, assignment.from_date
             )?;
+            writeln!(
+                out,
+                "Its pupils were evaluated again: {} raised, {} withdrawn. Sessions before {} do \
+                 not count towards the new policy's penalty threshold.",
+                count(response.triggers_raised, "trigger", "triggers"),
+                count(response.triggers_withdrawn, "trigger", "triggers"),
+                assignment.from_date
+            )?;
+            Ok(())
+        }
+        PolicyCommand::Assignments { school, json } => {
+            let response = clients
+                .policy
+                .clone()
+                .list_policy_assignments(ListPolicyAssignmentsRequest {
+                    laestab: school.clone(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if json {
+                let rows: Vec<serde_json::Value> = response
+                    .assignments
+                    .iter()
+                    .map(|a| {
+                        json!({
+                            "policy_id": a.policy_id,
+                            "from": a.from_date,
+                            "assigned_by": a.assigned_by,
+                            "reason": a.reason,
+                        })
+                    })
+                    .collect();
+                serde_json::to_writer_pretty(&mut *out, &rows)?;
+                writeln!(out)?;
+                return Ok(());
+            }
+            writeln!(
+                out,
+                "School {school} follows {} until its first move",
+                response.default_policy_id
+            )?;
+            if response.assignments.is_empty() {
+                writeln!(out, "It has not been moved to another policy.")?;
+                return Ok(());
+            }
+            let mut rows = Table::new();
+            rows.load_preset(presets::NOTHING);
+            rows.set_header(["from", "policy", "by", "reason"]);
+            for a in &response.assignments {
+                rows.add_row([
+                    a.from_date.as_str(),
+                    a.policy_id.as_str(),
+                    a.assigned_by.as_str(),
+                    a.reason.as_str(),
+                ]);
+            }
+            writeln!(out, "{}", table(&rows))?;
             Ok(())
         }
         PolicyCommand::Check { .. } => unreachable_local(),

@@ -36,9 +36,9 @@ pub(crate) struct StatisticsArgs {
     /// The range ending on the as-of date.
     #[arg(long, default_value = "year-to-date", value_parser = ["year-to-date", "term", "weeks", "dates"])]
     range: String,
-    /// Calendar weeks, with --range weeks.
-    #[arg(long, default_value_t = 4)]
-    weeks: i32,
+    /// Calendar weeks, with --range weeks (4 by default).
+    #[arg(long)]
+    weeks: Option<i32>,
     /// The first date (YYYY-MM-DD), with --range dates.
     #[arg(long)]
     from: Option<String>,
@@ -78,9 +78,7 @@ pub(crate) async fn run(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let range = range_of(&args.range);
-    if range == StatisticsRange::Dates && args.from.is_none() {
-        bail!("--range dates needs --from, the first date (YYYY-MM-DD)");
-    }
+    let weeks = range_options(range, args.weeks, args.from.as_ref())?;
     for (flag, value) in [("--as-of", &args.as_of), ("--from", &args.from)] {
         if let Some(value) = value
             && let Err(error) = parse_date(value)
@@ -88,6 +86,14 @@ pub(crate) async fn run(
             bail!("invalid {flag}: {error}");
         }
     }
+    let filters: Vec<String> = [
+        ("year group", &args.year_group),
+        ("class", &args.class),
+        ("pupil", &args.upn),
+    ]
+    .iter()
+    .filter_map(|(name, value)| value.as_ref().map(|value| format!("{name} {value}")))
+    .collect();
     let group_by = match args.by.as_str() {
         "school" => StatisticsGroupBy::School,
         "year-group" => StatisticsGroupBy::YearGroup,
@@ -108,7 +114,7 @@ pub(crate) async fn run(
             upn: args.upn.unwrap_or_default(),
             as_of: args.as_of.unwrap_or_default(),
             range: range as i32,
-            weeks: args.weeks,
+            weeks,
             from_date: args.from.unwrap_or_default(),
             group_by: group_by as i32,
         })
@@ -129,7 +135,15 @@ pub(crate) async fn run(
         return Ok(());
     }
     if total.pupils == 0 {
-        writeln!(out, "No pupil has a possible session in the range.")?;
+        if filters.is_empty() {
+            writeln!(out, "No pupil has a possible session in the range.")?;
+        } else {
+            writeln!(
+                out,
+                "No pupil matching {} has a possible session in the range; check the filter.",
+                filters.join(" and ")
+            )?;
+        }
         return Ok(());
     }
 
@@ -151,7 +165,10 @@ pub(crate) async fn run(
         "PA rate %",
         "severe",
     ]);
-    for group in response.groups.iter().chain(std::iter::once(&total)) {
+    // With no grouping the one group is the total, so it is printed once.
+    let single = response.groups.len() == 1 && response.groups[0].key == "all";
+    let total_row = (!single).then_some(&total);
+    for group in response.groups.iter().chain(total_row) {
         let figures = group.figures.unwrap_or_default();
         rows.add_row([
             group.key.clone(),
@@ -194,15 +211,33 @@ pub(crate) struct RewardsArgs {
     /// The range ending on the as-of date, compared with the range of the same length before.
     #[arg(long, default_value = "term", value_parser = ["year-to-date", "term", "weeks", "dates"])]
     range: String,
-    /// Calendar weeks, with --range weeks.
-    #[arg(long, default_value_t = 4)]
-    weeks: i32,
+    /// Calendar weeks, with --range weeks (4 by default).
+    #[arg(long)]
+    weeks: Option<i32>,
     /// The first date (YYYY-MM-DD), with --range dates.
     #[arg(long)]
     from: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// Checks that --weeks and --from go with the range they belong to, and returns the weeks.
+fn range_options(
+    range: StatisticsRange,
+    weeks: Option<i32>,
+    from: Option<&String>,
+) -> anyhow::Result<i32> {
+    if weeks.is_some() && range != StatisticsRange::RollingWeeks {
+        bail!("--weeks applies only with --range weeks");
+    }
+    if from.is_some() && range != StatisticsRange::Dates {
+        bail!("--from applies only with --range dates");
+    }
+    if range == StatisticsRange::Dates && from.is_none() {
+        bail!("--range dates needs --from, the first date (YYYY-MM-DD)");
+    }
+    Ok(weeks.unwrap_or(4))
 }
 
 fn range_of(name: &str) -> StatisticsRange {
@@ -220,9 +255,7 @@ pub(crate) async fn run_rewards(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let range = range_of(&args.range);
-    if range == StatisticsRange::Dates && args.from.is_none() {
-        bail!("--range dates needs --from, the first date (YYYY-MM-DD)");
-    }
+    let weeks = range_options(range, args.weeks, args.from.as_ref())?;
     for (flag, value) in [("--as-of", &args.as_of), ("--from", &args.from)] {
         if let Some(value) = value
             && let Err(error) = parse_date(value)
@@ -237,7 +270,7 @@ pub(crate) async fn run_rewards(
             laestab: args.school,
             as_of: args.as_of.unwrap_or_default(),
             range: range as i32,
-            weeks: args.weeks,
+            weeks,
             from_date: args.from.unwrap_or_default(),
             year_group: args.year_group.unwrap_or_default(),
             class_name: args.class.unwrap_or_default(),
@@ -418,7 +451,7 @@ pub(crate) async fn run_early_warning(
             let state = match (status.met, status.near) {
                 (true, _) => "met",
                 (false, true) => "near",
-                (false, false) => "",
+                (false, false) => "not met",
             };
             rows.add_row([
                 pupil.upn.clone(),

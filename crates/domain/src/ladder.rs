@@ -290,21 +290,8 @@ pub fn parse_ladder(text: &str) -> Result<Ladder, PolicyFileError> {
         key: key.to_owned(),
         message,
     };
-    let raw: RawLadder = toml::from_str(text).map_err(|problem| {
-        let message = problem.message().trim().to_owned();
-        let key = message
-            .find('`')
-            .and_then(|start| {
-                let rest = &message[start + 1..];
-                rest.find('`').map(|end| rest[..end].to_owned())
-            })
-            .unwrap_or_else(|| "(file)".to_owned());
-        PolicyFileError {
-            line: problem.span().map_or(1, |span| line_of(text, span.start)),
-            key,
-            message,
-        }
-    })?;
+    let raw: RawLadder = toml::from_str(text)
+        .map_err(|problem| crate::policy::file::syntax_error(text, &problem))?;
     if *raw.format.get_ref() != 1 {
         return Err(error(
             raw.format.span(),
@@ -520,7 +507,7 @@ mod tests {
     fn bad_ladders_name_the_key_and_line() {
         let unknown = INFANTS_TOML.replacen("review_interval_days = 10", "review_days = 10", 1);
         let error = parse_ladder(&unknown).expect_err("unknown key");
-        assert_eq!(error.key, "review_days");
+        assert_eq!(error.key, "stages.review_days");
         let line = unknown
             .lines()
             .position(|l| l.contains("review_days"))

@@ -38,8 +38,8 @@ pub(crate) async fn list(
     let version = policies::policy_for(db, &school, as_of).await?;
     let Some(rules) = version.policy.rewards.clone() else {
         return Err(failed_precondition(format!(
-            "policy {} that school {school} follows on {as_of} offers no rewards; add a \
-             [rewards] table to it or move the school to a policy that has one",
+            "policy {} that school {school} follows on {as_of} offers no rewards; rewards come \
+             from a trust policy with a [rewards] table, so load one or move the school to one",
             version.policy.id
         )));
     };

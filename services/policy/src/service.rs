@@ -298,7 +298,13 @@ fn threshold_statuses(
         } else {
             figures.absences_before(percent)
         };
-        let threshold = u32::try_from(threshold_sessions).unwrap_or(u32::MAX);
+        // Not yet met, the threshold is the absent count at which it would be: every further
+        // absence is also a further possible session.
+        let threshold = if met {
+            u32::try_from(threshold_sessions).unwrap_or(u32::MAX)
+        } else {
+            figures.absent().saturating_add(to_go)
+        };
         ThresholdStatus {
             rule_id: rule_id.into(),
             clause: clause.to_owned(),
@@ -391,8 +397,9 @@ fn alert_statuses(
                 })
                 .collect(),
             explanation: format!(
-                "{} unexplained absences (N) older than {limit} school days",
-                overdue.len()
+                "{} unexplained absences (N) older than {limit} school {}",
+                overdue.len(),
+                if *limit == 1 { "day" } else { "days" }
             ),
             sessions_to_go: i32::from(overdue.is_empty()),
             near: false,

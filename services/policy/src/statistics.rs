@@ -284,6 +284,17 @@ async fn school_figures(
     Ok(())
 }
 
+/// Orders year groups as schools do: nursery, reception, then 1 to 14, then anything else.
+fn year_group_order(year_group: &str) -> (i32, String) {
+    let rank = match year_group {
+        "N1" => -3,
+        "N2" => -2,
+        "R" => -1,
+        other => other.parse::<i32>().unwrap_or(100),
+    };
+    (rank, year_group.to_owned())
+}
+
 fn rate(part: u32, whole: u32) -> f64 {
     if whole == 0 {
         return 0.0;
@@ -381,6 +392,10 @@ pub(crate) async fn statistics(
         groups.entry(key).or_default().push(pupil);
     }
     let all: Vec<&PupilFigures> = pupils.iter().collect();
+    let mut groups: Vec<(String, Vec<&PupilFigures>)> = groups.into_iter().collect();
+    if group_by == StatisticsGroupBy::YearGroup {
+        groups.sort_by_key(|(key, _)| year_group_order(key));
+    }
     Ok(GetAttendanceStatisticsResponse {
         period: Some(rollcall_api::policy::v1::Period {
             from_date: earliest.to_string(),
@@ -397,6 +412,13 @@ pub(crate) async fn statistics(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn year_groups_sort_as_schools_do() {
+        let mut groups = vec!["10", "2", "R", "1", "N2", "11", "X"];
+        groups.sort_by_key(|g| year_group_order(g));
+        assert_eq!(groups, ["N2", "R", "1", "2", "10", "11", "X"]);
+    }
 
     #[test]
     fn rates_round_to_one_decimal_place() {

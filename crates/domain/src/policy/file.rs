@@ -189,16 +189,59 @@ struct RawReason {
 
 /// Reads a policy file, checking every rule.
 pub fn parse_policy(text: &str) -> Result<PolicyDocument, PolicyFileError> {
-    let raw: RawPolicy = toml::from_str(text).map_err(|error| {
-        let line = error.span().map_or(1, |span| line_of(text, span.start));
-        let message = error.message().trim().to_owned();
-        PolicyFileError {
-            line,
-            key: key_in_message(&message).unwrap_or_else(|| "(file)".to_owned()),
-            message,
-        }
-    })?;
+    let raw: RawPolicy = toml::from_str(text).map_err(|error| syntax_error(text, &error))?;
     Reader { text }.policy(raw)
+}
+
+/// Turns an error from the TOML reader into one that names the full key and the line.
+pub(crate) fn syntax_error(text: &str, error: &toml::de::Error) -> PolicyFileError {
+    let line = error.span().map_or(1, |span| line_of(text, span.start));
+    let message = error.message().trim().to_owned();
+    let table = table_at(text, line);
+    let about_a_field =
+        message.starts_with("missing field") || message.starts_with("unknown field");
+    let key = match key_in_message(&message).filter(|_| about_a_field) {
+        // The message names the field; its table completes the key.
+        Some(field) => join_key(table.as_deref(), &field),
+        // Otherwise the key is the one written on the line.
+        None => match key_on_line(text, line) {
+            Some(key) => join_key(table.as_deref(), &key),
+            None => table.clone().unwrap_or_else(|| "(file)".to_owned()),
+        },
+    };
+    let message = if message.starts_with("missing field") {
+        format!("{message}; every rule needs it")
+    } else {
+        message
+    };
+    PolicyFileError { line, key, message }
+}
+
+fn join_key(table: Option<&str>, key: &str) -> String {
+    match table {
+        Some(table) if !table.is_empty() => format!("{table}.{key}"),
+        _ => key.to_owned(),
+    }
+}
+
+/// Returns the name of the table (`[name]` or `[[name]]`) that `line` belongs to.
+fn table_at(text: &str, line: usize) -> Option<String> {
+    text.lines()
+        .take(line)
+        .filter_map(|row| {
+            let row = row.trim();
+            row.starts_with('[')
+                .then(|| row.trim_matches(|c| c == '[' || c == ']').trim().to_owned())
+        })
+        .last()
+}
+
+/// Returns the key written at the start of `line`, as in `sessions = 15`.
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let row = text.lines().nth(line.checked_sub(1)?)?;
+    let (key, _) = row.split_once('=')?;
+    let key = key.trim();
+    (!key.is_empty() && !key.starts_with('[')).then(|| key.to_owned())
 }
 
 /// Returns the line (from 1) of a byte offset.
@@ -858,7 +901,7 @@ mod tests {
     fn unknown_key_names_key_and_line() {
         let text = trust_with("sessions = 15\n", "sessions = 15\nsesions = 16\n");
         let error = parse_policy(&text).expect_err("unknown key");
-        assert_eq!(error.key, "sesions");
+        assert_eq!(error.key, "penalty_warning.sesions");
         assert_eq!(error.line, line_containing(&text, "sesions = 16"));
     }
 
@@ -866,7 +909,7 @@ mod tests {
     fn rule_without_clause_is_rejected() {
         let text = trust_with("percent = 10\nclause = \"3.5\"\n", "percent = 10\n");
         let error = parse_policy(&text).expect_err("missing clause");
-        assert_eq!(error.key, "clause");
+        assert_eq!(error.key, "persistent_absence.clause");
         assert_eq!(error.line, line_containing(&text, "[persistent_absence]"));
 
         let text = trust_with("clause = \"4.10\"", "clause = \" \"");
@@ -1012,6 +1055,22 @@ mod tests {
         ))
         .expect("valid");
         check_no_overlap(&following, &[earlier]).expect("starts the day after");
+    }
+
+    #[test]
+    fn reader_errors_name_the_full_key() {
+        let missing = trust_with("percent = 10\nclause = \"3.5\"\n", "percent = 10\n");
+        let error = parse_policy(&missing).expect_err("missing clause");
+        assert_eq!(error.key, "persistent_absence.clause");
+
+        let text = trust_with("sessions = 15", "sessions = \"15\"");
+        let error = parse_policy(&text).expect_err("a string");
+        assert_eq!(error.key, "penalty_warning.sessions");
+        assert_eq!(error.line, line_containing(&text, "sessions = \"15\""));
+
+        let text = trust_with("sessions = 15", "sessions = -3");
+        let error = parse_policy(&text).expect_err("negative");
+        assert_eq!(error.key, "penalty_warning.sessions");
     }
 
     #[test]

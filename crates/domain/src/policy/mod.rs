@@ -123,8 +123,10 @@ impl PolicyKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CodeSet {
     /// The codes of the 2006 regulations, in force until 18 August 2024.
+    #[serde(rename = "2006")]
     Regulations2006,
     /// The codes of the 2024 regulations, in force from 19 August 2024.
+    #[serde(rename = "2024")]
     Regulations2024,
 }
 
