@@ -713,6 +713,30 @@ async fn patterns_of_absence(database_url: Option<&str>) {
         ]
     );
 
+    // Absent throughout, the pupil meets the entry criteria of the ladder's stage for an
+    // Attendance Improvement Plan.
+    let mut stream = clients
+        .policy
+        .watch_triggers(WatchTriggersRequest { cursor: 0 })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut stage = None;
+    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("in time")
+    {
+        let trigger = message.trigger.expect("trigger");
+        if trigger.kind == TriggerKind::LadderStage as i32 && trigger.upn == pupil {
+            stage = Some((trigger.ladder_stage, trigger.clause));
+            break;
+        }
+    }
+    assert_eq!(
+        stage,
+        Some(("attendance-improvement-plan".to_owned(), "6.3".to_owned()))
+    );
+
     // The same rules in the pupil's thresholds.
     let thresholds = clients
         .policy

@@ -80,6 +80,8 @@ enum Change {
     Reopen(String),
     /// Put an open case up for review, because its trigger was withdrawn.
     Review(String),
+    /// Note on a live case that attendance meets the entry criteria of a stage.
+    Note(String),
 }
 
 /// Decides the change a trigger makes, given the live case (id and status) for its pupil and
@@ -87,6 +89,12 @@ enum Change {
 fn decide(trigger: &Trigger, live: Option<(String, String)>) -> Option<Change> {
     let kind = TriggerKind::try_from(trigger.kind).unwrap_or(TriggerKind::Unspecified);
     let state = TriggerState::try_from(trigger.state).unwrap_or(TriggerState::Unspecified);
+    if kind == TriggerKind::LadderStage {
+        return match (state, live) {
+            (TriggerState::Raised, Some((id, _))) => Some(Change::Note(id)),
+            _ => None,
+        };
+    }
     if kind != TriggerKind::PersistentAbsence {
         return None;
     }
@@ -160,6 +168,32 @@ async fn apply(db: &Db, trigger: &Trigger, cursor: i64) -> Result<(), sqlx::Erro
                     trigger.clause
                 );
                 Some((case_id, "opened", detail))
+            }
+            (Some(Change::Note(case_id)), _) => {
+                let stage: Option<(String,)> =
+                    sqlx::query_as("SELECT stage FROM cases WHERE id = $1")
+                        .bind(&case_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let current = stage.map(|(stage,)| stage).unwrap_or_default();
+                let further = match (
+                    ladder.position(&current),
+                    ladder.position(&trigger.ladder_stage),
+                ) {
+                    (Some(now), Some(suited)) => suited > now,
+                    _ => false,
+                };
+                if further {
+                    tracing::info!(case = %case_id, stage = %trigger.ladder_stage, "Case meets the criteria of a later stage");
+                    let detail = format!(
+                        "Attendance meets the entry criteria of stage {} (clause {}); consider \
+                         escalating",
+                        trigger.ladder_stage, trigger.clause
+                    );
+                    Some((case_id, "criteria", detail))
+                } else {
+                    None
+                }
             }
             (Some(Change::Reopen(case_id)), _) => {
                 sqlx::query("UPDATE cases SET status = 'open' WHERE id = $1")
@@ -249,10 +283,25 @@ mod tests {
     }
 
     #[test]
+    fn ladder_stage_notes_a_live_case() {
+        let raised = trigger(TriggerKind::LadderStage, TriggerState::Raised);
+        assert_eq!(
+            decide(&raised, live("open")),
+            Some(Change::Note("case-1".into()))
+        );
+        assert_eq!(decide(&raised, None), None, "no case is opened for it");
+        let withdrawn = trigger(TriggerKind::LadderStage, TriggerState::Withdrawn);
+        assert_eq!(decide(&withdrawn, live("open")), None);
+    }
+
+    #[test]
     fn other_triggers_open_nothing() {
         for kind in [
             TriggerKind::SevereAbsence,
             TriggerKind::PenaltyNoticeWarning,
+            TriggerKind::UnexplainedAbsenceOverdue,
+            TriggerKind::UnauthorisedAbsenceReturn,
+            TriggerKind::SicknessReturn,
         ] {
             assert_eq!(decide(&trigger(kind, TriggerState::Raised), None), None);
         }

@@ -7,9 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{NaiveDate, Utc};
+use rollcall_api::cases::v1::ListLaddersRequest;
+use rollcall_api::cases::v1::cases_service_client::CasesServiceClient;
 use rollcall_api::convert::session_from_proto;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{Mark, WatchMarksRequest};
+use rollcall_domain::ladder::{Ladder, choose_ladder, parse_ladder};
 use rollcall_domain::session::{academic_year_of, parse_date};
 use rollcall_domain::{Figures, Phase, Policy, Session, SessionDate};
 use rollcall_runtime::storage::WriteTransaction;
@@ -87,8 +90,11 @@ impl Kind {
     }
 }
 
+/// The kind of a ladder-stage trigger, as stored and streamed.
+pub(crate) const LADDER_STAGE: &str = "ladder_stage";
+
 /// Where a pupil stands on each kind of trigger, as stored between evaluations.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, sqlx::FromRow)]
 struct PupilStatus {
     persistent_absence: bool,
     severe_absence: bool,
@@ -96,10 +102,12 @@ struct PupilStatus {
     unexplained_overdue: bool,
     unauthorised_return: bool,
     sickness_return: bool,
+    /// The ladder stage whose entry criteria the pupil meets; empty for none.
+    ladder_stage: String,
 }
 
 impl PupilStatus {
-    fn get(self, kind: Kind) -> bool {
+    fn get(&self, kind: Kind) -> bool {
         match kind {
             Kind::PersistentAbsence => self.persistent_absence,
             Kind::SevereAbsence => self.severe_absence,
@@ -115,12 +123,13 @@ impl PupilStatus {
 pub fn spawn_follower(
     db: Db,
     registers: RegistersServiceClient<Channel>,
+    cases: CasesServiceClient<Channel>,
     trigger_head: watch::Sender<i64>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(200);
         loop {
-            match follow(&db, registers.clone(), &trigger_head).await {
+            match follow(&db, registers.clone(), cases.clone(), &trigger_head).await {
                 Ok(()) => backoff = Duration::from_millis(200),
                 Err(error) => {
                     tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "Registers feed follower failed; retrying");
@@ -145,6 +154,7 @@ pub(crate) async fn stored_cursor(db: &Db, feed: &str) -> Result<i64, sqlx::Erro
 async fn follow(
     db: &Db,
     mut registers: RegistersServiceClient<Channel>,
+    mut cases: CasesServiceClient<Channel>,
     trigger_head: &watch::Sender<i64>,
 ) -> anyhow::Result<()> {
     let cursor = stored_cursor(db, REGISTERS_FEED).await?;
@@ -182,7 +192,15 @@ async fn follow(
             }
         }
         let schools = batch.affected.len();
-        evaluate(db, &mut registers, &batch, Some(last_cursor), trigger_head).await?;
+        evaluate(
+            db,
+            &mut registers,
+            &mut cases,
+            &batch,
+            Some(last_cursor),
+            trigger_head,
+        )
+        .await?;
         tracing::info!(
             cursor = last_cursor,
             marks = count,
@@ -242,6 +260,7 @@ impl Batch {
 pub(crate) async fn evaluate_school(
     db: &Db,
     registers: &mut RegistersServiceClient<Channel>,
+    cases: &mut CasesServiceClient<Channel>,
     laestab: &str,
     trigger_head: &watch::Sender<i64>,
 ) -> anyhow::Result<TriggerCounts> {
@@ -249,7 +268,7 @@ pub(crate) async fn evaluate_school(
         marks: Vec::new(),
         affected: BTreeMap::from([(laestab.to_owned(), BTreeSet::new())]),
     };
-    evaluate(db, registers, &batch, None, trigger_head).await
+    evaluate(db, registers, cases, &batch, None, trigger_head).await
 }
 
 /// A school as the follower evaluates it: its phase, the as-of date, the policy in force then,
@@ -433,10 +452,12 @@ where
 async fn evaluate(
     db: &Db,
     registers: &mut RegistersServiceClient<Channel>,
+    cases: &mut CasesServiceClient<Channel>,
     batch: &Batch,
     cursor: Option<i64>,
     trigger_head: &watch::Sender<i64>,
 ) -> anyhow::Result<TriggerCounts> {
+    let ladders = ladders_in_use(cases).await?;
     let mut schools = Vec::new();
     for (laestab, upns) in &batch.affected {
         let (school, as_of) = school_and_as_of(registers, laestab, "").await?;
@@ -569,7 +590,7 @@ async fn evaluate(
         for (school, pupils, totals) in &loaded {
             for pupil in pupils {
                 let figures = totals.get(&pupil.upn).copied().unwrap_or_default();
-                evaluations.push(Evaluation::of(pupil, figures, school));
+                evaluations.push(Evaluation::of(pupil, figures, school, &ladders));
             }
         }
 
@@ -581,7 +602,7 @@ async fn evaluate(
         for evaluation in &evaluations {
             let previous: Option<PupilStatus> = sqlx::query_as(
                 "SELECT persistent_absence, severe_absence, penalty_warning, unexplained_overdue, \
-                 unauthorised_return, sickness_return FROM pupil_status \
+                 unauthorised_return, sickness_return, ladder_stage FROM pupil_status \
                  WHERE laestab = $1 AND upn = $2",
             )
             .bind(&evaluation.laestab)
@@ -589,13 +610,39 @@ async fn evaluate(
             .fetch_optional(&mut *tx)
             .await?;
             let before = previous.unwrap_or_default();
-            let after = evaluation.status;
+            let after = &evaluation.status;
             let policy = evaluation.policy;
-            for kind in Kind::ALL {
-                let (was, is) = (before.get(kind), after.get(kind));
-                if was == is {
-                    continue;
+            // (kind, raised, clause, ladder stage) for every change.
+            let mut changes: Vec<(&str, bool, String, String)> = Kind::ALL
+                .into_iter()
+                .filter(|kind| before.get(*kind) != after.get(*kind))
+                .map(|kind| {
+                    (
+                        kind.as_str(),
+                        after.get(kind),
+                        kind.clause(policy).to_owned(),
+                        String::new(),
+                    )
+                })
+                .collect();
+            if before.ladder_stage != after.ladder_stage {
+                if after.ladder_stage.is_empty() {
+                    changes.push((
+                        LADDER_STAGE,
+                        false,
+                        String::new(),
+                        before.ladder_stage.clone(),
+                    ));
+                } else {
+                    changes.push((
+                        LADDER_STAGE,
+                        true,
+                        evaluation.stage_clause.clone(),
+                        after.ladder_stage.clone(),
+                    ));
                 }
+            }
+            for (kind, is, clause, stage) in changes {
                 next += 1;
                 if is {
                     counts.raised += 1;
@@ -606,35 +653,38 @@ async fn evaluate(
                 let id = format!("trg-{next:010}");
                 sqlx::query(
                     "INSERT INTO triggers (sequence, id, kind, state, laestab, upn, year_group, phase, \
-                     policy_id, clause, as_of, figures, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                     policy_id, clause, as_of, figures, created_at, ladder_stage) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
                 )
                 .bind(next)
                 .bind(&id)
-                .bind(kind.as_str())
+                .bind(kind)
                 .bind(state)
                 .bind(&evaluation.laestab)
                 .bind(&evaluation.pupil.upn)
                 .bind(&evaluation.pupil.year_group)
                 .bind(evaluation.phase.as_str())
                 .bind(&policy.id)
-                .bind(kind.clause(policy))
+                .bind(&clause)
                 .bind(evaluation.as_of)
                 .bind(&evaluation.figures_json)
                 .bind(now)
+                .bind(&stage)
                 .execute(&mut *tx)
                 .await?;
-                tracing::info!(trigger = %id, kind = kind.as_str(), state, upn = %evaluation.pupil.upn, laestab = %evaluation.laestab, "Trigger recorded");
+                tracing::info!(trigger = %id, kind, state, upn = %evaluation.pupil.upn, laestab = %evaluation.laestab, "Trigger recorded");
             }
             sqlx::query(
                 "INSERT INTO pupil_status (laestab, upn, persistent_absence, severe_absence, \
-                 penalty_warning, unexplained_overdue, unauthorised_return, sickness_return, as_of) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 penalty_warning, unexplained_overdue, unauthorised_return, sickness_return, as_of, \
+                 ladder_stage) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                  ON CONFLICT (laestab, upn) DO UPDATE SET persistent_absence = excluded.persistent_absence, \
                  severe_absence = excluded.severe_absence, penalty_warning = excluded.penalty_warning, \
                  unexplained_overdue = excluded.unexplained_overdue, \
                  unauthorised_return = excluded.unauthorised_return, \
-                 sickness_return = excluded.sickness_return, as_of = excluded.as_of",
+                 sickness_return = excluded.sickness_return, as_of = excluded.as_of, \
+                 ladder_stage = excluded.ladder_stage",
             )
             .bind(&evaluation.laestab)
             .bind(&evaluation.pupil.upn)
@@ -645,6 +695,7 @@ async fn evaluate(
             .bind(after.unauthorised_return)
             .bind(after.sickness_return)
             .bind(evaluation.as_of)
+            .bind(&after.ladder_stage)
             .execute(&mut *tx)
             .await?;
         }
@@ -687,21 +738,34 @@ struct Evaluation<'a> {
     phase: Phase,
     as_of: NaiveDate,
     status: PupilStatus,
+    /// The clause of the ladder stage whose criteria the pupil meets.
+    stage_clause: String,
     figures_json: String,
 }
 
 impl<'a> Evaluation<'a> {
     /// Evaluates a pupil from their stored totals for the academic year and their marks.
-    fn of(pupil: &'a PupilMarks, figures: Figures, school: &'a SchoolContext) -> Self {
+    fn of(
+        pupil: &'a PupilMarks,
+        figures: Figures,
+        school: &'a SchoolContext,
+        ladders: &[Ladder],
+    ) -> Self {
         let policy = &school.policy;
         let penalty = pupil.penalty(policy, school.as_of, school.adopted_from);
         let alerts = pupil.alerts(policy, school.as_of);
         let proto = figures_to_proto(&figures, policy);
+        let phase = pupil.phase(school.phase);
+        let ladder = choose_ladder(ladders, phase);
+        let stage = figures
+            .attendance_tenths()
+            .and_then(|tenths| ladder.stage_for_attendance(tenths))
+            .map(|(_, stage)| stage.clone());
         Self {
             pupil,
             policy,
             laestab: school.laestab.clone(),
-            phase: pupil.phase(school.phase),
+            phase,
             as_of: school.as_of,
             status: PupilStatus {
                 persistent_absence: policy.is_persistent_absence(&figures),
@@ -710,7 +774,9 @@ impl<'a> Evaluation<'a> {
                 unexplained_overdue: alerts.unexplained_met(),
                 unauthorised_return: alerts.unauthorised_met(),
                 sickness_return: alerts.sickness_met(),
+                ladder_stage: stage.as_ref().map(|s| s.id.clone()).unwrap_or_default(),
             },
+            stage_clause: stage.map(|s| s.clause).unwrap_or_default(),
             figures_json: serde_json::json!({
                 "possible_sessions": proto.possible_sessions,
                 "attended_sessions": proto.attended_sessions,
@@ -723,6 +789,25 @@ impl<'a> Evaluation<'a> {
             .to_string(),
         }
     }
+}
+
+/// Reads the ladders in use from the cases service: the loaded ones and the defaults they do
+/// not replace.
+async fn ladders_in_use(cases: &mut CasesServiceClient<Channel>) -> anyhow::Result<Vec<Ladder>> {
+    let listed = cases
+        .list_ladders(ListLaddersRequest {})
+        .await?
+        .into_inner();
+    let mut ladders = Vec::new();
+    for ladder in listed.ladders {
+        match parse_ladder(&ladder.source) {
+            Ok(parsed) => ladders.push(parsed),
+            Err(error) => {
+                tracing::warn!(ladder = %ladder.id, %error, "A ladder from the cases service cannot be read; the default is used");
+            }
+        }
+    }
+    Ok(ladders)
 }
 
 #[cfg(test)]

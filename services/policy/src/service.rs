@@ -4,6 +4,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use rollcall_api::cases::v1::cases_service_client::CasesServiceClient;
 use rollcall_api::convert::timestamp;
 use rollcall_api::policy::v1::policy_service_server::{PolicyService, PolicyServiceServer};
 use rollcall_api::policy::v1::{
@@ -46,6 +47,7 @@ const TRIGGER_POLL: Duration = Duration::from_secs(2);
 pub struct Policy {
     db: Db,
     registers: RegistersServiceClient<Channel>,
+    cases: CasesServiceClient<Channel>,
     trigger_head: watch::Sender<i64>,
     stopping: Stopping,
 }
@@ -53,7 +55,12 @@ pub struct Policy {
 impl Policy {
     /// Creates the service over its storage and a client of the registers service. Trigger
     /// streams end when `stopping` is set.
-    pub async fn new(db: Db, registers: Channel, stopping: Stopping) -> anyhow::Result<Self> {
+    pub async fn new(
+        db: Db,
+        registers: Channel,
+        cases: Channel,
+        stopping: Stopping,
+    ) -> anyhow::Result<Self> {
         let head: i64 = with_db!(&db, |pool| {
             sqlx::query_scalar("SELECT COALESCE(MAX(sequence), 0) FROM triggers")
                 .fetch_one(pool)
@@ -66,6 +73,7 @@ impl Policy {
         Ok(Self {
             db,
             registers,
+            cases: CasesServiceClient::new(cases),
             trigger_head,
             stopping,
         })
@@ -76,6 +84,7 @@ impl Policy {
         crate::spawn_follower(
             self.db.clone(),
             self.registers.clone(),
+            self.cases.clone(),
             self.trigger_head.clone(),
         )
     }
@@ -209,6 +218,7 @@ struct TriggerRow {
     as_of: NaiveDate,
     figures: String,
     created_at: DateTime<Utc>,
+    ladder_stage: String,
 }
 
 impl TriggerRow {
@@ -220,6 +230,7 @@ impl TriggerRow {
             "unexplained_absence_overdue" => TriggerKind::UnexplainedAbsenceOverdue,
             "unauthorised_absence_return" => TriggerKind::UnauthorisedAbsenceReturn,
             "sickness_return" => TriggerKind::SicknessReturn,
+            "ladder_stage" => TriggerKind::LadderStage,
             _ => TriggerKind::Unspecified,
         };
         let state = match self.state.as_str() {
@@ -259,6 +270,7 @@ impl TriggerRow {
             as_of: self.as_of.to_string(),
             figures: Some(figures_to_proto(&figures, policy)),
             created_at: Some(timestamp(self.created_at)),
+            ladder_stage: self.ladder_stage,
         }
     }
 }
@@ -267,7 +279,7 @@ async fn triggers_after(db: &Db, cursor: i64, limit: i64) -> Result<Vec<TriggerR
     with_db!(db, |pool| {
         sqlx::query_as(
             "SELECT sequence, id, kind, state, laestab, upn, year_group, phase, policy_id, clause, \
-             as_of, figures, created_at FROM triggers WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+             as_of, figures, created_at, ladder_stage FROM triggers WHERE sequence > $1 ORDER BY sequence LIMIT $2",
         )
         .bind(cursor)
         .bind(limit)
@@ -517,8 +529,15 @@ impl PolicyService for Policy {
         .await?;
         // Thresholds may now be met or no longer met: evaluate the school's pupils again.
         let mut registers = self.registers.clone();
-        let counts = match evaluate_school(&self.db, &mut registers, &school, &self.trigger_head)
-            .await
+        let mut cases = self.cases.clone();
+        let counts = match evaluate_school(
+            &self.db,
+            &mut registers,
+            &mut cases,
+            &school,
+            &self.trigger_head,
+        )
+        .await
         {
             Ok(counts) => counts,
             Err(error) => {
