@@ -16,7 +16,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 const LAESTAB: &str = "9192001";
-const UPN: &str = "A919200125009";
+const UPN: &str = "H919200125009";
 
 async fn start(
     work: &Path,
@@ -303,4 +303,239 @@ async fn casework_on_postgres() {
         .await
         .expect("database");
     casework(Some(&url)).await;
+}
+
+/// Weekday marks from 1 to 19 September 2025: absent (N) on the Mondays, present otherwise.
+fn september_marks(upn: &str) -> Vec<rollcall_api::registers::v1::Mark> {
+    use chrono::Datelike;
+    let start = chrono::NaiveDate::from_ymd_opt(2025, 9, 1).expect("date");
+    start
+        .iter_days()
+        .take(19)
+        .filter(|day| day.weekday().number_from_monday() <= 5)
+        .flat_map(|day| {
+            let code = if day.weekday().number_from_monday() == 1 {
+                "N"
+            } else {
+                "/"
+            };
+            [
+                rollcall_api::types::v1::Session::Am,
+                rollcall_api::types::v1::Session::Pm,
+            ]
+            .map(|session| rollcall_api::registers::v1::Mark {
+                upn: upn.to_owned(),
+                date: day.to_string(),
+                session: session as i32,
+                code: code.to_owned(),
+                recorded_at: Some(prost_types::Timestamp {
+                    seconds: 1_758_358_800,
+                    nanos: 0,
+                }),
+                ..rollcall_api::registers::v1::Mark::default()
+            })
+        })
+        .collect()
+}
+
+/// An Attendance Improvement Plan: the AIO reviews targets for a pupil under 90%, reviews
+/// measure progress from the registers, and a missed target raises a trigger.
+async fn plans(database_url: Option<&str>) {
+    use rollcall_api::cases::v1::{CreatePlanRequest, ReviewPlanRequest};
+    use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
+    use rollcall_api::policy::v1::{
+        GetSyncStateRequest, TriggerKind, TriggerState, WatchTriggersRequest,
+    };
+    use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
+    use rollcall_api::registers::v1::{
+        AmendMarkRequest, ImportHeader, ImportMarks, ImportPupil, ImportRegisterRequest, Pupil,
+        School, import_register_request::Item,
+    };
+    use rollcall_api::types::v1::{MarkSource, Session};
+
+    let work = tempfile::tempdir().expect("temp dir");
+    let (running, mut cases) = start(work.path(), database_url).await;
+    let channel = tonic::transport::Endpoint::from_shared(running.url())
+        .expect("valid URL")
+        .connect()
+        .await
+        .expect("connect");
+    let mut registers = RegistersServiceClient::new(channel.clone());
+    let mut policy = PolicyServiceClient::new(channel);
+
+    let messages = vec![
+        ImportRegisterRequest {
+            item: Some(Item::Header(ImportHeader {
+                request_id: "september".into(),
+                school: Some(School {
+                    laestab: LAESTAB.into(),
+                    name: "Test Academy".into(),
+                    phase: Phase::Secondary as i32,
+                    last_mark_date: String::new(),
+                }),
+                source: MarkSource::MisSync as i32,
+                source_name: "test".into(),
+                recorded_by: "test".into(),
+            })),
+        },
+        ImportRegisterRequest {
+            item: Some(Item::Pupil(ImportPupil {
+                pupil: Some(Pupil {
+                    upn: UPN.into(),
+                    forename: "Sam".into(),
+                    surname: "Able".into(),
+                    date_of_birth: "2012-05-01".into(),
+                    sex: "F".into(),
+                    enrolments: Vec::new(),
+                }),
+                admission_date: "2025-09-01".into(),
+                year_group: "8".into(),
+                ..ImportPupil::default()
+            })),
+        },
+        ImportRegisterRequest {
+            item: Some(Item::Marks(ImportMarks {
+                marks: september_marks(UPN),
+            })),
+        },
+    ];
+    registers
+        .import_register(tokio_stream::iter(messages))
+        .await
+        .expect("import");
+
+    let case = cases
+        .open_case(OpenCaseRequest {
+            upn: UPN.into(),
+            laestab: LAESTAB.into(),
+            concern: "persistent_absence".into(),
+            phase: Phase::Secondary as i32,
+            opened_by: "T Brown".into(),
+            role: String::new(),
+            reason: "Absent every Monday".into(),
+            on_date: "2025-09-15".into(),
+        })
+        .await
+        .expect("open")
+        .into_inner()
+        .r#case
+        .expect("case");
+
+    // Attendance is 80% by 15 September: the AIO must own the targets.
+    let mut plan = CreatePlanRequest {
+        case_id: case.id.clone(),
+        attendance_target_percent: 95,
+        max_lates: Some(2),
+        start_date: "2025-09-15".into(),
+        review_date: "2025-09-19".into(),
+        owner_name: "P Green".into(),
+        owner_role: "head_of_year".into(),
+        created_by: "P Green".into(),
+    };
+    let refused = cases
+        .create_plan(plan.clone())
+        .await
+        .expect_err("under 90%");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(refused.message().contains("5.1.4"), "{}", refused.message());
+    plan.owner_role = "trust_attendance_improvement_officer".into();
+    plan.owner_name = "D Khan".into();
+    let created = cases
+        .create_plan(plan)
+        .await
+        .expect("plan")
+        .into_inner()
+        .plan
+        .expect("plan");
+
+    // Monday 15 was missed, so the week is 80%: the target is missed.
+    let reviewed = cases
+        .review_plan(ReviewPlanRequest {
+            plan_id: created.id.clone(),
+            reviewed_on: "2025-09-19".into(),
+            reviewed_by: "D Khan".into(),
+            notes: "Mondays are still a problem".into(),
+            next_review: "2025-10-03".into(),
+        })
+        .await
+        .expect("review")
+        .into_inner()
+        .plan
+        .expect("plan");
+    let review = &reviewed.reviews[0];
+    assert_eq!(review.attendance_percent, Some(80.0));
+    assert!(!review.attendance_met);
+    assert!(review.punctuality_met, "no late marks");
+    assert_eq!(reviewed.review_date, "2025-10-03");
+
+    // The policy service sees the missed target once the school's marks change again.
+    let amended = registers
+        .amend_mark(AmendMarkRequest {
+            request_id: "late".into(),
+            upn: UPN.into(),
+            laestab: LAESTAB.into(),
+            date: "2025-09-16".into(),
+            session: Session::Am as i32,
+            code: "L".into(),
+            minutes_late: 5,
+            reason: "Arrived after the register was taken".into(),
+            recorded_by: "A Jones".into(),
+            recorded_by_position: "Attendance officer".into(),
+            source: MarkSource::Staff as i32,
+            absence_report_id: String::new(),
+        })
+        .await
+        .expect("amend")
+        .into_inner();
+    let cursor = amended.mark.expect("mark").sequence;
+    let mut synced = false;
+    for _ in 0..400 {
+        let state = policy
+            .get_sync_state(GetSyncStateRequest {})
+            .await
+            .expect("sync")
+            .into_inner();
+        if state.registers_cursor >= cursor {
+            synced = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(synced, "the policy service followed the feed");
+    let mut stream = policy
+        .watch_triggers(WatchTriggersRequest { cursor: 0 })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut missed = None;
+    while let Ok(Some(message)) =
+        tokio::time::timeout(std::time::Duration::from_secs(5), stream.message())
+            .await
+            .expect("in time")
+    {
+        let trigger = message.trigger.expect("trigger");
+        if trigger.kind == TriggerKind::MissedTarget as i32 {
+            missed = Some(trigger.state);
+            break;
+        }
+    }
+    assert_eq!(missed, Some(TriggerState::Raised as i32));
+
+    running.stop().await.expect("server stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_on_sqlite() {
+    plans(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_on_postgres() {
+    let url = rollcall_testkit::postgres()
+        .await
+        .expect("PostgreSQL for the tests")
+        .create_database()
+        .await
+        .expect("database");
+    plans(Some(&url)).await;
 }

@@ -163,6 +163,8 @@ async fn fetch_case(db: &Db, id: &str) -> Result<CaseRow, Status> {
 /// Opens a case by hand at the first stage of the pupil's ladder.
 pub(crate) async fn open(db: &Db, request: OpenCaseRequest) -> Result<CaseRow, Status> {
     let upn = required("upn", &request.upn, "a UPN is required")?.to_ascii_uppercase();
+    rollcall_domain::Upn::parse(&upn)
+        .map_err(|error| invalid_argument("upn", &request.upn, error.to_string()))?;
     let school = laestab("laestab", &request.laestab)?;
     let concern = required(
         "concern",

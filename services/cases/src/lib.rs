@@ -6,6 +6,7 @@
 
 mod casework;
 mod follower;
+mod plans;
 mod service;
 
 pub use service::Cases;

@@ -3,11 +3,12 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use rollcall_api::cases::v1::cases_service_server::{CasesService, CasesServiceServer};
 use rollcall_api::cases::v1::{
-    Case, CaseStatus, ChangeCaseRequest, ChangeCaseResponse, GetCaseTimelineRequest,
-    GetCaseTimelineResponse, GetSyncStateRequest, GetSyncStateResponse, ListCasesRequest,
-    ListCasesResponse, ListLaddersRequest, ListLaddersResponse, ListOverdueReviewsRequest,
-    ListOverdueReviewsResponse, LoadLadderRequest, LoadLadderResponse, OpenCaseRequest,
-    OpenCaseResponse, RecordActionRequest, RecordActionResponse,
+    Case, CaseStatus, ChangeCaseRequest, ChangeCaseResponse, CreatePlanRequest, CreatePlanResponse,
+    GetCaseTimelineRequest, GetCaseTimelineResponse, GetSyncStateRequest, GetSyncStateResponse,
+    ListCasesRequest, ListCasesResponse, ListLaddersRequest, ListLaddersResponse,
+    ListOverdueReviewsRequest, ListOverdueReviewsResponse, ListPlansRequest, ListPlansResponse,
+    LoadLadderRequest, LoadLadderResponse, OpenCaseRequest, OpenCaseResponse, RecordActionRequest,
+    RecordActionResponse, ReviewPlanRequest, ReviewPlanResponse,
 };
 use rollcall_api::convert::timestamp;
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
@@ -20,7 +21,7 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::{casework, follower};
+use crate::{casework, follower, plans};
 
 /// The cases service.
 #[derive(Debug, Clone)]
@@ -263,6 +264,30 @@ impl CasesService for Cases {
         Ok(Response::new(LoadLadderResponse {
             ladder: Some(ladder),
         }))
+    }
+
+    async fn create_plan(
+        &self,
+        request: Request<CreatePlanRequest>,
+    ) -> Result<Response<CreatePlanResponse>, Status> {
+        let plan = plans::create(&self.db, &self.policy, request.into_inner()).await?;
+        Ok(Response::new(CreatePlanResponse { plan: Some(plan) }))
+    }
+
+    async fn review_plan(
+        &self,
+        request: Request<ReviewPlanRequest>,
+    ) -> Result<Response<ReviewPlanResponse>, Status> {
+        let plan = plans::review(&self.db, &self.policy, request.into_inner()).await?;
+        Ok(Response::new(ReviewPlanResponse { plan: Some(plan) }))
+    }
+
+    async fn list_plans(
+        &self,
+        request: Request<ListPlansRequest>,
+    ) -> Result<Response<ListPlansResponse>, Status> {
+        let plans = plans::list(&self.db, request.into_inner()).await?;
+        Ok(Response::new(ListPlansResponse { plans }))
     }
 
     async fn get_sync_state(

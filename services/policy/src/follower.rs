@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{NaiveDate, Utc};
-use rollcall_api::cases::v1::ListLaddersRequest;
 use rollcall_api::cases::v1::cases_service_client::CasesServiceClient;
+use rollcall_api::cases::v1::{ListLaddersRequest, ListPlansRequest};
 use rollcall_api::convert::session_from_proto;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{Mark, WatchMarksRequest};
@@ -44,16 +44,18 @@ pub(crate) enum Kind {
     UnexplainedAbsenceOverdue,
     UnauthorisedAbsenceReturn,
     SicknessReturn,
+    MissedTarget,
 }
 
 impl Kind {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::PersistentAbsence,
         Self::SevereAbsence,
         Self::PenaltyNoticeWarning,
         Self::UnexplainedAbsenceOverdue,
         Self::UnauthorisedAbsenceReturn,
         Self::SicknessReturn,
+        Self::MissedTarget,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -64,6 +66,7 @@ impl Kind {
             Self::UnexplainedAbsenceOverdue => "unexplained_absence_overdue",
             Self::UnauthorisedAbsenceReturn => "unauthorised_absence_return",
             Self::SicknessReturn => "sickness_return",
+            Self::MissedTarget => "missed_target",
         }
     }
 
@@ -86,6 +89,7 @@ impl Kind {
                 .sickness_return
                 .as_ref()
                 .map_or("", |rule| rule.clause.reference.as_str()),
+            Self::MissedTarget => "Attendance Improvement Plan",
         }
     }
 }
@@ -102,6 +106,7 @@ struct PupilStatus {
     unexplained_overdue: bool,
     unauthorised_return: bool,
     sickness_return: bool,
+    missed_target: bool,
     /// The ladder stage whose entry criteria the pupil meets; empty for none.
     ladder_stage: String,
 }
@@ -115,6 +120,7 @@ impl PupilStatus {
             Kind::UnexplainedAbsenceOverdue => self.unexplained_overdue,
             Kind::UnauthorisedAbsenceReturn => self.unauthorised_return,
             Kind::SicknessReturn => self.sickness_return,
+            Kind::MissedTarget => self.missed_target,
         }
     }
 }
@@ -458,6 +464,7 @@ async fn evaluate(
     trigger_head: &watch::Sender<i64>,
 ) -> anyhow::Result<TriggerCounts> {
     let ladders = ladders_in_use(cases).await?;
+    let plans = active_plans(cases).await?;
     let mut schools = Vec::new();
     for (laestab, upns) in &batch.affected {
         let (school, as_of) = school_and_as_of(registers, laestab, "").await?;
@@ -590,7 +597,7 @@ async fn evaluate(
         for (school, pupils, totals) in &loaded {
             for pupil in pupils {
                 let figures = totals.get(&pupil.upn).copied().unwrap_or_default();
-                evaluations.push(Evaluation::of(pupil, figures, school, &ladders));
+                evaluations.push(Evaluation::of(pupil, figures, school, &ladders, &plans));
             }
         }
 
@@ -602,7 +609,8 @@ async fn evaluate(
         for evaluation in &evaluations {
             let previous: Option<PupilStatus> = sqlx::query_as(
                 "SELECT persistent_absence, severe_absence, penalty_warning, unexplained_overdue, \
-                 unauthorised_return, sickness_return, ladder_stage FROM pupil_status \
+                 unauthorised_return, sickness_return, missed_target, ladder_stage \
+                 FROM pupil_status \
                  WHERE laestab = $1 AND upn = $2",
             )
             .bind(&evaluation.laestab)
@@ -677,14 +685,14 @@ async fn evaluate(
             sqlx::query(
                 "INSERT INTO pupil_status (laestab, upn, persistent_absence, severe_absence, \
                  penalty_warning, unexplained_overdue, unauthorised_return, sickness_return, as_of, \
-                 ladder_stage) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ladder_stage, missed_target) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
                  ON CONFLICT (laestab, upn) DO UPDATE SET persistent_absence = excluded.persistent_absence, \
                  severe_absence = excluded.severe_absence, penalty_warning = excluded.penalty_warning, \
                  unexplained_overdue = excluded.unexplained_overdue, \
                  unauthorised_return = excluded.unauthorised_return, \
                  sickness_return = excluded.sickness_return, as_of = excluded.as_of, \
-                 ladder_stage = excluded.ladder_stage",
+                 ladder_stage = excluded.ladder_stage, missed_target = excluded.missed_target",
             )
             .bind(&evaluation.laestab)
             .bind(&evaluation.pupil.upn)
@@ -696,6 +704,7 @@ async fn evaluate(
             .bind(after.sickness_return)
             .bind(evaluation.as_of)
             .bind(&after.ladder_stage)
+            .bind(after.missed_target)
             .execute(&mut *tx)
             .await?;
         }
@@ -750,6 +759,7 @@ impl<'a> Evaluation<'a> {
         figures: Figures,
         school: &'a SchoolContext,
         ladders: &[Ladder],
+        plans: &[PlanTarget],
     ) -> Self {
         let policy = &school.policy;
         let penalty = pupil.penalty(policy, school.as_of, school.adopted_from);
@@ -775,6 +785,7 @@ impl<'a> Evaluation<'a> {
                 unauthorised_return: alerts.unauthorised_met(),
                 sickness_return: alerts.sickness_met(),
                 ladder_stage: stage.as_ref().map(|s| s.id.clone()).unwrap_or_default(),
+                missed_target: missed_target(pupil, &school.laestab, school.as_of, plans),
             },
             stage_clause: stage.map(|s| s.clause).unwrap_or_default(),
             figures_json: serde_json::json!({
@@ -789,6 +800,77 @@ impl<'a> Evaluation<'a> {
             .to_string(),
         }
     }
+}
+
+/// An active plan's attendance target, as the follower checks it.
+#[derive(Debug, Clone)]
+struct PlanTarget {
+    upn: String,
+    laestab: String,
+    target_percent: u32,
+    start: NaiveDate,
+    review: NaiveDate,
+    /// Whether the attendance target was met at the latest review, if there has been one.
+    last_review_met: Option<bool>,
+}
+
+/// Reads the active Attendance Improvement Plans from the cases service.
+async fn active_plans(cases: &mut CasesServiceClient<Channel>) -> anyhow::Result<Vec<PlanTarget>> {
+    let listed = cases
+        .list_plans(ListPlansRequest {
+            laestab: String::new(),
+            upn: String::new(),
+            active_only: true,
+        })
+        .await?
+        .into_inner();
+    Ok(listed
+        .plans
+        .into_iter()
+        .filter_map(|plan| {
+            Some(PlanTarget {
+                last_review_met: plan.reviews.last().map(|review| review.attendance_met),
+                start: parse_date(&plan.start_date).ok()?,
+                review: parse_date(&plan.review_date).ok()?,
+                target_percent: u32::try_from(plan.attendance_target_percent).ok()?,
+                upn: plan.upn,
+                laestab: plan.laestab,
+            })
+        })
+        .collect())
+}
+
+/// Returns true when a plan of the pupil's at this school missed its attendance target: at
+/// its latest review, or over the plan's period once a review date has passed unreviewed.
+fn missed_target(
+    pupil: &PupilMarks,
+    laestab: &str,
+    as_of: NaiveDate,
+    plans: &[PlanTarget],
+) -> bool {
+    plans
+        .iter()
+        .filter(|plan| plan.upn == pupil.upn && plan.laestab == laestab)
+        .any(|plan| {
+            if plan.last_review_met == Some(false) {
+                return true;
+            }
+            if plan.review > as_of {
+                return false;
+            }
+            let figures = Figures::from_codes(
+                pupil
+                    .marks
+                    .iter()
+                    .filter(|(session, _)| {
+                        session.date >= plan.start && session.date <= plan.review
+                    })
+                    .map(|(_, code)| code.as_str()),
+            );
+            figures
+                .attendance_tenths()
+                .is_some_and(|tenths| tenths < plan.target_percent * 10)
+        })
 }
 
 /// Reads the ladders in use from the cases service: the loaded ones and the defaults they do

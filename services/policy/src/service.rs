@@ -231,6 +231,7 @@ impl TriggerRow {
             "unauthorised_absence_return" => TriggerKind::UnauthorisedAbsenceReturn,
             "sickness_return" => TriggerKind::SicknessReturn,
             "ladder_stage" => TriggerKind::LadderStage,
+            "missed_target" => TriggerKind::MissedTarget,
             _ => TriggerKind::Unspecified,
         };
         let state = match self.state.as_str() {

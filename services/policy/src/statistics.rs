@@ -39,6 +39,7 @@ struct PupilFigures {
     sen: String,
     fsm: String,
     figures: Figures,
+    lates: u32,
     persistent: bool,
     severe: bool,
 }
@@ -267,6 +268,14 @@ async fn school_figures(
         if figures.possible() == 0 {
             continue;
         }
+        let lates = u32::try_from(
+            pupil
+                .codes
+                .iter()
+                .filter(|code| matches!(code.as_str(), "L" | "U"))
+                .count(),
+        )
+        .unwrap_or(u32::MAX);
         let enrolment = pupil.enrolment;
         out.push(PupilFigures {
             upn: pupil.upn,
@@ -279,6 +288,7 @@ async fn school_figures(
             persistent: policy.is_persistent_absence(&figures),
             severe: policy.is_severe_absence(&figures),
             figures,
+            lates,
         });
     }
     Ok(())
@@ -307,8 +317,10 @@ fn group(key: &str, pupils: &[&PupilFigures], policy: &Policy) -> StatisticsGrou
     let mut figures = Figures::default();
     let mut persistent = 0u32;
     let mut severe = 0u32;
+    let mut lates = 0u32;
     for pupil in pupils {
         figures.merge(&pupil.figures);
+        lates = lates.saturating_add(pupil.lates);
         persistent += u32::from(pupil.persistent);
         severe += u32::from(pupil.severe);
     }
@@ -325,6 +337,7 @@ fn group(key: &str, pupils: &[&PupilFigures], policy: &Policy) -> StatisticsGrou
         severe_absentees: i32::try_from(severe).unwrap_or(i32::MAX),
         persistent_absence_rate: rate(persistent, count),
         severe_absence_rate: rate(severe, count),
+        late_sessions: i32::try_from(lates).unwrap_or(i32::MAX),
     }
 }
 
