@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
 use rollcall_api::policy::v1::{
-    AssignPolicyRequest, DecideAbsenceRequest, GetAttendanceStatisticsRequest, GetPolicyRequest,
-    GetPupilAttendanceRequest, GetSyncStateRequest, ListPoliciesRequest, ListRewardsRequest,
-    LoadPolicyRequest, SessionRef, StatisticsGroupBy, StatisticsRange, TriggerKind, TriggerState,
-    WatchTriggersRequest,
+    AssignPolicyRequest, DecideAbsenceRequest, GetAttendanceStatisticsRequest,
+    GetPenaltyNoticeTermsRequest, GetPolicyRequest, GetPupilAttendanceRequest, GetSyncStateRequest,
+    ListPoliciesRequest, ListRewardsRequest, LoadPolicyRequest, SessionRef, StatisticsGroupBy,
+    StatisticsRange, TriggerKind, TriggerState, WatchTriggersRequest,
 };
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{
@@ -425,6 +425,30 @@ async fn policies_over_time(database_url: Option<&str>) {
         warning_triggers(&mut clients).await,
         [(TriggerState::Raised, "statutory-2024".to_owned())]
     );
+
+    // Penalty notices per parent per child under the framework: a second within three years is
+    // a flat £160, a third is refused.
+    let terms = |earlier: &[&str]| GetPenaltyNoticeTermsRequest {
+        laestab: LAESTAB.into(),
+        on_date: "2025-09-22".into(),
+        earlier_notices: earlier.iter().map(|d| (*d).to_owned()).collect(),
+    };
+    let second = clients
+        .policy
+        .get_penalty_notice_terms(terms(&["2025-01-10"]))
+        .await
+        .expect("terms")
+        .into_inner();
+    assert!(second.allowed);
+    assert_eq!((second.reduced_amount, second.full_amount), (None, 160));
+    let third = clients
+        .policy
+        .get_penalty_notice_terms(terms(&["2025-01-10", "2025-06-02"]))
+        .await
+        .expect("terms")
+        .into_inner();
+    assert!(!third.allowed);
+    assert_eq!(third.policy_id, "statutory-2024");
 
     // The same, as a user sees it from the command line.
     let server = running.url();

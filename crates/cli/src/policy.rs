@@ -8,8 +8,8 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use comfy_table::{Table, presets};
 use rollcall_api::policy::v1::{
-    AssignPolicyRequest, DecideAbsenceRequest, GetPolicyRequest, ListPoliciesRequest,
-    ListPolicyAssignmentsRequest, LoadPolicyRequest, SessionRef,
+    AssignPolicyRequest, DecideAbsenceRequest, GetPenaltyNoticeTermsRequest, GetPolicyRequest,
+    ListPoliciesRequest, ListPolicyAssignmentsRequest, LoadPolicyRequest, SessionRef,
 };
 use rollcall_api::types::v1::Session as PbSession;
 use rollcall_domain::policy::check::{compare, statutory_in_force};
@@ -63,6 +63,22 @@ pub(crate) enum PolicyCommand {
     /// List every policy version the server holds.
     List {
         /// Print a JSON array, one object per version.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Whether a penalty notice may be issued to a parent for a child, and at what amount,
+    /// given the dates of the earlier notices to that parent for that child.
+    NoticeTerms {
+        /// The school (seven-digit LAESTAB) whose policy applies.
+        #[arg(long)]
+        school: String,
+        /// The date the notice would be issued (YYYY-MM-DD).
+        #[arg(long)]
+        on: String,
+        /// The date of an earlier notice to the same parent for the same child; repeat for each.
+        #[arg(long)]
+        earlier: Vec<String>,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -619,6 +635,56 @@ pub(crate) async fn run(
                 ]);
             }
             writeln!(out, "{}", table(&rows))?;
+            Ok(())
+        }
+        PolicyCommand::NoticeTerms {
+            school,
+            on,
+            earlier,
+            json,
+        } => {
+            let on = checked_date("--on", &on)?;
+            for value in &earlier {
+                checked_date("--earlier", value)?;
+            }
+            let terms = clients
+                .policy
+                .clone()
+                .get_penalty_notice_terms(GetPenaltyNoticeTermsRequest {
+                    laestab: school,
+                    on_date: on.to_string(),
+                    earlier_notices: earlier,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            if json {
+                let document = json!({
+                    "allowed": terms.allowed,
+                    "number": terms.number,
+                    "reduced_amount": terms.reduced_amount,
+                    "full_amount": terms.full_amount,
+                    "explanation": terms.explanation,
+                    "policy_id": terms.policy_id,
+                    "clause": terms.clause,
+                });
+                serde_json::to_writer_pretty(&mut *out, &document)?;
+                writeln!(out)?;
+                return Ok(());
+            }
+            if terms.allowed {
+                writeln!(
+                    out,
+                    "Notice {} may be issued: {} (policy {})",
+                    terms.number, terms.explanation, terms.policy_id
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "No notice may be issued: {} (policy {})",
+                    terms.explanation, terms.policy_id
+                )?;
+            }
             Ok(())
         }
         PolicyCommand::Check { .. } => unreachable_local(),

@@ -10,18 +10,20 @@ use rollcall_api::policy::v1::policy_service_server::{PolicyService, PolicyServi
 use rollcall_api::policy::v1::{
     AssignPolicyRequest, AssignPolicyResponse, CheckAggregatesRequest, CheckAggregatesResponse,
     CountedSession, DecideAbsenceRequest, DecideAbsenceResponse, GetAttendanceStatisticsRequest,
-    GetAttendanceStatisticsResponse, GetPolicyRequest, GetPolicyResponse,
-    GetPupilAttendanceRequest, GetPupilAttendanceResponse, GetSchoolAttendanceRequest,
-    GetSchoolAttendanceResponse, GetSyncStateRequest, GetSyncStateResponse, ListPoliciesRequest,
-    ListPoliciesResponse, ListPolicyAssignmentsRequest, ListPolicyAssignmentsResponse,
-    ListRewardsRequest, ListRewardsResponse, LoadPolicyRequest, LoadPolicyResponse, Period,
-    Policy as PbPolicy, PolicyAssignment, PolicyRule, PupilAttendance, ThresholdStatus, Trigger,
-    TriggerKind, TriggerState, WatchTriggersRequest, WatchTriggersResponse,
+    GetAttendanceStatisticsResponse, GetPenaltyNoticeTermsRequest, GetPenaltyNoticeTermsResponse,
+    GetPolicyRequest, GetPolicyResponse, GetPupilAttendanceRequest, GetPupilAttendanceResponse,
+    GetSchoolAttendanceRequest, GetSchoolAttendanceResponse, GetSyncStateRequest,
+    GetSyncStateResponse, ListPoliciesRequest, ListPoliciesResponse, ListPolicyAssignmentsRequest,
+    ListPolicyAssignmentsResponse, ListRewardsRequest, ListRewardsResponse, LoadPolicyRequest,
+    LoadPolicyResponse, Period, Policy as PbPolicy, PolicyAssignment, PolicyRule, PupilAttendance,
+    ThresholdStatus, Trigger, TriggerKind, TriggerState, WatchTriggersRequest,
+    WatchTriggersResponse,
 };
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{GetPupilRequest, GetSchoolRequest};
 use rollcall_api::types::v1::{Phase as PbPhase, Session as PbSession};
 use rollcall_domain::policy::ThresholdEvaluation;
+use rollcall_domain::policy::notices::notice_terms;
 use rollcall_domain::session::parse_date;
 use rollcall_domain::{Figures, Phase, Policy as DomainPolicy};
 use rollcall_runtime::grpc::{
@@ -750,6 +752,48 @@ impl PolicyService for Policy {
         crate::statistics::statistics(&self.db, &self.registers, request.into_inner())
             .await
             .map(Response::new)
+    }
+
+    async fn get_penalty_notice_terms(
+        &self,
+        request: Request<GetPenaltyNoticeTermsRequest>,
+    ) -> Result<Response<GetPenaltyNoticeTermsResponse>, Status> {
+        let request = request.into_inner();
+        let school = laestab("laestab", &request.laestab)?;
+        self.school_exists(&school).await?;
+        let on = parse_date(&request.on_date)
+            .map_err(|error| invalid_argument("on_date", &request.on_date, error.problem()))?;
+        let mut earlier = Vec::new();
+        for (index, value) in request.earlier_notices.iter().enumerate() {
+            let date = parse_date(value).map_err(|error| {
+                invalid_argument(&format!("earlier_notices[{index}]"), value, error.problem())
+            })?;
+            if date > on {
+                return Err(invalid_argument(
+                    &format!("earlier_notices[{index}]"),
+                    value,
+                    format!("it is after the date of the new notice, {on}"),
+                ));
+            }
+            earlier.push(date);
+        }
+        let version = policies::policy_for(&self.db, &school, on).await?;
+        let terms = notice_terms(&version.policy, &earlier, on).ok_or_else(|| {
+            failed_precondition(format!(
+                "policy {} that school {school} follows on {on} sets no penalty-notice terms",
+                version.policy.id
+            ))
+        })?;
+        let amount = |value: u32| i32::try_from(value).unwrap_or(i32::MAX);
+        Ok(Response::new(GetPenaltyNoticeTermsResponse {
+            allowed: terms.allowed,
+            number: amount(terms.number),
+            reduced_amount: terms.reduced_amount.map(amount),
+            full_amount: amount(terms.full_amount),
+            explanation: terms.explanation,
+            policy_id: version.policy.id,
+            clause: terms.clause.reference,
+        }))
     }
 
     async fn list_rewards(
