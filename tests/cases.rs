@@ -286,7 +286,69 @@ async fn casework(database_url: Option<&str>) {
         .await
         .expect("escalate without a call");
 
+    // The same from the command line.
+    let server = running.url();
+    let timeline = cli(&server, &["case", "timeline", "--case", &case.id, "--json"]).await;
+    let entries: serde_json::Value = serde_json::from_str(&timeline).expect("JSON");
+    assert_eq!(entries.as_array().map(Vec::len), Some(6));
+    assert_eq!(entries[1]["communicated_to_parents"], true);
+    let ladders = cli(&server, &["ladder", "list"]).await;
+    assert!(ladders.contains("juniors-and-secondary"), "{ladders}");
+    assert!(ladders.contains("loaded"), "{ladders}");
+    let recorded = cli(
+        &server,
+        &[
+            "case",
+            "action",
+            "--case",
+            &second.id,
+            "--kind",
+            "letter",
+            "--on",
+            "2025-11-05",
+            "--outcome",
+            "Letter of concern sent",
+            "--by",
+            "P Green",
+        ],
+    )
+    .await;
+    assert!(recorded.contains("Recorded letter"), "{recorded}");
+    let overdue = cli(
+        &server,
+        &[
+            "case",
+            "overdue",
+            "--school",
+            LAESTAB,
+            "--as-of",
+            "2026-01-05",
+        ],
+    )
+    .await;
+    assert!(overdue.contains(&second.id), "{overdue}");
+
     running.stop().await.expect("server stops");
+}
+
+/// Runs the rollcall binary against `server` and returns what it printed.
+async fn cli(server: &str, args: &[&str]) -> String {
+    let mut full = vec!["--server".to_owned(), server.to_owned()];
+    full.extend(args.iter().map(|arg| (*arg).to_owned()));
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_rollcall"))
+            .args(&full)
+            .output()
+            .expect("rollcall runs")
+    })
+    .await
+    .expect("command thread");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,7 @@ use rollcall_runtime::telemetry::{self, LogFormat};
 use serde_json::json;
 
 use crate::calendar::CalendarCommand;
+use crate::casework::{CaseCommand, LadderCommand};
 use crate::client::Clients;
 use crate::marks::MarksCommand;
 use crate::policy::{AbsenceCommand, PolicyCommand};
@@ -56,6 +57,12 @@ enum Command {
     /// Cases for pupils of concern.
     #[command(subcommand)]
     Cases(CasesCommand),
+    /// Work one case: open, record actions, escalate, de-escalate, close, timeline.
+    #[command(subcommand)]
+    Case(CaseCommand),
+    /// Escalation ladders: list the ones in use, load an edited one.
+    #[command(subcommand)]
+    Ladder(LadderCommand),
     /// Session marks: their history and amendments.
     #[command(subcommand)]
     Marks(MarksCommand),
@@ -171,6 +178,8 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(command) => ClientCommand::Import(command),
         Command::Report(command) => ClientCommand::Report(command),
         Command::Cases(command) => ClientCommand::Cases(command),
+        Command::Case(command) => ClientCommand::Case(command),
+        Command::Ladder(command) => ClientCommand::Ladder(command),
         Command::Marks(command) => ClientCommand::Marks(command),
         Command::Calendar(command) => ClientCommand::Calendar(command),
         Command::Referral(command) => ClientCommand::Referral(command),
@@ -209,6 +218,10 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         ClientCommand::Cases(CasesCommand::List { school, json }) => {
             list_cases(&clients, &school, json, &mut out).await
         }
+        ClientCommand::Case(command) => crate::casework::run(&clients, command, &mut out).await,
+        ClientCommand::Ladder(command) => {
+            crate::casework::run_ladder(&clients, command, &mut out).await
+        }
         ClientCommand::Marks(command) => crate::marks::run(&clients, command, &mut out).await,
         ClientCommand::Calendar(command) => crate::calendar::run(&clients, command, &mut out).await,
         ClientCommand::Policy(command) => crate::policy::run(&clients, command, &mut out).await,
@@ -232,6 +245,8 @@ enum ClientCommand {
     Import(ImportCommand),
     Report(ReportCommand),
     Cases(CasesCommand),
+    Case(CaseCommand),
+    Ladder(LadderCommand),
     Marks(MarksCommand),
     Calendar(CalendarCommand),
     Referral(ReferralCommand),

@@ -2,6 +2,7 @@
 //! a running server for imports, reports, cases and referral packs.
 
 mod calendar;
+mod casework;
 mod client;
 mod commands;
 mod demo;

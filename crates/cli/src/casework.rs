@@ -1,0 +1,433 @@
+//! `rollcall case` and `rollcall ladder`: working a case and the escalation ladders.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+use comfy_table::{Table, presets};
+use rollcall_api::cases::v1::{
+    Case, ChangeCaseRequest, GetCaseTimelineRequest, ListLaddersRequest, ListOverdueReviewsRequest,
+    LoadLadderRequest, OpenCaseRequest, RecordActionRequest,
+};
+use rollcall_api::convert::from_timestamp;
+use rollcall_api::types::v1::Phase as PbPhase;
+use rollcall_domain::Phase;
+use rollcall_domain::session::parse_date;
+use serde_json::json;
+
+use crate::client::Clients;
+use crate::text::table;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CaseCommand {
+    /// Open a case by hand at the first stage of the pupil's ladder.
+    Open {
+        /// The pupil's UPN.
+        #[arg(long)]
+        upn: String,
+        /// The school (seven-digit LAESTAB).
+        #[arg(long)]
+        school: String,
+        /// What the case is about, for example persistent_absence or punctuality.
+        #[arg(long)]
+        concern: String,
+        /// The pupil's phase: infant, junior or secondary.
+        #[arg(long)]
+        phase: Phase,
+        /// Why the case is opened.
+        #[arg(long)]
+        reason: String,
+        /// The name of the person opening it.
+        #[arg(long)]
+        by: String,
+        /// Their role.
+        #[arg(long, default_value = "")]
+        role: String,
+        /// The date it starts (YYYY-MM-DD); the default is today.
+        #[arg(long)]
+        on: Option<String>,
+    },
+    /// Move a case up one stage; refused until the stage's actions are recorded.
+    Escalate(ChangeArgs),
+    /// Move a case down one stage.
+    Deescalate(ChangeArgs),
+    /// Close a case.
+    Close(ChangeArgs),
+    /// Record an action on a case.
+    Action {
+        /// The case.
+        #[arg(long)]
+        case: String,
+        /// call, letter, meeting, structured_meeting, home_visit or attendance_contract.
+        #[arg(long)]
+        kind: String,
+        /// The date it was taken (YYYY-MM-DD).
+        #[arg(long)]
+        on: String,
+        /// What came of it.
+        #[arg(long)]
+        outcome: String,
+        /// Notes.
+        #[arg(long, default_value = "")]
+        notes: String,
+        /// The trust's Attendance Improvement Officer took part.
+        #[arg(long)]
+        with_aio: bool,
+        /// The next review date (YYYY-MM-DD); the default is the stage's review interval.
+        #[arg(long)]
+        next_review: Option<String>,
+        /// The name of the person recording it.
+        #[arg(long)]
+        by: String,
+        /// Their role.
+        #[arg(long, default_value = "")]
+        role: String,
+    },
+    /// Everything that happened on a case, oldest first.
+    Timeline {
+        /// The case.
+        #[arg(long)]
+        case: String,
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open cases whose review date has passed, by owner role.
+    Overdue {
+        /// The school (seven-digit LAESTAB); the default is every school.
+        #[arg(long)]
+        school: Option<String>,
+        /// Reviews due before this date are overdue (YYYY-MM-DD); the default is today.
+        #[arg(long)]
+        as_of: Option<String>,
+    },
+}
+
+/// Options shared by escalate, de-escalate and close.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ChangeArgs {
+    /// The case.
+    #[arg(long)]
+    case: String,
+    /// Why; kept on the case.
+    #[arg(long)]
+    reason: String,
+    /// The name of the person making the change.
+    #[arg(long)]
+    by: String,
+    /// Their role.
+    #[arg(long, default_value = "")]
+    role: String,
+    /// The date of the change (YYYY-MM-DD); the default is today.
+    #[arg(long)]
+    on: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum LadderCommand {
+    /// List the ladders in use.
+    List,
+    /// Check a ladder file and load it, replacing the ladder with the same id.
+    Load {
+        /// The ladder file (TOML).
+        file: PathBuf,
+        /// The name of the person loading it.
+        #[arg(long)]
+        by: String,
+    },
+}
+
+fn checked(flag: &str, value: Option<&String>) -> anyhow::Result<String> {
+    match value {
+        Some(value) => parse_date(value)
+            .map(|date| date.to_string())
+            .map_err(|error| anyhow::anyhow!("invalid {flag}: {error}")),
+        None => Ok(String::new()),
+    }
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", status.message())
+}
+
+fn describe(case: &Case) -> String {
+    format!(
+        "Case {} for pupil {}: stage {} ({}), next review {}",
+        case.id,
+        case.upn,
+        case.stage,
+        case.owner_role.replace('_', " "),
+        if case.next_review.is_empty() {
+            "none"
+        } else {
+            case.next_review.as_str()
+        }
+    )
+}
+
+fn change_request(args: ChangeArgs) -> anyhow::Result<ChangeCaseRequest> {
+    Ok(ChangeCaseRequest {
+        on_date: checked("--on", args.on.as_ref())?,
+        case_id: args.case,
+        changed_by: args.by,
+        role: args.role,
+        reason: args.reason,
+    })
+}
+
+pub(crate) async fn run(
+    clients: &Clients,
+    command: CaseCommand,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let mut cases = clients.cases.clone();
+    match command {
+        CaseCommand::Open {
+            upn,
+            school,
+            concern,
+            phase,
+            reason,
+            by,
+            role,
+            on,
+        } => {
+            let case = cases
+                .open_case(OpenCaseRequest {
+                    upn,
+                    laestab: school,
+                    concern,
+                    phase: PbPhase::from(phase) as i32,
+                    opened_by: by,
+                    role,
+                    reason,
+                    on_date: checked("--on", on.as_ref())?,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .r#case
+                .unwrap_or_default();
+            writeln!(out, "Opened. {}", describe(&case))?;
+        }
+        CaseCommand::Escalate(args) => {
+            let case = cases
+                .escalate_case(change_request(args)?)
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .r#case
+                .unwrap_or_default();
+            writeln!(out, "Escalated. {}", describe(&case))?;
+        }
+        CaseCommand::Deescalate(args) => {
+            let case = cases
+                .deescalate_case(change_request(args)?)
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .r#case
+                .unwrap_or_default();
+            writeln!(out, "De-escalated. {}", describe(&case))?;
+        }
+        CaseCommand::Close(args) => {
+            let case = cases
+                .close_case(change_request(args)?)
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .r#case
+                .unwrap_or_default();
+            writeln!(out, "Closed case {} for pupil {}", case.id, case.upn)?;
+        }
+        CaseCommand::Action {
+            case,
+            kind,
+            on,
+            outcome,
+            notes,
+            with_aio,
+            next_review,
+            by,
+            role,
+        } => {
+            let taken_on = checked("--on", Some(&on))?;
+            let request_id = format!("cli:{case}:{kind}:{taken_on}:{by}");
+            let recorded = cases
+                .record_action(RecordActionRequest {
+                    request_id,
+                    case_id: case.clone(),
+                    kind,
+                    taken_on,
+                    outcome,
+                    notes,
+                    with_aio,
+                    next_review: checked("--next-review", next_review.as_ref())?,
+                    recorded_by: by,
+                    role,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let action = recorded.action.unwrap_or_default();
+            if recorded.already_recorded {
+                writeln!(
+                    out,
+                    "This {} on {} is already recorded on case {case} ({}); nothing changed",
+                    action.kind.replace('_', " "),
+                    action.taken_on,
+                    action.id
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "Recorded {} {} on case {case}; next review {}",
+                    action.kind.replace('_', " "),
+                    action.id,
+                    action.next_review
+                )?;
+            }
+        }
+        CaseCommand::Timeline { case, json } => {
+            let entries = cases
+                .get_case_timeline(GetCaseTimelineRequest { case_id: case })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .entries;
+            let at = |entry: &rollcall_api::cases::v1::TimelineEntry| {
+                entry
+                    .at
+                    .as_ref()
+                    .and_then(from_timestamp)
+                    .map(|at| at.format("%Y-%m-%d %H:%M").to_string())
+                    .unwrap_or_default()
+            };
+            if json {
+                let rows: Vec<serde_json::Value> = entries
+                    .iter()
+                    .map(|entry| {
+                        json!({
+                            "at": at(entry),
+                            "kind": entry.kind,
+                            "stage": entry.stage,
+                            "detail": entry.detail,
+                            "reason": entry.reason,
+                            "by": entry.by,
+                            "communicated_to_parents": entry.communicated_to_parents,
+                        })
+                    })
+                    .collect();
+                serde_json::to_writer_pretty(&mut *out, &rows)?;
+                writeln!(out)?;
+                return Ok(());
+            }
+            let mut rows = Table::new();
+            rows.load_preset(presets::NOTHING);
+            rows.set_header([
+                "when",
+                "what",
+                "stage",
+                "detail",
+                "reason or outcome",
+                "by",
+                "to parents",
+            ]);
+            for entry in &entries {
+                rows.add_row([
+                    at(entry),
+                    entry.kind.clone(),
+                    entry.stage.clone(),
+                    entry.detail.clone(),
+                    entry.reason.clone(),
+                    entry.by.clone(),
+                    if entry.communicated_to_parents {
+                        "yes".to_owned()
+                    } else {
+                        String::new()
+                    },
+                ]);
+            }
+            writeln!(out, "{}", table(&rows))?;
+        }
+        CaseCommand::Overdue { school, as_of } => {
+            let owners = cases
+                .list_overdue_reviews(ListOverdueReviewsRequest {
+                    laestab: school.unwrap_or_default(),
+                    as_of: checked("--as-of", as_of.as_ref())?,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .owners;
+            if owners.is_empty() {
+                writeln!(out, "No review is overdue.")?;
+            }
+            for owner in owners {
+                writeln!(out, "{}:", owner.owner_role.replace('_', " "))?;
+                for case in owner.cases {
+                    writeln!(
+                        out,
+                        "  {} pupil {} at school {}, stage {}, review due {}",
+                        case.id, case.upn, case.laestab, case.stage, case.next_review
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn run_ladder(
+    clients: &Clients,
+    command: LadderCommand,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let mut cases = clients.cases.clone();
+    match command {
+        LadderCommand::List => {
+            let ladders = cases
+                .list_ladders(ListLaddersRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .ladders;
+            for ladder in ladders {
+                writeln!(
+                    out,
+                    "{}: {} (phases {}; {})",
+                    ladder.id,
+                    ladder.title,
+                    ladder.phases.join(", "),
+                    if ladder.shipped {
+                        "shipped default"
+                    } else {
+                        "loaded"
+                    }
+                )?;
+            }
+        }
+        LadderCommand::Load { file, by } => {
+            let source = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read ladder file {}", file.display()))?;
+            let ladder = cases
+                .load_ladder(LoadLadderRequest {
+                    source,
+                    loaded_by: by,
+                })
+                .await
+                .map_err(|status| anyhow::anyhow!("{}: {}", file.display(), status.message()))?
+                .into_inner()
+                .ladder
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "Loaded ladder {} for phases {}; cases opened from now on follow it",
+                ladder.id,
+                ladder.phases.join(", ")
+            )?;
+        }
+    }
+    Ok(())
+}
