@@ -6,8 +6,9 @@ use std::path::Path;
 
 use rollcall_api::cases::v1::cases_service_client::CasesServiceClient;
 use rollcall_api::cases::v1::{
-    CaseStatus, ChangeCaseRequest, GetCaseTimelineRequest, ListLaddersRequest,
-    ListOverdueReviewsRequest, LoadLadderRequest, OpenCaseRequest, RecordActionRequest,
+    CaseStatus, CloseCaseRequest, DeescalateCaseRequest, EscalateCaseRequest,
+    GetCaseTimelineRequest, ListLaddersRequest, ListOverdueReviewsRequest, LoadLadderRequest,
+    OpenCaseRequest, RecordActionRequest,
 };
 use rollcall_api::types::v1::Phase;
 use rollcall_cli::server::{self, RunningServer, ServerConfig};
@@ -37,13 +38,35 @@ async fn start(
     (running, CasesServiceClient::new(channel))
 }
 
-fn change(case_id: &str, reason: &str, on: &str) -> ChangeCaseRequest {
-    ChangeCaseRequest {
+fn escalate(case_id: &str, reason: &str, on: &str) -> EscalateCaseRequest {
+    EscalateCaseRequest {
         case_id: case_id.into(),
         changed_by: "P Green".into(),
         role: "head_of_year".into(),
         reason: reason.into(),
         on_date: on.into(),
+    }
+}
+
+fn deescalate(case_id: &str, reason: &str, on: &str) -> DeescalateCaseRequest {
+    let r = escalate(case_id, reason, on);
+    DeescalateCaseRequest {
+        case_id: r.case_id,
+        changed_by: r.changed_by,
+        role: r.role,
+        reason: r.reason,
+        on_date: r.on_date,
+    }
+}
+
+fn close(case_id: &str, reason: &str, on: &str) -> CloseCaseRequest {
+    let r = escalate(case_id, reason, on);
+    CloseCaseRequest {
+        case_id: r.case_id,
+        changed_by: r.changed_by,
+        role: r.role,
+        reason: r.reason,
+        on_date: r.on_date,
     }
 }
 
@@ -92,7 +115,7 @@ async fn casework(database_url: Option<&str>) {
 
     // The first stage needs a call home before the case moves up.
     let blocked = cases
-        .escalate_case(change(&case.id, "No improvement", "2025-09-22"))
+        .escalate_case(escalate(&case.id, "No improvement", "2025-09-22"))
         .await
         .expect_err("no call yet");
     assert_eq!(blocked.code(), Code::FailedPrecondition);
@@ -116,7 +139,7 @@ async fn casework(database_url: Option<&str>) {
     );
 
     let no_reason = cases
-        .escalate_case(change(&case.id, " ", "2025-09-22"))
+        .escalate_case(escalate(&case.id, " ", "2025-09-22"))
         .await
         .expect_err("a reason is required");
     assert_eq!(no_reason.code(), Code::InvalidArgument);
@@ -127,7 +150,11 @@ async fn casework(database_url: Option<&str>) {
     );
 
     let escalated = cases
-        .escalate_case(change(&case.id, "Still late after the call", "2025-09-22"))
+        .escalate_case(escalate(
+            &case.id,
+            "Still late after the call",
+            "2025-09-22",
+        ))
         .await
         .expect("escalate")
         .into_inner()
@@ -151,7 +178,11 @@ async fn casework(database_url: Option<&str>) {
     cases.record_action(structured).await.expect("with the AIO");
 
     let back = cases
-        .deescalate_case(change(&case.id, "Improved after the meeting", "2025-09-30"))
+        .deescalate_case(deescalate(
+            &case.id,
+            "Improved after the meeting",
+            "2025-09-30",
+        ))
         .await
         .expect("de-escalate")
         .into_inner()
@@ -174,12 +205,12 @@ async fn casework(database_url: Option<&str>) {
     assert_eq!(overdue[0].cases[0].id, case.id);
 
     let no_reason = cases
-        .close_case(change(&case.id, "", "2025-10-10"))
+        .close_case(close(&case.id, "", "2025-10-10"))
         .await
         .expect_err("a reason is required");
     assert_eq!(no_reason.code(), Code::InvalidArgument);
     let closed = cases
-        .close_case(change(&case.id, "On time for four weeks", "2025-10-10"))
+        .close_case(close(&case.id, "On time for four weeks", "2025-10-10"))
         .await
         .expect("close")
         .into_inner()
@@ -278,7 +309,7 @@ async fn casework(database_url: Option<&str>) {
         .r#case
         .expect("case");
     cases
-        .escalate_case(change(
+        .escalate_case(escalate(
             &second.id,
             "The loaded ladder needs no call",
             "2025-11-04",

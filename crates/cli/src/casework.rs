@@ -7,8 +7,9 @@ use anyhow::Context;
 use clap::Subcommand;
 use comfy_table::{Table, presets};
 use rollcall_api::cases::v1::{
-    Case, ChangeCaseRequest, GetCaseTimelineRequest, ListLaddersRequest, ListOverdueReviewsRequest,
-    LoadLadderRequest, OpenCaseRequest, RecordActionRequest,
+    Case, CloseCaseRequest, DeescalateCaseRequest, EscalateCaseRequest, GetCaseTimelineRequest,
+    ListLaddersRequest, ListOverdueReviewsRequest, LoadLadderRequest, OpenCaseRequest,
+    RecordActionRequest,
 };
 use rollcall_api::convert::from_timestamp;
 use rollcall_api::types::v1::Phase as PbPhase;
@@ -166,8 +167,17 @@ fn describe(case: &Case) -> String {
     )
 }
 
-fn change_request(args: ChangeArgs) -> anyhow::Result<ChangeCaseRequest> {
-    Ok(ChangeCaseRequest {
+/// The fields every change request carries, checked.
+struct ChangeFields {
+    case_id: String,
+    changed_by: String,
+    role: String,
+    reason: String,
+    on_date: String,
+}
+
+fn change_fields(args: ChangeArgs) -> anyhow::Result<ChangeFields> {
+    Ok(ChangeFields {
         on_date: checked("--on", args.on.as_ref())?,
         case_id: args.case,
         changed_by: args.by,
@@ -212,8 +222,16 @@ pub(crate) async fn run(
             writeln!(out, "Opened. {}", describe(&case))?;
         }
         CaseCommand::Escalate(args) => {
+            let f = change_fields(args)?;
+            let request = EscalateCaseRequest {
+                case_id: f.case_id,
+                changed_by: f.changed_by,
+                role: f.role,
+                reason: f.reason,
+                on_date: f.on_date,
+            };
             let case = cases
-                .escalate_case(change_request(args)?)
+                .escalate_case(request)
                 .await
                 .map_err(status_error)?
                 .into_inner()
@@ -222,8 +240,16 @@ pub(crate) async fn run(
             writeln!(out, "Escalated. {}", describe(&case))?;
         }
         CaseCommand::Deescalate(args) => {
+            let f = change_fields(args)?;
+            let request = DeescalateCaseRequest {
+                case_id: f.case_id,
+                changed_by: f.changed_by,
+                role: f.role,
+                reason: f.reason,
+                on_date: f.on_date,
+            };
             let case = cases
-                .deescalate_case(change_request(args)?)
+                .deescalate_case(request)
                 .await
                 .map_err(status_error)?
                 .into_inner()
@@ -232,8 +258,16 @@ pub(crate) async fn run(
             writeln!(out, "De-escalated. {}", describe(&case))?;
         }
         CaseCommand::Close(args) => {
+            let f = change_fields(args)?;
+            let request = CloseCaseRequest {
+                case_id: f.case_id,
+                changed_by: f.changed_by,
+                role: f.role,
+                reason: f.reason,
+                on_date: f.on_date,
+            };
             let case = cases
-                .close_case(change_request(args)?)
+                .close_case(request)
                 .await
                 .map_err(status_error)?
                 .into_inner()

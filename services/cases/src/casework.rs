@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use rollcall_api::cases::v1::{
-    CaseAction, ChangeCaseRequest, GetCaseTimelineResponse, Ladder as PbLadder, OpenCaseRequest,
-    OwnerReviews, RecordActionRequest, RecordActionResponse, TimelineEntry,
+    CaseAction, GetCaseTimelineResponse, Ladder as PbLadder, OpenCaseRequest, OwnerReviews,
+    RecordActionRequest, RecordActionResponse, TimelineEntry,
 };
 use rollcall_api::convert::{phase_from_proto, timestamp};
 use rollcall_domain::ladder::{
@@ -333,10 +333,20 @@ struct KindRow {
     kind: String,
 }
 
+/// A change to a case as staff ask for it.
+#[derive(Debug)]
+pub(crate) struct ChangeInput {
+    pub(crate) case_id: String,
+    pub(crate) changed_by: String,
+    pub(crate) role: String,
+    pub(crate) reason: String,
+    pub(crate) on_date: String,
+}
+
 /// Escalates, de-escalates or closes a case.
 pub(crate) async fn change(
     db: &Db,
-    request: ChangeCaseRequest,
+    request: ChangeInput,
     change: Change,
 ) -> Result<CaseRow, Status> {
     let case_id = required("case_id", &request.case_id, "give the case id")?;

@@ -3,7 +3,8 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use rollcall_api::cases::v1::cases_service_server::{CasesService, CasesServiceServer};
 use rollcall_api::cases::v1::{
-    Case, CaseStatus, ChangeCaseRequest, ChangeCaseResponse, CreatePlanRequest, CreatePlanResponse,
+    Case, CaseStatus, CloseCaseRequest, CloseCaseResponse, CreatePlanRequest, CreatePlanResponse,
+    DeescalateCaseRequest, DeescalateCaseResponse, EscalateCaseRequest, EscalateCaseResponse,
     GetCaseTimelineRequest, GetCaseTimelineResponse, GetSyncStateRequest, GetSyncStateResponse,
     ListCasesRequest, ListCasesResponse, ListLaddersRequest, ListLaddersResponse,
     ListOverdueReviewsRequest, ListOverdueReviewsResponse, ListPlansRequest, ListPlansResponse,
@@ -46,17 +47,6 @@ impl Cases {
     /// Starts the follower of the policy service's triggers.
     pub fn start_follower(&self) -> tokio::task::JoinHandle<()> {
         follower::spawn(self.db.clone(), self.policy.clone(), self.processed.clone())
-    }
-
-    async fn change(
-        &self,
-        request: Request<ChangeCaseRequest>,
-        change: casework::Change,
-    ) -> Result<Response<ChangeCaseResponse>, Status> {
-        let row = casework::change(&self.db, request.into_inner(), change).await?;
-        Ok(Response::new(ChangeCaseResponse {
-            r#case: Some(row.into_proto()),
-        }))
     }
 
     /// Wraps the service in its tonic server.
@@ -190,23 +180,56 @@ impl CasesService for Cases {
 
     async fn escalate_case(
         &self,
-        request: Request<ChangeCaseRequest>,
-    ) -> Result<Response<ChangeCaseResponse>, Status> {
-        self.change(request, casework::Change::Escalate).await
+        request: Request<EscalateCaseRequest>,
+    ) -> Result<Response<EscalateCaseResponse>, Status> {
+        let r = request.into_inner();
+        let input = casework::ChangeInput {
+            case_id: r.case_id,
+            changed_by: r.changed_by,
+            role: r.role,
+            reason: r.reason,
+            on_date: r.on_date,
+        };
+        let row = casework::change(&self.db, input, casework::Change::Escalate).await?;
+        Ok(Response::new(EscalateCaseResponse {
+            r#case: Some(row.into_proto()),
+        }))
     }
 
     async fn deescalate_case(
         &self,
-        request: Request<ChangeCaseRequest>,
-    ) -> Result<Response<ChangeCaseResponse>, Status> {
-        self.change(request, casework::Change::Deescalate).await
+        request: Request<DeescalateCaseRequest>,
+    ) -> Result<Response<DeescalateCaseResponse>, Status> {
+        let r = request.into_inner();
+        let input = casework::ChangeInput {
+            case_id: r.case_id,
+            changed_by: r.changed_by,
+            role: r.role,
+            reason: r.reason,
+            on_date: r.on_date,
+        };
+        let row = casework::change(&self.db, input, casework::Change::Deescalate).await?;
+        Ok(Response::new(DeescalateCaseResponse {
+            r#case: Some(row.into_proto()),
+        }))
     }
 
     async fn close_case(
         &self,
-        request: Request<ChangeCaseRequest>,
-    ) -> Result<Response<ChangeCaseResponse>, Status> {
-        self.change(request, casework::Change::Close).await
+        request: Request<CloseCaseRequest>,
+    ) -> Result<Response<CloseCaseResponse>, Status> {
+        let r = request.into_inner();
+        let input = casework::ChangeInput {
+            case_id: r.case_id,
+            changed_by: r.changed_by,
+            role: r.role,
+            reason: r.reason,
+            on_date: r.on_date,
+        };
+        let row = casework::change(&self.db, input, casework::Change::Close).await?;
+        Ok(Response::new(CloseCaseResponse {
+            r#case: Some(row.into_proto()),
+        }))
     }
 
     async fn record_action(
