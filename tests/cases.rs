@@ -431,8 +431,8 @@ fn september_marks(upn: &str) -> Vec<rollcall_api::registers::v1::Mark> {
         .collect()
 }
 
-/// An Attendance Improvement Plan: the AIO reviews targets for a pupil under 90%, reviews
-/// measure progress from the registers, and a missed target raises a trigger.
+/// Checks an Attendance Improvement Plan: the AIO reviews targets for a pupil under 90%,
+/// reviews measure progress from the registers, and a missed target raises a trigger.
 async fn plans(database_url: Option<&str>) {
     use rollcall_api::cases::v1::{CreatePlanRequest, ReviewPlanRequest};
     use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
@@ -561,7 +561,7 @@ async fn plans(database_url: Option<&str>) {
     assert!(review.punctuality_met, "no late marks");
     assert_eq!(reviewed.review_date, "2025-10-03");
 
-    // The policy service sees the missed target once the school's marks change again.
+    // The policy service finds the missed target once the school's marks change again.
     let amended = registers
         .amend_mark(AmendMarkRequest {
             request_id: "late".into(),

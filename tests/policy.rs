@@ -700,8 +700,8 @@ async fn pupil_triggers(
     found
 }
 
-/// An unexplained absence left too long, ten school days of unauthorised absence in a row and
-/// fifteen days of sickness each raise a trigger; correcting the N withdraws the first two.
+/// Checks that an N left too long, ten school days of unauthorised absence in a row and fifteen
+/// days of sickness each raise a trigger. Correcting the N withdraws the first two.
 async fn patterns_of_absence(database_url: Option<&str>) {
     let work = tempfile::tempdir().expect("temp dir");
     let (running, mut clients) = start(work.path(), database_url).await;

@@ -30,13 +30,13 @@ pub(crate) enum CaseCommand {
         /// The school (seven-digit LAESTAB).
         #[arg(long)]
         school: String,
-        /// What the case is about, for example persistent_absence or punctuality.
+        /// The concern, for example persistent_absence or punctuality.
         #[arg(long)]
         concern: String,
         /// The pupil's phase: infant, junior or secondary.
         #[arg(long)]
         phase: Phase,
-        /// Why the case is opened.
+        /// The reason for opening it.
         #[arg(long)]
         reason: String,
         /// The name of the person opening it.
@@ -66,7 +66,7 @@ pub(crate) enum CaseCommand {
         /// The date it was taken (YYYY-MM-DD).
         #[arg(long)]
         on: String,
-        /// What came of it.
+        /// The outcome.
         #[arg(long)]
         outcome: String,
         /// Notes.
@@ -111,7 +111,7 @@ pub(crate) struct ChangeArgs {
     /// The case.
     #[arg(long)]
     case: String,
-    /// Why; kept on the case.
+    /// The reason, kept on the case.
     #[arg(long)]
     reason: String,
     /// The name of the person making the change.

@@ -1,5 +1,5 @@
 //! DecideAbsence: checks the request, counts the days of illness from the registers, takes the
-//! decision from the domain library and, when the request says so, records it in the registers.
+//! decision from the domain library and, when the request asks, records it in the registers.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -97,7 +97,7 @@ impl Kind {
 /// The kind of a ladder-stage trigger, as stored and streamed.
 pub(crate) const LADDER_STAGE: &str = "ladder_stage";
 
-/// Where a pupil stands on each kind of trigger, as stored between evaluations.
+/// A pupil's position on each kind of trigger, as stored between evaluations.
 #[derive(Debug, Clone, Default, PartialEq, Eq, sqlx::FromRow)]
 struct PupilStatus {
     persistent_absence: bool,
