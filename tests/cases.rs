@@ -434,15 +434,18 @@ fn september_marks(upn: &str) -> Vec<rollcall_api::registers::v1::Mark> {
 /// Checks an Attendance Improvement Plan: the AIO reviews targets for a pupil under 90%,
 /// reviews measure progress from the registers, and a missed target raises a trigger.
 async fn plans(database_url: Option<&str>) {
-    use rollcall_api::cases::v1::{CreatePlanRequest, ReviewPlanRequest};
+    use rollcall_api::cases::v1::{
+        CreatePlanRequest, ListGivenRewardsRequest, ListTruancyIncidentsRequest,
+        RecordRewardRequest, RecordTruancyIncidentRequest, ReviewPlanRequest,
+    };
     use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
     use rollcall_api::policy::v1::{
         GetSyncStateRequest, TriggerKind, TriggerState, WatchTriggersRequest,
     };
     use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
     use rollcall_api::registers::v1::{
-        AmendMarkRequest, ImportHeader, ImportMarks, ImportPupil, ImportRegisterRequest, Pupil,
-        School, import_register_request::Item,
+        AmendMarkRequest, CheckKind, ImportHeader, ImportMarks, ImportPupil, ImportRegisterRequest,
+        LessonMark, Pupil, RecordLessonCheckRequest, School, import_register_request::Item,
     };
     use rollcall_api::types::v1::{MarkSource, Session};
 
@@ -613,6 +616,128 @@ async fn plans(database_url: Option<&str>) {
         }
     }
     assert_eq!(missed, Some(TriggerState::Raised as i32));
+
+    // A lesson check finds the pupil missing after registration on Tuesday 16 September; the
+    // flag becomes an incident once, with the parents told and support offered.
+    let recorded = registers
+        .record_lesson_check(RecordLessonCheckRequest {
+            request_id: "period-3".into(),
+            laestab: LAESTAB.into(),
+            date: "2025-09-17".into(),
+            session: Session::Am as i32,
+            kind: CheckKind::Lesson as i32,
+            label: "Year 8 science, period 3".into(),
+            taken_at: None,
+            recorded_by: "A Teacher".into(),
+            recorded_by_position: "Science teacher".into(),
+            marks: vec![LessonMark {
+                upn: UPN.into(),
+                present: false,
+            }],
+        })
+        .await
+        .expect("lesson check")
+        .into_inner();
+    let flag = recorded.flags.first().expect("a flag").id.clone();
+    let listed = cases
+        .list_truancy_incidents(ListTruancyIncidentsRequest {
+            laestab: LAESTAB.into(),
+        })
+        .await
+        .expect("incidents")
+        .into_inner();
+    assert_eq!(listed.flags_not_dealt_with, std::slice::from_ref(&flag));
+    let incident = RecordTruancyIncidentRequest {
+        laestab: LAESTAB.into(),
+        flag_id: flag.clone(),
+        sanction: "Lunchtime detention".into(),
+        parents_informed_on: "2025-09-17".into(),
+        parents_informed_how: "phone call".into(),
+        support_offered: "Weekly mentoring with the head of year".into(),
+        recorded_by: "P Green".into(),
+        role: "head_of_year".into(),
+    };
+    let mut untold = incident.clone();
+    untold.parents_informed_how = String::new();
+    let error = cases
+        .record_truancy_incident(untold)
+        .await
+        .expect_err("parents are always told");
+    assert!(
+        error.message().contains("parents_informed_how"),
+        "{}",
+        error.message()
+    );
+    let first = cases
+        .record_truancy_incident(incident.clone())
+        .await
+        .expect("incident")
+        .into_inner();
+    assert!(!first.already_recorded);
+    let again = cases
+        .record_truancy_incident(incident)
+        .await
+        .expect("same flag")
+        .into_inner();
+    assert!(again.already_recorded);
+    let listed = cases
+        .list_truancy_incidents(ListTruancyIncidentsRequest {
+            laestab: LAESTAB.into(),
+        })
+        .await
+        .expect("incidents")
+        .into_inner();
+    assert_eq!(listed.incidents.len(), 1);
+    assert!(listed.flags_not_dealt_with.is_empty());
+    let timeline = cases
+        .get_case_timeline(GetCaseTimelineRequest {
+            case_id: case.id.clone(),
+        })
+        .await
+        .expect("timeline")
+        .into_inner()
+        .entries;
+    assert!(timeline.iter().any(|entry| entry.kind == "truancy"));
+
+    // Rewards given are recorded once per pupil, reward and period.
+    let reward = RecordRewardRequest {
+        laestab: LAESTAB.into(),
+        upn: UPN.into(),
+        reward: "excellent_punctuality".into(),
+        period_from: "2025-09-01".into(),
+        period_to: "2025-09-19".into(),
+        given_on: "2025-09-22".into(),
+        given_by: "P Green".into(),
+        notes: "Certificate in assembly".into(),
+    };
+    for expected in [false, true] {
+        let given = cases
+            .record_reward(reward.clone())
+            .await
+            .expect("reward")
+            .into_inner();
+        assert_eq!(given.already_recorded, expected);
+    }
+    let mut unknown = reward;
+    unknown.reward = "gold_star".into();
+    let error = cases
+        .record_reward(unknown)
+        .await
+        .expect_err("unknown reward");
+    assert!(
+        error.message().contains("excellent_attendance"),
+        "{}",
+        error.message()
+    );
+    let given = cases
+        .list_given_rewards(ListGivenRewardsRequest {
+            laestab: LAESTAB.into(),
+        })
+        .await
+        .expect("rewards")
+        .into_inner()
+        .rewards;
+    assert_eq!(given.len(), 1);
 
     running.stop().await.expect("server stops");
 }

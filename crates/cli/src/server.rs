@@ -134,7 +134,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let (stop_signal, stopping) = rollcall_runtime::shutdown::stop_signal();
     let registers = Registers::new(registers_db, stopping.clone()).await?;
     let policy = Policy::new(policy_db, channel.clone(), channel.clone(), stopping).await?;
-    let cases = Cases::new(cases_db, channel.clone()).await?;
+    let cases = Cases::new(cases_db, channel.clone(), channel.clone()).await?;
     let referrals = Referrals::new(referrals_db, channel.clone(), channel.clone());
     let adapter = MisAdapter::new(adapter_db, channel.clone());
 

@@ -6,6 +6,7 @@
 
 mod casework;
 mod follower;
+mod incidents;
 mod plans;
 mod service;
 

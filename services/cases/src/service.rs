@@ -6,13 +6,16 @@ use rollcall_api::cases::v1::{
     Case, CaseStatus, CloseCaseRequest, CloseCaseResponse, CreatePlanRequest, CreatePlanResponse,
     DeescalateCaseRequest, DeescalateCaseResponse, EscalateCaseRequest, EscalateCaseResponse,
     GetCaseTimelineRequest, GetCaseTimelineResponse, GetSyncStateRequest, GetSyncStateResponse,
-    ListCasesRequest, ListCasesResponse, ListLaddersRequest, ListLaddersResponse,
-    ListOverdueReviewsRequest, ListOverdueReviewsResponse, ListPlansRequest, ListPlansResponse,
+    ListCasesRequest, ListCasesResponse, ListGivenRewardsRequest, ListGivenRewardsResponse,
+    ListLaddersRequest, ListLaddersResponse, ListOverdueReviewsRequest, ListOverdueReviewsResponse,
+    ListPlansRequest, ListPlansResponse, ListTruancyIncidentsRequest, ListTruancyIncidentsResponse,
     LoadLadderRequest, LoadLadderResponse, OpenCaseRequest, OpenCaseResponse, RecordActionRequest,
-    RecordActionResponse, ReviewPlanRequest, ReviewPlanResponse,
+    RecordActionResponse, RecordRewardRequest, RecordRewardResponse, RecordTruancyIncidentRequest,
+    RecordTruancyIncidentResponse, ReviewPlanRequest, ReviewPlanResponse,
 };
 use rollcall_api::convert::timestamp;
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
+use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::types::v1::Phase as PbPhase;
 use rollcall_domain::Phase;
 use rollcall_domain::session::parse_date;
@@ -22,24 +25,26 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::{casework, follower, plans};
+use crate::{casework, follower, incidents, plans};
 
 /// The cases service.
 #[derive(Debug, Clone)]
 pub struct Cases {
     db: Db,
     policy: PolicyServiceClient<Channel>,
+    registers: RegistersServiceClient<Channel>,
     processed: watch::Sender<i64>,
 }
 
 impl Cases {
-    /// Creates the service over its storage and a client of the policy service.
-    pub async fn new(db: Db, policy: Channel) -> anyhow::Result<Self> {
+    /// Creates the service over its storage and clients of the policy and registers services.
+    pub async fn new(db: Db, policy: Channel, registers: Channel) -> anyhow::Result<Self> {
         let cursor = follower::stored_cursor(&db).await?;
         let (processed, _) = watch::channel(cursor);
         Ok(Self {
             db,
             policy: PolicyServiceClient::new(policy),
+            registers: RegistersServiceClient::new(registers),
             processed,
         })
     }
@@ -311,6 +316,51 @@ impl CasesService for Cases {
     ) -> Result<Response<ListPlansResponse>, Status> {
         let plans = plans::list(&self.db, request.into_inner()).await?;
         Ok(Response::new(ListPlansResponse { plans }))
+    }
+
+    async fn record_truancy_incident(
+        &self,
+        request: Request<RecordTruancyIncidentRequest>,
+    ) -> Result<Response<RecordTruancyIncidentResponse>, Status> {
+        incidents::record_incident(&self.db, &self.registers, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_truancy_incidents(
+        &self,
+        request: Request<ListTruancyIncidentsRequest>,
+    ) -> Result<Response<ListTruancyIncidentsResponse>, Status> {
+        let school = laestab("laestab", &request.into_inner().laestab)?;
+        let incidents = incidents::incidents(&self.db, &school).await?;
+        let flags = incidents::flags(&self.registers, &school).await?;
+        let flags_not_dealt_with = flags
+            .into_iter()
+            .map(|flag| flag.id)
+            .filter(|id| !incidents.iter().any(|incident| incident.flag_id == *id))
+            .collect();
+        Ok(Response::new(ListTruancyIncidentsResponse {
+            incidents,
+            flags_not_dealt_with,
+        }))
+    }
+
+    async fn record_reward(
+        &self,
+        request: Request<RecordRewardRequest>,
+    ) -> Result<Response<RecordRewardResponse>, Status> {
+        incidents::record_reward(&self.db, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_given_rewards(
+        &self,
+        request: Request<ListGivenRewardsRequest>,
+    ) -> Result<Response<ListGivenRewardsResponse>, Status> {
+        let school = laestab("laestab", &request.into_inner().laestab)?;
+        let rewards = incidents::given_rewards(&self.db, &school).await?;
+        Ok(Response::new(ListGivenRewardsResponse { rewards }))
     }
 
     async fn get_sync_state(
