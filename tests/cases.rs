@@ -6,9 +6,10 @@ use std::path::Path;
 
 use rollcall_api::cases::v1::cases_service_client::CasesServiceClient;
 use rollcall_api::cases::v1::{
-    CaseStatus, CloseCaseRequest, DeescalateCaseRequest, EscalateCaseRequest,
-    GetCaseTimelineRequest, ListLaddersRequest, ListOverdueReviewsRequest, LoadLadderRequest,
-    OpenCaseRequest, RecordActionRequest,
+    CaseStatus, CloseCaseRequest, CreateReintegrationRequest, DeescalateCaseRequest,
+    EscalateCaseRequest, GetCaseTimelineRequest, ListLaddersRequest, ListOverdueReviewsRequest,
+    LoadLadderRequest, OpenCaseRequest, RecordActionRequest, RecordCheckInRequest,
+    ReintegrationStep,
 };
 use rollcall_api::types::v1::Phase;
 use rollcall_cli::server::{self, RunningServer, ServerConfig};
@@ -163,6 +164,66 @@ async fn casework(database_url: Option<&str>) {
     assert_eq!(escalated.stage, "head-of-year-meeting");
     assert_eq!(escalated.owner_role, "head_of_year");
     assert_eq!(escalated.stage_started_on, "2025-09-22");
+
+    // A reintegration programme: steps done at check-ins until it is complete.
+    let programme = cases
+        .create_reintegration(CreateReintegrationRequest {
+            case_id: case.id.clone(),
+            absence: "Illness from 1 to 12 September".into(),
+            starts_on: "2025-09-22".into(),
+            steps: vec![
+                ReintegrationStep {
+                    description: "Mornings only for the first week".into(),
+                    due_on: "2025-09-26".into(),
+                    done_on: String::new(),
+                },
+                ReintegrationStep {
+                    description: "Full days with a daily check-in".into(),
+                    due_on: "2025-10-03".into(),
+                    done_on: String::new(),
+                },
+            ],
+            created_by: "P Green".into(),
+        })
+        .await
+        .expect("programme")
+        .into_inner()
+        .reintegration
+        .expect("programme");
+    let check_in = |on: &str, steps: Vec<i32>| RecordCheckInRequest {
+        reintegration_id: programme.id.clone(),
+        on_date: on.into(),
+        by: "P Green".into(),
+        notes: "Settling back in".into(),
+        completed_steps: steps,
+    };
+    let error = cases
+        .record_check_in(check_in("2025-09-26", vec![3]))
+        .await
+        .expect_err("no step 3");
+    assert!(
+        error.message().contains("steps 1 to 2"),
+        "{}",
+        error.message()
+    );
+    let first = cases
+        .record_check_in(check_in("2025-09-26", vec![1]))
+        .await
+        .expect("check-in")
+        .into_inner()
+        .reintegration
+        .expect("programme");
+    assert_eq!(first.status, "active");
+    assert_eq!(first.steps[0].done_on, "2025-09-26");
+    let done = cases
+        .record_check_in(check_in("2025-10-03", vec![2]))
+        .await
+        .expect("check-in")
+        .into_inner()
+        .reintegration
+        .expect("programme");
+    assert_eq!(done.status, "complete");
+    assert_eq!(done.check_ins.len(), 2);
 
     let mut structured = action("meeting-1", &case.id, "structured_meeting", "2025-09-23");
     let without_aio = cases

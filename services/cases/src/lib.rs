@@ -8,6 +8,7 @@ mod casework;
 mod follower;
 mod incidents;
 mod plans;
+mod reintegration;
 mod service;
 
 pub use service::Cases;

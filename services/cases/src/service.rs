@@ -4,14 +4,17 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rollcall_api::cases::v1::cases_service_server::{CasesService, CasesServiceServer};
 use rollcall_api::cases::v1::{
     Case, CaseStatus, CloseCaseRequest, CloseCaseResponse, CreatePlanRequest, CreatePlanResponse,
-    DeescalateCaseRequest, DeescalateCaseResponse, EscalateCaseRequest, EscalateCaseResponse,
-    GetCaseTimelineRequest, GetCaseTimelineResponse, GetSyncStateRequest, GetSyncStateResponse,
-    ListCasesRequest, ListCasesResponse, ListGivenRewardsRequest, ListGivenRewardsResponse,
-    ListLaddersRequest, ListLaddersResponse, ListOverdueReviewsRequest, ListOverdueReviewsResponse,
-    ListPlansRequest, ListPlansResponse, ListTruancyIncidentsRequest, ListTruancyIncidentsResponse,
-    LoadLadderRequest, LoadLadderResponse, OpenCaseRequest, OpenCaseResponse, RecordActionRequest,
-    RecordActionResponse, RecordRewardRequest, RecordRewardResponse, RecordTruancyIncidentRequest,
-    RecordTruancyIncidentResponse, ReviewPlanRequest, ReviewPlanResponse,
+    CreateReintegrationRequest, CreateReintegrationResponse, DeescalateCaseRequest,
+    DeescalateCaseResponse, EscalateCaseRequest, EscalateCaseResponse, GetCaseTimelineRequest,
+    GetCaseTimelineResponse, GetSyncStateRequest, GetSyncStateResponse, ListCasesRequest,
+    ListCasesResponse, ListGivenRewardsRequest, ListGivenRewardsResponse, ListLaddersRequest,
+    ListLaddersResponse, ListOverdueReviewsRequest, ListOverdueReviewsResponse, ListPlansRequest,
+    ListPlansResponse, ListReintegrationsRequest, ListReintegrationsResponse,
+    ListTruancyIncidentsRequest, ListTruancyIncidentsResponse, LoadLadderRequest,
+    LoadLadderResponse, OpenCaseRequest, OpenCaseResponse, RecordActionRequest,
+    RecordActionResponse, RecordCheckInRequest, RecordCheckInResponse, RecordRewardRequest,
+    RecordRewardResponse, RecordTruancyIncidentRequest, RecordTruancyIncidentResponse,
+    ReviewPlanRequest, ReviewPlanResponse,
 };
 use rollcall_api::convert::timestamp;
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
@@ -25,7 +28,7 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::{casework, follower, incidents, plans};
+use crate::{casework, follower, incidents, plans, reintegration};
 
 /// The cases service.
 #[derive(Debug, Clone)]
@@ -361,6 +364,35 @@ impl CasesService for Cases {
         let school = laestab("laestab", &request.into_inner().laestab)?;
         let rewards = incidents::given_rewards(&self.db, &school).await?;
         Ok(Response::new(ListGivenRewardsResponse { rewards }))
+    }
+
+    async fn create_reintegration(
+        &self,
+        request: Request<CreateReintegrationRequest>,
+    ) -> Result<Response<CreateReintegrationResponse>, Status> {
+        let reintegration = reintegration::create(&self.db, request.into_inner()).await?;
+        Ok(Response::new(CreateReintegrationResponse {
+            reintegration: Some(reintegration),
+        }))
+    }
+
+    async fn record_check_in(
+        &self,
+        request: Request<RecordCheckInRequest>,
+    ) -> Result<Response<RecordCheckInResponse>, Status> {
+        let reintegration = reintegration::check_in(&self.db, request.into_inner()).await?;
+        Ok(Response::new(RecordCheckInResponse {
+            reintegration: Some(reintegration),
+        }))
+    }
+
+    async fn list_reintegrations(
+        &self,
+        request: Request<ListReintegrationsRequest>,
+    ) -> Result<Response<ListReintegrationsResponse>, Status> {
+        let reintegrations =
+            reintegration::list(&self.db, request.into_inner().case_id.trim()).await?;
+        Ok(Response::new(ListReintegrationsResponse { reintegrations }))
     }
 
     async fn get_sync_state(
