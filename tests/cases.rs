@@ -83,12 +83,21 @@ fn action(request_id: &str, case_id: &str, kind: &str, on: &str) -> RecordAction
         next_review: String::new(),
         recorded_by: "T Brown".into(),
         role: "class_teacher_or_tutor".into(),
+        parents_not_reached: false,
     }
 }
 
 async fn casework(database_url: Option<&str>) {
     let work = tempfile::tempdir().expect("temp dir");
     let (running, mut cases) = start(work.path(), database_url).await;
+    let channel = tonic::transport::Endpoint::from_shared(running.url())
+        .expect("valid URL")
+        .connect()
+        .await
+        .expect("connect");
+    let mut registers =
+        rollcall_api::registers::v1::registers_service_client::RegistersServiceClient::new(channel);
+    import_september(&mut registers).await;
 
     let open = OpenCaseRequest {
         upn: UPN.into(),
@@ -310,6 +319,55 @@ async fn casework(database_url: Option<&str>) {
     assert!(timeline[2].by.contains("P Green"));
     assert_eq!(timeline[2].reason, "Still late after the call");
 
+    // Opening needs a pupil on roll at the school, a known concern, the pupil's own phase and a
+    // date that has come.
+    let bad = |change: &dyn Fn(&mut OpenCaseRequest)| {
+        let mut request = OpenCaseRequest {
+            upn: UPN.into(),
+            laestab: LAESTAB.into(),
+            concern: "truancy".into(),
+            phase: Phase::Unspecified as i32,
+            opened_by: "T Brown".into(),
+            role: String::new(),
+            reason: "Seen leaving at lunchtime".into(),
+            on_date: "2025-11-03".into(),
+        };
+        change(&mut request);
+        request
+    };
+    for (request, field) in [
+        (bad(&|r| r.upn = "M919478199999".into()), "not found"),
+        (bad(&|r| r.laestab = "9192999".into()), "not on roll"),
+        (bad(&|r| r.concern = "Lateness".into()), "punctuality"),
+        (bad(&|r| r.phase = Phase::Infant as i32), "secondary phase"),
+        (bad(&|r| r.on_date = "2099-01-01".into()), "future"),
+        (bad(&|r| r.role = "wizard".into()), "head_of_year"),
+    ] {
+        let error = cases.open_case(request).await.expect_err(field);
+        assert!(
+            error.message().contains(field),
+            "{field}: {}",
+            error.message()
+        );
+    }
+    let truancy = cases
+        .open_case(bad(&|_| {}))
+        .await
+        .expect("the phase comes from the year group")
+        .into_inner()
+        .r#case
+        .expect("case");
+    assert_eq!(truancy.phase, Phase::Secondary as i32);
+    let early = cases
+        .escalate_case(escalate(&truancy.id, "Too soon", "2025-10-01"))
+        .await
+        .expect_err("before the case began");
+    assert!(
+        early.message().contains("2025-11-03"),
+        "{}",
+        early.message()
+    );
+
     // A ladder file with a typo is refused with its line; a good one replaces the default.
     let typo =
         JUNIORS_AND_SECONDARY_TOML.replacen("review_interval_days = 10", "review_interval = 10", 1);
@@ -377,6 +435,37 @@ async fn casework(database_url: Option<&str>) {
         ))
         .await
         .expect("escalate without a call");
+
+    // The truancy case opened under the shipped ladder keeps it: it still needs a call.
+    let kept = cases
+        .escalate_case(escalate(&truancy.id, "No change", "2025-11-10"))
+        .await
+        .expect_err("the case keeps its ladder version");
+    assert!(kept.message().contains("call"), "{}", kept.message());
+    // Another ladder may not claim a phase a loaded ladder covers.
+    let overlapping = JUNIORS_AND_SECONDARY_TOML
+        .replacen(
+            "id = \"juniors-and-secondary\"",
+            "id = \"secondary-only\"",
+            1,
+        )
+        .replacen(
+            "phases = [\"junior\", \"secondary\"]",
+            "phases = [\"secondary\"]",
+            1,
+        );
+    let error = cases
+        .load_ladder(LoadLadderRequest {
+            source: overlapping,
+            loaded_by: "J Smith".into(),
+        })
+        .await
+        .expect_err("phase already covered");
+    assert!(
+        error.message().contains("juniors-and-secondary"),
+        "{}",
+        error.message()
+    );
 
     // The same from the command line.
     let server = running.url();
@@ -459,6 +548,60 @@ async fn casework_on_postgres() {
     casework(Some(&url)).await;
 }
 
+/// Imports the test pupil, in year 8 from 1 September 2025, with the September marks.
+async fn import_september(
+    registers: &mut rollcall_api::registers::v1::registers_service_client::RegistersServiceClient<
+        Channel,
+    >,
+) {
+    use rollcall_api::registers::v1::{
+        ImportHeader, ImportMarks, ImportPupil, ImportRegisterRequest, Pupil, School,
+        import_register_request::Item,
+    };
+    use rollcall_api::types::v1::MarkSource;
+
+    let messages = vec![
+        ImportRegisterRequest {
+            item: Some(Item::Header(ImportHeader {
+                request_id: "september".into(),
+                school: Some(School {
+                    laestab: LAESTAB.into(),
+                    name: "Test Academy".into(),
+                    phase: Phase::Secondary as i32,
+                    last_mark_date: String::new(),
+                }),
+                source: MarkSource::MisSync as i32,
+                source_name: "test".into(),
+                recorded_by: "test".into(),
+            })),
+        },
+        ImportRegisterRequest {
+            item: Some(Item::Pupil(ImportPupil {
+                pupil: Some(Pupil {
+                    upn: UPN.into(),
+                    forename: "Sam".into(),
+                    surname: "Able".into(),
+                    date_of_birth: "2012-05-01".into(),
+                    sex: "F".into(),
+                    enrolments: Vec::new(),
+                }),
+                admission_date: "2025-09-01".into(),
+                year_group: "8".into(),
+                ..ImportPupil::default()
+            })),
+        },
+        ImportRegisterRequest {
+            item: Some(Item::Marks(ImportMarks {
+                marks: september_marks(UPN),
+            })),
+        },
+    ];
+    registers
+        .import_register(tokio_stream::iter(messages))
+        .await
+        .expect("import");
+}
+
 /// Weekday marks from 1 to 19 September 2025: absent (N) on the Mondays, present otherwise.
 fn september_marks(upn: &str) -> Vec<rollcall_api::registers::v1::Mark> {
     use chrono::Datelike;
@@ -505,8 +648,7 @@ async fn plans(database_url: Option<&str>) {
     };
     use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
     use rollcall_api::registers::v1::{
-        AmendMarkRequest, CheckKind, ImportHeader, ImportMarks, ImportPupil, ImportRegisterRequest,
-        LessonMark, Pupil, RecordLessonCheckRequest, School, import_register_request::Item,
+        AmendMarkRequest, CheckKind, LessonMark, RecordLessonCheckRequest,
     };
     use rollcall_api::types::v1::{MarkSource, Session};
 
@@ -520,46 +662,7 @@ async fn plans(database_url: Option<&str>) {
     let mut registers = RegistersServiceClient::new(channel.clone());
     let mut policy = PolicyServiceClient::new(channel);
 
-    let messages = vec![
-        ImportRegisterRequest {
-            item: Some(Item::Header(ImportHeader {
-                request_id: "september".into(),
-                school: Some(School {
-                    laestab: LAESTAB.into(),
-                    name: "Test Academy".into(),
-                    phase: Phase::Secondary as i32,
-                    last_mark_date: String::new(),
-                }),
-                source: MarkSource::MisSync as i32,
-                source_name: "test".into(),
-                recorded_by: "test".into(),
-            })),
-        },
-        ImportRegisterRequest {
-            item: Some(Item::Pupil(ImportPupil {
-                pupil: Some(Pupil {
-                    upn: UPN.into(),
-                    forename: "Sam".into(),
-                    surname: "Able".into(),
-                    date_of_birth: "2012-05-01".into(),
-                    sex: "F".into(),
-                    enrolments: Vec::new(),
-                }),
-                admission_date: "2025-09-01".into(),
-                year_group: "8".into(),
-                ..ImportPupil::default()
-            })),
-        },
-        ImportRegisterRequest {
-            item: Some(Item::Marks(ImportMarks {
-                marks: september_marks(UPN),
-            })),
-        },
-    ];
-    registers
-        .import_register(tokio_stream::iter(messages))
-        .await
-        .expect("import");
+    import_september(&mut registers).await;
 
     let case = cases
         .open_case(OpenCaseRequest {

@@ -33,9 +33,10 @@ pub(crate) enum CaseCommand {
         /// The concern, for example persistent_absence or punctuality.
         #[arg(long)]
         concern: String,
-        /// The pupil's phase: infant, junior or secondary.
+        /// The pupil's phase (infant, junior or secondary); the default is the one their year
+        /// group gives.
         #[arg(long)]
-        phase: Phase,
+        phase: Option<Phase>,
         /// The reason for opening it.
         #[arg(long)]
         reason: String,
@@ -75,6 +76,9 @@ pub(crate) enum CaseCommand {
         /// The trust's Attendance Improvement Officer took part.
         #[arg(long)]
         with_aio: bool,
+        /// The action did not reach the parents, for example no answer at the door.
+        #[arg(long)]
+        not_reached: bool,
         /// The next review date (YYYY-MM-DD); the default is the stage's review interval.
         #[arg(long)]
         next_review: Option<String>,
@@ -102,6 +106,9 @@ pub(crate) enum CaseCommand {
         /// Reviews due before this date are overdue (YYYY-MM-DD); the default is today.
         #[arg(long)]
         as_of: Option<String>,
+        /// Print a JSON array, one object per case.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -128,7 +135,11 @@ pub(crate) struct ChangeArgs {
 #[derive(Debug, Subcommand)]
 pub(crate) enum LadderCommand {
     /// List the ladders in use.
-    List,
+    List {
+        /// Print a JSON array, one object per ladder.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a ladder file and load it, replacing the ladder with the same id.
     Load {
         /// The ladder file (TOML).
@@ -208,7 +219,7 @@ pub(crate) async fn run(
                     upn,
                     laestab: school,
                     concern,
-                    phase: PbPhase::from(phase) as i32,
+                    phase: phase.map_or(PbPhase::Unspecified, PbPhase::from) as i32,
                     opened_by: by,
                     role,
                     reason,
@@ -282,12 +293,15 @@ pub(crate) async fn run(
             outcome,
             notes,
             with_aio,
+            not_reached,
             next_review,
             by,
             role,
         } => {
             let taken_on = checked("--on", Some(&on))?;
-            let request_id = format!("cli:{case}:{kind}:{taken_on}:{by}");
+            // The same command run twice records once; any difference makes a new action.
+            let request_id =
+                format!("cli:{case}:{kind}:{taken_on}:{by}:{outcome}:{notes}:{not_reached}");
             let recorded = cases
                 .record_action(RecordActionRequest {
                     request_id,
@@ -300,6 +314,7 @@ pub(crate) async fn run(
                     next_review: checked("--next-review", next_review.as_ref())?,
                     recorded_by: by,
                     role,
+                    parents_not_reached: not_reached,
                 })
                 .await
                 .map_err(status_error)?
@@ -335,7 +350,7 @@ pub(crate) async fn run(
                     .at
                     .as_ref()
                     .and_then(from_timestamp)
-                    .map(|at| at.format("%Y-%m-%d %H:%M").to_string())
+                    .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
                     .unwrap_or_default()
             };
             if json {
@@ -343,7 +358,8 @@ pub(crate) async fn run(
                     .iter()
                     .map(|entry| {
                         json!({
-                            "at": at(entry),
+                            "on": entry.on_date,
+                            "recorded_at": at(entry),
                             "kind": entry.kind,
                             "stage": entry.stage,
                             "detail": entry.detail,
@@ -360,7 +376,7 @@ pub(crate) async fn run(
             let mut rows = Table::new();
             rows.load_preset(presets::NOTHING);
             rows.set_header([
-                "when",
+                "on",
                 "what",
                 "stage",
                 "detail",
@@ -370,7 +386,7 @@ pub(crate) async fn run(
             ]);
             for entry in &entries {
                 rows.add_row([
-                    at(entry),
+                    entry.on_date.clone(),
                     entry.kind.clone(),
                     entry.stage.clone(),
                     entry.detail.clone(),
@@ -385,7 +401,11 @@ pub(crate) async fn run(
             }
             writeln!(out, "{}", table(&rows))?;
         }
-        CaseCommand::Overdue { school, as_of } => {
+        CaseCommand::Overdue {
+            school,
+            as_of,
+            json,
+        } => {
             let owners = cases
                 .list_overdue_reviews(ListOverdueReviewsRequest {
                     laestab: school.unwrap_or_default(),
@@ -395,6 +415,27 @@ pub(crate) async fn run(
                 .map_err(status_error)?
                 .into_inner()
                 .owners;
+            if json {
+                let rows: Vec<serde_json::Value> = owners
+                    .iter()
+                    .flat_map(|owner| {
+                        owner.cases.iter().map(|case| {
+                            json!({
+                                "owner_role": owner.owner_role,
+                                "case": case.id,
+                                "upn": case.upn,
+                                "laestab": case.laestab,
+                                "concern": case.concern,
+                                "stage": case.stage,
+                                "review_due": case.next_review,
+                            })
+                        })
+                    })
+                    .collect();
+                serde_json::to_writer_pretty(&mut *out, &rows)?;
+                writeln!(out)?;
+                return Ok(());
+            }
             if owners.is_empty() {
                 writeln!(out, "No review is overdue.")?;
             }
@@ -403,8 +444,13 @@ pub(crate) async fn run(
                 for case in owner.cases {
                     writeln!(
                         out,
-                        "  {} pupil {} at school {}, stage {}, review due {}",
-                        case.id, case.upn, case.laestab, case.stage, case.next_review
+                        "  {} pupil {} at school {}, {}, stage {}, review due {}",
+                        case.id,
+                        case.upn,
+                        case.laestab,
+                        case.concern.replace('_', " "),
+                        case.stage,
+                        case.next_review
                     )?;
                 }
             }
@@ -420,25 +466,57 @@ pub(crate) async fn run_ladder(
 ) -> anyhow::Result<()> {
     let mut cases = clients.cases.clone();
     match command {
-        LadderCommand::List => {
+        LadderCommand::List { json } => {
             let ladders = cases
                 .list_ladders(ListLaddersRequest {})
                 .await
                 .map_err(status_error)?
                 .into_inner()
                 .ladders;
-            for ladder in ladders {
+            let loaded_at = |ladder: &rollcall_api::cases::v1::Ladder| {
+                ladder
+                    .loaded_at
+                    .as_ref()
+                    .and_then(from_timestamp)
+                    .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default()
+            };
+            if json {
+                let rows: Vec<serde_json::Value> = ladders
+                    .iter()
+                    .map(|ladder| {
+                        json!({
+                            "id": ladder.id,
+                            "title": ladder.title,
+                            "phases": ladder.phases,
+                            "shipped": ladder.shipped,
+                            "version": ladder.version,
+                            "loaded_by": ladder.loaded_by,
+                            "loaded_at": loaded_at(ladder),
+                        })
+                    })
+                    .collect();
+                serde_json::to_writer_pretty(&mut *out, &rows)?;
+                writeln!(out)?;
+                return Ok(());
+            }
+            for ladder in &ladders {
+                let origin = if ladder.shipped {
+                    "shipped default".to_owned()
+                } else {
+                    format!(
+                        "version {}, loaded by {} at {}",
+                        ladder.version,
+                        ladder.loaded_by,
+                        loaded_at(ladder)
+                    )
+                };
                 writeln!(
                     out,
-                    "{}: {} (phases {}; {})",
+                    "{}: {} (phases {}; {origin})",
                     ladder.id,
                     ladder.title,
-                    ladder.phases.join(", "),
-                    if ladder.shipped {
-                        "shipped default"
-                    } else {
-                        "loaded"
-                    }
+                    ladder.phases.join(", ")
                 )?;
             }
         }
@@ -457,8 +535,10 @@ pub(crate) async fn run_ladder(
                 .unwrap_or_default();
             writeln!(
                 out,
-                "Loaded ladder {} for phases {}; cases opened from now on follow it",
+                "Loaded ladder {} version {} for phases {}; cases opened from now on follow it, \
+                 and open cases keep the version they opened under",
                 ladder.id,
+                ladder.version,
                 ladder.phases.join(", ")
             )?;
         }

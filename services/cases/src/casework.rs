@@ -11,15 +11,22 @@ use rollcall_api::cases::v1::{
     RecordActionRequest, RecordActionResponse, TimelineEntry,
 };
 use rollcall_api::convert::{phase_from_proto, timestamp};
+use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
+use rollcall_api::registers::v1::{GetPupilRequest, GetSchoolRequest};
+use rollcall_domain::Phase;
+use rollcall_domain::ladder::Role;
 use rollcall_domain::ladder::{
     ActionKind, Ladder, choose_ladder, missing_before_escalating, parse_ladder, school_days_after,
     shipped_ladders,
 };
 use rollcall_domain::session::parse_date;
-use rollcall_runtime::grpc::{failed_precondition, invalid_argument, laestab, not_found};
+use rollcall_runtime::grpc::{
+    failed_precondition, invalid_argument, laestab, not_found, upstream_error,
+};
 use rollcall_runtime::storage::WriteTransaction;
 use rollcall_runtime::{Db, with_db};
 use tonic::Status;
+use tonic::transport::Channel;
 
 use crate::CASES_LOCK_KEY;
 use crate::service::{CASE_COLUMNS, CaseRow};
@@ -45,39 +52,92 @@ fn date_or_today(field: &str, value: &str) -> Result<NaiveDate, Status> {
 
 #[derive(Debug, sqlx::FromRow)]
 struct LadderRow {
+    version: i32,
     source: String,
+    loaded_by: String,
+    loaded_at: DateTime<Utc>,
 }
 
-/// Returns the loaded ladders; a stored ladder this build cannot read is logged and left out.
-pub(crate) async fn loaded_ladders(db: &Db) -> Result<Vec<(Ladder, String)>, Status> {
+/// A loaded ladder version.
+#[derive(Debug, Clone)]
+pub(crate) struct LoadedLadder {
+    pub(crate) ladder: Ladder,
+    pub(crate) source: String,
+    pub(crate) version: i32,
+    pub(crate) loaded_by: String,
+    pub(crate) loaded_at: DateTime<Utc>,
+}
+
+/// Returns the latest loaded version of each ladder; a stored ladder this build cannot read is
+/// logged and left out.
+pub(crate) async fn loaded_ladders(db: &Db) -> Result<Vec<LoadedLadder>, Status> {
     let rows: Vec<LadderRow> = with_db!(db, |pool| {
-        sqlx::query_as("SELECT source FROM ladders ORDER BY id")
-            .fetch_all(pool)
-            .await
+        sqlx::query_as(
+            "SELECT v.version, v.source, v.loaded_by, v.loaded_at FROM ladder_versions v \
+             WHERE v.version = (SELECT MAX(w.version) FROM ladder_versions w WHERE w.id = v.id) \
+             ORDER BY v.id",
+        )
+        .fetch_all(pool)
+        .await
     })
     .map_err(storage("reading ladders"))?;
-    let mut ladders = Vec::new();
-    for row in rows {
-        match parse_ladder(&row.source) {
-            Ok(ladder) => ladders.push((ladder, row.source)),
-            Err(error) => tracing::error!(%error, "A stored ladder cannot be read and is skipped"),
+    Ok(rows.into_iter().filter_map(read_ladder).collect())
+}
+
+fn read_ladder(row: LadderRow) -> Option<LoadedLadder> {
+    match parse_ladder(&row.source) {
+        Ok(ladder) => Some(LoadedLadder {
+            ladder,
+            source: row.source,
+            version: row.version,
+            loaded_by: row.loaded_by,
+            loaded_at: row.loaded_at,
+        }),
+        Err(error) => {
+            tracing::error!(%error, "A stored ladder cannot be read and is skipped");
+            None
         }
     }
-    Ok(ladders)
 }
 
-/// Returns the ladder a case follows: the loaded one with its id, else the shipped one.
-async fn ladder_of(db: &Db, id: &str) -> Result<Ladder, Status> {
-    let loaded = loaded_ladders(db).await?;
-    loaded
-        .into_iter()
-        .map(|(ladder, _)| ladder)
-        .chain(shipped_ladders().into_iter().map(|(l, _)| l.clone()))
-        .find(|ladder| ladder.id == id)
-        .ok_or_else(|| not_found("ladder", id))
+/// Returns the ladder a case follows: the version it opened under, or the shipped default for
+/// version 0.
+async fn ladder_of(db: &Db, id: &str, version: i32) -> Result<Ladder, Status> {
+    if version == 0 {
+        return shipped_ladders()
+            .into_iter()
+            .map(|(ladder, _)| ladder.clone())
+            .find(|ladder| ladder.id == id)
+            .ok_or_else(|| not_found("ladder", id));
+    }
+    let row: Option<LadderRow> = with_db!(db, |pool| {
+        sqlx::query_as(
+            "SELECT version, source, loaded_by, loaded_at FROM ladder_versions \
+             WHERE id = $1 AND version = $2",
+        )
+        .bind(id)
+        .bind(version)
+        .fetch_optional(pool)
+        .await
+    })
+    .map_err(storage("reading a ladder"))?;
+    row.and_then(read_ladder)
+        .map(|loaded| loaded.ladder)
+        .ok_or_else(|| not_found("ladder version", &format!("{id} {version}")))
 }
 
-fn ladder_to_proto(ladder: &Ladder, source: &str, shipped: bool) -> PbLadder {
+/// Chooses the ladder for a new case: a loaded one naming the phase, else the default.
+pub(crate) fn ladder_for_new_case(loaded: &[LoadedLadder], phase: Phase) -> (Ladder, i32) {
+    let ladders: Vec<Ladder> = loaded.iter().map(|l| l.ladder.clone()).collect();
+    let ladder = choose_ladder(&ladders, phase);
+    let version = loaded
+        .iter()
+        .find(|l| l.ladder.id == ladder.id)
+        .map_or(0, |l| l.version);
+    (ladder, version)
+}
+
+fn ladder_to_proto(loaded: Option<&LoadedLadder>, ladder: &Ladder, source: &str) -> PbLadder {
     PbLadder {
         id: ladder.id.clone(),
         title: ladder.title.clone(),
@@ -86,8 +146,11 @@ fn ladder_to_proto(ladder: &Ladder, source: &str, shipped: bool) -> PbLadder {
             .iter()
             .map(|p| p.as_str().to_owned())
             .collect(),
-        shipped,
+        shipped: loaded.is_none(),
         source: source.to_owned(),
+        version: loaded.map_or(0, |l| l.version),
+        loaded_by: loaded.map(|l| l.loaded_by.clone()).unwrap_or_default(),
+        loaded_at: loaded.map(|l| timestamp(l.loaded_at)),
     }
 }
 
@@ -96,18 +159,19 @@ pub(crate) async fn list_ladders(db: &Db) -> Result<Vec<PbLadder>, Status> {
     let loaded = loaded_ladders(db).await?;
     let mut ladders: Vec<PbLadder> = loaded
         .iter()
-        .map(|(ladder, source)| ladder_to_proto(ladder, source, false))
+        .map(|l| ladder_to_proto(Some(l), &l.ladder, &l.source))
         .collect();
     for (ladder, source) in shipped_ladders() {
-        if !loaded.iter().any(|(l, _)| l.id == ladder.id) {
-            ladders.push(ladder_to_proto(ladder, source, true));
+        if !loaded.iter().any(|l| l.ladder.id == ladder.id) {
+            ladders.push(ladder_to_proto(None, ladder, source));
         }
     }
     ladders.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(ladders)
 }
 
-/// Checks and stores a ladder file.
+/// Checks and stores a ladder file as a new version. Open cases keep the version they opened
+/// under.
 pub(crate) async fn load_ladder(
     db: &Db,
     source: &str,
@@ -125,26 +189,62 @@ pub(crate) async fn load_ladder(
             error.message.clone(),
         )
     })?;
+    let loaded = loaded_ladders(db).await?;
+    if let Some(other) = loaded.iter().find(|other| {
+        other.ladder.id != ladder.id
+            && other
+                .ladder
+                .phases
+                .iter()
+                .any(|phase| ladder.phases.contains(phase))
+    }) {
+        return Err(failed_precondition(format!(
+            "ladder {} already covers phase {}; give this ladder the id {} to replace it, or \
+             name other phases",
+            other.ladder.id,
+            other
+                .ladder
+                .phases
+                .iter()
+                .find(|phase| ladder.phases.contains(phase))
+                .map_or("", |phase| phase.as_str()),
+            other.ladder.id
+        )));
+    }
     let now = Utc::now();
-    with_db!(db, |pool| async {
+    let version: i32 = with_db!(db, |pool| async {
         let mut tx = pool.begin_write(CASES_LOCK_KEY).await?;
+        let latest: Option<i32> =
+            sqlx::query_scalar("SELECT MAX(version) FROM ladder_versions WHERE id = $1")
+                .bind(&ladder.id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let version = latest.unwrap_or(0) + 1;
         sqlx::query(
-            "INSERT INTO ladders (id, source, loaded_by, loaded_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (id) DO UPDATE SET source = excluded.source, \
-             loaded_by = excluded.loaded_by, loaded_at = excluded.loaded_at",
+            "INSERT INTO ladder_versions (id, version, source, loaded_by, loaded_at) \
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(&ladder.id)
+        .bind(version)
         .bind(source)
         .bind(&loaded_by)
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(version)
     }
     .await)
     .map_err(storage("storing a ladder"))?;
-    tracing::info!(ladder = %ladder.id, "Ladder loaded");
-    Ok(ladder_to_proto(&ladder, source, false))
+    tracing::info!(ladder = %ladder.id, version, "Ladder loaded");
+    let stored = LoadedLadder {
+        ladder: ladder.clone(),
+        source: source.to_owned(),
+        version,
+        loaded_by,
+        loaded_at: now,
+    };
+    Ok(ladder_to_proto(Some(&stored), &ladder, source))
 }
 
 async fn fetch_case(db: &Db, id: &str) -> Result<CaseRow, Status> {
@@ -160,24 +260,102 @@ async fn fetch_case(db: &Db, id: &str) -> Result<CaseRow, Status> {
     row.ok_or_else(|| not_found("case", id))
 }
 
-/// Opens a case by hand at the first stage of the pupil's ladder.
-pub(crate) async fn open(db: &Db, request: OpenCaseRequest) -> Result<CaseRow, Status> {
+/// The concerns a case can be about.
+pub(crate) const CONCERNS: [&str; 7] = [
+    "persistent_absence",
+    "severe_absence",
+    "unauthorised_absence",
+    "punctuality",
+    "truancy",
+    "sickness",
+    "other",
+];
+
+/// Roles a person can give when working a case, besides the ladder's owner roles.
+const OTHER_ROLES: [&str; 3] = ["headteacher", "attendance_officer", "data_manager"];
+
+/// Checks a role given with a change: empty, a ladder role or one of the other roles.
+pub(crate) fn checked_role(value: &str) -> Result<String, Status> {
+    let role = value.trim().to_ascii_lowercase();
+    if role.is_empty() || role.parse::<Role>().is_ok() || OTHER_ROLES.contains(&role.as_str()) {
+        return Ok(role);
+    }
+    let mut known: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+    known.extend(OTHER_ROLES);
+    Err(invalid_argument(
+        "role",
+        value,
+        format!("use one of {}", known.join(", ")),
+    ))
+}
+
+/// Checks that a date given for a step of a case is not in the future and not before `after`.
+fn checked_step_date(
+    field: &str,
+    value: NaiveDate,
+    after: Option<NaiveDate>,
+    what: &str,
+) -> Result<(), Status> {
+    let today = Utc::now().date_naive();
+    if value > today {
+        return Err(invalid_argument(
+            field,
+            &value.to_string(),
+            format!("it is in the future; record {what} on or after the day it happens"),
+        ));
+    }
+    if let Some(after) = after
+        && value < after
+    {
+        return Err(invalid_argument(
+            field,
+            &value.to_string(),
+            format!("it is before {after}, when the case reached its current stage"),
+        ));
+    }
+    Ok(())
+}
+
+/// Opens a case by hand at the first stage of the pupil's ladder, after checking with the
+/// registers that the pupil is on roll at the school on the date.
+pub(crate) async fn open(
+    db: &Db,
+    registers: &RegistersServiceClient<Channel>,
+    request: OpenCaseRequest,
+) -> Result<CaseRow, Status> {
     let upn = required("upn", &request.upn, "a UPN is required")?.to_ascii_uppercase();
     rollcall_domain::Upn::parse(&upn)
         .map_err(|error| invalid_argument("upn", &request.upn, error.to_string()))?;
     let school = laestab("laestab", &request.laestab)?;
-    let concern = required(
-        "concern",
-        &request.concern,
-        "say what the case is about, such as persistent_absence",
-    )?;
-    let phase = phase_from_proto(request.phase).ok_or_else(|| {
-        invalid_argument(
+    let concern = request
+        .concern
+        .trim()
+        .to_ascii_lowercase()
+        .replace([' ', '-'], "_");
+    if !CONCERNS.contains(&concern.as_str()) {
+        return Err(invalid_argument(
+            "concern",
+            &request.concern,
+            format!("use one of {}", CONCERNS.join(", ")),
+        ));
+    }
+    let role = checked_role(&request.role)?;
+    let on = date_or_today("on_date", &request.on_date)?;
+    checked_step_date("on_date", on, None, "the case")?;
+    let phase = pupil_phase(registers, &upn, &school, on).await?;
+    if let Some(given) = phase_from_proto(request.phase)
+        && given != phase
+    {
+        return Err(invalid_argument(
             "phase",
-            &request.phase.to_string(),
-            "give the pupil's phase: infant, junior or secondary",
-        )
-    })?;
+            given.as_str(),
+            format!(
+                "pupil {upn} is in the {} phase by their year group; leave the phase out or give \
+                 that one",
+                phase.as_str()
+            ),
+        ));
+    }
     let opened_by = required(
         "opened_by",
         &request.opened_by,
@@ -189,12 +367,8 @@ pub(crate) async fn open(db: &Db, request: OpenCaseRequest) -> Result<CaseRow, S
         "give the reason for opening the case",
     )?;
     let on = date_or_today("on_date", &request.on_date)?;
-    let loaded: Vec<Ladder> = loaded_ladders(db)
-        .await?
-        .into_iter()
-        .map(|(l, _)| l)
-        .collect();
-    let ladder = choose_ladder(&loaded, phase);
+    let loaded = loaded_ladders(db).await?;
+    let (ladder, ladder_version) = ladder_for_new_case(&loaded, phase);
     let Some(stage) = ladder.stages.first() else {
         return Err(failed_precondition(format!(
             "ladder {} has no stages",
@@ -230,7 +404,8 @@ pub(crate) async fn open(db: &Db, request: OpenCaseRequest) -> Result<CaseRow, S
         sqlx::query(
             "INSERT INTO cases (id, laestab, upn, concern, phase, ladder, stage, stage_number, \
              owner_role, status, opened_at, opened_by_trigger, stage_started_on, next_review, \
-             opened_by) VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, 'open', $9, '', $10, $11, $12)",
+             opened_by, opened_on, ladder_version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, 'open', $9, '', $10, $11, $12, $10, $13)",
         )
         .bind(&id)
         .bind(&school)
@@ -244,6 +419,7 @@ pub(crate) async fn open(db: &Db, request: OpenCaseRequest) -> Result<CaseRow, S
         .bind(on)
         .bind(next_review)
         .bind(&opened_by)
+        .bind(ladder_version)
         .execute(&mut *tx)
         .await
         .map_err(storage("opening a case"))?;
@@ -252,7 +428,7 @@ pub(crate) async fn open(db: &Db, request: OpenCaseRequest) -> Result<CaseRow, S
             stage.id,
             stage.owner.as_str()
         );
-        let by = by_with_role(&opened_by, &request.role);
+        let by = by_with_role(&opened_by, &role);
         let record = NewEvent {
             case_id: &id,
             event: "opened",
@@ -261,6 +437,7 @@ pub(crate) async fn open(db: &Db, request: OpenCaseRequest) -> Result<CaseRow, S
             reason: &reason,
             by: &by,
             at: now,
+            on,
         };
         insert_event(&mut tx, record)
             .await
@@ -282,6 +459,53 @@ fn by_with_role(name: &str, role: &str) -> String {
     }
 }
 
+/// Returns the pupil's phase at the school on `on`, from the registers, or an error naming the
+/// pupil and school when the pupil is not on roll there.
+async fn pupil_phase(
+    registers: &RegistersServiceClient<Channel>,
+    upn: &str,
+    school: &str,
+    on: NaiveDate,
+) -> Result<Phase, Status> {
+    let mut registers = registers.clone();
+    let pupil = registers
+        .get_pupil(GetPupilRequest {
+            upn: upn.to_owned(),
+        })
+        .await
+        .map_err(|status| upstream_error("registers", status))?
+        .into_inner()
+        .pupil
+        .unwrap_or_default();
+    let enrolment = pupil
+        .enrolments
+        .iter()
+        .find(|enrolment| {
+            let admitted = parse_date(&enrolment.admission_date).unwrap_or(NaiveDate::MAX);
+            let left = parse_date(&enrolment.leaving_date).ok();
+            enrolment.laestab == school && admitted <= on && left.is_none_or(|left| left >= on)
+        })
+        .ok_or_else(|| {
+            failed_precondition(format!(
+                "pupil {upn} is not on roll at school {school} on {on}; check the school and \
+                 the date"
+            ))
+        })?;
+    if let Some(phase) = Phase::of_year_group(&enrolment.year_group) {
+        return Ok(phase);
+    }
+    let school_record = registers
+        .get_school(GetSchoolRequest {
+            laestab: school.to_owned(),
+        })
+        .await
+        .map_err(|status| upstream_error("registers", status))?
+        .into_inner()
+        .school
+        .unwrap_or_default();
+    Ok(phase_from_proto(school_record.phase).unwrap_or(Phase::Secondary))
+}
+
 /// A change to record in `case_events`.
 struct NewEvent<'a> {
     case_id: &'a str,
@@ -291,6 +515,7 @@ struct NewEvent<'a> {
     reason: &'a str,
     by: &'a str,
     at: DateTime<Utc>,
+    on: NaiveDate,
 }
 
 async fn insert_event<'c, DB>(
@@ -301,12 +526,14 @@ where
     DB: sqlx::Database,
     for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> NaiveDate: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
     for<'e> &'e mut <DB as sqlx::Database>::Connection: sqlx::Executor<'e, Database = DB>,
 {
     sqlx::query(
         "INSERT INTO case_events (id, case_id, event, detail, recorded_by, recorded_at, stage, \
-         reason) SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, $4, $5, $6, $7 FROM case_events",
+         reason, on_date) \
+         SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, $4, $5, $6, $7, $8 FROM case_events",
     )
     .bind(event.case_id)
     .bind(event.event)
@@ -315,6 +542,7 @@ where
     .bind(event.at)
     .bind(event.stage)
     .bind(event.reason)
+    .bind(event.on)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -361,13 +589,15 @@ pub(crate) async fn change(
         "give the reason for the change; it is kept on the case",
     )?;
     let on = date_or_today("on_date", &request.on_date)?;
+    let role = checked_role(&request.role)?;
     let case = fetch_case(db, &case_id).await?;
+    checked_step_date("on_date", on, case.stage_started_on, "the change")?;
     if case.status == "closed" {
         return Err(failed_precondition(format!(
             "case {case_id} is closed; open a new case if the concern returns"
         )));
     }
-    let ladder = ladder_of(db, &case.ladder).await?;
+    let ladder = ladder_of(db, &case.ladder, case.ladder_version).await?;
     let position = ladder.position(&case.stage).ok_or_else(|| {
         failed_precondition(format!(
             "case {case_id} is at stage {}, which ladder {} no longer has; load a ladder with it \
@@ -423,7 +653,7 @@ pub(crate) async fn change(
     };
 
     let now = Utc::now();
-    let by = by_with_role(&changed_by, &request.role);
+    let by = by_with_role(&changed_by, &role);
     with_db!(db, |pool| async {
         let mut tx = pool.begin_write(CASES_LOCK_KEY).await?;
         match target {
@@ -459,6 +689,7 @@ pub(crate) async fn change(
                     reason: &reason,
                     by: &by,
                     at: now,
+                    on,
                 };
                 insert_event(&mut tx, record).await?;
             }
@@ -475,6 +706,7 @@ pub(crate) async fn change(
                     reason: &reason,
                     by: &by,
                     at: now,
+                    on,
                 };
                 insert_event(&mut tx, record).await?;
             }
@@ -501,10 +733,11 @@ struct ActionRow {
     recorded_by: String,
     recorded_by_role: String,
     recorded_at: DateTime<Utc>,
+    parents_reached: bool,
 }
 
 const ACTION_COLUMNS: &str = "id, case_id, stage, kind, taken_on, outcome, notes, with_aio, \
-     next_review, recorded_by, recorded_by_role, recorded_at";
+     next_review, recorded_by, recorded_by_role, recorded_at, parents_reached";
 
 impl ActionRow {
     fn into_proto(self) -> CaseAction {
@@ -521,6 +754,7 @@ impl ActionRow {
             recorded_by: self.recorded_by,
             recorded_by_role: self.recorded_by_role,
             recorded_at: Some(timestamp(self.recorded_at)),
+            parents_reached: self.parents_reached,
         }
     }
 }
@@ -576,13 +810,20 @@ pub(crate) async fn record_action(
              a meeting otherwise",
         ));
     }
+    let role = checked_role(&request.role)?;
     let case = fetch_case(db, &case_id).await?;
     if case.status == "closed" {
         return Err(failed_precondition(format!(
             "case {case_id} is closed; actions go on an open case"
         )));
     }
-    let ladder = ladder_of(db, &case.ladder).await?;
+    checked_step_date(
+        "taken_on",
+        taken_on,
+        case.opened_on.or(case.stage_started_on),
+        "the action",
+    )?;
+    let ladder = ladder_of(db, &case.ladder, case.ladder_version).await?;
     let interval = ladder
         .position(&case.stage)
         .map_or(10, |index| ladder.stages[index].review_interval_days);
@@ -614,8 +855,9 @@ pub(crate) async fn record_action(
         with_aio: request.with_aio,
         next_review: Some(next_review),
         recorded_by,
-        recorded_by_role: request.role.trim().to_owned(),
+        recorded_by_role: role,
         recorded_at: now,
+        parents_reached: !request.parents_not_reached,
     };
     let id: String = with_db!(db, |pool| async {
         let mut tx = pool.begin_write(CASES_LOCK_KEY).await?;
@@ -625,8 +867,9 @@ pub(crate) async fn record_action(
         let id = format!("act-{:07}", count + 1);
         sqlx::query(
             "INSERT INTO case_actions (id, request_id, case_id, stage, kind, taken_on, outcome, \
-             notes, with_aio, next_review, recorded_by, recorded_by_role, recorded_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             notes, with_aio, next_review, recorded_by, recorded_by_role, recorded_at, \
+             parents_reached) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&id)
         .bind(&request_id)
@@ -641,6 +884,7 @@ pub(crate) async fn record_action(
         .bind(&row.recorded_by)
         .bind(&row.recorded_by_role)
         .bind(row.recorded_at)
+        .bind(row.parents_reached)
         .execute(&mut *tx)
         .await?;
         sqlx::query("UPDATE cases SET next_review = $2 WHERE id = $1")
@@ -698,6 +942,7 @@ struct EventRow {
     recorded_at: DateTime<Utc>,
     stage: String,
     reason: String,
+    on_date: Option<NaiveDate>,
 }
 
 /// Returns a case's timeline.
@@ -705,7 +950,7 @@ pub(crate) async fn timeline(db: &Db, case_id: &str) -> Result<GetCaseTimelineRe
     let case = fetch_case(db, case_id).await?;
     let (events, actions): (Vec<EventRow>, Vec<ActionRow>) = with_db!(db, |pool| async {
         let events = sqlx::query_as(
-            "SELECT event, detail, recorded_by, recorded_at, stage, reason FROM case_events \
+            "SELECT event, detail, recorded_by, recorded_at, stage, reason, on_date FROM case_events \
              WHERE case_id = $1 ORDER BY id",
         )
         .bind(case_id)
@@ -732,6 +977,10 @@ pub(crate) async fn timeline(db: &Db, case_id: &str) -> Result<GetCaseTimelineRe
             reason: event.reason,
             by: event.recorded_by,
             communicated_to_parents: false,
+            on_date: event
+                .on_date
+                .unwrap_or_else(|| event.recorded_at.date_naive())
+                .to_string(),
         })
         .collect();
     for action in actions {
@@ -756,10 +1005,17 @@ pub(crate) async fn timeline(db: &Db, case_id: &str) -> Result<GetCaseTimelineRe
             stage: action.stage,
             reason: action.outcome,
             by: by_with_role(&action.recorded_by, &action.recorded_by_role),
-            communicated_to_parents: true,
+            communicated_to_parents: action.parents_reached,
+            on_date: action.taken_on.to_string(),
         });
     }
-    entries.sort_by_key(|entry| entry.at.map(|at| (at.seconds, at.nanos)));
+    // In the order things happened, then the order they were recorded.
+    entries.sort_by_key(|entry| {
+        (
+            entry.on_date.clone(),
+            entry.at.map(|at| (at.seconds, at.nanos)),
+        )
+    });
     Ok(GetCaseTimelineResponse {
         r#case: Some(case.into_proto()),
         entries,

@@ -115,16 +115,24 @@ async fn apply(db: &Db, trigger: &Trigger, cursor: i64) -> Result<(), sqlx::Erro
     let now = Utc::now();
     // A trigger without a phase follows the juniors' and secondary ladder.
     let phase = phase_from_proto(trigger.phase).unwrap_or(Phase::Secondary);
-    let sources: Vec<(String,)> = with_db!(db, |pool| {
-        sqlx::query_as("SELECT source FROM ladders ORDER BY id")
-            .fetch_all(pool)
-            .await
+    let sources: Vec<(String, i32)> = with_db!(db, |pool| {
+        sqlx::query_as(
+            "SELECT v.source, v.version FROM ladder_versions v WHERE v.version = \
+             (SELECT MAX(w.version) FROM ladder_versions w WHERE w.id = v.id) ORDER BY v.id",
+        )
+        .fetch_all(pool)
+        .await
     })?;
-    let loaded: Vec<Ladder> = sources
+    let loaded: Vec<(Ladder, i32)> = sources
         .iter()
-        .filter_map(|(source,)| parse_ladder(source).ok())
+        .filter_map(|(source, version)| parse_ladder(source).ok().map(|l| (l, *version)))
         .collect();
-    let ladder = choose_ladder(&loaded, phase);
+    let ladders: Vec<Ladder> = loaded.iter().map(|(l, _)| l.clone()).collect();
+    let ladder = choose_ladder(&ladders, phase);
+    let ladder_version = loaded
+        .iter()
+        .find(|(l, _)| l.id == ladder.id)
+        .map_or(0, |(_, version)| *version);
     let started_on = parse_date(&trigger.as_of).unwrap_or_else(|_| now.date_naive());
     with_db!(db, |pool| {
         let mut tx = pool.begin_write(CASES_LOCK_KEY).await?;
@@ -142,8 +150,9 @@ async fn apply(db: &Db, trigger: &Trigger, cursor: i64) -> Result<(), sqlx::Erro
                 sqlx::query(
                     "INSERT INTO cases (id, laestab, upn, concern, phase, ladder, stage, stage_number, \
                      owner_role, status, opened_at, opened_by_trigger, stage_started_on, \
-                     next_review) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, 'open', $9, $10, $11, $12)",
+                     next_review, opened_on, ladder_version) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, 'open', $9, $10, $11, $12, $11, \
+                     $13)",
                 )
                 .bind(&case_id)
                 .bind(&trigger.laestab)
@@ -157,6 +166,7 @@ async fn apply(db: &Db, trigger: &Trigger, cursor: i64) -> Result<(), sqlx::Erro
                 .bind(&trigger.id)
                 .bind(started_on)
                 .bind(school_days_after(started_on, stage.review_interval_days))
+                .bind(ladder_version)
                 .execute(&mut *tx)
                 .await?;
                 tracing::info!(case = %case_id, upn = %trigger.upn, laestab = %trigger.laestab, stage = stage.id, "Case opened");
@@ -221,13 +231,20 @@ async fn apply(db: &Db, trigger: &Trigger, cursor: i64) -> Result<(), sqlx::Erro
 
         if let Some((case_id, event, detail)) = event {
             sqlx::query(
-                "INSERT INTO case_events (id, case_id, event, detail, recorded_by, recorded_at) \
-                 SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, 'rollcall', $4 FROM case_events",
+                "INSERT INTO case_events (id, case_id, event, detail, recorded_by, recorded_at, \
+                 stage, reason, on_date) \
+                 SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, 'rollcall', $4, \
+                 (SELECT stage FROM cases WHERE id = $1), $6, $5 FROM case_events",
             )
             .bind(&case_id)
             .bind(event)
             .bind(&detail)
             .bind(now)
+            .bind(started_on)
+            .bind(format!(
+                "Trigger {} under clause {}",
+                trigger.id, trigger.clause
+            ))
             .execute(&mut *tx)
             .await?;
         }

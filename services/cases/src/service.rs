@@ -68,7 +68,7 @@ impl Cases {
 /// The columns of `cases` read into a [`CaseRow`].
 pub(crate) const CASE_COLUMNS: &str = "id, laestab, upn, concern, phase, ladder, stage, \
      stage_number, owner_role, status, opened_at, opened_by_trigger, stage_started_on, \
-     next_review, opened_by";
+     next_review, opened_by, opened_on, ladder_version";
 
 /// A case as stored.
 #[derive(Debug, sqlx::FromRow)]
@@ -88,6 +88,8 @@ pub(crate) struct CaseRow {
     pub(crate) stage_started_on: Option<NaiveDate>,
     pub(crate) next_review: Option<NaiveDate>,
     pub(crate) opened_by: String,
+    pub(crate) opened_on: Option<NaiveDate>,
+    pub(crate) ladder_version: i32,
 }
 
 impl CaseRow {
@@ -121,6 +123,8 @@ impl CaseRow {
                 .map(|d| d.to_string())
                 .unwrap_or_default(),
             opened_by: self.opened_by,
+            opened_on: self.opened_on.map(|d| d.to_string()).unwrap_or_default(),
+            ladder_version: self.ladder_version,
         }
     }
 }
@@ -180,7 +184,7 @@ impl CasesService for Cases {
         &self,
         request: Request<OpenCaseRequest>,
     ) -> Result<Response<OpenCaseResponse>, Status> {
-        let row = casework::open(&self.db, request.into_inner()).await?;
+        let row = casework::open(&self.db, &self.registers, request.into_inner()).await?;
         Ok(Response::new(OpenCaseResponse {
             r#case: Some(row.into_proto()),
         }))
@@ -257,7 +261,15 @@ impl CasesService for Cases {
         let school = if request.laestab.trim().is_empty() {
             String::new()
         } else {
-            laestab("laestab", &request.laestab)?
+            let school = laestab("laestab", &request.laestab)?;
+            self.registers
+                .clone()
+                .get_school(rollcall_api::registers::v1::GetSchoolRequest {
+                    laestab: school.clone(),
+                })
+                .await
+                .map_err(|status| rollcall_runtime::grpc::upstream_error("registers", status))?;
+            school
         };
         let as_of = if request.as_of.trim().is_empty() {
             Utc::now().date_naive()
