@@ -242,6 +242,43 @@ fn check_amendment(url: &str, work: &Path) {
         .find(|case| case["upn"] == upn(1).as_str())
         .expect("A's case is kept, not closed");
     assert_eq!(case_a["status"], "review");
+    assert_eq!(case_a["opened_on"], "2025-09-12", "the trigger's date");
+
+    // After review, staff keep the case open.
+    let case_id = case_a["id"].as_str().expect("id").to_owned();
+    let kept = rollcall(
+        url,
+        &[
+            "case",
+            "keep-open",
+            "--case",
+            &case_id,
+            "--reason",
+            "Attendance only just recovered; keep monitoring",
+            "--by",
+            "P Green",
+            "--role",
+            "head_of_year",
+            "--on",
+            "2025-09-15",
+        ],
+    );
+    assert!(
+        kept.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kept.stderr)
+    );
+    let cases = stdout_json(&rollcall(
+        url,
+        &["cases", "list", "--school", "9192001", "--json"],
+    ));
+    let status = cases
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|case| case["id"] == case_id.as_str())
+        .map(|case| case["status"].clone());
+    assert_eq!(status, Some(serde_json::json!("open")));
 }
 
 /// Sets the school's calendar with Friday 12 September as an INSET day: the eight marks on it

@@ -8,8 +8,8 @@ use clap::Subcommand;
 use comfy_table::{Table, presets};
 use rollcall_api::cases::v1::{
     Case, CloseCaseRequest, DeescalateCaseRequest, EscalateCaseRequest, GetCaseTimelineRequest,
-    ListLaddersRequest, ListOverdueReviewsRequest, LoadLadderRequest, OpenCaseRequest,
-    RecordActionRequest,
+    KeepCaseOpenRequest, ListLaddersRequest, ListOverdueReviewsRequest, LoadLadderRequest,
+    OpenCaseRequest, RecordActionRequest,
 };
 use rollcall_api::convert::from_timestamp;
 use rollcall_api::types::v1::Phase as PbPhase;
@@ -56,6 +56,8 @@ pub(crate) enum CaseCommand {
     Deescalate(ChangeArgs),
     /// Close a case.
     Close(ChangeArgs),
+    /// Keep a case that is up for review open.
+    KeepOpen(ChangeArgs),
     /// Record an action on a case.
     Action {
         /// The case.
@@ -267,6 +269,24 @@ pub(crate) async fn run(
                 .r#case
                 .unwrap_or_default();
             writeln!(out, "De-escalated. {}", describe(&case))?;
+        }
+        CaseCommand::KeepOpen(args) => {
+            let f = change_fields(args)?;
+            let request = KeepCaseOpenRequest {
+                case_id: f.case_id,
+                changed_by: f.changed_by,
+                role: f.role,
+                reason: f.reason,
+                on_date: f.on_date,
+            };
+            let case = cases
+                .keep_case_open(request)
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .r#case
+                .unwrap_or_default();
+            writeln!(out, "Kept open. {}", describe(&case))?;
         }
         CaseCommand::Close(args) => {
             let f = change_fields(args)?;

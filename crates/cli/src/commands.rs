@@ -487,7 +487,14 @@ pub(crate) async fn list_cases(
     let mut table = Table::new();
     table.load_preset(presets::NOTHING);
     table.set_header([
-        "Case", "UPN", "Concern", "Stage", "Owner", "Status", "Opened",
+        "Case",
+        "UPN",
+        "Concern",
+        "Stage",
+        "Owner",
+        "Status",
+        "Opened on",
+        "Next review",
     ]);
     for case in &cases {
         table.add_row([
@@ -497,7 +504,8 @@ pub(crate) async fn list_cases(
             format!("{} {}", case.stage_number, case.stage),
             case.owner_role.clone(),
             case_status_name(case).to_owned(),
-            case_opened_at(case),
+            case.opened_on.clone(),
+            case.next_review.clone(),
         ]);
     }
     writeln!(out, "{}", crate::text::table(&table))?;
@@ -541,6 +549,10 @@ fn case_json(case: &Case) -> serde_json::Value {
         "owner_role": case.owner_role,
         "status": case_status_name(case),
         "opened_at": case_opened_at(case),
+        "opened_on": case.opened_on,
+        "next_review": case.next_review,
+        "ladder": case.ladder,
+        "ladder_version": case.ladder_version,
     })
 }
 

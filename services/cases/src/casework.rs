@@ -554,6 +554,8 @@ pub(crate) enum Change {
     Escalate,
     Deescalate,
     Close,
+    /// Keep a case under review open: staff go on working it.
+    KeepOpen,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -650,6 +652,15 @@ pub(crate) async fn change(
             Some((previous, &ladder.stages[previous]))
         }
         Change::Close => None,
+        Change::KeepOpen => {
+            if case.status != "review" {
+                return Err(failed_precondition(format!(
+                    "case {case_id} is {}, not under review, so there is nothing to keep open",
+                    case.status
+                )));
+            }
+            None
+        }
     };
 
     let now = Utc::now();
@@ -694,15 +705,25 @@ pub(crate) async fn change(
                 insert_event(&mut tx, record).await?;
             }
             None => {
-                sqlx::query("UPDATE cases SET status = 'closed', next_review = NULL WHERE id = $1")
-                    .bind(&case_id)
-                    .execute(&mut *tx)
-                    .await?;
+                let (status, event, detail) = if change == Change::KeepOpen {
+                    ("open", "kept-open", "Kept open after review")
+                } else {
+                    ("closed", "closed", "Closed")
+                };
+                sqlx::query(
+                    "UPDATE cases SET status = $2, \
+                     next_review = CASE WHEN $2 = 'closed' THEN NULL ELSE next_review END \
+                     WHERE id = $1",
+                )
+                .bind(&case_id)
+                .bind(status)
+                .execute(&mut *tx)
+                .await?;
                 let record = NewEvent {
                     case_id: &case_id,
-                    event: "closed",
+                    event,
                     stage: &current.id,
-                    detail: "Closed",
+                    detail,
                     reason: &reason,
                     by: &by,
                     at: now,

@@ -6,12 +6,12 @@ use rollcall_api::cases::v1::{
     Case, CaseStatus, CloseCaseRequest, CloseCaseResponse, CreatePlanRequest, CreatePlanResponse,
     CreateReintegrationRequest, CreateReintegrationResponse, DeescalateCaseRequest,
     DeescalateCaseResponse, EscalateCaseRequest, EscalateCaseResponse, GetCaseTimelineRequest,
-    GetCaseTimelineResponse, GetSyncStateRequest, GetSyncStateResponse, ListCasesRequest,
-    ListCasesResponse, ListGivenRewardsRequest, ListGivenRewardsResponse, ListLaddersRequest,
-    ListLaddersResponse, ListOverdueReviewsRequest, ListOverdueReviewsResponse, ListPlansRequest,
-    ListPlansResponse, ListReintegrationsRequest, ListReintegrationsResponse,
-    ListTruancyIncidentsRequest, ListTruancyIncidentsResponse, LoadLadderRequest,
-    LoadLadderResponse, OpenCaseRequest, OpenCaseResponse, RecordActionRequest,
+    GetCaseTimelineResponse, GetSyncStateRequest, GetSyncStateResponse, KeepCaseOpenRequest,
+    KeepCaseOpenResponse, ListCasesRequest, ListCasesResponse, ListGivenRewardsRequest,
+    ListGivenRewardsResponse, ListLaddersRequest, ListLaddersResponse, ListOverdueReviewsRequest,
+    ListOverdueReviewsResponse, ListPlansRequest, ListPlansResponse, ListReintegrationsRequest,
+    ListReintegrationsResponse, ListTruancyIncidentsRequest, ListTruancyIncidentsResponse,
+    LoadLadderRequest, LoadLadderResponse, OpenCaseRequest, OpenCaseResponse, RecordActionRequest,
     RecordActionResponse, RecordCheckInRequest, RecordCheckInResponse, RecordRewardRequest,
     RecordRewardResponse, RecordTruancyIncidentRequest, RecordTruancyIncidentResponse,
     ReviewPlanRequest, ReviewPlanResponse,
@@ -222,6 +222,24 @@ impl CasesService for Cases {
         };
         let row = casework::change(&self.db, input, casework::Change::Deescalate).await?;
         Ok(Response::new(DeescalateCaseResponse {
+            r#case: Some(row.into_proto()),
+        }))
+    }
+
+    async fn keep_case_open(
+        &self,
+        request: Request<KeepCaseOpenRequest>,
+    ) -> Result<Response<KeepCaseOpenResponse>, Status> {
+        let r = request.into_inner();
+        let input = casework::ChangeInput {
+            case_id: r.case_id,
+            changed_by: r.changed_by,
+            role: r.role,
+            reason: r.reason,
+            on_date: r.on_date,
+        };
+        let row = casework::change(&self.db, input, casework::Change::KeepOpen).await?;
+        Ok(Response::new(KeepCaseOpenResponse {
             r#case: Some(row.into_proto()),
         }))
     }
