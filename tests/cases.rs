@@ -903,6 +903,48 @@ async fn plans(database_url: Option<&str>) {
         .rewards;
     assert_eq!(given.len(), 1);
 
+    // The same from the command line: the flag is already dealt with, and the plan closes.
+    let server = running.url();
+    let again = cli(
+        &server,
+        &[
+            "case",
+            "truancy",
+            "--school",
+            LAESTAB,
+            "--flag",
+            &flag,
+            "--sanction",
+            "Detention",
+            "--parents-told-on",
+            "2025-09-17",
+            "--parents-told-how",
+            "letter",
+            "--support",
+            "Mentoring",
+            "--by",
+            "P Green",
+        ],
+    )
+    .await;
+    assert!(again.contains("already has incident"), "{again}");
+    let closed = cli(
+        &server,
+        &[
+            "case",
+            "review-plan",
+            "--plan",
+            &created.id,
+            "--on",
+            "2025-10-03",
+            "--by",
+            "D Khan",
+        ],
+    )
+    .await;
+    assert!(closed.contains("The plan is closed"), "{closed}");
+    assert!(closed.contains("missed"), "{closed}");
+
     running.stop().await.expect("server stops");
 }
 

@@ -7,9 +7,10 @@ use anyhow::Context;
 use clap::Subcommand;
 use comfy_table::{Table, presets};
 use rollcall_api::cases::v1::{
-    Case, CloseCaseRequest, DeescalateCaseRequest, EscalateCaseRequest, GetCaseTimelineRequest,
-    KeepCaseOpenRequest, ListLaddersRequest, ListOverdueReviewsRequest, LoadLadderRequest,
-    OpenCaseRequest, RecordActionRequest,
+    Case, CloseCaseRequest, CreatePlanRequest, DeescalateCaseRequest, EscalateCaseRequest,
+    GetCaseTimelineRequest, KeepCaseOpenRequest, ListLaddersRequest, ListOverdueReviewsRequest,
+    LoadLadderRequest, OpenCaseRequest, RecordActionRequest, RecordTruancyIncidentRequest,
+    ReviewPlanRequest,
 };
 use rollcall_api::convert::from_timestamp;
 use rollcall_api::types::v1::Phase as PbPhase;
@@ -99,6 +100,78 @@ pub(crate) enum CaseCommand {
         /// Print a JSON array.
         #[arg(long)]
         json: bool,
+    },
+    /// Set an Attendance Improvement Plan on a case.
+    Plan {
+        /// The case.
+        #[arg(long)]
+        case: String,
+        /// The attendance target, in percent.
+        #[arg(long)]
+        target: i32,
+        /// The most late marks allowed; leave out for no punctuality target.
+        #[arg(long)]
+        max_lates: Option<i32>,
+        /// The first date counted (YYYY-MM-DD).
+        #[arg(long)]
+        from: String,
+        /// The first review date (YYYY-MM-DD).
+        #[arg(long)]
+        review: String,
+        /// The person who owns the targets.
+        #[arg(long)]
+        owner: String,
+        /// Their role, for example trust_attendance_improvement_officer.
+        #[arg(long)]
+        owner_role: String,
+        /// Who sets the plan.
+        #[arg(long)]
+        by: String,
+    },
+    /// Review a plan against the registers.
+    ReviewPlan {
+        /// The plan.
+        #[arg(long)]
+        plan: String,
+        /// The date of the review (YYYY-MM-DD); the default is today.
+        #[arg(long)]
+        on: Option<String>,
+        /// The next review date; leave out to close the plan.
+        #[arg(long)]
+        next_review: Option<String>,
+        /// Who reviews it.
+        #[arg(long)]
+        by: String,
+        /// Notes.
+        #[arg(long, default_value = "")]
+        notes: String,
+    },
+    /// Turn a truancy flag from the registers into an incident.
+    Truancy {
+        /// The school (seven-digit LAESTAB).
+        #[arg(long)]
+        school: String,
+        /// The registers' flag id.
+        #[arg(long)]
+        flag: String,
+        /// The sanction applied.
+        #[arg(long)]
+        sanction: String,
+        /// The date the parents were told (YYYY-MM-DD).
+        #[arg(long)]
+        parents_told_on: String,
+        /// How they were told, for example phone call.
+        #[arg(long)]
+        parents_told_how: String,
+        /// The support offered.
+        #[arg(long)]
+        support: String,
+        /// Who records it.
+        #[arg(long)]
+        by: String,
+        /// Their role.
+        #[arg(long, default_value = "")]
+        role: String,
     },
     /// Open cases whose review date has passed, by owner role.
     Overdue {
@@ -269,6 +342,133 @@ pub(crate) async fn run(
                 .r#case
                 .unwrap_or_default();
             writeln!(out, "De-escalated. {}", describe(&case))?;
+        }
+        CaseCommand::Plan {
+            case,
+            target,
+            max_lates,
+            from,
+            review,
+            owner,
+            owner_role,
+            by,
+        } => {
+            let plan = cases
+                .create_plan(CreatePlanRequest {
+                    case_id: case,
+                    attendance_target_percent: target,
+                    max_lates,
+                    start_date: checked("--from", Some(&from))?,
+                    review_date: checked("--review", Some(&review))?,
+                    owner_name: owner,
+                    owner_role,
+                    created_by: by,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .plan
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "Plan {} for pupil {}: attendance of {}% from {}, review on {}",
+                plan.id,
+                plan.upn,
+                plan.attendance_target_percent,
+                plan.start_date,
+                plan.review_date
+            )?;
+        }
+        CaseCommand::ReviewPlan {
+            plan,
+            on,
+            next_review,
+            by,
+            notes,
+        } => {
+            let plan = cases
+                .review_plan(ReviewPlanRequest {
+                    plan_id: plan,
+                    reviewed_on: checked("--on", on.as_ref())?,
+                    reviewed_by: by,
+                    notes,
+                    next_review: checked("--next-review", next_review.as_ref())?,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .plan
+                .unwrap_or_default();
+            if let Some(review) = plan.reviews.last() {
+                let percent = review
+                    .attendance_percent
+                    .map_or_else(|| "no possible sessions".to_owned(), |p| format!("{p:.1}%"));
+                writeln!(
+                    out,
+                    "Plan {}: attendance {percent} against {}% ({}), {} late marks ({})",
+                    plan.id,
+                    plan.attendance_target_percent,
+                    if review.attendance_met {
+                        "met"
+                    } else {
+                        "missed"
+                    },
+                    review.lates,
+                    if review.punctuality_met {
+                        "met"
+                    } else {
+                        "missed"
+                    }
+                )?;
+            }
+            writeln!(
+                out,
+                "{}",
+                if plan.status == "active" {
+                    format!("Next review on {}", plan.review_date)
+                } else {
+                    "The plan is closed".to_owned()
+                }
+            )?;
+        }
+        CaseCommand::Truancy {
+            school,
+            flag,
+            sanction,
+            parents_told_on,
+            parents_told_how,
+            support,
+            by,
+            role,
+        } => {
+            let recorded = cases
+                .record_truancy_incident(RecordTruancyIncidentRequest {
+                    laestab: school,
+                    flag_id: flag,
+                    sanction,
+                    parents_informed_on: checked("--parents-told-on", Some(&parents_told_on))?,
+                    parents_informed_how: parents_told_how,
+                    support_offered: support,
+                    recorded_by: by,
+                    role,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let incident = recorded.incident.unwrap_or_default();
+            if recorded.already_recorded {
+                writeln!(
+                    out,
+                    "Flag {} already has incident {}; nothing changed",
+                    incident.flag_id, incident.id
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "Incident {} for pupil {} on {}",
+                    incident.id, incident.upn, incident.date
+                )?;
+            }
         }
         CaseCommand::KeepOpen(args) => {
             let f = change_fields(args)?;
