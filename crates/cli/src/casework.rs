@@ -272,6 +272,27 @@ fn change_fields(args: ChangeArgs) -> anyhow::Result<ChangeFields> {
     })
 }
 
+/// Sends one of the four change requests, which carry the same fields, and returns the case.
+macro_rules! change_case {
+    ($cases:ident, $args:expr, $request:ident, $method:ident) => {{
+        let fields = change_fields($args)?;
+        let request = $request {
+            case_id: fields.case_id,
+            changed_by: fields.changed_by,
+            role: fields.role,
+            reason: fields.reason,
+            on_date: fields.on_date,
+        };
+        $cases
+            .$method(request)
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .r#case
+            .unwrap_or_default()
+    }};
+}
+
 pub(crate) async fn run(
     clients: &Clients,
     command: CaseCommand,
@@ -308,39 +329,11 @@ pub(crate) async fn run(
             writeln!(out, "Opened. {}", describe(&case))?;
         }
         CaseCommand::Escalate(args) => {
-            let f = change_fields(args)?;
-            let request = EscalateCaseRequest {
-                case_id: f.case_id,
-                changed_by: f.changed_by,
-                role: f.role,
-                reason: f.reason,
-                on_date: f.on_date,
-            };
-            let case = cases
-                .escalate_case(request)
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .r#case
-                .unwrap_or_default();
+            let case = change_case!(cases, args, EscalateCaseRequest, escalate_case);
             writeln!(out, "Escalated. {}", describe(&case))?;
         }
         CaseCommand::Deescalate(args) => {
-            let f = change_fields(args)?;
-            let request = DeescalateCaseRequest {
-                case_id: f.case_id,
-                changed_by: f.changed_by,
-                role: f.role,
-                reason: f.reason,
-                on_date: f.on_date,
-            };
-            let case = cases
-                .deescalate_case(request)
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .r#case
-                .unwrap_or_default();
+            let case = change_case!(cases, args, DeescalateCaseRequest, deescalate_case);
             writeln!(out, "De-escalated. {}", describe(&case))?;
         }
         CaseCommand::Plan {
@@ -471,39 +464,11 @@ pub(crate) async fn run(
             }
         }
         CaseCommand::KeepOpen(args) => {
-            let f = change_fields(args)?;
-            let request = KeepCaseOpenRequest {
-                case_id: f.case_id,
-                changed_by: f.changed_by,
-                role: f.role,
-                reason: f.reason,
-                on_date: f.on_date,
-            };
-            let case = cases
-                .keep_case_open(request)
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .r#case
-                .unwrap_or_default();
+            let case = change_case!(cases, args, KeepCaseOpenRequest, keep_case_open);
             writeln!(out, "Kept open. {}", describe(&case))?;
         }
         CaseCommand::Close(args) => {
-            let f = change_fields(args)?;
-            let request = CloseCaseRequest {
-                case_id: f.case_id,
-                changed_by: f.changed_by,
-                role: f.role,
-                reason: f.reason,
-                on_date: f.on_date,
-            };
-            let case = cases
-                .close_case(request)
-                .await
-                .map_err(status_error)?
-                .into_inner()
-                .r#case
-                .unwrap_or_default();
+            let case = change_case!(cases, args, CloseCaseRequest, close_case);
             writeln!(out, "Closed case {} for pupil {}", case.id, case.upn)?;
         }
         CaseCommand::Action {

@@ -573,6 +573,30 @@ pub(crate) struct ChangeInput {
     pub(crate) on_date: String,
 }
 
+/// The four change requests carry the same fields; each converts into a [`ChangeInput`].
+macro_rules! change_input_from {
+    ($($request:ty),+) => {
+        $(impl From<$request> for ChangeInput {
+            fn from(request: $request) -> Self {
+                Self {
+                    case_id: request.case_id,
+                    changed_by: request.changed_by,
+                    role: request.role,
+                    reason: request.reason,
+                    on_date: request.on_date,
+                }
+            }
+        })+
+    };
+}
+
+change_input_from!(
+    rollcall_api::cases::v1::EscalateCaseRequest,
+    rollcall_api::cases::v1::DeescalateCaseRequest,
+    rollcall_api::cases::v1::CloseCaseRequest,
+    rollcall_api::cases::v1::KeepCaseOpenRequest
+);
+
 /// Escalates, de-escalates or closes a case.
 pub(crate) async fn change(
     db: &Db,

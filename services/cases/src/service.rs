@@ -57,6 +57,16 @@ impl Cases {
         follower::spawn(self.db.clone(), self.policy.clone(), self.processed.clone())
     }
 
+    /// Applies one of the staff changes to a case and returns the case as it now stands.
+    async fn apply<R: Into<casework::ChangeInput>>(
+        &self,
+        request: Request<R>,
+        change: casework::Change,
+    ) -> Result<Case, Status> {
+        let row = casework::change(&self.db, request.into_inner().into(), change).await?;
+        Ok(row.into_proto())
+    }
+
     /// Wraps the service in its tonic server.
     pub fn into_server(self) -> CasesServiceServer<Self> {
         CasesServiceServer::new(self)
@@ -194,72 +204,32 @@ impl CasesService for Cases {
         &self,
         request: Request<EscalateCaseRequest>,
     ) -> Result<Response<EscalateCaseResponse>, Status> {
-        let r = request.into_inner();
-        let input = casework::ChangeInput {
-            case_id: r.case_id,
-            changed_by: r.changed_by,
-            role: r.role,
-            reason: r.reason,
-            on_date: r.on_date,
-        };
-        let row = casework::change(&self.db, input, casework::Change::Escalate).await?;
-        Ok(Response::new(EscalateCaseResponse {
-            r#case: Some(row.into_proto()),
-        }))
+        let row = self.apply(request, casework::Change::Escalate).await?;
+        Ok(Response::new(EscalateCaseResponse { r#case: Some(row) }))
     }
 
     async fn deescalate_case(
         &self,
         request: Request<DeescalateCaseRequest>,
     ) -> Result<Response<DeescalateCaseResponse>, Status> {
-        let r = request.into_inner();
-        let input = casework::ChangeInput {
-            case_id: r.case_id,
-            changed_by: r.changed_by,
-            role: r.role,
-            reason: r.reason,
-            on_date: r.on_date,
-        };
-        let row = casework::change(&self.db, input, casework::Change::Deescalate).await?;
-        Ok(Response::new(DeescalateCaseResponse {
-            r#case: Some(row.into_proto()),
-        }))
+        let row = self.apply(request, casework::Change::Deescalate).await?;
+        Ok(Response::new(DeescalateCaseResponse { r#case: Some(row) }))
     }
 
     async fn keep_case_open(
         &self,
         request: Request<KeepCaseOpenRequest>,
     ) -> Result<Response<KeepCaseOpenResponse>, Status> {
-        let r = request.into_inner();
-        let input = casework::ChangeInput {
-            case_id: r.case_id,
-            changed_by: r.changed_by,
-            role: r.role,
-            reason: r.reason,
-            on_date: r.on_date,
-        };
-        let row = casework::change(&self.db, input, casework::Change::KeepOpen).await?;
-        Ok(Response::new(KeepCaseOpenResponse {
-            r#case: Some(row.into_proto()),
-        }))
+        let row = self.apply(request, casework::Change::KeepOpen).await?;
+        Ok(Response::new(KeepCaseOpenResponse { r#case: Some(row) }))
     }
 
     async fn close_case(
         &self,
         request: Request<CloseCaseRequest>,
     ) -> Result<Response<CloseCaseResponse>, Status> {
-        let r = request.into_inner();
-        let input = casework::ChangeInput {
-            case_id: r.case_id,
-            changed_by: r.changed_by,
-            role: r.role,
-            reason: r.reason,
-            on_date: r.on_date,
-        };
-        let row = casework::change(&self.db, input, casework::Change::Close).await?;
-        Ok(Response::new(CloseCaseResponse {
-            r#case: Some(row.into_proto()),
-        }))
+        let row = self.apply(request, casework::Change::Close).await?;
+        Ok(Response::new(CloseCaseResponse { r#case: Some(row) }))
     }
 
     async fn record_action(
