@@ -495,6 +495,25 @@ async fn casework(database_url: Option<&str>) {
     )
     .await;
     assert!(recorded.contains("Recorded letter"), "{recorded}");
+    let refused = cli_error(
+        &server,
+        &[
+            "case",
+            "action",
+            "--case",
+            &second.id,
+            "--kind",
+            "structured_meeting",
+            "--on",
+            "2025-11-05",
+            "--outcome",
+            "Met",
+            "--by",
+            "P Green",
+        ],
+    )
+    .await;
+    assert!(refused.contains("--with-aio"), "{refused}");
     let overdue = cli(
         &server,
         &[
@@ -512,18 +531,30 @@ async fn casework(database_url: Option<&str>) {
     running.stop().await.expect("server stops");
 }
 
-/// Runs the rollcall binary against `server` and returns what it printed.
-async fn cli(server: &str, args: &[&str]) -> String {
+/// Runs the rollcall binary against `server` off the async threads.
+async fn run_rollcall(server: &str, args: &[&str]) -> std::process::Output {
     let mut full = vec!["--server".to_owned(), server.to_owned()];
     full.extend(args.iter().map(|arg| (*arg).to_owned()));
-    let output = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_rollcall"))
             .args(&full)
             .output()
             .expect("rollcall runs")
     })
     .await
-    .expect("command thread");
+    .expect("command thread")
+}
+
+/// Runs the rollcall binary, expecting it to fail, and returns its error.
+async fn cli_error(server: &str, args: &[&str]) -> String {
+    let output = run_rollcall(server, args).await;
+    assert!(!output.status.success(), "expected a failure");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Runs the rollcall binary and returns what it printed.
+async fn cli(server: &str, args: &[&str]) -> String {
+    let output = run_rollcall(server, args).await;
     assert!(
         output.status.success(),
         "{}",

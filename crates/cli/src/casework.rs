@@ -234,8 +234,33 @@ fn checked(flag: &str, value: Option<&String>) -> anyhow::Result<String> {
     }
 }
 
+/// API field names in server messages, and the flags a user of these commands gives instead.
+const FLAGS: [(&str, &str); 13] = [
+    ("invalid next_review", "invalid --next-review"),
+    ("invalid recorded_by", "invalid --by"),
+    ("invalid changed_by", "invalid --by"),
+    ("invalid opened_by", "invalid --by"),
+    ("invalid reviewed_by", "invalid --by"),
+    ("invalid with_aio", "invalid --with-aio"),
+    ("invalid taken_on", "invalid --on"),
+    ("invalid on_date", "invalid --on"),
+    ("invalid reviewed_on", "invalid --on"),
+    ("invalid case_id", "invalid --case"),
+    ("invalid laestab", "invalid --school"),
+    ("invalid attendance_target_percent", "invalid --target"),
+    ("invalid start_date", "invalid --from"),
+];
+
+/// Returns the server's message, naming the command's flags where it names API fields.
 fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}", status.message())
+    let mut message = status.message().to_owned();
+    for (field, flag) in FLAGS {
+        if message.starts_with(field) {
+            message = message.replacen(field, flag, 1);
+            break;
+        }
+    }
+    anyhow::anyhow!("{message}")
 }
 
 fn describe(case: &Case) -> String {
