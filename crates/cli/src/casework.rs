@@ -109,7 +109,7 @@ pub(crate) enum CaseCommand {
         /// The attendance target, in percent.
         #[arg(long)]
         target: i32,
-        /// The most late marks allowed; leave out for no punctuality target.
+        /// The maximum number of late marks allowed; leave out for no punctuality target.
         #[arg(long)]
         max_lates: Option<i32>,
         /// The first date counted (YYYY-MM-DD).
@@ -124,7 +124,7 @@ pub(crate) enum CaseCommand {
         /// Their role, for example trust_attendance_improvement_officer.
         #[arg(long)]
         owner_role: String,
-        /// Who sets the plan.
+        /// The name of the person setting the plan.
         #[arg(long)]
         by: String,
     },
@@ -139,7 +139,7 @@ pub(crate) enum CaseCommand {
         /// The next review date; leave out to close the plan.
         #[arg(long)]
         next_review: Option<String>,
-        /// Who reviews it.
+        /// The name of the person reviewing it.
         #[arg(long)]
         by: String,
         /// Notes.
@@ -157,16 +157,16 @@ pub(crate) enum CaseCommand {
         /// The sanction applied.
         #[arg(long)]
         sanction: String,
-        /// The date the parents were told (YYYY-MM-DD).
+        /// The date the parents were informed (YYYY-MM-DD).
         #[arg(long)]
         parents_told_on: String,
-        /// How they were told, for example phone call.
+        /// The way the parents were informed, for example phone call.
         #[arg(long)]
         parents_told_how: String,
         /// The support offered.
         #[arg(long)]
         support: String,
-        /// Who records it.
+        /// The name of the person recording it.
         #[arg(long)]
         by: String,
         /// Their role.
