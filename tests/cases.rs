@@ -514,6 +514,74 @@ async fn casework(database_url: Option<&str>) {
     )
     .await;
     assert!(refused.contains("--with-aio"), "{refused}");
+    let programme = cli(
+        &server,
+        &[
+            "case",
+            "reintegrate",
+            "--case",
+            &second.id,
+            "--absence",
+            "Illness in October",
+            "--from",
+            "2025-11-10",
+            "--step",
+            "2025-11-14=Mornings only",
+            "--step",
+            "2025-11-21=Full days",
+            "--by",
+            "P Green",
+        ],
+    )
+    .await;
+    assert!(programme.contains("2 steps"), "{programme}");
+    let programme_id = programme
+        .split_whitespace()
+        .nth(1)
+        .expect("programme id")
+        .to_owned();
+    let checked_in = cli(
+        &server,
+        &[
+            "case",
+            "check-in",
+            "--programme",
+            &programme_id,
+            "--on",
+            "2025-11-14",
+            "--done",
+            "1",
+            "--notes",
+            "Coping well",
+            "--by",
+            "P Green",
+        ],
+    )
+    .await;
+    assert!(checked_in.contains("1 of 2 steps done"), "{checked_in}");
+    let reward = cli(
+        &server,
+        &[
+            "case",
+            "reward",
+            "--school",
+            LAESTAB,
+            "--upn",
+            UPN,
+            "--reward",
+            "excellent_attendance",
+            "--from",
+            "2025-11-01",
+            "--to",
+            "2025-11-30",
+            "--on",
+            "2025-12-01",
+            "--by",
+            "P Green",
+        ],
+    )
+    .await;
+    assert!(reward.contains("excellent attendance"), "{reward}");
     let overdue = cli(
         &server,
         &[

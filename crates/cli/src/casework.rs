@@ -7,9 +7,10 @@ use anyhow::Context;
 use clap::Subcommand;
 use comfy_table::{Table, presets};
 use rollcall_api::cases::v1::{
-    Case, CloseCaseRequest, CreatePlanRequest, DeescalateCaseRequest, EscalateCaseRequest,
-    GetCaseTimelineRequest, KeepCaseOpenRequest, ListLaddersRequest, ListOverdueReviewsRequest,
-    LoadLadderRequest, OpenCaseRequest, RecordActionRequest, RecordTruancyIncidentRequest,
+    Case, CloseCaseRequest, CreatePlanRequest, CreateReintegrationRequest, DeescalateCaseRequest,
+    EscalateCaseRequest, GetCaseTimelineRequest, KeepCaseOpenRequest, ListLaddersRequest,
+    ListOverdueReviewsRequest, LoadLadderRequest, OpenCaseRequest, RecordActionRequest,
+    RecordCheckInRequest, RecordRewardRequest, RecordTruancyIncidentRequest, ReintegrationStep,
     ReviewPlanRequest,
 };
 use rollcall_api::convert::from_timestamp;
@@ -172,6 +173,70 @@ pub(crate) enum CaseCommand {
         /// Their role.
         #[arg(long, default_value = "")]
         role: String,
+    },
+    /// Set a reintegration programme on a case after an extended absence.
+    Reintegrate {
+        /// The case.
+        #[arg(long)]
+        case: String,
+        /// The extended absence, in words.
+        #[arg(long)]
+        absence: String,
+        /// The first day back (YYYY-MM-DD).
+        #[arg(long)]
+        from: String,
+        /// A step as DATE=DESCRIPTION, for example "2025-10-03=Mornings only"; repeat in order.
+        #[arg(long = "step", required = true)]
+        steps: Vec<String>,
+        /// The name of the person setting it.
+        #[arg(long)]
+        by: String,
+    },
+    /// Record a check-in on a reintegration programme.
+    CheckIn {
+        /// The programme.
+        #[arg(long)]
+        programme: String,
+        /// The date (YYYY-MM-DD).
+        #[arg(long)]
+        on: String,
+        /// The steps completed by then, by position from 1; repeat for each.
+        #[arg(long = "done")]
+        done: Vec<i32>,
+        /// Notes.
+        #[arg(long)]
+        notes: String,
+        /// The name of the person holding it.
+        #[arg(long)]
+        by: String,
+    },
+    /// Record a reward given to a pupil.
+    Reward {
+        /// The school (seven-digit LAESTAB).
+        #[arg(long)]
+        school: String,
+        /// The pupil's UPN.
+        #[arg(long)]
+        upn: String,
+        /// excellent_attendance, much_improved_attendance, excellent_punctuality or
+        /// much_improved_punctuality.
+        #[arg(long)]
+        reward: String,
+        /// The first date of the period it rewards (YYYY-MM-DD).
+        #[arg(long)]
+        from: String,
+        /// The last date of that period (YYYY-MM-DD).
+        #[arg(long)]
+        to: String,
+        /// The date it was given (YYYY-MM-DD).
+        #[arg(long)]
+        on: String,
+        /// The name of the person giving it.
+        #[arg(long)]
+        by: String,
+        /// What was given.
+        #[arg(long, default_value = "")]
+        notes: String,
     },
     /// Open cases whose review date has passed, by owner role.
     Overdue {
@@ -485,6 +550,123 @@ pub(crate) async fn run(
                     out,
                     "Incident {} for pupil {} on {}",
                     incident.id, incident.upn, incident.date
+                )?;
+            }
+        }
+        CaseCommand::Reintegrate {
+            case,
+            absence,
+            from,
+            steps,
+            by,
+        } => {
+            let mut parsed = Vec::new();
+            for step in &steps {
+                let Some((due, description)) = step.split_once('=') else {
+                    anyhow::bail!(
+                        "invalid --step {step:?}: write it as DATE=DESCRIPTION, for example \
+                         \"2025-10-03=Mornings only\""
+                    );
+                };
+                parsed.push(ReintegrationStep {
+                    description: description.trim().to_owned(),
+                    due_on: checked("--step", Some(&due.trim().to_owned()))?,
+                    done_on: String::new(),
+                });
+            }
+            let programme = cases
+                .create_reintegration(CreateReintegrationRequest {
+                    case_id: case,
+                    absence,
+                    starts_on: checked("--from", Some(&from))?,
+                    steps: parsed,
+                    created_by: by,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .reintegration
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "Programme {} for pupil {} from {}, {}",
+                programme.id,
+                programme.upn,
+                programme.starts_on,
+                crate::text::count(programme.steps.len(), "step", "steps")
+            )?;
+        }
+        CaseCommand::CheckIn {
+            programme,
+            on,
+            done,
+            notes,
+            by,
+        } => {
+            let programme = cases
+                .record_check_in(RecordCheckInRequest {
+                    reintegration_id: programme,
+                    on_date: checked("--on", Some(&on))?,
+                    by,
+                    notes,
+                    completed_steps: done,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .reintegration
+                .unwrap_or_default();
+            let finished = programme
+                .steps
+                .iter()
+                .filter(|step| !step.done_on.is_empty())
+                .count();
+            writeln!(
+                out,
+                "Programme {}: {finished} of {} steps done ({})",
+                programme.id,
+                programme.steps.len(),
+                programme.status
+            )?;
+        }
+        CaseCommand::Reward {
+            school,
+            upn,
+            reward,
+            from,
+            to,
+            on,
+            by,
+            notes,
+        } => {
+            let given = cases
+                .record_reward(RecordRewardRequest {
+                    laestab: school,
+                    upn,
+                    reward,
+                    period_from: checked("--from", Some(&from))?,
+                    period_to: checked("--to", Some(&to))?,
+                    given_on: checked("--on", Some(&on))?,
+                    given_by: by,
+                    notes,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let reward = given.reward.unwrap_or_default();
+            if given.already_recorded {
+                writeln!(
+                    out,
+                    "This reward is already recorded ({}); nothing changed",
+                    reward.id
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "Recorded reward {} for pupil {}: {}",
+                    reward.id,
+                    reward.upn,
+                    reward.reward.replace('_', " ")
                 )?;
             }
         }
