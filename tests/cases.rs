@@ -319,6 +319,62 @@ async fn casework(database_url: Option<&str>) {
     assert!(timeline[2].by.contains("P Green"));
     assert_eq!(timeline[2].reason, "Still late after the call");
 
+    // With the school's calendar, review dates pass over half term and an INSET day.
+    use rollcall_api::registers::v1::{
+        Calendar, Closure, ClosureKind, RegisterTimes, SetCalendarRequest, Term,
+    };
+    let term = |name: &str, first: &str, last: &str| Term {
+        name: name.into(),
+        first_day: first.into(),
+        last_day: last.into(),
+    };
+    registers
+        .set_calendar(SetCalendarRequest {
+            calendar: Some(Calendar {
+                laestab: LAESTAB.into(),
+                time_zone: "Europe/London".into(),
+                am: Some(RegisterTimes {
+                    opens: "08:40".into(),
+                    closes: "09:00".into(),
+                }),
+                pm: Some(RegisterTimes {
+                    opens: "13:15".into(),
+                    closes: "13:30".into(),
+                }),
+                terms: vec![
+                    term("Autumn 1", "2025-09-01", "2025-10-24"),
+                    term("Autumn 2", "2025-11-03", "2025-12-19"),
+                ],
+                closures: vec![Closure {
+                    date: "2025-11-03".into(),
+                    session: 0,
+                    kind: ClosureKind::Planned as i32,
+                    reason: "INSET day".into(),
+                }],
+            }),
+            changed_by: "J Smith".into(),
+            changed_by_position: "Data manager".into(),
+        })
+        .await
+        .expect("calendar");
+    let sickness = cases
+        .open_case(OpenCaseRequest {
+            upn: UPN.into(),
+            laestab: LAESTAB.into(),
+            concern: "sickness".into(),
+            phase: Phase::Unspecified as i32,
+            opened_by: "T Brown".into(),
+            role: String::new(),
+            reason: "Long illness".into(),
+            on_date: "2025-10-20".into(),
+        })
+        .await
+        .expect("open")
+        .into_inner()
+        .r#case
+        .expect("case");
+    assert_eq!(sickness.next_review, "2025-11-11", "ten school days");
+
     // Opening needs a pupil on roll at the school, a known concern, the pupil's own phase and a
     // date that has come.
     let bad = |change: &dyn Fn(&mut OpenCaseRequest)| {

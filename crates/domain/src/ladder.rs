@@ -213,11 +213,27 @@ pub fn missing_before_escalating(stage: &Stage, recorded: &[ActionKind]) -> Vec<
 /// over; holidays are not known here and count as school days.
 pub fn school_days_after(from: chrono::NaiveDate, school_days: u32) -> chrono::NaiveDate {
     use chrono::Datelike;
+    school_days_after_with(from, school_days, |date| {
+        date.weekday().number_from_monday() <= 5
+    })
+}
+
+/// Returns the date `school_days` school days after `from`, where `is_school_day` says which
+/// days count. The search stops after three years, so a calendar with no school days ahead
+/// gives a date three years on rather than running for ever.
+pub fn school_days_after_with(
+    from: chrono::NaiveDate,
+    school_days: u32,
+    is_school_day: impl Fn(chrono::NaiveDate) -> bool,
+) -> chrono::NaiveDate {
+    let limit = from
+        .checked_add_days(chrono::Days::new(3 * 366))
+        .unwrap_or(chrono::NaiveDate::MAX);
     let mut date = from;
     let mut left = school_days;
-    while left > 0 {
-        date = date.succ_opt().unwrap_or(date);
-        if date.weekday().number_from_monday() <= 5 {
+    while left > 0 && date < limit {
+        date = date.succ_opt().unwrap_or(limit);
+        if is_school_day(date) {
             left -= 1;
         }
     }

@@ -16,8 +16,7 @@ use rollcall_api::registers::v1::{GetPupilRequest, GetSchoolRequest};
 use rollcall_domain::Phase;
 use rollcall_domain::ladder::Role;
 use rollcall_domain::ladder::{
-    ActionKind, Ladder, choose_ladder, missing_before_escalating, parse_ladder, school_days_after,
-    shipped_ladders,
+    ActionKind, Ladder, choose_ladder, missing_before_escalating, parse_ladder, shipped_ladders,
 };
 use rollcall_domain::session::parse_date;
 use rollcall_runtime::grpc::{
@@ -376,7 +375,9 @@ pub(crate) async fn open(
         )));
     };
     let now = Utc::now();
-    let next_review = school_days_after(on, stage.review_interval_days);
+    let next_review = crate::school_days::of_school(registers, &school)
+        .await?
+        .after(on, stage.review_interval_days);
 
     let opened: Result<String, Status> = with_db!(db, |pool| async {
         let mut tx = pool
@@ -600,6 +601,7 @@ change_input_from!(
 /// Escalates, de-escalates or closes a case.
 pub(crate) async fn change(
     db: &Db,
+    registers: &RegistersServiceClient<Channel>,
     request: ChangeInput,
     change: Change,
 ) -> Result<CaseRow, Status> {
@@ -687,6 +689,7 @@ pub(crate) async fn change(
         }
     };
 
+    let days = crate::school_days::of_school(registers, &case.laestab).await?;
     let now = Utc::now();
     let by = by_with_role(&changed_by, &role);
     with_db!(db, |pool| async {
@@ -707,7 +710,7 @@ pub(crate) async fn change(
                 .bind(i32::try_from(index + 1).unwrap_or(i32::MAX))
                 .bind(stage.owner.as_str())
                 .bind(on)
-                .bind(school_days_after(on, stage.review_interval_days))
+                .bind(days.after(on, stage.review_interval_days))
                 .execute(&mut *tx)
                 .await?;
                 let detail = format!(
@@ -807,6 +810,7 @@ impl ActionRow {
 /// Records an action on a case.
 pub(crate) async fn record_action(
     db: &Db,
+    registers: &RegistersServiceClient<Channel>,
     request: RecordActionRequest,
 ) -> Result<RecordActionResponse, Status> {
     let request_id = required(
@@ -873,7 +877,9 @@ pub(crate) async fn record_action(
         .position(&case.stage)
         .map_or(10, |index| ladder.stages[index].review_interval_days);
     let next_review = if request.next_review.trim().is_empty() {
-        school_days_after(taken_on, interval)
+        crate::school_days::of_school(registers, &case.laestab)
+            .await?
+            .after(taken_on, interval)
     } else {
         let date = parse_date(&request.next_review).map_err(|error| {
             invalid_argument("next_review", &request.next_review, error.problem())

@@ -6,8 +6,9 @@ use chrono::Utc;
 use rollcall_api::convert::phase_from_proto;
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
 use rollcall_api::policy::v1::{Trigger, TriggerKind, TriggerState, WatchTriggersRequest};
+use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_domain::Phase;
-use rollcall_domain::ladder::{Ladder, choose_ladder, parse_ladder, school_days_after};
+use rollcall_domain::ladder::{Ladder, choose_ladder, parse_ladder};
 use rollcall_domain::session::parse_date;
 use rollcall_runtime::storage::WriteTransaction;
 use rollcall_runtime::{Db, with_db};
@@ -34,12 +35,13 @@ pub(crate) async fn stored_cursor(db: &Db) -> Result<i64, sqlx::Error> {
 pub(crate) fn spawn(
     db: Db,
     policy: PolicyServiceClient<Channel>,
+    registers: RegistersServiceClient<Channel>,
     processed: watch::Sender<i64>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(200);
         loop {
-            match follow(&db, policy.clone(), &processed).await {
+            match follow(&db, policy.clone(), &registers, &processed).await {
                 Ok(()) => backoff = Duration::from_millis(200),
                 Err(error) => {
                     tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "Trigger follower failed; retrying");
@@ -54,6 +56,7 @@ pub(crate) fn spawn(
 async fn follow(
     db: &Db,
     mut policy: PolicyServiceClient<Channel>,
+    registers: &RegistersServiceClient<Channel>,
     processed: &watch::Sender<i64>,
 ) -> anyhow::Result<()> {
     let cursor = stored_cursor(db).await?;
@@ -64,7 +67,13 @@ async fn follow(
         .into_inner();
     while let Some(message) = stream.message().await? {
         if let Some(trigger) = message.trigger {
-            apply(db, &trigger, message.cursor).await?;
+            // Review dates count the school's days; only a new case needs them.
+            let days = if trigger.state == TriggerState::Raised as i32 {
+                crate::school_days::of_school(registers, &trigger.laestab).await?
+            } else {
+                crate::school_days::SchoolDays::default()
+            };
+            apply(db, &trigger, &days, message.cursor).await?;
         }
         processed.send_replace(message.cursor);
     }
@@ -111,7 +120,12 @@ fn decide(trigger: &Trigger, live: Option<(String, String)>) -> Option<Change> {
 }
 
 /// Applies one trigger and stores the cursor in the same transaction.
-async fn apply(db: &Db, trigger: &Trigger, cursor: i64) -> Result<(), sqlx::Error> {
+async fn apply(
+    db: &Db,
+    trigger: &Trigger,
+    days: &crate::school_days::SchoolDays,
+    cursor: i64,
+) -> Result<(), sqlx::Error> {
     let now = Utc::now();
     // A trigger without a phase follows the juniors' and secondary ladder.
     let phase = phase_from_proto(trigger.phase).unwrap_or(Phase::Secondary);
@@ -165,7 +179,7 @@ async fn apply(db: &Db, trigger: &Trigger, cursor: i64) -> Result<(), sqlx::Erro
                 .bind(now)
                 .bind(&trigger.id)
                 .bind(started_on)
-                .bind(school_days_after(started_on, stage.review_interval_days))
+                .bind(days.after(started_on, stage.review_interval_days))
                 .bind(ladder_version)
                 .execute(&mut *tx)
                 .await?;

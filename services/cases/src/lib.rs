@@ -9,6 +9,7 @@ mod follower;
 mod incidents;
 mod plans;
 mod reintegration;
+mod school_days;
 mod service;
 
 pub use service::Cases;

@@ -54,7 +54,12 @@ impl Cases {
 
     /// Starts the follower of the policy service's triggers.
     pub fn start_follower(&self) -> tokio::task::JoinHandle<()> {
-        follower::spawn(self.db.clone(), self.policy.clone(), self.processed.clone())
+        follower::spawn(
+            self.db.clone(),
+            self.policy.clone(),
+            self.registers.clone(),
+            self.processed.clone(),
+        )
     }
 
     /// Applies one of the staff changes to a case and returns the case as it now stands.
@@ -63,7 +68,13 @@ impl Cases {
         request: Request<R>,
         change: casework::Change,
     ) -> Result<Case, Status> {
-        let row = casework::change(&self.db, request.into_inner().into(), change).await?;
+        let row = casework::change(
+            &self.db,
+            &self.registers,
+            request.into_inner().into(),
+            change,
+        )
+        .await?;
         Ok(row.into_proto())
     }
 
@@ -236,7 +247,7 @@ impl CasesService for Cases {
         &self,
         request: Request<RecordActionRequest>,
     ) -> Result<Response<RecordActionResponse>, Status> {
-        casework::record_action(&self.db, request.into_inner())
+        casework::record_action(&self.db, &self.registers, request.into_inner())
             .await
             .map(Response::new)
     }
