@@ -15,7 +15,7 @@ use rollcall_runtime::grpc::upstream_error;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-/// The days a school meets, as far as its calendar says.
+/// The days a school meets, as its calendar records them.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SchoolDays {
     terms: Vec<(NaiveDate, NaiveDate)>,
