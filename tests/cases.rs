@@ -551,7 +551,7 @@ async fn casework(database_url: Option<&str>) {
     )
     .await;
     assert!(recorded.contains("Recorded letter"), "{recorded}");
-    let refused = cli_error(
+    let rejected = cli_error(
         &server,
         &[
             "case",
@@ -569,7 +569,7 @@ async fn casework(database_url: Option<&str>) {
         ],
     )
     .await;
-    assert!(refused.contains("--with-aio"), "{refused}");
+    assert!(rejected.contains("--with-aio"), "{rejected}");
     let programme = cli(
         &server,
         &[
@@ -936,8 +936,8 @@ async fn plans(database_url: Option<&str>) {
     }
     assert_eq!(missed, Some(TriggerState::Raised as i32));
 
-    // A lesson check finds the pupil missing after registration on Tuesday 16 September; the
-    // flag becomes an incident once, with the parents told and support offered.
+    // A lesson check finds the pupil missing after registration on Wednesday 17 September. The
+    // flag becomes one incident, with the parents informed and support offered.
     let recorded = registers
         .record_lesson_check(RecordLessonCheckRequest {
             request_id: "period-3".into(),
@@ -1071,9 +1071,9 @@ async fn plans(database_url: Option<&str>) {
             &flag,
             "--sanction",
             "Detention",
-            "--parents-told-on",
+            "--parents-informed-on",
             "2025-09-17",
-            "--parents-told-how",
+            "--parents-informed-how",
             "letter",
             "--support",
             "Mentoring",

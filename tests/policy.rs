@@ -552,28 +552,28 @@ async fn policies_over_time(database_url: Option<&str>) {
     let mut present = decide("illness", "headteacher", true, true);
     present.sessions[0].date = "2025-09-09".into();
     present.sessions[1].date = "2025-09-09".into();
-    let refused = clients
+    let rejected = clients
         .policy
         .decide_absence(present)
         .await
         .expect_err("present that day");
-    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(rejected.code(), tonic::Code::FailedPrecondition);
     assert!(
-        refused.message().contains("2025-09-09 AM (/)"),
+        rejected.message().contains("2025-09-09 AM (/)"),
         "{}",
-        refused.message()
+        rejected.message()
     );
     let mut elsewhere = decide("illness", "headteacher", true, false);
     elsewhere.laestab = "9192002".into();
-    let refused = clients
+    let rejected = clients
         .policy
         .decide_absence(elsewhere)
         .await
         .expect_err("not on roll there");
     assert!(
-        refused.message().contains("not on roll"),
+        rejected.message().contains("not on roll"),
         "{}",
-        refused.message()
+        rejected.message()
     );
 
     // Monday is the sixth school day of illness in a row: evidence is needed after five.

@@ -160,10 +160,10 @@ pub(crate) enum CaseCommand {
         sanction: String,
         /// The date the parents were informed (YYYY-MM-DD).
         #[arg(long)]
-        parents_told_on: String,
+        parents_informed_on: String,
         /// The way the parents were informed, for example phone call.
         #[arg(long)]
-        parents_told_how: String,
+        parents_informed_how: String,
         /// The support offered.
         #[arg(long)]
         support: String,
@@ -234,7 +234,7 @@ pub(crate) enum CaseCommand {
         /// The name of the person giving it.
         #[arg(long)]
         by: String,
-        /// What was given.
+        /// A description of the reward, for example a certificate in assembly.
         #[arg(long, default_value = "")]
         notes: String,
     },
@@ -518,8 +518,8 @@ pub(crate) async fn run(
             school,
             flag,
             sanction,
-            parents_told_on,
-            parents_told_how,
+            parents_informed_on,
+            parents_informed_how,
             support,
             by,
             role,
@@ -529,8 +529,11 @@ pub(crate) async fn run(
                     laestab: school,
                     flag_id: flag,
                     sanction,
-                    parents_informed_on: checked("--parents-told-on", Some(&parents_told_on))?,
-                    parents_informed_how: parents_told_how,
+                    parents_informed_on: checked(
+                        "--parents-informed-on",
+                        Some(&parents_informed_on),
+                    )?,
+                    parents_informed_how,
                     support_offered: support,
                     recorded_by: by,
                     role,

@@ -259,12 +259,12 @@ fn show(
     }
     let on = context.map_or_else(|| chrono::Utc::now().date_naive(), |(_, on)| on);
     if let Some((school, on)) = context {
-        let whose = if school.is_empty() {
+        let subject = if school.is_empty() {
             "The trust's default policy".to_owned()
         } else {
             format!("School {school} follows this policy")
         };
-        writeln!(out, "{whose} on {on}.")?;
+        writeln!(out, "{subject} on {on}.")?;
     }
     let until = policy
         .effective_to

@@ -218,8 +218,8 @@ pub fn school_days_after(from: chrono::NaiveDate, school_days: u32) -> chrono::N
     })
 }
 
-/// Returns the date `school_days` school days after `from`, where `is_school_day` says which
-/// days count. The search stops after three years, so a calendar with no school days ahead
+/// Returns the date `school_days` school days after `from`, counting the days for which
+/// `is_school_day` returns true. The search stops after three years, so a calendar with no school days ahead
 /// gives a date three years on rather than running for ever.
 pub fn school_days_after_with(
     from: chrono::NaiveDate,

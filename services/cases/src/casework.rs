@@ -28,26 +28,8 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use crate::CASES_LOCK_KEY;
+use crate::fields::{date_or_today, required, storage};
 use crate::service::{CASE_COLUMNS, CaseRow};
-
-fn storage(context: &str) -> impl Fn(sqlx::Error) -> Status + '_ {
-    move |error| rollcall_runtime::grpc::storage_error(context, error)
-}
-
-fn required(field: &str, value: &str, problem: &str) -> Result<String, Status> {
-    let trimmed = value.trim();
-    if trimmed.is_empty() {
-        return Err(invalid_argument(field, value, problem));
-    }
-    Ok(trimmed.to_owned())
-}
-
-fn date_or_today(field: &str, value: &str) -> Result<NaiveDate, Status> {
-    if value.trim().is_empty() {
-        return Ok(Utc::now().date_naive());
-    }
-    parse_date(value).map_err(|error| invalid_argument(field, value, error.problem()))
-}
 
 #[derive(Debug, sqlx::FromRow)]
 struct LadderRow {

@@ -10,7 +10,6 @@ use rollcall_api::convert::timestamp;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{ListTruancyFlagsRequest, TruancyFlag};
 use rollcall_domain::policy::rewards::Reward;
-use rollcall_domain::session::parse_date;
 use rollcall_runtime::grpc::{invalid_argument, laestab, not_found, upstream_error};
 use rollcall_runtime::storage::WriteTransaction;
 use rollcall_runtime::{Db, with_db};
@@ -18,22 +17,7 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use crate::CASES_LOCK_KEY;
-
-fn storage(context: &str) -> impl Fn(sqlx::Error) -> Status + '_ {
-    move |error| rollcall_runtime::grpc::storage_error(context, error)
-}
-
-fn required(field: &str, value: &str, problem: &str) -> Result<String, Status> {
-    let trimmed = value.trim();
-    if trimmed.is_empty() {
-        return Err(invalid_argument(field, value, problem));
-    }
-    Ok(trimmed.to_owned())
-}
-
-fn date(field: &str, value: &str) -> Result<NaiveDate, Status> {
-    parse_date(value).map_err(|error| invalid_argument(field, value, error.problem()))
-}
+use crate::fields::{date, required, storage};
 
 /// Reads every truancy flag the registers hold for a school.
 pub(crate) async fn flags(

@@ -12,7 +12,6 @@ use rollcall_api::cases::v1::{
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
 use rollcall_api::policy::v1::{GetAttendanceStatisticsRequest, StatisticsGroup, StatisticsRange};
 use rollcall_domain::ladder::Role;
-use rollcall_domain::session::parse_date;
 use rollcall_runtime::grpc::{failed_precondition, invalid_argument, not_found, upstream_error};
 use rollcall_runtime::storage::WriteTransaction;
 use rollcall_runtime::{Db, with_db};
@@ -20,18 +19,11 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use crate::CASES_LOCK_KEY;
+use crate::fields::{date, storage};
 
 /// Attendance below which a plan's targets are reviewed by the trust's AIO, in tenths of a
 /// percent (clause 5.1.4).
 const AIO_BELOW_TENTHS: u32 = 900;
-
-fn storage(context: &str) -> impl Fn(sqlx::Error) -> Status + '_ {
-    move |error| rollcall_runtime::grpc::storage_error(context, error)
-}
-
-fn date(field: &str, value: &str) -> Result<NaiveDate, Status> {
-    parse_date(value).map_err(|error| invalid_argument(field, value, error.problem()))
-}
 
 #[derive(Debug, sqlx::FromRow)]
 struct PlanRow {

@@ -5,21 +5,13 @@ use chrono::{NaiveDate, Utc};
 use rollcall_api::cases::v1::{
     CheckIn, CreateReintegrationRequest, RecordCheckInRequest, Reintegration, ReintegrationStep,
 };
-use rollcall_domain::session::parse_date;
 use rollcall_runtime::grpc::{failed_precondition, invalid_argument, not_found};
 use rollcall_runtime::storage::WriteTransaction;
 use rollcall_runtime::{Db, with_db};
 use tonic::Status;
 
 use crate::CASES_LOCK_KEY;
-
-fn storage(context: &str) -> impl Fn(sqlx::Error) -> Status + '_ {
-    move |error| rollcall_runtime::grpc::storage_error(context, error)
-}
-
-fn date(field: &str, value: &str) -> Result<NaiveDate, Status> {
-    parse_date(value).map_err(|error| invalid_argument(field, value, error.problem()))
-}
+use crate::fields::{date, storage};
 
 #[derive(Debug, sqlx::FromRow)]
 struct ProgrammeRow {
@@ -132,6 +124,7 @@ pub(crate) async fn create(
             "give the person's name",
         ));
     }
+
     let starts_on = date("starts_on", &request.starts_on)?;
     if request.steps.is_empty() {
         return Err(invalid_argument(
@@ -140,6 +133,7 @@ pub(crate) async fn create(
             "a programme needs at least one step tailored to the pupil",
         ));
     }
+
     let mut steps = Vec::new();
     for (index, step) in request.steps.iter().enumerate() {
         let field = format!("steps[{index}]");
@@ -160,6 +154,7 @@ pub(crate) async fn create(
         }
         steps.push((step.description.trim().to_owned(), due));
     }
+
     let case: Option<(String, String)> = with_db!(db, |pool| {
         sqlx::query_as("SELECT upn, status FROM cases WHERE id = $1")
             .bind(&case_id)
@@ -173,6 +168,7 @@ pub(crate) async fn create(
             "case {case_id} is closed; a programme goes on an open case"
         )));
     }
+
     let now = Utc::now();
     let id: String = with_db!(db, |pool| async {
         let mut tx = pool.begin_write(CASES_LOCK_KEY).await?;
@@ -210,6 +206,7 @@ pub(crate) async fn create(
     }
     .await)
     .map_err(storage("setting a reintegration programme"))?;
+
     tracing::info!(programme = %id, case = %case_id, upn = %upn, "Reintegration programme set");
     load(db, "", &id)
         .await?
@@ -229,6 +226,7 @@ pub(crate) async fn check_in(
         .into_iter()
         .next()
         .ok_or_else(|| not_found("reintegration programme", &id))?;
+
     let on = date("on_date", &request.on_date)?;
     let starts_on = date("starts_on", &programme.starts_on)?;
     if on < starts_on {
@@ -238,6 +236,7 @@ pub(crate) async fn check_in(
             format!("it is before the first day back, {starts_on}"),
         ));
     }
+
     for (field, value) in [("by", &request.by), ("notes", &request.notes)] {
         if value.trim().is_empty() {
             return Err(invalid_argument(
@@ -247,6 +246,7 @@ pub(crate) async fn check_in(
             ));
         }
     }
+
     let count = programme.steps.len();
     for position in &request.completed_steps {
         let valid = usize::try_from(*position).is_ok_and(|p| (1..=count).contains(&p));
@@ -258,6 +258,7 @@ pub(crate) async fn check_in(
             ));
         }
     }
+
     let now = Utc::now();
     with_db!(db, |pool| async {
         let mut tx = pool.begin_write(CASES_LOCK_KEY).await?;
@@ -300,6 +301,7 @@ pub(crate) async fn check_in(
     }
     .await)
     .map_err(storage("recording a check-in"))?;
+
     tracing::info!(programme = %id, "Reintegration check-in recorded");
     load(db, "", &id)
         .await?

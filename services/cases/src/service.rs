@@ -62,7 +62,7 @@ impl Cases {
         )
     }
 
-    /// Applies one of the staff changes to a case and returns the case as it now stands.
+    /// Applies one of the staff changes to a case and returns the updated case.
     async fn apply<R: Into<casework::ChangeInput>>(
         &self,
         request: Request<R>,

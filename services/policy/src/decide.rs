@@ -1,5 +1,6 @@
-//! DecideAbsence: checks the request, counts the days of illness from the registers, takes the
-//! decision from the domain library and, when the request asks, records it in the registers.
+//! DecideAbsence: checks the request, counts the days of illness from the registers, and takes
+//! the decision from the domain library. With `record` set, it writes the decision to the
+//! registers.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -95,7 +95,7 @@ impl PupilMarks {
     }
 }
 
-/// Where a pupil stands on the rules about patterns of absence, under a policy on a date.
+/// A pupil's position on the rules about patterns of absence, under a policy on a date.
 #[derive(Debug, Clone)]
 pub(crate) struct Alerts {
     /// The policy's limit for unresolved N, and the N marks past it.

@@ -552,14 +552,14 @@ async fn evaluate(
             .bind(academic_year_of(school.as_of))
             .fetch_all(&mut *tx)
             .await?;
-            let wanted = |upn: &str| {
+            let in_scope = |upn: &str| {
                 school.pupils.contains_key(upn)
                     && (school.only.is_empty() || school.only.contains(upn))
             };
             let mut pupils: BTreeMap<String, PupilMarks> = school
                 .pupils
                 .iter()
-                .filter(|(upn, _)| wanted(upn))
+                .filter(|(upn, _)| in_scope(upn))
                 .map(|(upn, year_group)| {
                     (
                         upn.clone(),
@@ -588,7 +588,7 @@ async fn evaluate(
             }
             let totals = totals
                 .into_iter()
-                .filter(|row| wanted(&row.upn))
+                .filter(|row| in_scope(&row.upn))
                 .map(|row| (row.upn.clone(), row.figures()))
                 .collect();
             loaded.push((school, pupils.into_values().collect(), totals));

@@ -191,8 +191,8 @@ pub(crate) async fn load(
         if held.source == source {
             return Ok((new, true));
         }
-        // Setting or moving the end date of a loaded version is allowed, so that a reviewed
-        // policy can follow it; any other change needs a version of its own.
+        // A loaded version may gain or move its end date, so that a reviewed policy can follow
+        // it. Any other change needs a version of its own.
         let mut unchanged = held.policy.clone();
         unchanged.effective_to = new.policy.effective_to;
         let shipped = shipped()
@@ -268,6 +268,7 @@ pub(crate) async fn assign(
             "give the reason the school changes policy",
         ));
     }
+
     let all = versions(db).await?;
     if !all.iter().any(|held| held.policy.id == policy_id) {
         let mut known: Vec<&str> = all.iter().map(|held| held.policy.id.as_str()).collect();
@@ -281,6 +282,7 @@ pub(crate) async fn assign(
             ),
         ));
     }
+
     let in_force = all
         .iter()
         .filter(|held| held.policy.id == policy_id)
@@ -306,6 +308,7 @@ pub(crate) async fn assign(
             ),
         ));
     }
+
     let assignment = Assignment {
         laestab: laestab.to_owned(),
         from_date,
@@ -314,6 +317,7 @@ pub(crate) async fn assign(
         reason: reason.trim().to_owned(),
         assigned_at: Utc::now(),
     };
+
     let inserted = with_db!(db, |pool| async {
         let mut tx = pool.begin_write(POLICY_LOCK_KEY).await?;
         let result = sqlx::query(
@@ -334,11 +338,13 @@ pub(crate) async fn assign(
     }
     .await)
     .map_err(|error| storage_error("storing a policy assignment", error))?;
+
     if inserted == 0 {
         return Err(Status::already_exists(format!(
             "school {laestab} already changes policy on {from_date}; choose another date"
         )));
     }
+
     tracing::info!(
         laestab,
         policy = policy_id,

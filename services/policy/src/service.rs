@@ -520,6 +520,7 @@ impl PolicyService for Policy {
         let school = laestab("laestab", &request.laestab)?;
         let from = parse_date(&request.from_date)
             .map_err(|error| invalid_argument("from_date", &request.from_date, error.problem()))?;
+
         self.school_exists(&school).await?;
         let assignment = policies::assign(
             &self.db,
@@ -530,6 +531,7 @@ impl PolicyService for Policy {
             &request.reason,
         )
         .await?;
+
         // Thresholds may now be met or no longer met: evaluate the school's pupils again.
         let mut registers = self.registers.clone();
         let mut cases = self.cases.clone();
@@ -548,6 +550,7 @@ impl PolicyService for Policy {
                 TriggerCounts::default()
             }
         };
+
         Ok(Response::new(AssignPolicyResponse {
             assignment: Some(assignment_to_proto(assignment)),
             triggers_raised: i32::try_from(counts.raised).unwrap_or(i32::MAX),

@@ -197,7 +197,7 @@ pub(crate) async fn school_pupils(
         let admitted = parse_date(&enrolment.admission_date).unwrap_or(NaiveDate::MAX);
         let left = parse_date(&enrolment.leaving_date).ok();
         let on_roll = admitted <= to && left.is_none_or(|left| left >= from);
-        let wanted = scope
+        let in_scope = scope
             .year_group
             .as_ref()
             .is_none_or(|g| enrolment.year_group == *g)
@@ -206,7 +206,7 @@ pub(crate) async fn school_pupils(
                 .as_ref()
                 .is_none_or(|c| enrolment.class_name == *c)
             && scope.upn.as_ref().is_none_or(|u| pupil.upn == *u);
-        if on_roll && wanted {
+        if on_roll && in_scope {
             pupils.insert(
                 pupil.upn.clone(),
                 PupilCodes {

@@ -977,7 +977,7 @@ mod tests {
     }
 
     #[test]
-    fn plan_stores_a_later_repeat_of_the_effective_code() {
+    fn plan_stores_later_repeat() {
         let existing = existing_with("P1", "I", at(9));
         let again = request(Vec::new(), vec![mark(0, "P1", 2, "I", at(11))]);
         let repeat = plan(&again, &existing).expect("valid import");
@@ -1156,7 +1156,7 @@ mod tests {
     }
 
     #[test]
-    fn plan_keeps_the_class_when_the_import_has_none() {
+    fn plan_keeps_class_when_missing() {
         let mut existing = existing_with("P1", "/", at(9));
         for enrolment in existing.enrolments.values_mut().flatten() {
             enrolment.class_name = "8B".into();

@@ -2,7 +2,7 @@
 //! absence (N) left unresolved, a run of unauthorised absence, and long sickness.
 //!
 //! Each works on one pupil's effective marks. A school day is a day on which the pupil has a
-//! mark for a possible session; days with only `#` or other codes that are not possible
+//! mark for a possible session. Days with only `#` or other codes that are not possible
 //! sessions neither count nor break a run.
 
 use std::collections::BTreeMap;

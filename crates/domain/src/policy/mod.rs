@@ -271,7 +271,7 @@ pub struct Policy {
     pub penalty_warning: PenaltyThreshold,
     /// Penalty-notice amounts and limits, if the policy sets them.
     pub penalty_notice: Option<PenaltyNotice>,
-    /// How long register entries are kept, if the policy says.
+    /// The retention period for register entries, if the policy sets one.
     pub register_retention: Option<Retention>,
     /// Who decides on absence, and the reasons that are and are not authorised.
     pub authorisation: Authorisation,
