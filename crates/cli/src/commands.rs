@@ -22,7 +22,9 @@ use serde_json::json;
 use crate::calendar::CalendarCommand;
 use crate::casework::{CaseCommand, LadderCommand};
 use crate::client::Clients;
+use crate::contacts::ContactsCommand;
 use crate::marks::MarksCommand;
+use crate::messaging::{FirstDayCommand, LetterCommand, MessagesCommand, TemplateCommand};
 use crate::policy::{AbsenceCommand, PolicyCommand};
 use crate::pupil::PupilCommand;
 use crate::server::{self, ServerConfig};
@@ -81,6 +83,21 @@ enum Command {
     /// One pupil's figures and thresholds, with the clauses applied.
     #[command(subcommand)]
     Pupil(PupilCommand),
+    /// Parents and carers: import them from a CSV file, list a pupil's.
+    #[command(subcommand)]
+    Contacts(ContactsCommand),
+    /// First-day response to absence: contact parents and open tasks for the office.
+    #[command(subcommand, name = "first-day")]
+    FirstDay(FirstDayCommand),
+    /// Messages to parents and carers: their delivery, and resending.
+    #[command(subcommand)]
+    Messages(MessagesCommand),
+    /// Message and letter templates: list, show, load an edited one.
+    #[command(subcommand)]
+    Template(TemplateCommand),
+    /// Letters on a case: write, review, save the PDF.
+    #[command(subcommand)]
+    Letter(LetterCommand),
     /// Run the whole main job on a generated trust in a fresh folder.
     Demo(crate::demo::DemoArgs),
 }
@@ -99,6 +116,11 @@ struct ServeArgs {
     /// Log format: text for people, json for log collectors.
     #[arg(long, env = "ROLLCALL_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Messaging settings (TOML): the mail server, SMS provider, print folder, retries and
+    /// first-day contact. Without it, letters go to the letters folder under --data-dir and
+    /// email and text messages are not sent.
+    #[arg(long, env = "ROLLCALL_MESSAGING")]
+    messaging: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -192,6 +214,11 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Absence(command) => ClientCommand::Absence(command),
         Command::Pupil(command) => ClientCommand::Pupil(command),
+        Command::Contacts(command) => ClientCommand::Contacts(command),
+        Command::FirstDay(command) => ClientCommand::FirstDay(command),
+        Command::Messages(command) => ClientCommand::Messages(command),
+        Command::Template(command) => ClientCommand::Template(command),
+        Command::Letter(command) => ClientCommand::Letter(command),
     };
 
     telemetry::init(LogFormat::Text, "warn,sqlx=error");
@@ -229,6 +256,19 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::policy::run_absence(&clients, command, &mut out).await
         }
         ClientCommand::Pupil(command) => crate::pupil::run(&clients, command, &mut out).await,
+        ClientCommand::Contacts(command) => crate::contacts::run(&clients, command, &mut out).await,
+        ClientCommand::FirstDay(command) => {
+            crate::messaging::run_first_day(&clients, command, &mut out).await
+        }
+        ClientCommand::Messages(command) => {
+            crate::messaging::run_messages(&clients, command, &mut out).await
+        }
+        ClientCommand::Template(command) => {
+            crate::messaging::run_template(&clients, command, &mut out).await
+        }
+        ClientCommand::Letter(command) => {
+            crate::messaging::run_letter(&clients, command, &mut out).await
+        }
         ClientCommand::Referral(ReferralCommand::Pack {
             upn,
             out: path,
@@ -253,6 +293,11 @@ enum ClientCommand {
     Policy(PolicyCommand),
     Absence(AbsenceCommand),
     Pupil(PupilCommand),
+    Contacts(ContactsCommand),
+    FirstDay(FirstDayCommand),
+    Messages(MessagesCommand),
+    Template(TemplateCommand),
+    Letter(LetterCommand),
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -262,7 +307,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         LogFormat::Text
     };
     telemetry::init(format, "info,sqlx=warn");
-    let config = ServerConfig::new(args.listen, args.data_dir, args.database_url.as_deref())?;
+    let mut config = ServerConfig::new(args.listen, args.data_dir, args.database_url.as_deref())?;
+    if let Some(path) = &args.messaging {
+        config.messaging = rollcall_cases::MessagingConfig::from_file(path)?;
+    }
     let mut running = server::start(config).await?;
     tokio::select! {
         () = rollcall_runtime::shutdown::signal() => {

@@ -12,7 +12,7 @@ use rollcall_api::mis_adapter::v1::mis_adapter_service_server::MisAdapterService
 use rollcall_api::policy::v1::policy_service_server::PolicyServiceServer;
 use rollcall_api::referrals::v1::referrals_service_server::ReferralsServiceServer;
 use rollcall_api::registers::v1::registers_service_server::RegistersServiceServer;
-use rollcall_cases::Cases;
+use rollcall_cases::{Cases, MessagingConfig};
 use rollcall_mis_adapter::MisAdapter;
 use rollcall_policy::Policy;
 use rollcall_referrals::Referrals;
@@ -37,6 +37,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// SQLite under a data directory, or PostgreSQL.
     pub storage: StorageConfig,
+    /// Email, SMS and letter channels, retries and first-day contact.
+    pub messaging: MessagingConfig,
+    /// Where letters are written for printing when the messaging settings name no folder.
+    pub print_dir: PathBuf,
 }
 
 impl ServerConfig {
@@ -48,7 +52,9 @@ impl ServerConfig {
     ) -> anyhow::Result<Self> {
         Ok(Self {
             listen,
+            print_dir: data_dir.join("letters"),
             storage: StorageConfig::from_options(database_url, data_dir)?,
+            messaging: MessagingConfig::default(),
         })
     }
 }
@@ -134,7 +140,14 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let (stop_signal, stopping) = rollcall_runtime::shutdown::stop_signal();
     let registers = Registers::new(registers_db, stopping.clone()).await?;
     let policy = Policy::new(policy_db, channel.clone(), channel.clone(), stopping).await?;
-    let cases = Cases::new(cases_db, channel.clone(), channel.clone()).await?;
+    let cases = Cases::new(
+        cases_db,
+        channel.clone(),
+        channel.clone(),
+        config.messaging.clone(),
+        config.print_dir.clone(),
+    )
+    .await?;
     let referrals = Referrals::new(referrals_db, channel.clone(), channel.clone());
     let adapter = MisAdapter::new(adapter_db, channel.clone());
 
@@ -144,7 +157,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .build_v1()
         .context("cannot build the reflection service")?;
 
-    let followers = vec![policy.start_follower(), cases.start_follower()];
+    let mut followers = vec![policy.start_follower(), cases.start_follower()];
+    followers.extend(cases.start_messaging());
     let router = Server::builder()
         .add_service(health_service)
         .add_service(reflection)

@@ -18,6 +18,7 @@ pub mod calendar;
 pub mod codes;
 pub mod history;
 pub mod ladder;
+pub mod letters;
 pub mod phase;
 pub mod policy;
 pub mod school;

@@ -1,4 +1,5 @@
-//! Test support for rollcall: real PostgreSQL databases and SQLite directories for tests.
+//! Test support for rollcall: real PostgreSQL databases and SQLite directories for tests, and
+//! local stand-ins for the third parties rollcall sends to (a mail server and an SMS provider).
 //!
 //! [`postgres`] returns a server, and [`PostgresServer::create_database`] gives each test its
 //! own empty database on it:
@@ -18,6 +19,8 @@
 //! because it drives `initdb`, `pg_ctl` and `sh`.
 
 mod binaries;
+pub mod sms;
+pub mod smtp;
 mod throwaway;
 mod url;
 

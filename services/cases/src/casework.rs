@@ -1042,6 +1042,16 @@ pub(crate) async fn timeline(db: &Db, case_id: &str) -> Result<GetCaseTimelineRe
             on_date: action.taken_on.to_string(),
         });
     }
+    entries.extend(
+        crate::messaging::store::for_timeline(
+            db,
+            &case.id,
+            &case.upn,
+            &case.laestab,
+            case.opened_at,
+        )
+        .await?,
+    );
     // In the order things happened, then the order they were recorded.
     entries.sort_by_key(|entry| {
         (

@@ -12,10 +12,13 @@ use rollcall_domain::ladder::{Ladder, choose_ladder, parse_ladder};
 use rollcall_domain::session::parse_date;
 use rollcall_runtime::storage::WriteTransaction;
 use rollcall_runtime::{Db, with_db};
-use tokio::sync::watch;
+use std::sync::Arc;
+
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+use crate::messaging::letters::{self, LetterRequest, PreparedLetters};
 use crate::{CASES_LOCK_KEY, TRIGGER_FEED};
 
 /// The concern a persistent-absence trigger opens a case for.
@@ -37,11 +40,12 @@ pub(crate) fn spawn(
     policy: PolicyServiceClient<Channel>,
     registers: RegistersServiceClient<Channel>,
     processed: watch::Sender<i64>,
+    wake: Arc<Notify>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(200);
         loop {
-            match follow(&db, policy.clone(), &registers, &processed).await {
+            match follow(&db, policy.clone(), &registers, &processed, &wake).await {
                 Ok(()) => backoff = Duration::from_millis(200),
                 Err(error) => {
                     tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "Trigger follower failed; retrying");
@@ -58,6 +62,7 @@ async fn follow(
     mut policy: PolicyServiceClient<Channel>,
     registers: &RegistersServiceClient<Channel>,
     processed: &watch::Sender<i64>,
+    wake: &Notify,
 ) -> anyhow::Result<()> {
     let cursor = stored_cursor(db).await?;
     tracing::info!(cursor, "Following policy triggers");
@@ -73,7 +78,11 @@ async fn follow(
             } else {
                 crate::school_days::SchoolDays::default()
             };
-            apply(db, &trigger, &days, message.cursor).await?;
+            let letters = automatic_letters(db, registers, &policy, &trigger).await?;
+            apply(db, &trigger, &days, message.cursor, letters.as_ref()).await?;
+            if letters.is_some() {
+                wake.notify_one();
+            }
         }
         processed.send_replace(message.cursor);
     }
@@ -120,13 +129,9 @@ fn decide(trigger: &Trigger, live: Option<(String, String)>) -> Option<Change> {
 }
 
 /// Applies one trigger and stores the cursor in the same transaction.
-async fn apply(
-    db: &Db,
-    trigger: &Trigger,
-    days: &crate::school_days::SchoolDays,
-    cursor: i64,
-) -> Result<(), sqlx::Error> {
-    let now = Utc::now();
+/// Returns the ladder a trigger's pupil follows, and its loaded version (0 for the shipped
+/// default).
+async fn ladder_for(db: &Db, trigger: &Trigger) -> Result<(Ladder, i32), sqlx::Error> {
     // A trigger without a phase follows the juniors' and secondary ladder.
     let phase = phase_from_proto(trigger.phase).unwrap_or(Phase::Secondary);
     let sources: Vec<(String, i32)> = with_db!(db, |pool| {
@@ -147,6 +152,91 @@ async fn apply(
         .iter()
         .find(|(l, _)| l.id == ladder.id)
         .map_or(0, |(_, version)| *version);
+    Ok((ladder, ladder_version))
+}
+
+/// The id of the case a persistent-absence trigger opens.
+fn case_id_for(trigger: &Trigger) -> String {
+    format!("case-{}", trigger.id.trim_start_matches("trg-"))
+}
+
+/// The threshold letter a raised trigger writes, if any: an attendance concern letter for
+/// the case a persistent-absence trigger opens, and a penalty-notice warning letter on the
+/// pupil's live case. A letter that cannot be written is returned as the reason, so that the
+/// case records it and the follower does not stop on it.
+async fn automatic_letters(
+    db: &Db,
+    registers: &RegistersServiceClient<Channel>,
+    policy: &PolicyServiceClient<Channel>,
+    trigger: &Trigger,
+) -> Result<Option<Result<PreparedLetters, String>>, sqlx::Error> {
+    let kind = TriggerKind::try_from(trigger.kind).unwrap_or(TriggerKind::Unspecified);
+    if trigger.state != TriggerState::Raised as i32 {
+        return Ok(None);
+    }
+    let live: Option<(String, String, String)> = with_db!(db, |pool| {
+        sqlx::query_as(
+            "SELECT id, stage, concern FROM cases WHERE upn = $1 AND laestab = $2 \
+             AND status <> 'closed' ORDER BY opened_at DESC LIMIT 1",
+        )
+        .bind(&trigger.upn)
+        .bind(&trigger.laestab)
+        .fetch_optional(pool)
+        .await
+    })?;
+    let (case_id, stage, template) = match kind {
+        TriggerKind::PersistentAbsence => {
+            let already_open = live
+                .as_ref()
+                .is_some_and(|(_, _, concern)| concern == PERSISTENT_ABSENCE);
+            if already_open {
+                return Ok(None);
+            }
+            let (ladder, _) = ladder_for(db, trigger).await?;
+            let stage = ladder
+                .stages
+                .first()
+                .map(|s| s.id.clone())
+                .unwrap_or_default();
+            (case_id_for(trigger), stage, "attendance-concern-letter")
+        }
+        TriggerKind::PenaltyNoticeWarning => match live {
+            Some((id, stage, _)) => (id, stage, "penalty-warning-letter"),
+            None => {
+                tracing::info!(trigger = %trigger.id, upn = %trigger.upn, "No live case for the penalty-notice warning letter; none written");
+                return Ok(None);
+            }
+        },
+        _ => return Ok(None),
+    };
+    let request = LetterRequest {
+        key: format!("auto:{}", trigger.id),
+        case_id,
+        laestab: trigger.laestab.clone(),
+        upn: trigger.upn.clone(),
+        stage,
+        template: template.to_owned(),
+        letter_date: parse_date(&trigger.as_of).unwrap_or_else(|_| Utc::now().date_naive()),
+        created_by: "rollcall".to_owned(),
+        automatic: true,
+    };
+    let prepared = letters::prepare(db, registers, policy, &request).await;
+    Ok(Some(prepared.map_err(|status| {
+        tracing::error!(trigger = %trigger.id, error = %status.message(), "Automatic letter not written");
+        status.message().to_owned()
+    })))
+}
+
+async fn apply(
+    db: &Db,
+    trigger: &Trigger,
+    days: &crate::school_days::SchoolDays,
+    cursor: i64,
+    letters: Option<&Result<PreparedLetters, String>>,
+) -> Result<(), sqlx::Error> {
+    let now = Utc::now();
+    let phase = phase_from_proto(trigger.phase).unwrap_or(Phase::Secondary);
+    let (ladder, ladder_version) = ladder_for(db, trigger).await?;
     let started_on = parse_date(&trigger.as_of).unwrap_or_else(|_| now.date_naive());
     with_db!(db, |pool| {
         let mut tx = pool.begin_write(CASES_LOCK_KEY).await?;
@@ -160,7 +250,7 @@ async fn apply(
 
         let event = match (decide(trigger, live), ladder.stages.first()) {
             (Some(Change::Open), Some(stage)) => {
-                let case_id = format!("case-{}", trigger.id.trim_start_matches("trg-"));
+                let case_id = case_id_for(trigger);
                 sqlx::query(
                     "INSERT INTO cases (id, laestab, upn, concern, phase, ladder, stage, stage_number, \
                      owner_role, status, opened_at, opened_by_trigger, stage_started_on, \
@@ -261,6 +351,67 @@ async fn apply(
             ))
             .execute(&mut *tx)
             .await?;
+        }
+        if let Some(letters) = letters {
+            // The letter goes on the case the trigger opened, or on the pupil's live case.
+            let target: Option<(String,)> = sqlx::query_as(
+                "SELECT id FROM cases WHERE upn = $1 AND laestab = $2 AND status <> 'closed' \
+                 ORDER BY opened_at DESC LIMIT 1",
+            )
+            .bind(&trigger.upn)
+            .bind(&trigger.laestab)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((case_id,)) = target {
+                let (event, detail, ids) = match letters {
+                    Ok(prepared) => {
+                        let mut ids = Vec::new();
+                        for message in &prepared.messages {
+                            let mut message = message.clone();
+                            message.case_id = Some(case_id.clone());
+                            if let Some(id) =
+                                crate::messaging::store::insert(&mut tx, &message, now).await?
+                            {
+                                ids.push(id);
+                            }
+                        }
+                        let detail = if prepared.review_reasons.is_empty() {
+                            format!(
+                                "Letter written by rollcall to {} contact(s) after trigger {}",
+                                ids.len(),
+                                trigger.id
+                            )
+                        } else {
+                            format!(
+                                "Letter written by rollcall to {} contact(s) after trigger {}, held for review because {}",
+                                ids.len(),
+                                trigger.id,
+                                prepared.review_reasons.join("; ")
+                            )
+                        };
+                        ("letter_written", detail, ids.join(", "))
+                    }
+                    Err(reason) => (
+                        "letter_not_written",
+                        format!("No automatic letter after trigger {}: {reason}", trigger.id),
+                        String::new(),
+                    ),
+                };
+                sqlx::query(
+                    "INSERT INTO case_events (id, case_id, event, detail, recorded_by, recorded_at, \
+                     stage, reason, on_date) \
+                     SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, 'rollcall', $4, \
+                     (SELECT stage FROM cases WHERE id = $1), $5, $6 FROM case_events",
+                )
+                .bind(&case_id)
+                .bind(event)
+                .bind(&detail)
+                .bind(now)
+                .bind(&ids)
+                .bind(started_on)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         sqlx::query(
             "INSERT INTO sync_state (feed, cursor) VALUES ($1, $2) \

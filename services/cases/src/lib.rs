@@ -8,11 +8,16 @@ mod casework;
 mod fields;
 mod follower;
 mod incidents;
+mod messaging;
 mod plans;
 mod reintegration;
 mod school_days;
 mod service;
 
+pub use messaging::{
+    DeliveryConfig, EmailConfig, FirstDayConfig, LettersConfig, MessagingConfig, SmsConfig,
+    SmtpSecurity,
+};
 pub use service::Cases;
 
 use rollcall_runtime::storage::Migrations;

@@ -16,6 +16,14 @@ use rollcall_api::cases::v1::{
     RecordRewardResponse, RecordTruancyIncidentRequest, RecordTruancyIncidentResponse,
     ReviewPlanRequest, ReviewPlanResponse,
 };
+use rollcall_api::cases::v1::{
+    CompleteContactTaskRequest, CompleteContactTaskResponse, CreateLetterRequest,
+    CreateLetterResponse, GetLetterDocumentRequest, GetLetterDocumentResponse,
+    ListContactTasksRequest, ListContactTasksResponse, ListMessagesRequest, ListMessagesResponse,
+    ListTemplatesRequest, ListTemplatesResponse, LoadTemplateRequest, LoadTemplateResponse,
+    ResendMessageRequest, ResendMessageResponse, ReviewLetterRequest, ReviewLetterResponse,
+    RunFirstDayContactRequest, RunFirstDayContactResponse,
+};
 use rollcall_api::convert::timestamp;
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
@@ -28,28 +36,73 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::messaging::MessagingConfig;
+use crate::messaging::channels::Channels;
+use crate::messaging::first_day::FirstDay;
+use crate::messaging::outbox::Outbox;
 use crate::{casework, follower, incidents, plans, reintegration};
 
 /// The cases service.
 #[derive(Debug, Clone)]
 pub struct Cases {
-    db: Db,
-    policy: PolicyServiceClient<Channel>,
-    registers: RegistersServiceClient<Channel>,
+    pub(crate) db: Db,
+    pub(crate) policy: PolicyServiceClient<Channel>,
+    pub(crate) registers: RegistersServiceClient<Channel>,
     processed: watch::Sender<i64>,
+    pub(crate) outbox: Outbox,
+    pub(crate) messaging: MessagingConfig,
 }
 
 impl Cases {
     /// Creates the service over its storage and clients of the policy and registers services.
-    pub async fn new(db: Db, policy: Channel, registers: Channel) -> anyhow::Result<Self> {
+    /// Messages go out on the channels the messaging settings configure; letters are written
+    /// to `default_print_dir` unless the settings name another folder.
+    pub async fn new(
+        db: Db,
+        policy: Channel,
+        registers: Channel,
+        messaging: MessagingConfig,
+        default_print_dir: std::path::PathBuf,
+    ) -> anyhow::Result<Self> {
+        messaging.check()?;
         let cursor = follower::stored_cursor(&db).await?;
         let (processed, _) = watch::channel(cursor);
+        let outbox = Outbox {
+            db: db.clone(),
+            channels: Channels::from_config(&messaging, default_print_dir)?,
+            config: messaging.delivery.clone(),
+            wake: std::sync::Arc::default(),
+        };
         Ok(Self {
             db,
             policy: PolicyServiceClient::new(policy),
             registers: RegistersServiceClient::new(registers),
             processed,
+            outbox,
+            messaging,
         })
+    }
+
+    /// First-day contact over this service's storage and registers client.
+    pub(crate) fn first_day(&self) -> FirstDay {
+        FirstDay {
+            db: self.db.clone(),
+            registers: self.registers.clone(),
+            wake: self.outbox.wake.clone(),
+        }
+    }
+
+    /// Starts the message outbox and, where the settings ask for it, automatic first-day
+    /// contact after each register closes.
+    pub fn start_messaging(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = vec![self.outbox.clone().spawn()];
+        if self.messaging.first_day.automatic {
+            tasks.push(
+                self.first_day()
+                    .spawn_automatic(self.messaging.first_day.minutes_after_close),
+            );
+        }
+        tasks
     }
 
     /// Starts the follower of the policy service's triggers.
@@ -59,6 +112,7 @@ impl Cases {
             self.policy.clone(),
             self.registers.clone(),
             self.processed.clone(),
+            self.outbox.wake.clone(),
         )
     }
 
@@ -413,5 +467,93 @@ impl CasesService for Cases {
         Ok(Response::new(GetSyncStateResponse {
             trigger_cursor: *self.processed.borrow(),
         }))
+    }
+
+    async fn run_first_day_contact(
+        &self,
+        request: Request<RunFirstDayContactRequest>,
+    ) -> Result<Response<RunFirstDayContactResponse>, Status> {
+        self.run_first_day_contact_rpc(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_contact_tasks(
+        &self,
+        request: Request<ListContactTasksRequest>,
+    ) -> Result<Response<ListContactTasksResponse>, Status> {
+        self.list_contact_tasks_rpc(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn complete_contact_task(
+        &self,
+        request: Request<CompleteContactTaskRequest>,
+    ) -> Result<Response<CompleteContactTaskResponse>, Status> {
+        self.complete_contact_task_rpc(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_messages(
+        &self,
+        request: Request<ListMessagesRequest>,
+    ) -> Result<Response<ListMessagesResponse>, Status> {
+        self.list_messages_rpc(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn resend_message(
+        &self,
+        request: Request<ResendMessageRequest>,
+    ) -> Result<Response<ResendMessageResponse>, Status> {
+        self.resend_message_rpc(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_templates(
+        &self,
+        _request: Request<ListTemplatesRequest>,
+    ) -> Result<Response<ListTemplatesResponse>, Status> {
+        self.list_templates_rpc().await.map(Response::new)
+    }
+
+    async fn load_template(
+        &self,
+        request: Request<LoadTemplateRequest>,
+    ) -> Result<Response<LoadTemplateResponse>, Status> {
+        self.load_template_rpc(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn create_letter(
+        &self,
+        request: Request<CreateLetterRequest>,
+    ) -> Result<Response<CreateLetterResponse>, Status> {
+        self.create_letter_rpc(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn review_letter(
+        &self,
+        request: Request<ReviewLetterRequest>,
+    ) -> Result<Response<ReviewLetterResponse>, Status> {
+        self.review_letter_rpc(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_letter_document(
+        &self,
+        request: Request<GetLetterDocumentRequest>,
+    ) -> Result<Response<GetLetterDocumentResponse>, Status> {
+        self.get_letter_document_rpc(request.into_inner())
+            .await
+            .map(Response::new)
     }
 }

@@ -8,6 +8,7 @@
 mod amend;
 mod calendar;
 mod checks;
+mod contacts;
 mod convert;
 mod import;
 mod lessons;

@@ -15,13 +15,13 @@ use rollcall_api::registers::v1::{
     ImportRegisterRequest, ImportRegisterResponse, ListAbsenceReportsRequest,
     ListAbsenceReportsResponse, ListMarkVersionsRequest, ListMarkVersionsResponse,
     ListMarksRequest, ListMarksResponse, ListMissingMarksRequest, ListMissingMarksResponse,
-    ListPupilsRequest, ListPupilsResponse, ListSchoolsRequest, ListSchoolsResponse,
-    ListTruancyFlagsRequest, ListTruancyFlagsResponse, ListUnresolvedMarksRequest,
-    ListUnresolvedMarksResponse, MarkVersion, MissingMark, Pupil, RecordAbsenceReportRequest,
-    RecordAbsenceReportResponse, RecordLeavingRequest, RecordLeavingResponse,
-    RecordLessonCheckRequest, RecordLessonCheckResponse, School, SetCalendarRequest,
-    SetCalendarResponse, UnresolvedMark, WatchMarksRequest, WatchMarksResponse,
-    import_register_request::Item,
+    ListPupilContactsRequest, ListPupilContactsResponse, ListPupilsRequest, ListPupilsResponse,
+    ListSchoolsRequest, ListSchoolsResponse, ListTruancyFlagsRequest, ListTruancyFlagsResponse,
+    ListUnresolvedMarksRequest, ListUnresolvedMarksResponse, MarkVersion, MissingMark, Pupil,
+    RecordAbsenceReportRequest, RecordAbsenceReportResponse, RecordLeavingRequest,
+    RecordLeavingResponse, RecordLessonCheckRequest, RecordLessonCheckResponse, School,
+    SetCalendarRequest, SetCalendarResponse, SetPupilContactsRequest, SetPupilContactsResponse,
+    UnresolvedMark, WatchMarksRequest, WatchMarksResponse, import_register_request::Item,
 };
 use rollcall_api::types::v1::Session as PbSession;
 use rollcall_domain::Session;
@@ -38,6 +38,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::amend::{self, Amendment};
 use crate::calendar::{self, load_calendar_rows};
 use crate::checks;
+use crate::contacts;
 use crate::convert::{
     MarkRow, optional_date, phase_from_str, registration_from_str, required_date, session,
 };
@@ -617,6 +618,39 @@ impl RegistersService for Registers {
     }
 
     type WatchMarksStream = WatchStream;
+
+    async fn set_pupil_contacts(
+        &self,
+        request: Request<SetPupilContactsRequest>,
+    ) -> Result<Response<SetPupilContactsResponse>, Status> {
+        let request = request.into_inner();
+        let (pupils, contacts) = contacts::replace(&self.db, &request.pupils).await?;
+        tracing::info!(pupils, contacts, "Pupil contacts replaced");
+        Ok(Response::new(SetPupilContactsResponse { pupils, contacts }))
+    }
+
+    async fn list_pupil_contacts(
+        &self,
+        request: Request<ListPupilContactsRequest>,
+    ) -> Result<Response<ListPupilContactsResponse>, Status> {
+        let upn = request.get_ref().upn.trim().to_ascii_uppercase();
+        if upn.is_empty() {
+            return Err(invalid_argument("upn", "", "a UPN is required"));
+        }
+        store::pupil(&self.db, &upn)
+            .await
+            .map_err(|e| storage_error("reading a pupil", e))?
+            .ok_or_else(|| not_found("pupil", &upn))?;
+        let contacts = contacts::of_pupil(&self.db, &upn)
+            .await
+            .map_err(|e| storage_error("reading pupil contacts", e))?;
+        Ok(Response::new(ListPupilContactsResponse {
+            contacts: contacts
+                .into_iter()
+                .map(contacts::ContactRow::into_proto)
+                .collect(),
+        }))
+    }
 
     async fn watch_marks(
         &self,
