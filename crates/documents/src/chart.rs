@@ -118,7 +118,8 @@ pub(crate) fn bar_chart(
         .iter()
         .map(|(label, _)| text_width(label, Font::Regular, LABEL_SIZE))
         .fold(0.0, f32::max);
-    let label_width = widest_label.min(TEXT_WIDTH * 0.35) + 6.0;
+    let label_space = widest_label.min(TEXT_WIDTH * 0.35);
+    let label_width = label_space + 6.0;
     let widest_value = values
         .iter()
         .map(|value| match value {
@@ -145,7 +146,7 @@ pub(crate) fn bar_chart(
         for (offset, (label, _)) in bars[next..next + fitting].iter().enumerate() {
             let bar_top = top - offset as f32 * row_height - BAR_GAP / 2.0;
             let baseline = bar_top - BAR_HEIGHT / 2.0 - LABEL_SIZE * 0.35;
-            let label = truncate_to_width(label, Font::Regular, LABEL_SIZE, label_width - 6.0);
+            let label = truncate_to_width(label, Font::Regular, LABEL_SIZE, label_space);
             canvas.text(Font::Regular, LABEL_SIZE, MARGIN, baseline, &label);
             match values[next + offset] {
                 Some(value) => {

@@ -206,6 +206,21 @@ fn charts_render() {
     assert!(parsed.get_pages().len() >= 2);
 }
 
+#[test]
+fn bar_labels_are_whole() {
+    let mut document = Document::new("Bars");
+    let labels = ["Year 7", "Year 8", "Year 9", "Year 10", "Year 11"];
+    document.bar_chart(
+        "Persistent absence rate by year group",
+        labels.iter().map(|label| (*label, 20.0)),
+        "%",
+    );
+    let text = all_text(&parse(&document.to_pdf()));
+    for label in labels {
+        assert!(text.contains(&format!("{label}\n")), "{label} in {text}");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
