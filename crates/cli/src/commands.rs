@@ -156,6 +156,10 @@ enum ReportCommand {
     Rewards(crate::statistics::RewardsArgs),
     /// Pupils close to a threshold, with the sessions still to go before each.
     EarlyWarning(crate::statistics::EarlyWarningArgs),
+    /// The annual report to a school's local governing body, as a PDF and a CSV.
+    Governors(crate::reports::GovernorsArgs),
+    /// The trust's report for the academic year to a date, as a PDF and a CSV.
+    Trust(crate::reports::TrustArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -241,6 +245,12 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         ClientCommand::Report(ReportCommand::EarlyWarning(args)) => {
             crate::statistics::run_early_warning(&clients, args, &mut out).await
+        }
+        ClientCommand::Report(ReportCommand::Governors(args)) => {
+            crate::reports::run_governors(&clients, args, &mut out).await
+        }
+        ClientCommand::Report(ReportCommand::Trust(args)) => {
+            crate::reports::run_trust(&clients, args, &mut out).await
         }
         ClientCommand::Cases(CasesCommand::List { school, json }) => {
             list_cases(&clients, &school, json, &mut out).await
@@ -561,8 +571,9 @@ pub(crate) async fn list_cases(
     Ok(())
 }
 
-/// Reads every open case of a school, and those up for review, page by page.
-async fn fetch_cases(clients: &Clients, laestab: &str) -> anyhow::Result<Vec<Case>> {
+/// Reads every open case of a school, and those up for review, page by page. An empty
+/// `laestab` reads the cases of every school.
+pub(crate) async fn fetch_cases(clients: &Clients, laestab: &str) -> anyhow::Result<Vec<Case>> {
     let mut cases = Vec::new();
     let mut page_token = String::new();
     loop {

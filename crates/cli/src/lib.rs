@@ -11,6 +11,8 @@ mod marks;
 mod messaging;
 mod policy;
 mod pupil;
+mod report_output;
+mod reports;
 pub mod server;
 mod statistics;
 mod text;
