@@ -272,7 +272,12 @@ async fn casework(database_url: Option<&str>) {
         .owners;
     assert_eq!(overdue.len(), 1);
     assert_eq!(overdue[0].owner_role, "class_teacher_or_tutor");
-    assert_eq!(overdue[0].cases[0].id, case.id);
+    // The persistent-absence case the trigger opens may be listed too, depending on how far
+    // the follower has got, so the hand-opened case is looked for rather than taken first.
+    assert!(
+        overdue[0].cases.iter().any(|listed| listed.id == case.id),
+        "{overdue:#?}"
+    );
 
     let no_reason = cases
         .close_case(close(&case.id, "", "2025-10-10"))
