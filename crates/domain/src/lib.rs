@@ -21,6 +21,7 @@ pub mod ladder;
 pub mod letters;
 pub mod phase;
 pub mod policy;
+pub mod referrals;
 pub mod school;
 pub mod session;
 pub mod source;
