@@ -417,24 +417,9 @@ impl FirstDay {
                 let Some(calendar) = self.calendar(&school.laestab).await? else {
                     continue;
                 };
-                let Ok(zone) = calendar.time_zone.parse::<Tz>() else {
-                    continue;
-                };
-                let today = now.with_timezone(&zone).date_naive();
-                if !is_school_day(&calendar, today) {
-                    continue;
-                }
-                for session in [Session::Am, Session::Pm] {
-                    let Some(closes) = closes_at(&calendar, today, session) else {
-                        continue;
-                    };
-                    let due = closes + chrono::Duration::minutes(i64::from(minutes_after_close));
-                    let at = SessionDate {
-                        date: today,
-                        session,
-                    };
-                    if now >= due && !swept(&self.db, &school.laestab, at).await? {
-                        self.run(&school.laestab, today, session).await?;
+                for at in due_sessions(&calendar, now, minutes_after_close) {
+                    if !swept(&self.db, &school.laestab, at).await? {
+                        self.run(&school.laestab, at.date, at.session).await?;
                     }
                 }
             }
@@ -444,6 +429,42 @@ impl FirstDay {
             page_token = page.next_page_token;
         }
     }
+}
+
+/// Returns the sessions of the school's day, as of `now`, whose register closed at least
+/// `minutes_after_close` minutes ago. Days that are not school days have none.
+fn due_sessions(
+    calendar: &Calendar,
+    now: DateTime<Utc>,
+    minutes_after_close: u32,
+) -> Vec<SessionDate> {
+    let Ok(zone) = calendar.time_zone.parse::<Tz>() else {
+        return Vec::new();
+    };
+    let today = now.with_timezone(&zone).date_naive();
+    if !is_school_day(calendar, today) {
+        return Vec::new();
+    }
+    [Session::Am, Session::Pm]
+        .into_iter()
+        .filter(|session| !is_session_closed(calendar, today, *session))
+        .filter(|session| {
+            closes_at(calendar, today, *session).is_some_and(|closes| {
+                now >= closes + chrono::Duration::minutes(i64::from(minutes_after_close))
+            })
+        })
+        .map(|session| SessionDate {
+            date: today,
+            session,
+        })
+        .collect()
+}
+
+/// True when the calendar closes the school for this one session.
+fn is_session_closed(calendar: &Calendar, date: NaiveDate, session: Session) -> bool {
+    calendar.closures.iter().any(|closure| {
+        closure.date == date.to_string() && closure.session == PbSession::from(session) as i32
+    })
 }
 
 fn find(templates: &[StoredTemplate], name: &str) -> Result<StoredTemplate, Status> {
@@ -626,6 +647,80 @@ mod tests {
         assert_eq!(
             closes_at(&calendar, "2025-12-01".parse().expect("date"), Session::Pm),
             None
+        );
+    }
+
+    fn school_calendar() -> Calendar {
+        use rollcall_api::registers::v1::{Closure, RegisterTimes, Term};
+        Calendar {
+            time_zone: "Europe/London".into(),
+            am: Some(RegisterTimes {
+                opens: "08:40".into(),
+                closes: "09:10".into(),
+            }),
+            pm: Some(RegisterTimes {
+                opens: "13:10".into(),
+                closes: "13:20".into(),
+            }),
+            terms: vec![Term {
+                name: "Autumn 2025".into(),
+                first_day: "2025-09-01".into(),
+                last_day: "2025-12-19".into(),
+            }],
+            closures: vec![
+                Closure {
+                    date: "2025-11-03".into(),
+                    ..Closure::default()
+                },
+                Closure {
+                    date: "2025-11-04".into(),
+                    session: PbSession::Pm as i32,
+                    ..Closure::default()
+                },
+            ],
+            ..Calendar::default()
+        }
+    }
+
+    fn due(now: &str, minutes: u32) -> Vec<String> {
+        let now: DateTime<Utc> = now.parse().expect("time");
+        due_sessions(&school_calendar(), now, minutes)
+            .iter()
+            .map(|at| format!("{} {}", at.date, at.session.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn sessions_fall_due_after_their_register_closes() {
+        // 10 November 2025 is a Monday; London is on GMT.
+        assert!(due("2025-11-10T09:09:00Z", 0).is_empty());
+        assert_eq!(due("2025-11-10T09:10:00Z", 0), ["2025-11-10 AM"]);
+        assert!(
+            due("2025-11-10T09:20:00Z", 15).is_empty(),
+            "waits the delay"
+        );
+        assert_eq!(due("2025-11-10T09:25:00Z", 15), ["2025-11-10 AM"]);
+        assert_eq!(
+            due("2025-11-10T16:00:00Z", 15),
+            ["2025-11-10 AM", "2025-11-10 PM"]
+        );
+    }
+
+    #[test]
+    fn register_close_is_in_school_time() {
+        // 8 September 2025: London is on BST, so 09:10 there is 08:10 UTC.
+        assert_eq!(due("2025-09-08T08:10:00Z", 0), ["2025-09-08 AM"]);
+    }
+
+    #[test]
+    fn no_session_is_due_when_the_school_is_closed() {
+        assert!(due("2025-11-08T16:00:00Z", 0).is_empty(), "a Saturday");
+        assert!(due("2025-12-22T16:00:00Z", 0).is_empty(), "the holidays");
+        assert!(due("2025-11-03T16:00:00Z", 0).is_empty(), "closed all day");
+        assert_eq!(
+            due("2025-11-04T16:00:00Z", 0),
+            ["2025-11-04 AM"],
+            "closed in the afternoon"
         );
     }
 
