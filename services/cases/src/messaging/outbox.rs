@@ -156,7 +156,7 @@ impl Outbox {
                     channel = %message.channel,
                     attempt,
                     retry_in_ms = delay.as_millis() as u64,
-                    error = %detail,
+                    error = %redact(&detail),
                     "Message not delivered; retrying"
                 );
                 let due = now + chrono::Duration::from_std(delay).unwrap_or_default();
@@ -168,7 +168,7 @@ impl Outbox {
                     message = %message.id,
                     channel = %message.channel,
                     attempt,
-                    error = %error.detail(),
+                    error = %redact(error.detail()),
                     "Message failed"
                 );
                 self.finish(
@@ -292,9 +292,50 @@ impl Outbox {
     }
 }
 
+/// Removes what looks like an email address or a phone number from a server's reply before
+/// it is logged, because mail servers and SMS providers often quote the recipient. The reply
+/// is stored whole with the message.
+fn redact(detail: &str) -> String {
+    detail
+        .split(' ')
+        .map(|word| {
+            let digits = word.chars().filter(char::is_ascii_digit).count();
+            if word.contains('@') {
+                "[address]"
+            } else if digits >= 9 {
+                "[number]"
+            } else {
+                word
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[derive(Debug)]
 enum Finish {
     Sent(String),
     Retry(String, DateTime<Utc>),
     Failed(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_removes_addresses_and_numbers() {
+        assert_eq!(
+            redact("550 5.1.1 <amelie.parent@example.org>: Recipient address rejected"),
+            "550 5.1.1 [address] Recipient address rejected"
+        );
+        assert_eq!(
+            redact("SMS provider replied 422: {\"to\":\"+447700900002\"}"),
+            "SMS provider replied 422: [number]"
+        );
+        assert_eq!(
+            redact("mail server unavailable: connection refused"),
+            "mail server unavailable: connection refused"
+        );
+    }
 }
