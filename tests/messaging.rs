@@ -340,8 +340,9 @@ async fn cli_error(server: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// Waits until the policy service has followed the registers to `cursor` and the cases service
-/// has followed every trigger the policy service raised.
+/// Waits until the policy service has followed the registers to `cursor`, the cases service
+/// has followed every trigger the policy service raised, and every letter they asked for is
+/// written.
 async fn wait_for_cases(clients: &mut Clients, cursor: i64) {
     for _ in 0..1200 {
         let policy = clients
@@ -356,7 +357,10 @@ async fn wait_for_cases(clients: &mut Clients, cursor: i64) {
             .await
             .expect("cases sync state")
             .into_inner();
-        if policy.registers_cursor >= cursor && cases.trigger_cursor >= policy.trigger_cursor {
+        if policy.registers_cursor >= cursor
+            && cases.trigger_cursor >= policy.trigger_cursor
+            && cases.pending_letters == 0
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -594,7 +598,22 @@ async fn messaging(database_url: Option<&str>) {
         laestab: LAESTAB.into(),
         date: "2025-09-08".into(),
         session: Session::Am as i32,
+        catch_up: true,
     };
+    let not_catch_up = clients
+        .cases
+        .run_first_day_contact(RunFirstDayContactRequest {
+            catch_up: false,
+            ..run.clone()
+        })
+        .await
+        .expect_err("an earlier day needs a catch-up run");
+    assert_eq!(not_catch_up.code(), Code::FailedPrecondition);
+    assert!(
+        not_catch_up.message().contains("catch-up"),
+        "{}",
+        not_catch_up.message()
+    );
     let response = clients
         .cases
         .run_first_day_contact(run.clone())
@@ -635,7 +654,7 @@ async fn messaging(database_url: Option<&str>) {
     assert!(
         texts[0]
             .body
-            .contains("Ben was not in school for the morning register on Monday 8 September 2025"),
+            .contains("Ben missed the morning register on Monday 8 September 2025"),
         "{}",
         texts[0].body
     );
@@ -692,6 +711,23 @@ async fn messaging(database_url: Option<&str>) {
         ],
     )
     .await;
+    let overwrite = cli_error(
+        &url,
+        &[
+            "first-day",
+            "done",
+            &task_id,
+            "--outcome",
+            "Again",
+            "--by",
+            "Office",
+        ],
+    )
+    .await;
+    assert!(
+        overwrite.contains("already completed by Office"),
+        "{overwrite}"
+    );
     let open = clients
         .cases
         .list_contact_tasks(ListContactTasksRequest {
@@ -775,6 +811,16 @@ async fn messaging(database_url: Option<&str>) {
         created_by: "P Green".into(),
         letter_date: "2025-09-16".into(),
     };
+    let future = clients
+        .cases
+        .create_letter(CreateLetterRequest {
+            request_id: "warning-future".into(),
+            letter_date: "2999-01-01".into(),
+            ..write.clone()
+        })
+        .await
+        .expect_err("a future date");
+    assert_eq!(future.code(), Code::InvalidArgument);
     let written = clients
         .cases
         .create_letter(write.clone())
@@ -811,6 +857,39 @@ async fn messaging(database_url: Option<&str>) {
     .await;
     let text = pdf_text(&std::fs::read(&pdf_path).expect("PDF"));
     assert!(text.contains("fixed penalty notice"), "{text}");
+
+    // A threshold letter with nobody to write to is recorded on the case, not lost.
+    let ben = clients
+        .cases
+        .list_cases(ListCasesRequest {
+            laestab: LAESTAB.into(),
+            ..ListCasesRequest::default()
+        })
+        .await
+        .expect("cases")
+        .into_inner()
+        .cases
+        .into_iter()
+        .find(|case| case.upn == upn(2))
+        .expect("pupil 2's case");
+    let ben_timeline = clients
+        .cases
+        .get_case_timeline(GetCaseTimelineRequest { case_id: ben.id })
+        .await
+        .expect("timeline")
+        .into_inner()
+        .entries;
+    let not_written = ben_timeline
+        .iter()
+        .find(|entry| entry.kind == "letter_not_written")
+        .expect("the missing letter is on the case");
+    assert!(
+        not_written
+            .detail
+            .contains("no contact with parental responsibility"),
+        "{}",
+        not_written.detail
+    );
 
     // The timeline shows everything written to the parents.
     let timeline = clients
@@ -915,6 +994,16 @@ async fn interrupted_email(database_url: Option<&str>) {
     let sms = SmsProvider::start(SMS_KEY).await.expect("SMS provider");
     let (running, mut clients) = start(work.path(), database_url, &smtp, &sms).await;
     import(&mut clients.registers, "pupils", pupils()).await;
+    let present = vec![
+        mark(1, "2025-09-15", Session::Am, "/"),
+        mark(1, "2025-09-15", Session::Pm, "/"),
+    ];
+    import(
+        &mut clients.registers,
+        "marks",
+        vec![Item::Marks(ImportMarks { marks: present })],
+    )
+    .await;
     clients
         .registers
         .set_pupil_contacts(SetPupilContactsRequest {

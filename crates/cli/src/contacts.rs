@@ -20,7 +20,7 @@ use crate::text::{count, table};
 pub(crate) enum ContactsCommand {
     /// Replace the contacts of every pupil in a CSV file, all in one transaction. Columns:
     /// upn, priority, name, relationship, parental_responsibility, email, mobile, address,
-    /// postcode, preferred_channel (see docs/cases.md).
+    /// postcode, preferred_channel (see docs/messaging.md).
     Import {
         /// The CSV file, with a header row.
         file: PathBuf,

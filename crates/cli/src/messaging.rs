@@ -32,8 +32,11 @@ pub(crate) enum FirstDayCommand {
         #[arg(long)]
         date: String,
         /// The session: am or pm.
-        #[arg(long, value_parser = ["am", "pm"])]
+        #[arg(long, value_parser = ["am", "pm"], ignore_case = true)]
         session: String,
+        /// Run for a day before today, for example after an outage.
+        #[arg(long)]
+        catch_up: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -237,12 +240,22 @@ fn message_json(message: &Message) -> Value {
         "created_by": message.created_by,
         "reviewed_by": message.reviewed_by,
         "has_document": message.has_document,
+        "created_at": time_json(message.created_at.as_ref()),
+        "sent_at": time_json(message.sent_at.as_ref()),
+        "next_attempt_at": time_json(message.next_attempt_at.as_ref()),
         "history": message.history.iter().map(|attempt| json!({
             "attempt": attempt.attempt,
+            "at": time_json(attempt.at.as_ref()),
             "outcome": attempt.outcome,
             "detail": attempt.detail,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// Returns a timestamp as RFC 3339 in UTC, or null when it is absent.
+fn time_json(at: Option<&prost_types::Timestamp>) -> Value {
+    at.and_then(rollcall_api::convert::from_timestamp)
+        .map_or(Value::Null, |at| json!(at.to_rfc3339()))
 }
 
 fn task_json(task: &ContactTask) -> Value {
@@ -281,9 +294,10 @@ pub(crate) async fn run_first_day(
             school,
             date,
             session,
+            catch_up,
             json,
         } => {
-            let session = if session == "pm" {
+            let session = if session.eq_ignore_ascii_case("pm") {
                 PbSession::Pm
             } else {
                 PbSession::Am
@@ -293,6 +307,7 @@ pub(crate) async fn run_first_day(
                     laestab: school,
                     date: checked_date("--date", &date)?,
                     session: session as i32,
+                    catch_up,
                 })
                 .await?
                 .into_inner();

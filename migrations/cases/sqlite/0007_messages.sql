@@ -82,3 +82,19 @@ CREATE TABLE message_attempts (
     detail      TEXT NOT NULL,
     PRIMARY KEY (message_id, attempt)
 );
+
+-- Threshold letters a trigger asks for, recorded with the trigger and written by the letter
+-- worker, which reads the pupil, contacts and figures from the other services.
+CREATE TABLE letter_jobs (
+    id               TEXT PRIMARY KEY,
+    case_id          TEXT NOT NULL REFERENCES cases (id),
+    template         TEXT NOT NULL,
+    letter_date      TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  TEXT NOT NULL,
+    last_error       TEXT NOT NULL DEFAULT '',
+    created_at       TEXT NOT NULL
+);
+
+CREATE INDEX letter_jobs_due ON letter_jobs (status, next_attempt_at);

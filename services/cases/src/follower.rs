@@ -18,7 +18,6 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
-use crate::messaging::letters::{self, LetterRequest, PreparedLetters};
 use crate::{CASES_LOCK_KEY, TRIGGER_FEED};
 
 /// The concern a persistent-absence trigger opens a case for.
@@ -78,9 +77,7 @@ async fn follow(
             } else {
                 crate::school_days::SchoolDays::default()
             };
-            let letters = automatic_letters(db, registers, &policy, &trigger).await?;
-            apply(db, &trigger, &days, message.cursor, letters.as_ref()).await?;
-            if letters.is_some() {
+            if apply(db, &trigger, &days, message.cursor).await? {
                 wake.notify_one();
             }
         }
@@ -160,71 +157,19 @@ fn case_id_for(trigger: &Trigger) -> String {
     format!("case-{}", trigger.id.trim_start_matches("trg-"))
 }
 
-/// The threshold letter a raised trigger writes, if any: an attendance concern letter for
+/// The threshold letter a raised trigger asks for, if any: an attendance concern letter on
 /// the case a persistent-absence trigger opens, and a penalty-notice warning letter on the
-/// pupil's live case. A letter that cannot be written is returned as the reason, so that the
-/// case records it and the follower does not stop on it.
-async fn automatic_letters(
-    db: &Db,
-    registers: &RegistersServiceClient<Channel>,
-    policy: &PolicyServiceClient<Channel>,
-    trigger: &Trigger,
-) -> Result<Option<Result<PreparedLetters, String>>, sqlx::Error> {
+/// pupil's live case.
+fn automatic_letter(trigger: &Trigger, opened: bool) -> Option<&'static str> {
     let kind = TriggerKind::try_from(trigger.kind).unwrap_or(TriggerKind::Unspecified);
     if trigger.state != TriggerState::Raised as i32 {
-        return Ok(None);
+        return None;
     }
-    let live: Option<(String, String, String)> = with_db!(db, |pool| {
-        sqlx::query_as(
-            "SELECT id, stage, concern FROM cases WHERE upn = $1 AND laestab = $2 \
-             AND status <> 'closed' ORDER BY opened_at DESC LIMIT 1",
-        )
-        .bind(&trigger.upn)
-        .bind(&trigger.laestab)
-        .fetch_optional(pool)
-        .await
-    })?;
-    let (case_id, stage, template) = match kind {
-        TriggerKind::PersistentAbsence => {
-            let already_open = live
-                .as_ref()
-                .is_some_and(|(_, _, concern)| concern == PERSISTENT_ABSENCE);
-            if already_open {
-                return Ok(None);
-            }
-            let (ladder, _) = ladder_for(db, trigger).await?;
-            let stage = ladder
-                .stages
-                .first()
-                .map(|s| s.id.clone())
-                .unwrap_or_default();
-            (case_id_for(trigger), stage, "attendance-concern-letter")
-        }
-        TriggerKind::PenaltyNoticeWarning => match live {
-            Some((id, stage, _)) => (id, stage, "penalty-warning-letter"),
-            None => {
-                tracing::info!(trigger = %trigger.id, upn = %trigger.upn, "No live case for the penalty-notice warning letter; none written");
-                return Ok(None);
-            }
-        },
-        _ => return Ok(None),
-    };
-    let request = LetterRequest {
-        key: format!("auto:{}", trigger.id),
-        case_id,
-        laestab: trigger.laestab.clone(),
-        upn: trigger.upn.clone(),
-        stage,
-        template: template.to_owned(),
-        letter_date: parse_date(&trigger.as_of).unwrap_or_else(|_| Utc::now().date_naive()),
-        created_by: "rollcall".to_owned(),
-        automatic: true,
-    };
-    let prepared = letters::prepare(db, registers, policy, &request).await;
-    Ok(Some(prepared.map_err(|status| {
-        tracing::error!(trigger = %trigger.id, error = %status.message(), "Automatic letter not written");
-        status.message().to_owned()
-    })))
+    match kind {
+        TriggerKind::PersistentAbsence if opened => Some("attendance-concern-letter"),
+        TriggerKind::PenaltyNoticeWarning => Some("penalty-warning-letter"),
+        _ => None,
+    }
 }
 
 async fn apply(
@@ -232,8 +177,7 @@ async fn apply(
     trigger: &Trigger,
     days: &crate::school_days::SchoolDays,
     cursor: i64,
-    letters: Option<&Result<PreparedLetters, String>>,
-) -> Result<(), sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     let now = Utc::now();
     let phase = phase_from_proto(trigger.phase).unwrap_or(Phase::Secondary);
     let (ladder, ladder_version) = ladder_for(db, trigger).await?;
@@ -333,6 +277,7 @@ async fn apply(
             _ => None,
         };
 
+        let opened = matches!(&event, Some((_, "opened", _)));
         if let Some((case_id, event, detail)) = event {
             sqlx::query(
                 "INSERT INTO case_events (id, case_id, event, detail, recorded_by, recorded_at, \
@@ -352,8 +297,10 @@ async fn apply(
             .execute(&mut *tx)
             .await?;
         }
-        if let Some(letters) = letters {
-            // The letter goes on the case the trigger opened, or on the pupil's live case.
+        // A threshold letter is written later by the letter worker, which needs the other
+        // services; the job is recorded here so that it is never lost or asked for twice.
+        let mut letter_job = false;
+        if let Some(template) = automatic_letter(trigger, opened) {
             let target: Option<(String,)> = sqlx::query_as(
                 "SELECT id FROM cases WHERE upn = $1 AND laestab = $2 AND status <> 'closed' \
                  ORDER BY opened_at DESC LIMIT 1",
@@ -363,54 +310,21 @@ async fn apply(
             .fetch_optional(&mut *tx)
             .await?;
             if let Some((case_id,)) = target {
-                let (event, detail, ids) = match letters {
-                    Ok(prepared) => {
-                        let mut ids = Vec::new();
-                        for message in &prepared.messages {
-                            let mut message = message.clone();
-                            message.case_id = Some(case_id.clone());
-                            if let Some(id) =
-                                crate::messaging::store::insert(&mut tx, &message, now).await?
-                            {
-                                ids.push(id);
-                            }
-                        }
-                        let detail = if prepared.review_reasons.is_empty() {
-                            format!(
-                                "Letter written by rollcall to {} contact(s) after trigger {}",
-                                ids.len(),
-                                trigger.id
-                            )
-                        } else {
-                            format!(
-                                "Letter written by rollcall to {} contact(s) after trigger {}, held for review because {}",
-                                ids.len(),
-                                trigger.id,
-                                prepared.review_reasons.join("; ")
-                            )
-                        };
-                        ("letter_written", detail, ids.join(", "))
-                    }
-                    Err(reason) => (
-                        "letter_not_written",
-                        format!("No automatic letter after trigger {}: {reason}", trigger.id),
-                        String::new(),
-                    ),
-                };
                 sqlx::query(
-                    "INSERT INTO case_events (id, case_id, event, detail, recorded_by, recorded_at, \
-                     stage, reason, on_date) \
-                     SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, 'rollcall', $4, \
-                     (SELECT stage FROM cases WHERE id = $1), $5, $6 FROM case_events",
+                    "INSERT INTO letter_jobs (id, case_id, template, letter_date, status, \
+                     next_attempt_at, created_at) VALUES ($1, $2, $3, $4, 'pending', $5, $5) \
+                     ON CONFLICT (id) DO NOTHING",
                 )
+                .bind(format!("auto:{}", trigger.id))
                 .bind(&case_id)
-                .bind(event)
-                .bind(&detail)
-                .bind(now)
-                .bind(&ids)
+                .bind(template)
                 .bind(started_on)
+                .bind(now)
                 .execute(&mut *tx)
                 .await?;
+                letter_job = true;
+            } else {
+                tracing::info!(trigger = %trigger.id, upn = %trigger.upn, "No live case for the automatic letter; none written");
             }
         }
         sqlx::query(
@@ -421,7 +335,8 @@ async fn apply(
         .bind(cursor)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await
+        tx.commit().await?;
+        Ok(letter_job)
     })
 }
 

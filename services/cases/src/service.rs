@@ -51,6 +51,8 @@ pub struct Cases {
     processed: watch::Sender<i64>,
     pub(crate) outbox: Outbox,
     pub(crate) messaging: MessagingConfig,
+    /// Wakes the letter worker when the follower records a letter job.
+    letter_wake: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Cases {
@@ -80,6 +82,7 @@ impl Cases {
             processed,
             outbox,
             messaging,
+            letter_wake: std::sync::Arc::default(),
         })
     }
 
@@ -95,7 +98,15 @@ impl Cases {
     /// Starts the message outbox and, where the settings ask for it, automatic first-day
     /// contact after each register closes.
     pub fn start_messaging(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks = vec![self.outbox.clone().spawn()];
+        let letters = crate::messaging::letters::LetterWorker {
+            db: self.db.clone(),
+            registers: self.registers.clone(),
+            policy: self.policy.clone(),
+            wake: self.letter_wake.clone(),
+            outbox_wake: self.outbox.wake.clone(),
+            delivery: self.messaging.delivery.clone(),
+        };
+        let mut tasks = vec![self.outbox.clone().spawn(), letters.spawn()];
         if self.messaging.first_day.automatic {
             tasks.push(
                 self.first_day()
@@ -112,7 +123,7 @@ impl Cases {
             self.policy.clone(),
             self.registers.clone(),
             self.processed.clone(),
-            self.outbox.wake.clone(),
+            self.letter_wake.clone(),
         )
     }
 
@@ -464,8 +475,15 @@ impl CasesService for Cases {
         &self,
         _request: Request<GetSyncStateRequest>,
     ) -> Result<Response<GetSyncStateResponse>, Status> {
+        let pending: i64 = with_db!(&self.db, |pool| {
+            sqlx::query_scalar("SELECT COUNT(*) FROM letter_jobs WHERE status = 'pending'")
+                .fetch_one(pool)
+                .await
+        })
+        .map_err(|e| storage_error("counting letter jobs", e))?;
         Ok(Response::new(GetSyncStateResponse {
             trigger_cursor: *self.processed.borrow(),
+            pending_letters: pending as i32,
         }))
     }
 

@@ -88,10 +88,36 @@ pub(crate) fn normalise_mobile(raw: &str) -> Result<String, &'static str> {
     if international.starts_with("44") && !international.starts_with("447") {
         return Err("UK mobile numbers start 07 (or +447)");
     }
+    if international.starts_with("447") && international.len() != 12 {
+        return Err("a UK mobile number has 11 digits, such as 07700 900123");
+    }
     if !(10..=15).contains(&international.len()) {
         return Err("an international number has 10 to 15 digits");
     }
     Ok(format!("+{international}"))
+}
+
+/// Checks a UK postcode's shape (such as SG5 1AA or EC1A 1BB) and returns it in the usual
+/// form: capitals, with one space before the last three characters.
+fn normalise_postcode(raw: &str) -> Result<String, &'static str> {
+    let compact: String = raw
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_uppercase();
+    let problem = "a UK postcode has an outward code and an inward code, such as SG5 1AA";
+    if !(5..=7).contains(&compact.len()) || !compact.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(problem);
+    }
+    let (outward, inward) = compact.split_at(compact.len() - 3);
+    let inward_ok = inward.starts_with(|c: char| c.is_ascii_digit())
+        && inward[1..].chars().all(|c| c.is_ascii_alphabetic());
+    let outward_ok = outward.starts_with(|c: char| c.is_ascii_alphabetic())
+        && outward.chars().any(|c| c.is_ascii_digit());
+    if !(inward_ok && outward_ok) {
+        return Err(problem);
+    }
+    Ok(format!("{outward} {inward}"))
 }
 
 /// Checks an email address's shape: one @ with a name before it and a dotted domain after.
@@ -162,7 +188,12 @@ pub(crate) fn check(pupil: &PupilContacts) -> Result<(String, Vec<ContactRow>), 
             .map(|line| line.trim())
             .filter(|line| !line.is_empty())
             .collect();
-        let postcode = contact.postcode.trim().to_ascii_uppercase();
+        let postcode = if contact.postcode.trim().is_empty() {
+            String::new()
+        } else {
+            normalise_postcode(&contact.postcode)
+                .map_err(|problem| rejected(&field("postcode"), &upn, &contact.postcode, problem))?
+        };
         let has_address = !address.is_empty() && !postcode.is_empty();
         let preferred = ContactChannel::try_from(contact.preferred_channel)
             .unwrap_or(ContactChannel::Unspecified);
@@ -171,7 +202,7 @@ pub(crate) fn check(pupil: &PupilContacts) -> Result<(String, Vec<ContactRow>), 
                 return Err(rejected(
                     &field("preferred_channel"),
                     &upn,
-                    "CONTACT_CHANNEL_EMAIL",
+                    "email",
                     "email is preferred but no email address is given",
                 ));
             }
@@ -179,7 +210,7 @@ pub(crate) fn check(pupil: &PupilContacts) -> Result<(String, Vec<ContactRow>), 
                 return Err(rejected(
                     &field("preferred_channel"),
                     &upn,
-                    "CONTACT_CHANNEL_SMS",
+                    "sms",
                     "text messages are preferred but no mobile number is given",
                 ));
             }
@@ -187,7 +218,7 @@ pub(crate) fn check(pupil: &PupilContacts) -> Result<(String, Vec<ContactRow>), 
                 return Err(rejected(
                     &field("preferred_channel"),
                     &upn,
-                    "CONTACT_CHANNEL_LETTER",
+                    "letter",
                     "letters are preferred but the address lines or postcode are missing",
                 ));
             }
@@ -199,7 +230,7 @@ pub(crate) fn check(pupil: &PupilContacts) -> Result<(String, Vec<ContactRow>), 
             ContactChannel::Unspecified if has_address => "letter",
             ContactChannel::Unspecified => {
                 return Err(rejected(
-                    &field("mobile"),
+                    &field("preferred_channel"),
                     &upn,
                     "",
                     "the contact has no mobile number, email address or full postal address; \
@@ -344,6 +375,18 @@ mod tests {
         assert!(normalise_mobile("7700900123").is_err(), "no prefix");
         assert!(normalise_mobile("07700 9OO123").is_err(), "letters");
         assert!(normalise_mobile("077").is_err(), "too short");
+        assert!(normalise_mobile("07700 90012").is_err(), "a digit short");
+        assert!(normalise_mobile("07700 9001234").is_err(), "a digit long");
+    }
+
+    #[test]
+    fn postcodes_are_checked_and_spaced() {
+        assert_eq!(normalise_postcode("sg51aa"), Ok("SG5 1AA".into()));
+        assert_eq!(normalise_postcode("EC1A 1BB"), Ok("EC1A 1BB".into()));
+        assert_eq!(normalise_postcode("m1 1ae"), Ok("M1 1AE".into()));
+        assert!(normalise_postcode("NOTAPOSTCODE").is_err());
+        assert!(normalise_postcode("SG5 AAA").is_err());
+        assert!(normalise_postcode("12 3AB").is_err());
     }
 
     #[test]

@@ -191,9 +191,11 @@ pub(crate) async fn complete_task(
     .await)
     .map_err(storage("completing a contact task"))?;
     let row = row.ok_or_else(|| rollcall_runtime::grpc::not_found("contact task", task_id))?;
-    if row.status == "done" && row.completed_by != completed_by {
+    // A repeat of the same request is answered with the task; anything else would overwrite
+    // what the first person recorded.
+    if row.completed_by != completed_by || row.outcome != outcome {
         return Err(failed_precondition(format!(
-            "contact task {task_id} was already completed by {}: {}",
+            "contact task {task_id} was already completed by {}: {}; nothing was changed",
             row.completed_by, row.outcome
         )));
     }
@@ -245,17 +247,45 @@ impl FirstDay {
         laestab: &str,
         date: NaiveDate,
         session: Session,
+        catch_up: bool,
     ) -> Result<RunFirstDayContactResponse, Status> {
-        if let Some(calendar) = self.calendar(laestab).await?
-            && let Some(closes) = closes_at(&calendar, date, session)
-            && Utc::now() < closes
-        {
+        let calendar = self.calendar(laestab).await?;
+        let zone: Tz = calendar
+            .as_ref()
+            .and_then(|calendar| calendar.time_zone.parse().ok())
+            .unwrap_or(chrono_tz::Europe::London);
+        let today = Utc::now().with_timezone(&zone).date_naive();
+        if date > today {
             return Err(failed_precondition(format!(
-                "the {} register at school {laestab} on {date} closes at {} UTC; run \
-                 first-day contact once it has closed",
-                session.as_str(),
-                closes.format("%H:%M")
+                "{date} is after today ({today}) at school {laestab}; first-day contact runs \
+                 once the register has closed"
             )));
+        }
+        if date < today && !catch_up {
+            return Err(failed_precondition(format!(
+                "{date} is before today ({today}) at school {laestab}; to contact parents \
+                 about an earlier day, for example after an outage, run it as a catch-up"
+            )));
+        }
+        if let Some(calendar) = &calendar {
+            if !is_school_day(calendar, date) || is_session_closed(calendar, date, session) {
+                return Err(failed_precondition(format!(
+                    "{date} {} is not a school session at school {laestab} (a weekend, a \
+                     holiday or a closure in its calendar), so there is no register to follow up",
+                    session.as_str()
+                )));
+            }
+            if let Some(closes) = closes_at(calendar, date, session)
+                && Utc::now() < closes
+            {
+                return Err(failed_precondition(format!(
+                    "the {} register at school {laestab} on {date} closes at {} ({}); run \
+                     first-day contact once it has closed",
+                    session.as_str(),
+                    closes.with_timezone(&zone).format("%H:%M"),
+                    zone.name()
+                )));
+            }
         }
         let entries = self
             .registers
@@ -419,7 +449,8 @@ impl FirstDay {
                 };
                 for at in due_sessions(&calendar, now, minutes_after_close) {
                     if !swept(&self.db, &school.laestab, at).await? {
-                        self.run(&school.laestab, at.date, at.session).await?;
+                        self.run(&school.laestab, at.date, at.session, false)
+                            .await?;
                     }
                 }
             }

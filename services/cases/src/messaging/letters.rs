@@ -18,8 +18,15 @@ use rollcall_runtime::storage::WriteTransaction;
 use rollcall_runtime::{Db, with_db};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tonic::Status;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::messaging::config::DeliveryConfig;
+use crate::messaging::outbox::retry_delay;
 
 use crate::CASES_LOCK_KEY;
 use crate::fields::storage;
@@ -98,7 +105,7 @@ impl PupilDetails {
     }
 }
 
-/// Renders a letter as an A4 PDF: the school, the recipient's address, the date, the subject
+/// Renders a letter as an A4 PDF: the school, the date, the recipient's address, the subject
 /// and the body, one paragraph per blank-line-separated block.
 pub(crate) fn render_pdf(
     school: &str,
@@ -109,11 +116,13 @@ pub(crate) fn render_pdf(
 ) -> Vec<u8> {
     let mut document = Document::new(rendered.subject.clone());
     document.created_at(Utc::now());
-    document.subheading(school);
+    // The school's name is a heading with the date under it, apart from the recipient's
+    // address, so that a window envelope shows only the address.
+    document.heading(school);
+    document.paragraph(date);
     let mut lines = vec![recipient.to_owned()];
     lines.extend(address.lines().map(str::to_owned));
     document.address_block(lines);
-    document.paragraph(date);
     document.subheading(rendered.subject.clone());
     for block in rendered.body.split("\n\n") {
         let block = block.trim();
@@ -178,14 +187,49 @@ pub(crate) async fn prepare(
             ),
         ));
     }
-    let school = school_name(registers, &request.laestab).await?;
+    // The contacts come first: with nobody to write to there is nothing else to read.
+    let contacts = registers
+        .clone()
+        .list_pupil_contacts(ListPupilContactsRequest {
+            upn: request.upn.clone(),
+        })
+        .await
+        .map_err(|status| upstream_error("registers", status))?
+        .into_inner()
+        .contacts;
+    let addressable = contacts
+        .iter()
+        .any(|c| c.parental_responsibility && letter_channel(c).is_some());
+    if !addressable {
+        return Err(failed_precondition(format!(
+            "pupil {} has no contact with parental responsibility and a postal or email \
+             address, so no letter was written; import their contacts, then write the letter",
+            request.upn
+        )));
+    }
+    let school = registers
+        .clone()
+        .get_school(GetSchoolRequest {
+            laestab: request.laestab.clone(),
+        })
+        .await
+        .map_err(|status| upstream_error("registers", status))?
+        .into_inner()
+        .school
+        .unwrap_or_default();
+    // Figures run to the letter's date, or to the last date with marks when that is earlier,
+    // so that a letter written after the last register never counts an empty period.
+    let as_of = match school.last_mark_date.parse::<NaiveDate>() {
+        Ok(last) if last < request.letter_date => last,
+        _ => request.letter_date,
+    };
     let pupil = PupilDetails::fetch(registers, &request.upn, &request.laestab).await?;
     let attendance = policy
         .clone()
         .get_pupil_attendance(GetPupilAttendanceRequest {
             upn: request.upn.clone(),
             laestab: request.laestab.clone(),
-            as_of: request.letter_date.to_string(),
+            as_of: as_of.to_string(),
         })
         .await
         .map_err(|status| upstream_error("policy", status))?
@@ -195,6 +239,14 @@ pub(crate) async fn prepare(
         .attendance
         .and_then(|a| a.figures)
         .unwrap_or_default();
+    if figures.possible_sessions == 0 {
+        return Err(failed_precondition(format!(
+            "pupil {} has no possible sessions in the school year up to {as_of}, so the \
+             letter would state no attendance; write it once registers have been taken",
+            request.upn
+        )));
+    }
+    let school = school.name;
     let illness_sessions = if request.automatic {
         illness_sessions(registers, request, &period.from_date, &period.to_date).await?
     } else {
@@ -215,15 +267,6 @@ pub(crate) async fn prepare(
     } else {
         Vec::new()
     };
-    let contacts = registers
-        .clone()
-        .list_pupil_contacts(ListPupilContactsRequest {
-            upn: request.upn.clone(),
-        })
-        .await
-        .map_err(|status| upstream_error("registers", status))?
-        .into_inner()
-        .contacts;
     let missed = figures.authorised_absence_sessions + figures.unauthorised_absence_sessions;
     let as_of = period
         .to_date
@@ -332,6 +375,7 @@ pub(crate) async fn store(
     db: &Db,
     request: &LetterRequest,
     prepared: &PreparedLetters,
+    job: Option<&str>,
 ) -> Result<Vec<String>, Status> {
     let now = Utc::now();
     let held = !prepared.review_reasons.is_empty();
@@ -377,6 +421,12 @@ pub(crate) async fn store(
             .bind(request.letter_date)
             .execute(&mut *tx)
             .await?;
+        }
+        if let Some(job) = job {
+            sqlx::query("UPDATE letter_jobs SET status = 'done', last_error = '' WHERE id = $1")
+                .bind(job)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok::<_, sqlx::Error>(ids)
@@ -514,4 +564,161 @@ pub(crate) async fn document(db: &Db, message_id: &str) -> Result<(Vec<u8>, Stri
     })?;
     let sha256 = hex::encode(Sha256::digest(&pdf));
     Ok((pdf, sha256))
+}
+
+/// A threshold letter a trigger asked for, with its case.
+#[derive(Debug, sqlx::FromRow)]
+struct LetterJob {
+    id: String,
+    case_id: String,
+    template: String,
+    letter_date: NaiveDate,
+    attempts: i32,
+    laestab: String,
+    upn: String,
+    stage: String,
+    case_status: String,
+}
+
+/// Writes the threshold letters that triggers asked for. It runs apart from the trigger
+/// follower because writing a letter reads the pupil, contacts and figures from the other
+/// services, and a slow or failing letter must not hold up the cases.
+#[derive(Debug, Clone)]
+pub(crate) struct LetterWorker {
+    pub(crate) db: Db,
+    pub(crate) registers: RegistersServiceClient<Channel>,
+    pub(crate) policy: PolicyServiceClient<Channel>,
+    pub(crate) wake: Arc<Notify>,
+    pub(crate) outbox_wake: Arc<Notify>,
+    pub(crate) delivery: DeliveryConfig,
+}
+
+impl LetterWorker {
+    /// Starts writing letters as jobs arrive, and retries failed ones as they come due.
+    pub(crate) fn spawn(self) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            tracing::info!("Letter worker started");
+            loop {
+                if let Err(error) = self.run_once().await {
+                    tracing::warn!(%error, "Letter worker failed; retrying at the next poll");
+                }
+                tokio::select! {
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(self.delivery.poll()) => {}
+                }
+            }
+        })
+    }
+
+    async fn next_job(&self) -> Result<Option<LetterJob>, sqlx::Error> {
+        let now = Utc::now();
+        with_db!(&self.db, |pool| {
+            sqlx::query_as(
+                "SELECT j.id, j.case_id, j.template, j.letter_date, j.attempts, c.laestab, c.upn, \
+                 c.stage, c.status AS case_status FROM letter_jobs j \
+                 JOIN cases c ON c.id = j.case_id \
+                 WHERE j.status = 'pending' AND j.next_attempt_at <= $1 \
+                 ORDER BY j.next_attempt_at, j.id LIMIT 1",
+            )
+            .bind(now)
+            .fetch_optional(pool)
+            .await
+        })
+    }
+
+    /// Writes every letter that is due.
+    pub(crate) async fn run_once(&self) -> anyhow::Result<()> {
+        while let Some(job) = self.next_job().await? {
+            if job.case_status == "closed" {
+                self.give_up(&job, "the case was closed before the letter was written")
+                    .await?;
+                continue;
+            }
+            let request = LetterRequest {
+                key: job.id.clone(),
+                case_id: job.case_id.clone(),
+                laestab: job.laestab.clone(),
+                upn: job.upn.clone(),
+                stage: job.stage.clone(),
+                template: job.template.clone(),
+                letter_date: job.letter_date,
+                created_by: "rollcall".to_owned(),
+                automatic: true,
+            };
+            match prepare(&self.db, &self.registers, &self.policy, &request).await {
+                Ok(prepared) => {
+                    store(&self.db, &request, &prepared, Some(&job.id)).await?;
+                    self.outbox_wake.notify_one();
+                }
+                Err(status) if is_transient(status.code()) => {
+                    let attempt = job.attempts + 1;
+                    if attempt as u32 >= self.delivery.max_attempts {
+                        self.give_up(&job, status.message()).await?;
+                        continue;
+                    }
+                    let delay = retry_delay(&self.delivery, attempt as u32);
+                    tracing::warn!(job = %job.id, case = %job.case_id, attempt, error = %status.message(), "Letter not written; retrying");
+                    let due = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                    with_db!(&self.db, |pool| {
+                        sqlx::query(
+                            "UPDATE letter_jobs SET attempts = $1, next_attempt_at = $2, \
+                             last_error = $3 WHERE id = $4",
+                        )
+                        .bind(attempt)
+                        .bind(due)
+                        .bind(status.message())
+                        .bind(&job.id)
+                        .execute(pool)
+                        .await
+                        .map(|_| ())
+                    })?;
+                }
+                Err(status) => self.give_up(&job, status.message()).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks a job failed and records on the case why no letter was written, so that staff
+    /// can write it by hand.
+    async fn give_up(&self, job: &LetterJob, reason: &str) -> Result<(), sqlx::Error> {
+        tracing::error!(job = %job.id, case = %job.case_id, error = %reason, "Automatic letter not written");
+        let now = Utc::now();
+        let detail = format!(
+            "Letter {} was not written by rollcall: {reason}; write it by hand if it is still needed",
+            job.template
+        );
+        with_db!(&self.db, |pool| async {
+            let mut tx = pool.begin_write(CASES_LOCK_KEY).await?;
+            sqlx::query("UPDATE letter_jobs SET status = 'failed', last_error = $1 WHERE id = $2")
+                .bind(reason)
+                .bind(&job.id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO case_events (id, case_id, event, detail, recorded_by, recorded_at, \
+                 stage, reason, on_date) \
+                 SELECT COALESCE(MAX(id), 0) + 1, $1, 'letter_not_written', $2, 'rollcall', $3, \
+                 $4, $5, $6 FROM case_events",
+            )
+            .bind(&job.case_id)
+            .bind(&detail)
+            .bind(now)
+            .bind(&job.stage)
+            .bind(&job.id)
+            .bind(job.letter_date)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        }
+        .await)
+    }
+}
+
+/// True for gRPC errors worth retrying: the other service was unreachable or busy.
+fn is_transient(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted
+    )
 }

@@ -74,19 +74,6 @@ impl Outbox {
         Ok(())
     }
 
-    /// Returns the delay before retry number `attempt` (from 1): exponential with jitter, capped.
-    fn backoff(&self, attempt: u32) -> Duration {
-        let first = Duration::from_secs_f64(self.config.first_retry_seconds);
-        ExponentialBuilder::default()
-            .with_min_delay(first)
-            .with_max_delay(Duration::from_secs_f64(self.config.max_retry_seconds))
-            .with_jitter()
-            .without_max_times()
-            .build()
-            .nth(attempt.saturating_sub(1) as usize)
-            .unwrap_or(first)
-    }
-
     async fn claim_next(&self) -> Result<Option<Claimed>, sqlx::Error> {
         let now = Utc::now();
         let lease = now + chrono::Duration::seconds(self.config.lease_seconds as i64);
@@ -150,7 +137,7 @@ impl Outbox {
                     .await
             }
             Err(SendError::Transient(detail, wait)) if tries < self.config.max_attempts => {
-                let delay = self.backoff(tries).max(wait.unwrap_or_default());
+                let delay = retry_delay(&self.config, tries).max(wait.unwrap_or_default());
                 tracing::warn!(
                     message = %message.id,
                     channel = %message.channel,
@@ -292,6 +279,23 @@ impl Outbox {
     }
 }
 
+/// Returns the delay before retry number `attempt` (from 1): the exponential delay, capped
+/// at the maximum, then scaled by a random factor from 0.5 to 1 so that messages that failed
+/// together do not all retry at the same moment.
+pub(crate) fn retry_delay(config: &DeliveryConfig, attempt: u32) -> Duration {
+    let first = Duration::from_secs_f64(config.first_retry_seconds);
+    let max = Duration::from_secs_f64(config.max_retry_seconds);
+    let exponential = ExponentialBuilder::default()
+        .with_min_delay(first)
+        .with_max_delay(max)
+        .without_max_times()
+        .build()
+        .nth(attempt.saturating_sub(1) as usize)
+        .unwrap_or(first)
+        .min(max);
+    exponential.mul_f64(rand::random_range(0.5..=1.0))
+}
+
 /// Removes what looks like an email address or a phone number from a server's reply before
 /// it is logged, because mail servers and SMS providers often quote the recipient. The reply
 /// is stored whole with the message.
@@ -322,6 +326,35 @@ enum Finish {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_delay_grows_stays_capped_and_varies() {
+        let config = DeliveryConfig {
+            first_retry_seconds: 30.0,
+            max_retry_seconds: 60.0,
+            ..DeliveryConfig::default()
+        };
+        for attempt in 1..=10 {
+            let delay = retry_delay(&config, attempt);
+            assert!(
+                delay <= Duration::from_secs(60),
+                "attempt {attempt}: {delay:?}"
+            );
+            assert!(
+                delay >= Duration::from_secs(15),
+                "attempt {attempt}: {delay:?}"
+            );
+        }
+        let second: Vec<Duration> = (0..20).map(|_| retry_delay(&config, 2)).collect();
+        assert!(
+            second.iter().all(|d| *d >= Duration::from_secs(30)),
+            "{second:?}"
+        );
+        assert!(
+            second.windows(2).any(|pair| pair[0] != pair[1]),
+            "jitter differs between messages: {second:?}"
+        );
+    }
 
     #[test]
     fn redact_removes_addresses_and_numbers() {

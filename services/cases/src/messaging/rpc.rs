@@ -36,7 +36,9 @@ impl Cases {
                 "session must be SESSION_AM or SESSION_PM",
             )
         })?;
-        self.first_day().run(&school, day, session).await
+        self.first_day()
+            .run(&school, day, session, request.catch_up)
+            .await
     }
 
     pub(crate) async fn list_contact_tasks_rpc(
@@ -196,6 +198,13 @@ impl Cases {
             "the name of the person writing the letter is required",
         )?;
         let letter_date = date_or_today("letter_date", &request.letter_date)?;
+        if letter_date > Utc::now().date_naive() {
+            return Err(invalid_argument(
+                "letter_date",
+                &request.letter_date,
+                "a letter cannot bear a date in the future; give today or an earlier day",
+            ));
+        }
         let case: Option<CaseRow> = with_db!(&self.db, |pool| {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT {CASE_COLUMNS} FROM cases WHERE id = $1"
@@ -230,7 +239,7 @@ impl Cases {
                 case.upn
             )));
         }
-        letters::store(&self.db, &letter, &prepared).await?;
+        letters::store(&self.db, &letter, &prepared, None).await?;
         self.outbox.wake.notify_one();
         letters::response(&self.db, &prepared).await
     }

@@ -322,7 +322,7 @@ pub(crate) async fn for_timeline(
 
 fn timeline_entry(row: MessageRow) -> TimelineEntry {
     let what = match (row.purpose.as_str(), row.channel.as_str()) {
-        ("letter", "letter") => "letter posted".to_owned(),
+        ("letter", "letter") => "letter by post".to_owned(),
         ("letter", channel) => format!("letter by {channel}"),
         (_, "sms") => "text message".to_owned(),
         (_, channel) => channel.to_owned(),
@@ -356,7 +356,11 @@ fn timeline_entry(row: MessageRow) -> TimelineEntry {
         stage: String::new(),
         detail: format!(
             "{what} {} to {} ({}, template {} v{}): {summary}",
-            row.id, row.recipient_name, row.recipient_address, row.template, row.template_version
+            row.id,
+            row.recipient_name,
+            row.recipient_address.replace('\n', ", "),
+            row.template,
+            row.template_version
         ),
         reason: state,
         by: row.created_by.clone(),

@@ -372,6 +372,32 @@ mod tests {
     }
 
     #[test]
+    fn concern_letter_agrees_with_its_count() {
+        let template = SHIPPED
+            .iter()
+            .find(|t| t.name == "attendance-concern-letter")
+            .expect("shipped");
+        let fields = |unauthorised: u32| {
+            json!({
+                "school": {"name": "Test Academy"},
+                "pupil": {"forename": "Sam", "surname": "Able"},
+                "recipient": {"name": "Mrs A Able"},
+                "attendance": {
+                    "percent": "85.0",
+                    "sessions_possible": 40,
+                    "sessions_missed": 6,
+                    "unauthorised_sessions": unauthorised,
+                    "as_of": "Friday 19 September 2025",
+                },
+            })
+        };
+        let one = render(template, &fields(1)).expect("renders").body;
+        assert!(one.contains("1 was unauthorised"), "{one}");
+        let two = render(template, &fields(2)).expect("renders").body;
+        assert!(two.contains("2 were unauthorised"), "{two}");
+    }
+
+    #[test]
     fn unknown_field_is_named() {
         let error = parse_template(&source("Dear {{ recipient.nmae }}")).expect_err("typo");
         match &error {
