@@ -431,6 +431,7 @@ async fn messaging(database_url: Option<&str>) {
     let error = cli_error(&url, &["contacts", "import", bad.to_str().expect("path")]).await;
     assert!(error.contains("01234 567890"), "{error}");
     assert!(error.contains("UK mobile numbers start 07"), "{error}");
+    assert!(error.contains("line 4 of"), "the file's line: {error}");
     let held = clients
         .registers
         .list_pupil_contacts(ListPupilContactsRequest { upn: upn(1) })
@@ -939,6 +940,7 @@ async fn messaging(database_url: Option<&str>) {
     )
     .await;
     assert!(error.contains("pupil.nmae"), "{error}");
+    assert!(error.contains("sms.toml"), "the file is named: {error}");
     assert!(
         error.contains("pupil.forename"),
         "the known fields are listed: {error}"

@@ -82,8 +82,11 @@ fn yes_no(value: &str) -> Option<bool> {
     }
 }
 
+/// The contacts of a file, and the line each contact came from (UPN, priority, line).
+type ContactsFile = (Vec<PupilContacts>, Vec<(String, i32, usize)>);
+
 /// Reads a contacts file into one list per pupil, checking every row before anything is sent.
-fn read_contacts(path: &Path) -> anyhow::Result<Vec<PupilContacts>> {
+fn read_contacts(path: &Path) -> anyhow::Result<ContactsFile> {
     let mut reader = csv::Reader::from_path(path)
         .with_context(|| format!("cannot read contacts file {}", path.display()))?;
     let headers = reader
@@ -100,6 +103,7 @@ fn read_contacts(path: &Path) -> anyhow::Result<Vec<PupilContacts>> {
         }
     }
     let mut pupils: BTreeMap<String, Vec<Contact>> = BTreeMap::new();
+    let mut lines = Vec::new();
     for (index, record) in reader.deserialize::<ContactRecord>().enumerate() {
         // Line 1 is the header.
         let line = index + 2;
@@ -129,28 +133,28 @@ fn read_contacts(path: &Path) -> anyhow::Result<Vec<PupilContacts>> {
             .map(|line| line.trim().to_owned())
             .filter(|line| !line.is_empty())
             .collect();
-        pupils
-            .entry(record.upn.trim().to_ascii_uppercase())
-            .or_default()
-            .push(Contact {
-                priority,
-                name: record.name,
-                relationship: record.relationship,
-                parental_responsibility,
-                email: record.email,
-                mobile: record.mobile,
-                address_lines,
-                postcode: record.postcode,
-                preferred_channel: channel as i32,
-            });
+        let upn = record.upn.trim().to_ascii_uppercase();
+        lines.push((upn.clone(), priority, line));
+        pupils.entry(upn).or_default().push(Contact {
+            priority,
+            name: record.name,
+            relationship: record.relationship,
+            parental_responsibility,
+            email: record.email,
+            mobile: record.mobile,
+            address_lines,
+            postcode: record.postcode,
+            preferred_channel: channel as i32,
+        });
     }
     if pupils.is_empty() {
         bail!("contacts file {} has no rows", path.display());
     }
-    Ok(pupils
+    let pupils = pupils
         .into_iter()
         .map(|(upn, contacts)| PupilContacts { upn, contacts })
-        .collect())
+        .collect();
+    Ok((pupils, lines))
 }
 
 fn channel_name(value: i32) -> &'static str {
@@ -169,12 +173,30 @@ pub(crate) async fn run(
 ) -> anyhow::Result<()> {
     match command {
         ContactsCommand::Import { file } => {
-            let pupils = read_contacts(&file)?;
+            let (pupils, lines) = read_contacts(&file)?;
             let response = clients
                 .registers
                 .clone()
                 .set_pupil_contacts(SetPupilContactsRequest { pupils })
-                .await?
+                .await
+                .map_err(|status| {
+                    // The server names the pupil and the contact's priority; the file's line
+                    // is what the person fixing it needs.
+                    let message = status.message();
+                    let line = lines.iter().find(|(upn, priority, _)| {
+                        message.contains(&format!("for pupil {upn}"))
+                            && message.contains(&format!("contacts[{priority}]"))
+                    });
+                    match line {
+                        Some((_, _, line)) => anyhow::anyhow!(
+                            "line {line} of {}: {message}; nothing was stored",
+                            file.display()
+                        ),
+                        None => {
+                            anyhow::anyhow!("{}: {message}; nothing was stored", file.display())
+                        }
+                    }
+                })?
                 .into_inner();
             writeln!(
                 out,

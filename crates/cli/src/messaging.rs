@@ -543,7 +543,14 @@ pub(crate) async fn run_template(
                     source,
                     loaded_by: by,
                 })
-                .await?
+                .await
+                .map_err(|status| {
+                    anyhow::anyhow!(
+                        "template file {} was not loaded: {}",
+                        file.display(),
+                        status.message()
+                    )
+                })?
                 .into_inner()
                 .template
                 .unwrap_or_default();
