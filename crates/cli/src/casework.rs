@@ -65,7 +65,8 @@ pub(crate) enum CaseCommand {
         /// The case.
         #[arg(long)]
         case: String,
-        /// call, letter, meeting, structured_meeting, home_visit or attendance_contract.
+        /// call, letter, meeting, structured_meeting, home_visit, attendance_contract or
+        /// assessment (of the family's circumstances).
         #[arg(long)]
         kind: String,
         /// The date it was taken (YYYY-MM-DD).

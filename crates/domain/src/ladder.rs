@@ -102,17 +102,21 @@ pub enum ActionKind {
     HomeVisit,
     /// An attendance contract agreed with the parents.
     AttendanceContract,
+    /// An assessment of the family's circumstances, which the policy requires before a
+    /// penalty notice is requested (4.10).
+    Assessment,
 }
 
 impl ActionKind {
     /// Every kind of action.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Call,
         Self::Letter,
         Self::Meeting,
         Self::StructuredMeeting,
         Self::HomeVisit,
         Self::AttendanceContract,
+        Self::Assessment,
     ];
 
     /// Returns the kind's name as used in files and JSON.
@@ -124,6 +128,7 @@ impl ActionKind {
             Self::StructuredMeeting => "structured_meeting",
             Self::HomeVisit => "home_visit",
             Self::AttendanceContract => "attendance_contract",
+            Self::Assessment => "assessment",
         }
     }
 }
@@ -556,5 +561,11 @@ mod tests {
         let no_clause = INFANTS_TOML.replacen("clause = \"6.3\"", "clause = \"\"", 1);
         let error = parse_ladder(&no_clause).expect_err("no clause");
         assert_eq!(error.key, "stages[2].clause");
+    }
+
+    #[test]
+    fn assessment_is_a_kind_of_action() {
+        assert_eq!("assessment".parse::<ActionKind>(), Ok(ActionKind::Assessment));
+        assert_eq!(ActionKind::Assessment.as_str(), "assessment");
     }
 }
