@@ -565,7 +565,10 @@ mod tests {
 
     #[test]
     fn assessment_is_a_kind_of_action() {
-        assert_eq!("assessment".parse::<ActionKind>(), Ok(ActionKind::Assessment));
+        assert_eq!(
+            "assessment".parse::<ActionKind>(),
+            Ok(ActionKind::Assessment)
+        );
         assert_eq!(ActionKind::Assessment.as_str(), "assessment");
     }
 }
