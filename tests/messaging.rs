@@ -859,7 +859,7 @@ async fn messaging(database_url: Option<&str>) {
     let text = pdf_text(&std::fs::read(&pdf_path).expect("PDF"));
     assert!(text.contains("fixed penalty notice"), "{text}");
 
-    // A threshold letter with nobody to write to is recorded on the case, not lost.
+    // A threshold letter without a contact to write to is recorded on the case, not lost.
     let ben = clients
         .cases
         .list_cases(ListCasesRequest {

@@ -39,7 +39,7 @@ pub struct ServerConfig {
     pub storage: StorageConfig,
     /// Email, SMS and letter channels, retries and first-day contact.
     pub messaging: MessagingConfig,
-    /// Where letters are written for printing when the messaging settings name no folder.
+    /// The folder letters are written to for printing when the messaging settings name none.
     pub print_dir: PathBuf,
 }
 

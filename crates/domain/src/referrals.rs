@@ -2,11 +2,11 @@
 //! it is submitted.
 //!
 //! A school refers a pupil to the local authority attendance officer once it has exhausted
-//! its own avenues (trust policy 4.8), requests a fixed penalty notice after a warning letter
-//! and an assessment of the family's circumstances (4.10), or requests that the local
-//! authority take legal action (4.9). It also makes the returns the registration regulations
-//! of 2024 require: 10 school days of continuous unauthorised absence, 15 days of sickness,
-//! new pupils within 5 days of admission, and deletions from the admission register.
+//! its own avenues (trust policy 4.8). It requests a fixed penalty notice after a warning
+//! letter and an assessment of the family's circumstances (4.10). It may also request that the
+//! local authority take legal action (4.9). Separately, it makes the returns the registration
+//! regulations of 2024 require: 10 school days of continuous unauthorised absence, 15 days of
+//! sickness, new pupils within 5 days of admission, and deletions from the admission register.
 //!
 //! The checks here take facts gathered from the case file and the registers, and say for each
 //! prerequisite whether it is met and on what evidence. A missing prerequisite blocks

@@ -152,12 +152,12 @@ async fn ladder_for(db: &Db, trigger: &Trigger) -> Result<(Ladder, i32), sqlx::E
     Ok((ladder, ladder_version))
 }
 
-/// The id of the case a persistent-absence trigger opens.
+/// Returns the id of the case a persistent-absence trigger opens.
 fn case_id_for(trigger: &Trigger) -> String {
     format!("case-{}", trigger.id.trim_start_matches("trg-"))
 }
 
-/// The threshold letter a raised trigger asks for, if any: an attendance concern letter on
+/// Returns the threshold letter a raised trigger requests, if any: an attendance concern letter on
 /// the case a persistent-absence trigger opens, and a penalty-notice warning letter on the
 /// pupil's live case.
 fn automatic_letter(trigger: &Trigger, opened: bool) -> Option<&'static str> {
@@ -297,8 +297,8 @@ async fn apply(
             .execute(&mut *tx)
             .await?;
         }
-        // A threshold letter is written later by the letter worker, which needs the other
-        // services; the job is recorded here so that it is never lost or asked for twice.
+        // The letter worker writes the letter later, because it reads the other services. The
+        // job is recorded here, in the trigger's transaction, so it is never lost or repeated.
         let mut letter_job = false;
         if let Some(template) = automatic_letter(trigger, opened) {
             let target: Option<(String,)> = sqlx::query_as(

@@ -191,8 +191,8 @@ pub(crate) async fn complete_task(
     .await)
     .map_err(storage("completing a contact task"))?;
     let row = row.ok_or_else(|| rollcall_runtime::grpc::not_found("contact task", task_id))?;
-    // A repeat of the same request is answered with the task; anything else would overwrite
-    // what the first person recorded.
+    // A repeat of the same request returns the task. Any other request would overwrite what
+    // the first person recorded, so it is rejected.
     if row.completed_by != completed_by || row.outcome != outcome {
         return Err(failed_precondition(format!(
             "contact task {task_id} was already completed by {}: {}; nothing was changed",
@@ -744,7 +744,7 @@ mod tests {
     }
 
     #[test]
-    fn no_session_is_due_when_the_school_is_closed() {
+    fn closed_days_have_no_sessions_due() {
         assert!(due("2025-11-08T16:00:00Z", 0).is_empty(), "a Saturday");
         assert!(due("2025-12-22T16:00:00Z", 0).is_empty(), "the holidays");
         assert!(due("2025-11-03T16:00:00Z", 0).is_empty(), "closed all day");

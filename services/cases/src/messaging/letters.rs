@@ -187,7 +187,7 @@ pub(crate) async fn prepare(
             ),
         ));
     }
-    // The contacts come first: with nobody to write to there is nothing else to read.
+    // The contacts come first, because without a contact to write to nothing else is needed.
     let contacts = registers
         .clone()
         .list_pupil_contacts(ListPupilContactsRequest {
