@@ -19,6 +19,7 @@ pub mod codes;
 pub mod history;
 pub mod ladder;
 pub mod letters;
+pub mod outcomes;
 pub mod phase;
 pub mod policy;
 pub mod referrals;

@@ -83,7 +83,7 @@ fn read_ladder(row: LadderRow) -> Option<LoadedLadder> {
 
 /// Returns the ladder a case follows: the version it opened under, or the shipped default for
 /// version 0.
-async fn ladder_of(db: &Db, id: &str, version: i32) -> Result<Ladder, Status> {
+pub(crate) async fn ladder_of(db: &Db, id: &str, version: i32) -> Result<Ladder, Status> {
     if version == 0 {
         return shipped_ladders()
             .into_iter()

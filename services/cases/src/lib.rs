@@ -5,6 +5,7 @@
 //! concern. A withdrawn trigger puts the case up for review; it is never closed silently.
 
 mod casework;
+mod evidence;
 mod fields;
 mod follower;
 mod incidents;

@@ -19,10 +19,11 @@ use rollcall_api::cases::v1::{
 use rollcall_api::cases::v1::{
     CompleteContactTaskRequest, CompleteContactTaskResponse, CreateLetterRequest,
     CreateLetterResponse, GetLetterDocumentRequest, GetLetterDocumentResponse,
-    ListContactTasksRequest, ListContactTasksResponse, ListMessagesRequest, ListMessagesResponse,
-    ListTemplatesRequest, ListTemplatesResponse, LoadTemplateRequest, LoadTemplateResponse,
-    ResendMessageRequest, ResendMessageResponse, ReviewLetterRequest, ReviewLetterResponse,
-    RunFirstDayContactRequest, RunFirstDayContactResponse,
+    GetReferralEvidenceRequest, GetReferralEvidenceResponse, ListContactTasksRequest,
+    ListContactTasksResponse, ListMessagesRequest, ListMessagesResponse, ListTemplatesRequest,
+    ListTemplatesResponse, LoadTemplateRequest, LoadTemplateResponse, ResendMessageRequest,
+    ResendMessageResponse, ReviewLetterRequest, ReviewLetterResponse, RunFirstDayContactRequest,
+    RunFirstDayContactResponse,
 };
 use rollcall_api::convert::timestamp;
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
@@ -36,6 +37,7 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::fields::required;
 use crate::messaging::MessagingConfig;
 use crate::messaging::channels::Channels;
 use crate::messaging::first_day::FirstDay;
@@ -571,6 +573,19 @@ impl CasesService for Cases {
         request: Request<GetLetterDocumentRequest>,
     ) -> Result<Response<GetLetterDocumentResponse>, Status> {
         self.get_letter_document_rpc(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_referral_evidence(
+        &self,
+        request: Request<GetReferralEvidenceRequest>,
+    ) -> Result<Response<GetReferralEvidenceResponse>, Status> {
+        let request = request.into_inner();
+        let upn =
+            required("upn", &request.upn, "the pupil's UPN is required")?.to_ascii_uppercase();
+        let laestab = laestab("laestab", &request.laestab)?;
+        crate::evidence::gather(&self.db, &upn, &laestab)
             .await
             .map(Response::new)
     }
