@@ -66,6 +66,7 @@ pub mod mis_adapter {
 }
 
 pub mod convert;
+pub mod school_days;
 
 /// The encoded descriptor set of every rollcall contract, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("rollcall_descriptor");

@@ -14,7 +14,6 @@ use rollcall_api::cases::v1::{Case, CaseStatus, ListCasesRequest};
 use rollcall_api::convert::from_timestamp;
 use rollcall_api::mis_adapter::v1::ImportCtfRequest;
 use rollcall_api::policy::v1::GetSchoolAttendanceRequest;
-use rollcall_api::referrals::v1::BuildReferralPackRequest;
 use rollcall_api::registers::v1::GetSchoolRequest;
 use rollcall_runtime::telemetry::{self, LogFormat};
 use serde_json::json;
@@ -27,6 +26,7 @@ use crate::marks::MarksCommand;
 use crate::messaging::{FirstDayCommand, LetterCommand, MessagesCommand, TemplateCommand};
 use crate::policy::{AbsenceCommand, PolicyCommand};
 use crate::pupil::PupilCommand;
+use crate::referrals::{PackCommand, ReferralCommand};
 use crate::server::{self, ServerConfig};
 
 /// rollcall: attendance registers, policy decisions, casework and referrals for a trust's schools.
@@ -71,9 +71,12 @@ enum Command {
     /// School calendars: terms, closures, register times and time zone.
     #[command(subcommand)]
     Calendar(CalendarCommand),
-    /// Referrals to the local authority.
+    /// Referrals to the local authority: create, check, submit, record outcomes, write packs.
     #[command(subcommand)]
     Referral(ReferralCommand),
+    /// Referral packs, offline: verify one, print the public key of a signing key.
+    #[command(subcommand)]
+    Pack(PackCommand),
     /// Attendance policies: show, check against the law, load, and move schools between them.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -121,6 +124,11 @@ struct ServeArgs {
     /// email and text messages are not sent.
     #[arg(long, env = "ROLLCALL_MESSAGING")]
     messaging: Option<PathBuf>,
+    /// Referral settings (TOML): school days a warning letter must precede a penalty-notice
+    /// request, independent schools, and the pack signing key. Without it, the defaults apply
+    /// and packs are signed with keys/pack-signing.pem under --data-dir, created on first start.
+    #[arg(long, env = "ROLLCALL_REFERRALS")]
+    referrals: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -175,28 +183,20 @@ enum CasesCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
-enum ReferralCommand {
-    /// Build the referral pack for a pupil who has met the penalty-notice warning threshold.
-    Pack {
-        /// The pupil's UPN.
-        #[arg(long)]
-        upn: String,
-        /// The path of the ZIP archive to write.
-        #[arg(long)]
-        out: PathBuf,
-        /// Figures as of this date (YYYY-MM-DD); the default is the last date with marks.
-        #[arg(long)]
-        as_of: Option<String>,
-    },
-}
-
 /// How long an import waits for figures and cases to catch up.
 pub(crate) const SYNC_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = match cli.command {
         Command::Serve(args) => return serve(args).await,
+        Command::Pack(command) => {
+            let stdout = std::io::stdout();
+            let valid = crate::referrals::run_pack(command, &mut stdout.lock())?;
+            if !valid {
+                bail!("the pack is not valid; see the checks marked FAIL above");
+            }
+            return Ok(());
+        }
         Command::Demo(args) => {
             telemetry::init(LogFormat::Text, "warn,sqlx=error");
             return crate::demo::run(args).await;
@@ -279,13 +279,8 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         ClientCommand::Letter(command) => {
             crate::messaging::run_letter(&clients, command, &mut out).await
         }
-        ClientCommand::Referral(ReferralCommand::Pack {
-            upn,
-            out: path,
-            as_of,
-        }) => {
-            check_as_of(as_of.as_deref())?;
-            referral_pack(&clients, &upn, &path, as_of.as_deref(), &mut out).await
+        ClientCommand::Referral(command) => {
+            crate::referrals::run_referral(&clients, command, &mut out).await
         }
     }
 }
@@ -320,6 +315,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = ServerConfig::new(args.listen, args.data_dir, args.database_url.as_deref())?;
     if let Some(path) = &args.messaging {
         config.messaging = rollcall_cases::MessagingConfig::from_file(path)?;
+    }
+    if let Some(path) = &args.referrals {
+        config.referrals = rollcall_referrals::ReferralsConfig::from_file(path)?;
     }
     let mut running = server::start(config).await?;
     tokio::select! {
@@ -400,13 +398,6 @@ pub(crate) async fn import_ctf(
         bail!("{failures} of {} files were not imported", files.len());
     }
     Ok(())
-}
-
-fn check_as_of(value: Option<&str>) -> anyhow::Result<()> {
-    match value.map(rollcall_domain::session::parse_date) {
-        Some(Err(error)) => bail!("invalid --as-of: {error}"),
-        _ => Ok(()),
-    }
 }
 
 fn check_laestab(value: &str) -> anyhow::Result<String> {
@@ -630,34 +621,6 @@ fn case_status_name(case: &Case) -> &'static str {
         Ok(CaseStatus::Closed) => "closed",
         _ => "unknown",
     }
-}
-
-/// Builds a referral pack and writes it to `path`, or writes nothing when none is due.
-pub(crate) async fn referral_pack(
-    clients: &Clients,
-    upn: &str,
-    path: &Path,
-    as_of: Option<&str>,
-    out: &mut impl Write,
-) -> anyhow::Result<()> {
-    let response = clients
-        .referrals
-        .clone()
-        .build_referral_pack(BuildReferralPackRequest {
-            upn: upn.to_owned(),
-            laestab: String::new(),
-            as_of: as_of.unwrap_or_default().to_owned(),
-        })
-        .await
-        .map_err(|status| anyhow::anyhow!("{}", status.message()))?
-        .into_inner();
-    write_atomically(path, &response.pack)?;
-    writeln!(
-        out,
-        "Wrote referral pack {} for pupil {upn}",
-        path.display()
-    )?;
-    Ok(())
 }
 
 /// Writes a file through a temporary file in the same folder, so that a failure leaves no

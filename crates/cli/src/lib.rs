@@ -11,6 +11,7 @@ mod marks;
 mod messaging;
 mod policy;
 mod pupil;
+mod referrals;
 mod report_output;
 mod reports;
 pub mod server;

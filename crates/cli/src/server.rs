@@ -15,7 +15,7 @@ use rollcall_api::registers::v1::registers_service_server::RegistersServiceServe
 use rollcall_cases::{Cases, MessagingConfig};
 use rollcall_mis_adapter::MisAdapter;
 use rollcall_policy::Policy;
-use rollcall_referrals::Referrals;
+use rollcall_referrals::{Referrals, ReferralsConfig, load_or_create_signing_key};
 use rollcall_registers::Registers;
 use rollcall_runtime::StorageConfig;
 use rollcall_runtime::shutdown::StopSignal;
@@ -41,6 +41,10 @@ pub struct ServerConfig {
     pub messaging: MessagingConfig,
     /// The folder letters are written to for printing when the messaging settings name none.
     pub print_dir: PathBuf,
+    /// Warning-letter notice, independent schools and the pack signing key.
+    pub referrals: ReferralsConfig,
+    /// The pack signing key used when the referral settings name none.
+    pub default_signing_key: PathBuf,
 }
 
 impl ServerConfig {
@@ -53,6 +57,8 @@ impl ServerConfig {
         Ok(Self {
             listen,
             print_dir: data_dir.join("letters"),
+            default_signing_key: data_dir.join("keys").join("pack-signing.pem"),
+            referrals: ReferralsConfig::default(),
             storage: StorageConfig::from_options(database_url, data_dir)?,
             messaging: MessagingConfig::default(),
         })
@@ -148,7 +154,18 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         config.print_dir.clone(),
     )
     .await?;
-    let referrals = Referrals::new(referrals_db, channel.clone(), channel.clone());
+    let key_path = config
+        .referrals
+        .signing_key_file
+        .clone()
+        .unwrap_or_else(|| config.default_signing_key.clone());
+    let signing_key = load_or_create_signing_key(&key_path)?;
+    let referrals = Referrals::new(
+        referrals_db,
+        channel.clone(),
+        config.referrals.clone(),
+        signing_key,
+    );
     let adapter = MisAdapter::new(adapter_db, channel.clone());
 
     let reflection = tonic_reflection::server::Builder::configure()

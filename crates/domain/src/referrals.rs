@@ -426,6 +426,46 @@ pub fn decide_submission(
     }
 }
 
+/// Counts the longest run of consecutive school days on which every session marked was an
+/// unauthorised absence, from the pupil's session marks as `(date, code)` in any order. Days
+/// with no marks (weekends, holidays, days before admission) neither break nor extend a run;
+/// a day with a not-possible session and an unauthorised one counts in the run.
+pub fn longest_unauthorised_run<'a>(marks: impl IntoIterator<Item = (NaiveDate, &'a str)>) -> u32 {
+    use std::collections::BTreeMap;
+
+    use crate::codes::{Category, lookup};
+
+    // Per day: whether any session was an unauthorised absence, and whether any was something
+    // that breaks a run (present, approved activity or authorised absence).
+    let mut days: BTreeMap<NaiveDate, (bool, bool)> = BTreeMap::new();
+    for (date, code) in marks {
+        let entry = days.entry(date).or_default();
+        match lookup(code).map(|info| info.category) {
+            Some(Category::UnauthorisedAbsence) => entry.0 = true,
+            Some(Category::NotPossible) => {}
+            _ => entry.1 = true,
+        }
+    }
+    let mut longest = 0;
+    let mut run = 0;
+    for (unauthorised, broken) in days.into_values() {
+        if broken {
+            run = 0;
+        } else if unauthorised {
+            run += 1;
+            longest = longest.max(run);
+        }
+    }
+    longest
+}
+
+/// Counts days of sickness absence from session codes: sessions coded I, two to a day, a
+/// lone session counting as a day.
+pub fn sickness_days<'a>(codes: impl IntoIterator<Item = &'a str>) -> u32 {
+    let sessions = codes.into_iter().filter(|code| code.trim() == "I").count();
+    u32::try_from(sessions.div_ceil(2)).unwrap_or(u32::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,6 +488,29 @@ mod tests {
             notice_allowed: true,
             ..ReferralFacts::default()
         }
+    }
+
+    #[test]
+    fn continuous_unauthorised_absence_skips_days_without_marks() {
+        let marks = [
+            ("2025-10-20", "O"),
+            ("2025-10-20", "O"),
+            ("2025-10-21", "G"),
+            ("2025-10-21", "O"),
+            // Half term: no marks. The run carries on after it.
+            ("2025-11-03", "O"),
+            ("2025-11-03", "#"),
+            ("2025-11-04", "/"),
+            ("2025-11-05", "O"),
+        ];
+        let run = longest_unauthorised_run(marks.iter().map(|(day, code)| (date(day), *code)));
+        assert_eq!(run, 3);
+    }
+
+    #[test]
+    fn sickness_counts_sessions_coded_i() {
+        assert_eq!(sickness_days(["I", "I", "/", "I"]), 2);
+        assert_eq!(sickness_days(["/", "O"]), 0);
     }
 
     #[test]

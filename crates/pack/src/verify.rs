@@ -77,6 +77,16 @@ pub enum Status {
 }
 
 impl Status {
+    /// Returns the status's name as used in JSON: passed, warning, failed or skipped.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Passed => "passed",
+            Self::Warning => "warning",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Self::Passed => "ok",

@@ -788,7 +788,10 @@ impl PolicyService for Policy {
             ))
         })?;
         let amount = |value: u32| i32::try_from(value).unwrap_or(i32::MAX);
+        let periods = version.policy.penalty_notice.as_ref();
         Ok(Response::new(GetPenaltyNoticeTermsResponse {
+            reduced_days: periods.map_or(0, |notice| amount(notice.reduced_days)),
+            full_days: periods.map_or(0, |notice| amount(notice.full_days)),
             allowed: terms.allowed,
             number: amount(terms.number),
             reduced_amount: terms.reduced_amount.map(amount),

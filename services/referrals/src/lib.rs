@@ -1,15 +1,23 @@
-//! The referrals service: the packs that carry a referral to the local authority.
+//! The referrals service: referrals to the local authority and statutory returns, their
+//! prerequisites, the signed packs that carry them, and the outcomes the local authority
+//! reports.
 //!
-//! A pack is built only for a pupil who has met the policy's penalty-notice warning threshold.
-//! It is a ZIP archive with three files. `manifest.json` has the format version, school, pupil,
-//! policy and clause, figures, the sessions that make up the threshold, and the SHA-256 of every
-//! other file. `attendance.csv` has the pupil's session marks, and `attendance-ctf.xml` is a
-//! Common Transfer File extract of the pupil's attendance.
+//! A referral starts as a draft. Its prerequisites are checked from the case file (cases
+//! service), the figures and thresholds (policy service) and the registers. Submission checks
+//! them again, and a missing one blocks it unless a senior leader overrides it with a reason.
+//! The pack submitted is kept whole, with its SHA-256, so what the local authority received can
+//! always be produced again. Pack format version 1 is described in `docs/referral-pack.md`.
 
+mod config;
+mod facts;
+mod keys;
 mod pack;
+mod records;
 mod service;
 
-pub use pack::PACK_FORMAT_VERSION;
+pub use config::ReferralsConfig;
+pub use keys::load_or_create_signing_key;
+pub use rollcall_pack::FORMAT_VERSION as PACK_FORMAT_VERSION;
 pub use service::Referrals;
 
 use rollcall_runtime::storage::Migrations;

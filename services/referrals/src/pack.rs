@@ -1,30 +1,35 @@
-//! Building the pack's files and the ZIP archive.
+//! Building a referral's pack: the data files, the summary PDF and the signed manifest, in
+//! format version 1 of `rollcall-pack`.
 
-use std::io::{Cursor, Write};
+use std::collections::BTreeMap;
 
-use chrono::{Datelike, NaiveDate, Utc};
-use rollcall_api::convert::{session_from_proto, source_from_proto};
-use rollcall_api::policy::v1::{GetPupilAttendanceResponse, ThresholdStatus};
-use rollcall_api::registers::v1::{Mark, Pupil, School};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use rollcall_api::convert::{from_timestamp, session_from_proto, source_from_proto};
+use rollcall_api::registers::v1::Mark;
 use rollcall_ctf::{AttendSessions, CtfFile, Header, SchoolIdentity, Totals, YearData};
-use rollcall_domain::codes;
+use rollcall_documents::Document;
 use rollcall_domain::session::{academic_year_of, parse_date};
-use rollcall_domain::{Figures, MarkSource, Session};
-use serde_json::json;
-use sha2::{Digest, Sha256};
+use rollcall_domain::{Figures, MarkSource, Session, codes};
+use rollcall_pack::{
+    DateRange, Manifest, Override, PackFile, Parent, Policy, Prerequisite, Pupil, Referral,
+    ReferralKind as PackKind, School, Signature, SigningKey, ThresholdSession, write_pack,
+};
 
-/// The version of the pack format; a local authority's tools check it before reading a pack.
-pub const PACK_FORMAT_VERSION: u32 = 1;
+use crate::facts::Gathered;
+use crate::records::{ReferralRow, StoredCheck};
 
-/// The inputs of a pack.
+/// The inputs of a pack beyond what was gathered.
 pub(crate) struct PackInput<'a> {
     pub(crate) pack_id: &'a str,
-    pub(crate) school: &'a School,
-    pub(crate) pupil: &'a Pupil,
-    pub(crate) year_group: &'a str,
-    pub(crate) attendance: &'a GetPupilAttendanceResponse,
-    pub(crate) threshold: &'a ThresholdStatus,
-    pub(crate) marks: &'a [Mark],
+    pub(crate) referral: &'a ReferralRow,
+    pub(crate) checks: &'a [StoredCheck],
+    pub(crate) submitted_at: Option<DateTime<Utc>>,
+    /// The senior leader's override: who, their role and the reason.
+    pub(crate) override_by: Option<(&'a str, &'a str, &'a str)>,
+    pub(crate) gathered: &'a Gathered,
+    /// The letters sent, as file names under `letters/` and their PDFs.
+    pub(crate) letters: Vec<(String, Vec<u8>)>,
+    pub(crate) created_at: DateTime<Utc>,
 }
 
 /// A built pack.
@@ -67,16 +72,69 @@ fn marks_csv(marks: &[Mark]) -> Result<Vec<u8>, csv::Error> {
         .map_err(|error| error.into_error().into())
 }
 
+/// The kind of entry a timeline row is, as the chronology names them.
+fn chronology_entry(kind: &str) -> &'static str {
+    match kind {
+        "opened" | "escalated" | "de-escalated" | "closed" | "reopened" | "review" => {
+            "stage_change"
+        }
+        "meeting" | "structured_meeting" => "meeting",
+        "letter" | "letter_written" | "letter_not_written" => "letter",
+        "email" | "sms" | "text message" => "message",
+        "plan_created" => "plan",
+        "plan_reviewed" => "plan_review",
+        "reintegration" | "check_in" => "reintegration",
+        "call" | "home_visit" | "attendance_contract" | "assessment" => "action",
+        kind if kind.starts_with("letter") => "letter",
+        _ => "note",
+    }
+}
+
+fn chronology_csv(gathered: &Gathered) -> Result<Vec<u8>, csv::Error> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer.write_record(["occurred_at", "entry", "stage", "by_role", "summary"])?;
+    for entry in &gathered.chronology {
+        let at = entry
+            .at
+            .as_ref()
+            .and_then(from_timestamp)
+            .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default();
+        // The person's name stays out of the pack; the role in brackets, where recorded, is
+        // what the local authority needs.
+        let role = entry
+            .by
+            .rsplit_once('(')
+            .map(|(_, role)| role.trim_end_matches(')').trim().to_owned())
+            .unwrap_or_default();
+        let summary = if entry.reason.is_empty() {
+            entry.detail.clone()
+        } else {
+            format!("{} ({})", entry.detail, entry.reason)
+        };
+        writer.write_record([
+            at.as_str(),
+            chronology_entry(&entry.kind),
+            entry.stage.as_str(),
+            role.as_str(),
+            summary.as_str(),
+        ])?;
+    }
+    writer
+        .into_inner()
+        .map_err(|error| error.into_error().into())
+}
+
 /// Writes the pupil's marks as a Common Transfer File with one pupil. Days with no mark,
 /// weekends included, are written as `#`.
-fn ctf_extract(input: &PackInput<'_>) -> Result<Vec<u8>, String> {
-    let laestab = &input.school.laestab;
+fn ctf_extract(gathered: &Gathered) -> Result<Vec<u8>, String> {
+    let laestab = &gathered.school.laestab;
     let identity = SchoolIdentity {
         lea: laestab.get(..3).unwrap_or_default().to_owned(),
         estab: laestab.get(3..).unwrap_or_default().to_owned(),
-        school_name: Some(input.school.name.clone()),
+        school_name: Some(gathered.school.name.clone()),
     };
-    let dated: Vec<(NaiveDate, usize, &str)> = input
+    let dated: Vec<(NaiveDate, usize, &str)> = gathered
         .marks
         .iter()
         .filter_map(|mark| {
@@ -102,8 +160,9 @@ fn ctf_extract(input: &PackInput<'_>) -> Result<Vec<u8>, String> {
         }
         _ => None,
     };
-    let figures = Figures::from_codes(input.marks.iter().map(|mark| mark.code.as_str()));
+    let figures = Figures::from_codes(gathered.marks.iter().map(|mark| mark.code.as_str()));
     let year = first.map(|date| academic_year_of(date).to_string());
+    let pupil = &gathered.pupil;
     let file = CtfFile {
         header: Header {
             ctf_version: "25.0".to_owned(),
@@ -114,12 +173,12 @@ fn ctf_extract(input: &PackInput<'_>) -> Result<Vec<u8>, String> {
             dest_school: None,
         },
         pupils: vec![rollcall_ctf::Pupil {
-            upn: input.pupil.upn.clone(),
-            surname: input.pupil.surname.clone(),
-            forename: input.pupil.forename.clone(),
-            date_of_birth: parse_date(&input.pupil.date_of_birth).unwrap_or(NaiveDate::MIN),
-            sex: input.pupil.sex.clone(),
-            year_group: Some(input.year_group.to_owned()),
+            upn: pupil.upn.clone(),
+            surname: pupil.surname.clone(),
+            forename: pupil.forename.clone(),
+            date_of_birth: parse_date(&pupil.date_of_birth).unwrap_or(NaiveDate::MIN),
+            sex: pupil.sex.clone(),
+            year_group: Some(gathered.year_group.clone()),
             enrol_status: None,
             attendance: vec![YearData {
                 year,
@@ -137,104 +196,295 @@ fn ctf_extract(input: &PackInput<'_>) -> Result<Vec<u8>, String> {
     rollcall_ctf::write(&file).map_err(|error| error.to_string())
 }
 
-/// Builds the archive: the data files first, then the manifest with their hashes.
-pub(crate) fn build(input: &PackInput<'_>) -> Result<BuiltPack, String> {
-    let csv = marks_csv(input.marks).map_err(|error| error.to_string())?;
-    let ctf = ctf_extract(input)?;
-    let files: Vec<(&str, Vec<u8>)> = vec![("attendance.csv", csv), ("attendance-ctf.xml", ctf)];
+/// Returns attendance week by week: the week's Monday and the percentage of possible sessions
+/// attended so far in the period, in date order.
+fn weekly_attendance(marks: &[Mark]) -> Vec<(NaiveDate, f64)> {
+    let mut weeks: BTreeMap<NaiveDate, Vec<&str>> = BTreeMap::new();
+    for mark in marks {
+        if let Ok(date) = parse_date(&mark.date) {
+            let monday = date - chrono::Days::new(u64::from(date.weekday().num_days_from_monday()));
+            weeks.entry(monday).or_default().push(mark.code.as_str());
+        }
+    }
+    let mut so_far: Vec<&str> = Vec::new();
+    weeks
+        .into_iter()
+        .filter_map(|(monday, codes)| {
+            so_far.extend(codes);
+            Figures::from_codes(so_far.iter().copied())
+                .attendance_percent()
+                .map(|percent| (monday, percent))
+        })
+        .collect()
+}
 
-    let figures = input
+fn summary_pdf(input: &PackInput<'_>) -> Vec<u8> {
+    let gathered = input.gathered;
+    let referral = input.referral;
+    let figures = gathered
         .attendance
         .attendance
         .as_ref()
-        .and_then(|a| a.figures)
+        .and_then(|record| record.figures)
         .unwrap_or_default();
-    let policy = input.attendance.policy.clone().unwrap_or_default();
-    let period = input.attendance.period.clone().unwrap_or_default();
-    let window = input.threshold.window.clone().unwrap_or_default();
-    let laestab = &input.school.laestab;
-    let manifest = json!({
-        "pack_format_version": PACK_FORMAT_VERSION,
-        "pack_id": input.pack_id,
-        "created_at": Utc::now().to_rfc3339(),
-        "kind": "penalty_notice_warning",
-        "school": {
-            "laestab": laestab,
-            "la_number": laestab.get(..3).unwrap_or_default(),
-            "establishment_number": laestab.get(3..).unwrap_or_default(),
-            "name": input.school.name,
-        },
-        "pupil": {
-            "upn": input.pupil.upn,
-            "forename": input.pupil.forename,
-            "surname": input.pupil.surname,
-            "date_of_birth": input.pupil.date_of_birth,
-            "sex": input.pupil.sex,
-            "year_group": input.year_group,
-        },
-        "policy": {
-            "id": policy.id,
-            "title": policy.title,
-            "rule": input.threshold.rule_id,
-            "clause": input.threshold.clause,
-            "threshold_sessions": input.threshold.threshold_sessions,
-            "window": {"from": window.from_date, "to": window.to_date},
-        },
-        "figures": {
-            "from": period.from_date,
-            "as_of": period.to_date,
-            "possible_sessions": figures.possible_sessions,
-            "attended_sessions": figures.attended_sessions,
-            "authorised_absence_sessions": figures.authorised_absence_sessions,
-            "unauthorised_absence_sessions": figures.unauthorised_absence_sessions,
-            "attendance_percent": figures.attendance_percent,
-            "persistent_absence": figures.persistent_absence,
-            "severe_absence": figures.severe_absence,
-            "unauthorised_sessions_in_window": input.threshold.counted_sessions,
-        },
-        "threshold_sessions": input.threshold.counted.iter().map(|counted| json!({
-            "date": counted.date,
-            "session": session_name(counted.session),
-            "code": counted.code,
-        })).collect::<Vec<_>>(),
-        "files": files.iter().map(|(name, bytes)| json!({
-            "name": name,
-            "sha256": hex::encode(Sha256::digest(bytes)),
-            "bytes": bytes.len(),
-        })).collect::<Vec<_>>(),
-    });
-    let manifest = serde_json::to_string_pretty(&manifest).map_err(|error| error.to_string())?;
-
-    let mut archive = zip::ZipWriter::new(Cursor::new(Vec::new()));
-    let options = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated)
-        .last_modified_time(zip_time());
-    let mut add = |name: &str, bytes: &[u8]| -> Result<(), String> {
-        archive
-            .start_file(name, options)
-            .map_err(|error| error.to_string())?;
-        archive.write_all(bytes).map_err(|error| error.to_string())
-    };
-    add("manifest.json", manifest.as_bytes())?;
-    for (name, bytes) in &files {
-        add(name, bytes)?;
+    let period = gathered.attendance.period.clone().unwrap_or_default();
+    let mut document = Document::new(format!(
+        "Referral {} for pupil {}",
+        referral.reference, gathered.pupil.upn
+    ));
+    document.created_at(input.created_at);
+    document
+        .heading(format!("Referral {}", referral.reference))
+        .paragraph(format!(
+            "{} from {} ({}) for pupil {} {} (UPN {}), year {}.",
+            referral.kind.replace('_', " "),
+            gathered.school.name,
+            gathered.school.laestab,
+            gathered.pupil.forename,
+            gathered.pupil.surname,
+            gathered.pupil.upn,
+            gathered.year_group
+        ))
+        .subheading(format!(
+            "Attendance from {} to {}",
+            period.from_date, period.to_date
+        ))
+        .table(
+            ["Figure", "Sessions"],
+            [
+                vec![
+                    "Possible sessions".to_owned(),
+                    figures.possible_sessions.to_string(),
+                ],
+                vec!["Attended".to_owned(), figures.attended_sessions.to_string()],
+                vec![
+                    "Authorised absence".to_owned(),
+                    figures.authorised_absence_sessions.to_string(),
+                ],
+                vec![
+                    "Unauthorised absence".to_owned(),
+                    figures.unauthorised_absence_sessions.to_string(),
+                ],
+                vec![
+                    "Attendance".to_owned(),
+                    figures
+                        .attendance_percent
+                        .map_or("n/a".to_owned(), |percent| format!("{percent:.1}%")),
+                ],
+            ],
+        );
+    let weekly = weekly_attendance(&gathered.marks);
+    if !weekly.is_empty() {
+        document.line_chart(
+            "Attendance so far, week by week",
+            weekly
+                .iter()
+                .map(|(monday, percent)| (monday.format("%d %b").to_string(), *percent)),
+            "%",
+        );
     }
-    let zip = archive
-        .finish()
-        .map_err(|error| error.to_string())?
-        .into_inner();
+    document.subheading("Prerequisites").table(
+        ["Prerequisite", "Met", "Evidence"],
+        input.checks.iter().map(|check| {
+            vec![
+                check.name.replace('_', " "),
+                match (check.met, check.overridden) {
+                    (true, _) => "yes".to_owned(),
+                    (false, true) => "overridden".to_owned(),
+                    (false, false) => "no".to_owned(),
+                },
+                check.evidence.clone(),
+            ]
+        }),
+    );
+    if let Some((_, role, reason)) = input.override_by {
+        document.paragraph(format!(
+            "Missing prerequisites were overridden by the {} for this reason: {reason}",
+            role.replace('_', " ")
+        ));
+    }
+    document.to_pdf()
+}
+
+fn pack_kind(kind: &str) -> Result<PackKind, String> {
+    serde_json::from_value(serde_json::Value::String(kind.to_owned()))
+        .map_err(|_| format!("unknown referral kind {kind:?}"))
+}
+
+fn parents(gathered: &Gathered) -> Vec<Parent> {
+    gathered
+        .contacts
+        .iter()
+        .filter(|contact| contact.parental_responsibility)
+        .map(|contact| Parent {
+            name: contact.name.clone(),
+            relationship: contact.relationship.clone(),
+            parental_responsibility: true,
+            address: contact.address_lines.clone(),
+            postcode: contact.postcode.clone(),
+            email: Some(contact.email.clone()).filter(|email| !email.is_empty()),
+            phone: Some(contact.mobile.clone()).filter(|phone| !phone.is_empty()),
+        })
+        .collect()
+}
+
+fn date_or_none(text: &str) -> Option<NaiveDate> {
+    parse_date(text).ok()
+}
+
+/// Builds and signs the pack.
+pub(crate) fn build(input: &PackInput<'_>, key: &SigningKey) -> Result<BuiltPack, String> {
+    let gathered = input.gathered;
+    let referral = input.referral;
+    let kind = pack_kind(&referral.kind)?;
+    let mut files = vec![
+        PackFile {
+            name: "attendance.csv".to_owned(),
+            media_type: "text/csv".to_owned(),
+            bytes: marks_csv(&gathered.marks).map_err(|error| error.to_string())?,
+        },
+        PackFile {
+            name: "attendance-ctf.xml".to_owned(),
+            media_type: "application/xml".to_owned(),
+            bytes: ctf_extract(gathered)?,
+        },
+        PackFile {
+            name: "chronology.csv".to_owned(),
+            media_type: "text/csv".to_owned(),
+            bytes: chronology_csv(gathered).map_err(|error| error.to_string())?,
+        },
+    ];
+    for (name, pdf) in &input.letters {
+        files.push(PackFile {
+            name: format!("letters/{name}"),
+            media_type: "application/pdf".to_owned(),
+            bytes: pdf.clone(),
+        });
+    }
+    files.push(PackFile {
+        name: "summary.pdf".to_owned(),
+        media_type: "application/pdf".to_owned(),
+        bytes: summary_pdf(input),
+    });
+
+    let figures = gathered
+        .attendance
+        .attendance
+        .as_ref()
+        .and_then(|record| record.figures)
+        .unwrap_or_default();
+    let policy = gathered.attendance.policy.clone().unwrap_or_default();
+    let period = gathered.attendance.period.clone().unwrap_or_default();
+    let threshold = &gathered.threshold;
+    let window = threshold.window.clone().unwrap_or_default();
+    let laestab = &gathered.school.laestab;
+    let unsigned = |value: i32| u32::try_from(value).unwrap_or(0);
+    let as_of = date_or_none(&period.to_date).unwrap_or(referral.as_of);
+    let manifest = Manifest {
+        format: String::new(),
+        pack_format_version: 0,
+        pack_id: input.pack_id.to_owned(),
+        created_at: input.created_at,
+        generator: format!("rollcall {}", env!("CARGO_PKG_VERSION")),
+        referral: Referral {
+            id: referral.id.clone(),
+            kind,
+            reference: referral.reference.clone(),
+            created_at: referral.created_at,
+            submitted_at: input.submitted_at,
+            override_: input.override_by.map(|(by, role, reason)| Override {
+                by: by.to_owned(),
+                role: role.to_owned(),
+                reason: reason.to_owned(),
+                at: input.submitted_at.unwrap_or(input.created_at),
+            }),
+        },
+        school: School {
+            laestab: laestab.clone(),
+            la_number: laestab.get(..3).unwrap_or_default().to_owned(),
+            establishment_number: laestab.get(3..).unwrap_or_default().to_owned(),
+            name: gathered.school.name.clone(),
+        },
+        pupil: Pupil {
+            upn: gathered.pupil.upn.clone(),
+            forename: gathered.pupil.forename.clone(),
+            surname: gathered.pupil.surname.clone(),
+            date_of_birth: date_or_none(&gathered.pupil.date_of_birth),
+            sex: gathered.pupil.sex.clone(),
+            year_group: gathered.year_group.clone(),
+        },
+        parents: if kind.names_parents() {
+            parents(gathered)
+        } else {
+            Vec::new()
+        },
+        policy: Policy {
+            id: policy.id.clone(),
+            title: policy.title.clone(),
+            clause: threshold.clause.clone(),
+            clauses: vec![threshold.clause.clone()],
+            rule: threshold.rule_id.clone(),
+            threshold_sessions: unsigned(threshold.threshold_sessions),
+            window: match (
+                date_or_none(&window.from_date),
+                date_or_none(&window.to_date),
+            ) {
+                (Some(from), Some(to)) => Some(DateRange { from, to }),
+                _ => None,
+            },
+        },
+        figures: rollcall_pack::Figures {
+            from: date_or_none(&period.from_date).unwrap_or(as_of),
+            as_of,
+            possible_sessions: unsigned(figures.possible_sessions),
+            attended_sessions: unsigned(figures.attended_sessions),
+            authorised_absence_sessions: unsigned(figures.authorised_absence_sessions),
+            unauthorised_absence_sessions: unsigned(figures.unauthorised_absence_sessions),
+            unauthorised_sessions_in_window: unsigned(threshold.counted_sessions),
+            attendance_percent: figures.attendance_percent.unwrap_or(0.0),
+            persistent_absence: figures.persistent_absence,
+            severe_absence: figures.severe_absence,
+        },
+        threshold_sessions: threshold
+            .counted
+            .iter()
+            .filter_map(|counted| {
+                Some(ThresholdSession {
+                    date: date_or_none(&counted.date)?,
+                    session: match session_from_proto(counted.session)? {
+                        Session::Am => rollcall_pack::Session::Am,
+                        Session::Pm => rollcall_pack::Session::Pm,
+                    },
+                    code: counted.code.clone(),
+                })
+            })
+            .collect(),
+        prerequisites: input
+            .checks
+            .iter()
+            .map(|check| Prerequisite {
+                name: check.name.clone(),
+                met: check.met,
+                evidence: check.evidence.clone(),
+                overridden: check.overridden,
+            })
+            .collect(),
+        files: Vec::new(),
+        signature: Signature::default(),
+    };
+    let zip = write_pack(&manifest, &files, key).map_err(|error| error.to_string())?;
+    let manifest = manifest_text(&zip)?;
     Ok(BuiltPack { zip, manifest })
 }
 
-fn zip_time() -> zip::DateTime {
-    let now = Utc::now().naive_utc();
-    zip::DateTime::from_date_and_time(
-        u16::try_from(now.year()).unwrap_or(1980),
-        now.month() as u8,
-        now.day() as u8,
-        0,
-        0,
-        0,
-    )
-    .unwrap_or_default()
+/// Returns the text of a pack's `manifest.json`, as stored.
+pub(crate) fn manifest_text(zip: &[u8]) -> Result<String, String> {
+    let mut archive =
+        zip::ZipArchive::new(std::io::Cursor::new(zip)).map_err(|error| error.to_string())?;
+    let mut entry = archive
+        .by_name("manifest.json")
+        .map_err(|error| error.to_string())?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut entry, &mut text).map_err(|error| error.to_string())?;
+    Ok(text)
 }

@@ -172,6 +172,7 @@ pub(crate) async fn record_leaving(
             class_name: open.class_name,
             sen_provision: crate::convert::sen_from_str(&open.sen_provision),
             free_school_meals: crate::convert::fsm_from_str(&open.free_school_meals),
+            leaving_reason: reason.to_owned(),
         })
     })
 }

@@ -128,6 +128,7 @@ fn enrolment_to_proto(row: EnrolmentRow) -> Enrolment {
         class_name: row.class_name,
         sen_provision: crate::convert::sen_from_str(&row.sen_provision),
         free_school_meals: crate::convert::fsm_from_str(&row.free_school_meals),
+        leaving_reason: row.leaving_reason.unwrap_or_default(),
     }
 }
 

@@ -37,6 +37,7 @@ pub(crate) struct EnrolmentRow {
     pub(crate) class_name: String,
     pub(crate) sen_provision: String,
     pub(crate) free_school_meals: String,
+    pub(crate) leaving_reason: Option<String>,
 }
 
 pub(crate) const MARK_COLUMNS: &str = "m.sequence, m.laestab, m.upn, m.session_date, m.session, m.code, \
@@ -91,7 +92,7 @@ pub(crate) async fn enrolments_of(db: &Db, upn: &str) -> Result<Vec<EnrolmentRow
     with_db!(db, |pool| {
         sqlx::query_as(
             "SELECT laestab, upn, admission_date, leaving_date, year_group, registration, class_name, \
-             sen_provision, free_school_meals FROM enrolments \
+             sen_provision, free_school_meals, leaving_reason FROM enrolments \
              WHERE upn = $1 ORDER BY admission_date DESC, laestab",
         )
         .bind(upn)
@@ -121,6 +122,7 @@ pub(crate) async fn pupils_at(
         class_name: String,
         sen_provision: String,
         free_school_meals: String,
+        leaving_reason: Option<String>,
     }
     let (day_from, day_to) = match on_roll {
         Some(day) => (day, day),
@@ -130,7 +132,7 @@ pub(crate) async fn pupils_at(
         sqlx::query_as(
             "SELECT p.upn, p.forename, p.surname, p.date_of_birth, p.sex, \
                     e.laestab, e.admission_date, e.leaving_date, e.year_group, e.registration, \
-                    e.class_name, e.sen_provision, e.free_school_meals \
+                    e.class_name, e.sen_provision, e.free_school_meals, e.leaving_reason \
              FROM enrolments e JOIN pupils p ON p.upn = e.upn \
              WHERE e.laestab = $1 AND e.upn > $2 \
                AND e.admission_date <= $3 \
@@ -164,6 +166,7 @@ pub(crate) async fn pupils_at(
             class_name: row.class_name,
             sen_provision: row.sen_provision,
             free_school_meals: row.free_school_meals,
+            leaving_reason: row.leaving_reason,
         };
         out.push((row.pupil, enrolment));
     }
