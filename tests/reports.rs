@@ -386,6 +386,7 @@ async fn governors_report(url: &str, work: &Path) {
         text.contains("Cases at the local authority stage"),
         "{text}"
     );
+    assert!(text.contains("Referrals to the local authority"), "{text}");
     assert!(text.contains("About these figures"), "{text}");
 }
 

@@ -281,6 +281,12 @@ fn csv_bytes(report: &Report) -> anyhow::Result<Vec<u8>> {
         let count = count.to_string();
         writer.write_record(["local_authority_stage", laestab, "all", "cases", &count])?;
     }
+    for count in &report.referrals {
+        for (measure, value) in count.measures() {
+            let value = value.to_string();
+            writer.write_record(["referrals", &count.laestab, &count.kind, measure, &value])?;
+        }
+    }
     writer.flush()?;
     writer
         .into_inner()
@@ -306,6 +312,7 @@ fn document(report: &Report) -> Document {
     month_chart(&mut document, report);
     breakdowns(&mut document, report);
     cases(&mut document, report);
+    referrals(&mut document, report);
     about(&mut document, report);
     document
 }
@@ -539,9 +546,7 @@ fn cases(document: &mut Document, report: &Report) {
     document.subheading("Cases at the local authority stage");
     let total: usize = report.local_authority.values().sum();
     document.paragraph(format!(
-        "{total} {} at a ladder stage owned by the local authority attendance officer. rollcall \
-         keeps no record of referrals yet, so this counts cases at that stage, not referrals \
-         made.",
+        "{total} {} at a ladder stage owned by the local authority attendance officer.",
         if total == 1 { "case is" } else { "cases are" }
     ));
     if per_school {
@@ -559,6 +564,55 @@ fn cases(document: &mut Document, report: &Report) {
             .collect();
         document.table(["School", "Cases at the local authority stage"], rows);
     }
+}
+
+fn referrals(document: &mut Document, report: &Report) {
+    document.subheading("Referrals to the local authority");
+    let submitted: usize = report.referrals.iter().map(|count| count.submitted).sum();
+    document.paragraph(format!(
+        "{submitted} {} submitted in the academic year from {} up to {}. Outcomes are counted \
+         by the date the local authority gave them; overdue notices are those unpaid past their \
+         last day when this report was made.",
+        if submitted == 1 {
+            "referral or return was"
+        } else {
+            "referrals and returns were"
+        },
+        long_date(report.headline.from),
+        long_date(report.referrals_to)
+    ));
+    if report.referrals.is_empty() {
+        return;
+    }
+    let per_school = report.kind == ReportKind::Trust;
+    let mut headers = Vec::new();
+    if per_school {
+        headers.push("School");
+    }
+    headers.extend([
+        "Kind",
+        "Submitted",
+        "Notices issued",
+        "Paid",
+        "Unpaid",
+        "Prosecutions",
+        "Withdrawn",
+        "Overdue now",
+    ]);
+    let rows: Vec<Vec<String>> = report
+        .referrals
+        .iter()
+        .map(|count| {
+            let mut row = Vec::new();
+            if per_school {
+                row.push(count.laestab.clone());
+            }
+            row.push(count.kind.replace('_', " "));
+            row.extend(count.measures().iter().map(|(_, value)| value.to_string()));
+            row
+        })
+        .collect();
+    document.table(headers, rows);
 }
 
 fn about(document: &mut Document, report: &Report) {

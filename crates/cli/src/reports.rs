@@ -14,6 +14,7 @@ use rollcall_api::policy::v1::{
     GetAttendanceStatisticsRequest, GetPolicyRequest, StatisticsGroup, StatisticsGroupBy,
     StatisticsRange,
 };
+use rollcall_api::referrals::v1::{ListReferralsRequest, Referral, ReferralOutcomeKind};
 use rollcall_api::registers::v1::{
     Calendar, GetCalendarRequest, GetSchoolRequest, ListSchoolsRequest, School,
 };
@@ -120,6 +121,11 @@ pub(crate) struct Report {
     pub(crate) stages: Vec<StageCount>,
     /// Cases at a stage the local authority attendance officer owns, per school.
     pub(crate) local_authority: BTreeMap<String, usize>,
+    /// Referrals and their outcomes in the report's range, per school and kind.
+    pub(crate) referrals: Vec<ReferralCount>,
+    /// The last date counted for referrals: the end of the academic year for governors, the
+    /// report date for the trust.
+    pub(crate) referrals_to: NaiveDate,
     /// The last date counted for cases: cases opened after it are left out.
     pub(crate) cases_to: NaiveDate,
     /// School names by LAESTAB.
@@ -128,6 +134,112 @@ pub(crate) struct Report {
     pub(crate) policies: BTreeMap<String, String>,
     /// Schools with a calendar term in the academic year, by LAESTAB.
     pub(crate) calendars: BTreeMap<String, bool>,
+}
+
+/// Referrals of one kind from one school: those submitted in the report's range, the outcomes
+/// dated in it, and the notices overdue when the report is made.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ReferralCount {
+    pub(crate) laestab: String,
+    pub(crate) kind: String,
+    pub(crate) submitted: usize,
+    pub(crate) notices_issued: usize,
+    pub(crate) paid: usize,
+    pub(crate) unpaid: usize,
+    pub(crate) prosecutions: usize,
+    pub(crate) withdrawn: usize,
+    pub(crate) overdue_notices: usize,
+}
+
+impl ReferralCount {
+    /// The measures as the CSV names them, with their counts.
+    pub(crate) fn measures(&self) -> [(&'static str, usize); 7] {
+        [
+            ("submitted", self.submitted),
+            ("notices_issued", self.notices_issued),
+            ("paid", self.paid),
+            ("unpaid", self.unpaid),
+            ("prosecutions", self.prosecutions),
+            ("withdrawn", self.withdrawn),
+            ("overdue_notices", self.overdue_notices),
+        ]
+    }
+}
+
+/// Counts the referrals of each school in `schools` submitted between `from` and `to`, and
+/// their outcomes dated in that range. Overdue notices are counted as they stand today.
+async fn count_referrals(
+    clients: &Clients,
+    schools: &[String],
+    from: NaiveDate,
+    to: NaiveDate,
+) -> anyhow::Result<Vec<ReferralCount>> {
+    let mut referrals = Vec::new();
+    for laestab in schools {
+        let mut page_token = String::new();
+        loop {
+            let page = clients
+                .referrals
+                .clone()
+                .list_referrals(ListReferralsRequest {
+                    laestab: laestab.clone(),
+                    page_size: 1_000,
+                    page_token,
+                    ..ListReferralsRequest::default()
+                })
+                .await
+                .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+                .into_inner();
+            referrals.extend(page.referrals);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+    Ok(tally_referrals(&referrals, from, to))
+}
+
+/// Counts referrals per school and kind: those submitted between `from` and `to`, their
+/// outcomes dated in that range, and their notices overdue now.
+fn tally_referrals(referrals: &[Referral], from: NaiveDate, to: NaiveDate) -> Vec<ReferralCount> {
+    let in_range = |date: &str| parse_date(date).is_ok_and(|date| from <= date && date <= to);
+    let mut counts: BTreeMap<(String, String), ReferralCount> = BTreeMap::new();
+    for referral in referrals {
+        let count = counts
+            .entry((referral.laestab.clone(), referral.kind.clone()))
+            .or_insert_with(|| ReferralCount {
+                laestab: referral.laestab.clone(),
+                kind: referral.kind.clone(),
+                ..ReferralCount::default()
+            });
+        let submitted = referral
+            .submitted_at
+            .as_ref()
+            .and_then(rollcall_api::convert::from_timestamp)
+            .map(|at| at.date_naive().to_string());
+        if submitted.as_deref().is_some_and(in_range) {
+            count.submitted += 1;
+        }
+        for outcome in referral.outcomes.iter().filter(|o| in_range(&o.on_date)) {
+            match ReferralOutcomeKind::try_from(outcome.outcome) {
+                Ok(ReferralOutcomeKind::NoticeIssued) => count.notices_issued += 1,
+                Ok(ReferralOutcomeKind::Paid) => count.paid += 1,
+                Ok(ReferralOutcomeKind::Unpaid) => count.unpaid += 1,
+                Ok(ReferralOutcomeKind::Prosecution) => count.prosecutions += 1,
+                Ok(ReferralOutcomeKind::Withdrawn) => count.withdrawn += 1,
+                _ => {}
+            }
+        }
+        if referral
+            .notice
+            .as_ref()
+            .is_some_and(|notice| notice.overdue)
+        {
+            count.overdue_notices += 1;
+        }
+    }
+    counts.into_values().collect()
 }
 
 /// Returns the academic year starting in `year` as people write it, for example "2025/26".
@@ -242,6 +354,10 @@ pub(crate) async fn run_governors(
     let cases = crate::commands::fetch_cases(clients, &laestab).await?;
     let school_phase = vec![(laestab.clone(), phase_name(school.phase))];
     let (stages, local_authority) = count_stages(clients, &cases, &school_phase, to).await?;
+    // Referrals count over the whole academic year: one made after the last day with marks
+    // still belongs to the year.
+    let referrals =
+        count_referrals(clients, std::slice::from_ref(&laestab), from, year_end).await?;
     let policy = policy_name(clients, &laestab, to).await?;
 
     let report = Report {
@@ -254,6 +370,8 @@ pub(crate) async fn run_governors(
         breakdowns,
         stages,
         local_authority,
+        referrals,
+        referrals_to: year_end,
         cases_to: to,
         school_names: BTreeMap::from([(laestab.clone(), school.name.clone())]),
         policies: BTreeMap::from([(laestab.clone(), policy)]),
@@ -323,6 +441,11 @@ pub(crate) async fn run_trust(
         .collect();
     let cases = crate::commands::fetch_cases(clients, "").await?;
     let (stages, local_authority) = count_stages(clients, &cases, &school_phases, on).await?;
+    let school_ids: Vec<String> = schools
+        .iter()
+        .map(|school| school.laestab.clone())
+        .collect();
+    let referrals = count_referrals(clients, &school_ids, from, on).await?;
 
     let mut policies = BTreeMap::new();
     let mut calendars = BTreeMap::new();
@@ -346,6 +469,8 @@ pub(crate) async fn run_trust(
         breakdowns,
         stages,
         local_authority,
+        referrals,
+        referrals_to: on,
         cases_to: on,
         school_names: schools
             .into_iter()
@@ -600,9 +725,6 @@ async fn count_stages(
         }
     }
 
-    // NOTE: rollcall keeps no record of referrals to the local authority yet. Until it does,
-    // this counts the cases at a stage the local authority attendance officer owns; referral
-    // records will replace this count.
     let local_authority_role = Role::LocalAuthorityAttendanceOfficer.as_str();
     let local_authority = schools
         .iter()
@@ -620,6 +742,70 @@ async fn count_stages(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn referrals_count_by_the_dates_in_range() {
+        use rollcall_api::referrals::v1::{PenaltyNotice, ReferralOutcome};
+
+        let at = |date: &str| {
+            let date: NaiveDate = date.parse().expect("date");
+            Some(rollcall_api::convert::timestamp(
+                date.and_hms_opt(10, 0, 0).expect("time").and_utc(),
+            ))
+        };
+        let outcome = |kind: ReferralOutcomeKind, on: &str| ReferralOutcome {
+            outcome: kind as i32,
+            on_date: on.into(),
+            ..ReferralOutcome::default()
+        };
+        let referral = |kind: &str, submitted: &str, outcomes: Vec<ReferralOutcome>| Referral {
+            laestab: "9192001".into(),
+            kind: kind.into(),
+            submitted_at: at(submitted),
+            outcomes,
+            ..Referral::default()
+        };
+        let mut overdue = referral(
+            "penalty_notice",
+            "2025-10-01",
+            vec![outcome(ReferralOutcomeKind::NoticeIssued, "2025-10-10")],
+        );
+        overdue.notice = Some(PenaltyNotice {
+            overdue: true,
+            ..PenaltyNotice::default()
+        });
+        let referrals = [
+            overdue,
+            referral(
+                "penalty_notice",
+                "2025-07-01",
+                vec![
+                    outcome(ReferralOutcomeKind::NoticeIssued, "2025-07-10"),
+                    outcome(ReferralOutcomeKind::Paid, "2025-08-20"),
+                ],
+            ),
+            referral("attendance_officer", "2025-09-15", Vec::new()),
+            Referral {
+                laestab: "9192001".into(),
+                kind: "attendance_officer".into(),
+                ..Referral::default()
+            },
+        ];
+        let from = "2025-08-01".parse().expect("date");
+        let to = "2026-07-31".parse().expect("date");
+        let counts = tally_referrals(&referrals, from, to);
+        assert_eq!(counts.len(), 2);
+        let officer = &counts[0];
+        assert_eq!(
+            (officer.kind.as_str(), officer.submitted),
+            ("attendance_officer", 1)
+        );
+        let notices = &counts[1];
+        assert_eq!(notices.submitted, 1, "the July referral is last year's");
+        assert_eq!(notices.notices_issued, 1);
+        assert_eq!(notices.paid, 1, "paid in August, within the range");
+        assert_eq!(notices.overdue_notices, 1);
+    }
 
     #[test]
     fn year_labels_wrap_the_century() {

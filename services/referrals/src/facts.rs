@@ -209,6 +209,8 @@ pub(crate) async fn gather(
         None => Vec::new(),
     };
 
+    // NOTE: the limit is the policy's per parent per child, but notices are recorded per child
+    // (one referral each), so every notice issued for the child counts.
     let (notice_allowed, notice_explanation) = if kind == ReferralKind::PenaltyNotice {
         let terms = upstream
             .policy
