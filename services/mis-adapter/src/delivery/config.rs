@@ -362,10 +362,10 @@ fn check_https(destination: &DestinationConfig) -> anyhow::Result<()> {
 pub(crate) fn read_hmac_key(destination: &DestinationConfig) -> anyhow::Result<Vec<u8>> {
     let (key, source) = match (&destination.hmac_key_file, &destination.hmac_key_env) {
         (Some(path), _) => {
-            let text = std::fs::read_to_string(path).with_context(|| {
-                format!(
-                    "cannot read hmac_key_file {}: create it with the key the local authority \
-                     gave you, readable by the user running rollcall",
+            let text = std::fs::read_to_string(path).map_err(|error| {
+                anyhow::anyhow!(
+                    "cannot read hmac_key_file {}: {error}; create it with the key the local \
+                     authority gave you, readable by the user running rollcall",
                     path.display()
                 )
             })?;

@@ -76,7 +76,15 @@ impl HttpsDestination {
                 builder = builder.add_root_certificate(certificate);
             }
         }
-        let client = builder.build().context("cannot set up the HTTPS client")?;
+        // reqwest decodes the CA certificates only here, so a damaged one fails at this step.
+        let client = builder.build().with_context(|| match &config.ca_file {
+            Some(path) => format!(
+                "cannot set up the HTTPS client with ca_file {}; check that it is the PEM CA \
+                 certificate the local authority gave you",
+                path.display()
+            ),
+            None => "cannot set up the HTTPS client".to_owned(),
+        })?;
         Ok(Self {
             name: config.name.clone(),
             url,
@@ -268,10 +276,10 @@ fn describe_request_error(error: &reqwest::Error) -> String {
 
 /// Reads the PEM certificates in `path`.
 fn read_ca_file(path: &std::path::Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
-    let pem = std::fs::read(path).with_context(|| {
-        format!(
-            "cannot read ca_file {}: give a PEM file of the CA certificate the local \
-             authority's server uses",
+    let pem = std::fs::read(path).map_err(|error| {
+        anyhow::anyhow!(
+            "cannot read ca_file {}: {error}; give a PEM file of the CA certificate that the \
+             local authority's server certificate is issued by",
             path.display()
         )
     })?;

@@ -59,7 +59,8 @@ enum Outcome {
 
 impl Worker {
     /// Starts delivering. A new or retried delivery wakes the worker at once. Otherwise it
-    /// looks every poll interval for retries that have come due and leases that ran out.
+    /// wakes when the next retry is due, and at least every poll interval for leases that ran
+    /// out.
     pub(crate) fn spawn(self) -> JoinHandle<()> {
         tokio::spawn(async move {
             tracing::info!(
@@ -71,9 +72,24 @@ impl Worker {
                 if let Err(error) = self.run_once().await {
                     tracing::warn!(%error, "Delivery worker failed; trying again at the next poll");
                 }
+                // A delivery already due here waits behind an earlier one for the same
+                // referral and destination, so it is looked at again at the next poll.
+                let poll = self.config.worker.poll();
+                let wait = match self.next_due().await {
+                    Ok(Some(due)) => (due - Utc::now())
+                        .to_std()
+                        .ok()
+                        .filter(|wait| !wait.is_zero())
+                        .map_or(poll, |wait| wait.min(poll)),
+                    Ok(None) => poll,
+                    Err(error) => {
+                        tracing::warn!(%error, "Delivery worker cannot read the next retry time");
+                        poll
+                    }
+                };
                 tokio::select! {
                     () = self.wake.notified() => {}
-                    () = tokio::time::sleep(self.config.worker.poll()) => {}
+                    () = tokio::time::sleep(wait) => {}
                 }
             }
         })
@@ -86,6 +102,21 @@ impl Worker {
             self.deliver(claimed).await?;
         }
         Ok(())
+    }
+
+    /// Returns when the earliest queued delivery is due, so that a retry sooner than the poll
+    /// interval is not late.
+    async fn next_due(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        let due: Option<(DateTime<Utc>,)> = with_db!(&self.db, |pool| {
+            sqlx::query_as(
+                "SELECT next_attempt_at FROM deliveries WHERE status = $1 \
+                 ORDER BY next_attempt_at LIMIT 1",
+            )
+            .bind(QUEUED)
+            .fetch_optional(pool)
+            .await
+        })?;
+        Ok(due.map(|(at,)| at))
     }
 
     /// Claims the delivery due first. A delivery waits while an earlier one for the same
