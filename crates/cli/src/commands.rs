@@ -23,6 +23,7 @@ use crate::calendar::CalendarCommand;
 use crate::casework::{CaseCommand, LadderCommand};
 use crate::client::Clients;
 use crate::contacts::ContactsCommand;
+use crate::delivery::DeliveryCommand;
 use crate::marks::MarksCommand;
 use crate::messaging::{FirstDayCommand, LetterCommand, MessagesCommand, TemplateCommand};
 use crate::policy::{AbsenceCommand, PolicyCommand};
@@ -98,6 +99,9 @@ enum Command {
     /// Letters on a case: write, review, save the PDF.
     #[command(subcommand)]
     Letter(LetterCommand),
+    /// Referral packs sent to the local authority: list deliveries, retry a failed one.
+    #[command(subcommand)]
+    Delivery(DeliveryCommand),
     /// Run the whole main job on a generated trust in a fresh folder.
     Demo(crate::demo::DemoArgs),
 }
@@ -121,6 +125,10 @@ struct ServeArgs {
     /// email and text messages are not sent.
     #[arg(long, env = "ROLLCALL_MESSAGING")]
     messaging: Option<PathBuf>,
+    /// Delivery settings (TOML): the folders and HTTPS endpoints referral packs are delivered
+    /// to, and the retries. Without it, referral packs are not delivered.
+    #[arg(long, env = "ROLLCALL_DELIVERY")]
+    delivery: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -223,6 +231,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Messages(command) => ClientCommand::Messages(command),
         Command::Template(command) => ClientCommand::Template(command),
         Command::Letter(command) => ClientCommand::Letter(command),
+        Command::Delivery(command) => ClientCommand::Delivery(command),
     };
 
     telemetry::init(LogFormat::Text, "warn,sqlx=error");
@@ -279,6 +288,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         ClientCommand::Letter(command) => {
             crate::messaging::run_letter(&clients, command, &mut out).await
         }
+        ClientCommand::Delivery(command) => crate::delivery::run(&clients, command, &mut out).await,
         ClientCommand::Referral(ReferralCommand::Pack {
             upn,
             out: path,
@@ -308,6 +318,7 @@ enum ClientCommand {
     Messages(MessagesCommand),
     Template(TemplateCommand),
     Letter(LetterCommand),
+    Delivery(DeliveryCommand),
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -320,6 +331,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut config = ServerConfig::new(args.listen, args.data_dir, args.database_url.as_deref())?;
     if let Some(path) = &args.messaging {
         config.messaging = rollcall_cases::MessagingConfig::from_file(path)?;
+    }
+    if let Some(path) = &args.delivery {
+        config.delivery = rollcall_mis_adapter::DeliveryConfig::from_file(path)?;
     }
     let mut running = server::start(config).await?;
     tokio::select! {
