@@ -132,7 +132,8 @@ impl WorkerConfig {
 
 const DEFAULT_TIMEOUT_SECONDS: u64 = 60;
 
-/// RFC 2104 advises an HMAC key no shorter than the hash output, 32 bytes for SHA-256.
+/// The minimum HMAC key length. RFC 2104, section 3, strongly discourages keys shorter than
+/// the hash output, which is 32 bytes for SHA-256.
 pub(crate) const MIN_KEY_BYTES: usize = 32;
 
 fn default_max_attempts() -> u32 {
