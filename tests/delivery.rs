@@ -656,6 +656,44 @@ async fn same_referral_twice(database_url: Option<&str>) {
     );
     assert_eq!(receiver.referrals(), 2);
 
+    // A pack rebuilt while the first is being delivered waits for that attempt. The first
+    // attempt times out and is not retried, and the rebuilt pack gets the first receipt.
+    receiver.stall_next();
+    let queued = deliver(&mut client, pack_request("ref-0011", 1)).await;
+    let interrupted_id = queued[0].id.clone();
+    let started = Instant::now();
+    while receiver.stalled() == 0 {
+        assert!(started.elapsed() < DEADLINE, "the pack did not arrive");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let queued = deliver(&mut client, pack_request("ref-0011", 2)).await;
+    let replacement = wait_for(&mut client, &queued[0].id, DeliveryStatus::Delivered).await;
+    let timed_out = wait_for(&mut client, &interrupted_id, DeliveryStatus::Failed).await;
+    assert_eq!(timed_out.superseded_by, replacement.id);
+    assert_eq!(outcomes(&timed_out), ["failed"]);
+    assert!(
+        timed_out.last_error.contains("timed out"),
+        "{}",
+        timed_out.last_error
+    );
+    assert!(
+        timed_out
+            .last_error
+            .contains(&format!("not retried: superseded by {}", replacement.id)),
+        "{}",
+        timed_out.last_error
+    );
+    let stored = receiver
+        .received()
+        .into_iter()
+        .find(|pack| pack.idempotency_key == "ref-0011")
+        .expect("the first pack was stored");
+    assert_eq!(
+        replacement.receipt.as_ref().map(|r| r.receipt_id.as_str()),
+        Some(stored.receipt_id.as_str())
+    );
+    assert_eq!(receiver.referrals(), 3);
+
     running.stop().await.expect("server stops");
 }
 

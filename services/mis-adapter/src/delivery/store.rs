@@ -164,32 +164,23 @@ pub(crate) async fn queue(
                 "superseded by {id}, which carries a rebuilt pack for the same referral; \
                  retry {id} instead"
             );
+            // Waiting and failed packs fail for good. A delivered pack keeps its status and
+            // receipt, and one being delivered fails when its attempt ends unless it succeeds.
             sqlx::query(
-                "UPDATE deliveries SET status = $1, superseded_by = $2, last_error = $3, \
-                 updated_at = $4 \
-                 WHERE referral_id = $5 AND destination = $6 AND id <> $2 \
-                 AND superseded_by IS NULL AND status IN ($7, $1)",
+                "UPDATE deliveries SET \
+                 status = CASE WHEN status IN ($1, $2) THEN $2 ELSE status END, \
+                 last_error = CASE WHEN status IN ($1, $2) THEN $3 ELSE last_error END, \
+                 superseded_by = $4, updated_at = $5 \
+                 WHERE referral_id = $6 AND destination = $7 AND id <> $4 \
+                 AND superseded_by IS NULL",
             )
-            .bind(FAILED)
-            .bind(&id)
-            .bind(&superseded)
-            .bind(now)
-            .bind(pack.referral_id)
-            .bind(destination)
             .bind(QUEUED)
-            .execute(&mut *tx)
-            .await?;
-            // A delivered pack keeps its status and receipt; the link shows what replaced it.
-            sqlx::query(
-                "UPDATE deliveries SET superseded_by = $1, updated_at = $2 \
-                 WHERE referral_id = $3 AND destination = $4 AND id <> $1 \
-                 AND superseded_by IS NULL AND status = $5",
-            )
+            .bind(FAILED)
+            .bind(&superseded)
             .bind(&id)
             .bind(now)
             .bind(pack.referral_id)
             .bind(destination)
-            .bind(DELIVERED)
             .execute(&mut *tx)
             .await?;
             results.push((id, queued));

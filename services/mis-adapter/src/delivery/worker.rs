@@ -46,6 +46,18 @@ pub(crate) struct Worker {
     pub(crate) wake: Arc<Notify>,
 }
 
+/// One attempt, as logged in `delivery_attempts`.
+#[derive(Debug)]
+struct AttemptRecord<'a> {
+    delivery_id: &'a str,
+    /// The attempt number across every retry.
+    attempt: i32,
+    /// The attempt number since the delivery was last queued by hand.
+    tries: u32,
+    started_at: DateTime<Utc>,
+    finished_at: DateTime<Utc>,
+}
+
 /// The outcome of one attempt.
 #[derive(Debug)]
 enum Outcome {
@@ -128,7 +140,7 @@ impl Worker {
             let mut tx = pool.begin_write(MIS_ADAPTER_LOCK_KEY).await?;
             let due: Option<(String,)> = sqlx::query_as(
                 "SELECT d.id FROM deliveries d WHERE d.status = $1 AND d.next_attempt_at <= $2 \
-                 AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.referral_id = d.referral_id \
+                 AND d.superseded_by IS NULL AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.referral_id = d.referral_id \
                  AND o.destination = d.destination AND o.status = $3) \
                  ORDER BY d.next_attempt_at, d.id LIMIT 1",
             )
@@ -172,12 +184,14 @@ impl Worker {
         let tries = u32::try_from(claimed.attempts - claimed.attempt_base)
             .unwrap_or(1)
             .max(1);
+        let delivery_id = claimed.id.clone();
+        let referral_id = claimed.referral_id.clone();
         let destination_name = claimed.destination.clone();
         let result = match self.destinations.get(&destination_name) {
             Some(destination) => {
                 let outgoing = Arc::new(Outgoing {
-                    delivery_id: claimed.id.clone(),
-                    referral_id: claimed.referral_id.clone(),
+                    delivery_id: claimed.id,
+                    referral_id: claimed.referral_id,
                     pack_id: claimed.pack_id,
                     laestab: claimed.laestab,
                     file_name: claimed.file_name,
@@ -195,175 +209,196 @@ impl Worker {
             }),
         };
 
-        let now = Utc::now();
+        let finished_at = Utc::now();
         let outcome = match result {
-            Ok(receipt) => {
-                tracing::info!(
-                    delivery = %claimed.id,
-                    referral = %claimed.referral_id,
-                    destination = %destination_name,
-                    attempt,
-                    receipt = %receipt.receipt_id,
-                    "Referral pack delivered"
-                );
-                Outcome::Delivered(receipt)
-            }
+            Ok(receipt) => Outcome::Delivered(receipt),
             Err(error) if error.is_transient() && tries < self.config.retries.max_attempts => {
                 let delay = retry_delay(&self.config.retries, tries)
                     .max(error.retry_after().unwrap_or_default());
-                tracing::warn!(
-                    delivery = %claimed.id,
-                    referral = %claimed.referral_id,
-                    destination = %destination_name,
-                    attempt,
-                    http_status = error.http_status(),
-                    retry_in_ms = delay.as_millis() as u64,
-                    error = %redact_for_log(error.detail()),
-                    "Referral pack not delivered; retrying"
-                );
-                let due = now + chrono::Duration::from_std(delay).unwrap_or_default();
+                let due = finished_at + chrono::Duration::from_std(delay).unwrap_or_default();
                 Outcome::Retry { error, due }
             }
-            Err(error) => {
-                tracing::error!(
-                    delivery = %claimed.id,
-                    referral = %claimed.referral_id,
-                    destination = %destination_name,
-                    attempt,
-                    http_status = error.http_status(),
-                    error = %redact_for_log(error.detail()),
-                    "Referral pack delivery failed; it waits for RetryDelivery"
-                );
-                Outcome::Failed(error)
-            }
+            Err(error) => Outcome::Failed(error),
         };
-        self.finish(&claimed.id, attempt, started_at, now, outcome, tries)
-            .await
+        let record = AttemptRecord {
+            delivery_id: &delivery_id,
+            attempt,
+            tries,
+            started_at,
+            finished_at,
+        };
+        let stored = self.finish(&record, &outcome).await?;
+
+        let http_status = match &outcome {
+            Outcome::Delivered(receipt) => receipt.http_status,
+            Outcome::Retry { error, .. } | Outcome::Failed(error) => error.http_status(),
+        };
+        match (&outcome, stored.as_deref()) {
+            (_, None) => tracing::warn!(
+                delivery = %delivery_id,
+                referral = %referral_id,
+                destination = %destination_name,
+                attempt,
+                "Attempt outcome not stored: the lease ran out and the delivery was taken over"
+            ),
+            (Outcome::Delivered(receipt), Some(_)) => tracing::info!(
+                delivery = %delivery_id,
+                referral = %referral_id,
+                destination = %destination_name,
+                attempt,
+                http_status,
+                receipt = %receipt.receipt_id,
+                "Referral pack delivered"
+            ),
+            (Outcome::Retry { error, due }, Some(QUEUED)) => tracing::warn!(
+                delivery = %delivery_id,
+                referral = %referral_id,
+                destination = %destination_name,
+                attempt,
+                http_status,
+                retry_in_ms = (*due - finished_at).num_milliseconds(),
+                error = %redact_for_log(error.detail()),
+                "Referral pack not delivered; retrying"
+            ),
+            (Outcome::Retry { error, .. }, Some(_)) => tracing::warn!(
+                delivery = %delivery_id,
+                referral = %referral_id,
+                destination = %destination_name,
+                attempt,
+                http_status,
+                error = %redact_for_log(error.detail()),
+                "Referral pack not delivered, and not retried because a rebuilt pack superseded it"
+            ),
+            (Outcome::Failed(error), Some(_)) => tracing::error!(
+                delivery = %delivery_id,
+                referral = %referral_id,
+                destination = %destination_name,
+                attempt,
+                http_status,
+                error = %redact_for_log(error.detail()),
+                "Referral pack delivery failed; it waits for RetryDelivery"
+            ),
+        }
+        Ok(())
     }
 
-    /// Stores the outcome of an attempt. When the lease ran out and another server took the
-    /// delivery over, that server's attempt counts instead and nothing is stored.
+    /// Stores the outcome of an attempt, with its row in `delivery_attempts`, and returns the
+    /// delivery's new status. Returns `None`, storing nothing, when the lease ran out and
+    /// another server took the delivery over, because that server's attempt counts instead. A
+    /// pack superseded during the attempt fails instead of waiting for a retry.
     async fn finish(
         &self,
-        id: &str,
-        attempt: i32,
-        started_at: DateTime<Utc>,
-        now: DateTime<Utc>,
-        outcome: Outcome,
-        tries: u32,
-    ) -> Result<(), sqlx::Error> {
-        let empty = Receipt {
-            receipt_id: String::new(),
-            received_at: now,
-            path: String::new(),
-            http_status: 0,
+        record: &AttemptRecord<'_>,
+        outcome: &Outcome,
+    ) -> Result<Option<String>, sqlx::Error> {
+        let now = record.finished_at;
+        let (attempt_outcome, http_status, detail) = match outcome {
+            Outcome::Delivered(receipt) => (
+                "delivered",
+                receipt.http_status,
+                format!("receipt {}", receipt.receipt_id),
+            ),
+            Outcome::Retry { error, .. } => {
+                ("retry", error.http_status(), error.detail().to_owned())
+            }
+            Outcome::Failed(DeliverError::Transient {
+                detail,
+                http_status,
+                ..
+            }) => (
+                "failed",
+                *http_status,
+                format!(
+                    "{detail} (gave up after {} attempts; retry the delivery once the \
+                     destination is working)",
+                    record.tries
+                ),
+            ),
+            Outcome::Failed(DeliverError::Permanent {
+                detail,
+                http_status,
+            }) => ("failed", *http_status, detail.clone()),
         };
-        let (status, due, last_error, receipt, attempt_outcome, attempt_status, detail) =
-            match &outcome {
-                Outcome::Delivered(receipt) => (
-                    DELIVERED,
-                    now,
-                    String::new(),
-                    receipt,
-                    "delivered",
-                    receipt.http_status,
-                    format!("receipt {}", receipt.receipt_id),
-                ),
-                Outcome::Retry { error, due } => (
-                    QUEUED,
-                    *due,
-                    error.detail().to_owned(),
-                    &empty,
-                    "retry",
-                    error.http_status(),
-                    error.detail().to_owned(),
-                ),
-                Outcome::Failed(error) => {
-                    let last_error = match error {
-                        DeliverError::Transient { detail, .. } => format!(
-                            "{detail} (gave up after {tries} attempts; retry the delivery once \
-                             the destination is working)"
-                        ),
-                        DeliverError::Permanent { detail, .. } => detail.clone(),
-                    };
-                    (
-                        FAILED,
-                        now,
-                        last_error.clone(),
-                        &empty,
-                        "failed",
-                        error.http_status(),
-                        last_error,
-                    )
-                }
-            };
-        let delivered = status == DELIVERED;
-        let changed = with_db!(&self.db, |pool| {
+
+        with_db!(&self.db, |pool| {
             let mut tx = pool.begin_write(MIS_ADAPTER_LOCK_KEY).await?;
-            let changed = if delivered {
-                sqlx::query(
+            let changed = match outcome {
+                Outcome::Delivered(receipt) => sqlx::query(
                     "UPDATE deliveries SET status = $1, next_attempt_at = $2, \
                      claimed_until = NULL, last_error = '', receipt_id = $3, received_at = $4, \
                      receipt_path = $5, http_status = $6, updated_at = $2 \
                      WHERE id = $7 AND status = $8 AND attempts = $9",
                 )
-                .bind(status)
+                .bind(DELIVERED)
                 .bind(now)
                 .bind(&receipt.receipt_id)
                 .bind(receipt.received_at)
                 .bind(&receipt.path)
                 .bind(receipt.http_status)
-                .bind(id)
+                .bind(record.delivery_id)
                 .bind(DELIVERING)
-                .bind(attempt)
+                .bind(record.attempt)
                 .execute(&mut *tx)
                 .await?
-                .rows_affected()
-            } else {
-                sqlx::query(
-                    "UPDATE deliveries SET status = $1, next_attempt_at = $2, \
-                     claimed_until = NULL, last_error = $3, updated_at = $4 \
-                     WHERE id = $5 AND status = $6 AND attempts = $7",
-                )
-                .bind(status)
-                .bind(due)
-                .bind(&last_error)
-                .bind(now)
-                .bind(id)
-                .bind(DELIVERING)
-                .bind(attempt)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
+                .rows_affected(),
+                Outcome::Retry { .. } | Outcome::Failed(_) => {
+                    let (status, due) = match outcome {
+                        Outcome::Retry { due, .. } => (QUEUED, *due),
+                        _ => (FAILED, now),
+                    };
+                    sqlx::query(
+                        "UPDATE deliveries SET \
+                         status = CASE WHEN superseded_by IS NULL THEN $1 ELSE $2 END, \
+                         last_error = CASE WHEN superseded_by IS NULL THEN $4 \
+                         ELSE $4 || ' (not retried: superseded by ' || superseded_by || \
+                         ', which carries a rebuilt pack)' END, \
+                         next_attempt_at = $3, claimed_until = NULL, \
+                         updated_at = $5 WHERE id = $6 AND status = $7 AND attempts = $8",
+                    )
+                    .bind(status)
+                    .bind(FAILED)
+                    .bind(due)
+                    .bind(&detail)
+                    .bind(now)
+                    .bind(record.delivery_id)
+                    .bind(DELIVERING)
+                    .bind(record.attempt)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                }
             };
-            if changed == 1 {
-                sqlx::query(
-                    "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, \
-                     finished_at, outcome, http_status, detail) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(id)
-                .bind(attempt)
-                .bind(started_at)
-                .bind(now)
-                .bind(attempt_outcome)
-                .bind(attempt_status)
-                .bind(&detail)
-                .execute(&mut *tx)
-                .await?;
+            if changed != 1 {
+                tx.rollback().await?;
+                return Ok(None);
             }
+            let (status, last_error): (String, String) =
+                sqlx::query_as("SELECT status, last_error FROM deliveries WHERE id = $1")
+                    .bind(record.delivery_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            let (attempt_outcome, detail) = match outcome {
+                Outcome::Delivered(_) => (attempt_outcome, detail),
+                Outcome::Retry { .. } if status == FAILED => ("failed", last_error),
+                Outcome::Retry { .. } | Outcome::Failed(_) => (attempt_outcome, last_error),
+            };
+            sqlx::query(
+                "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, \
+                 finished_at, outcome, http_status, detail) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(record.delivery_id)
+            .bind(record.attempt)
+            .bind(record.started_at)
+            .bind(now)
+            .bind(attempt_outcome)
+            .bind(http_status)
+            .bind(&detail)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
-            Ok::<_, sqlx::Error>(changed)
-        })?;
-        if changed != 1 {
-            tracing::warn!(
-                delivery = %id,
-                attempt,
-                outcome = attempt_outcome,
-                "Attempt outcome not stored: the lease ran out and the delivery was taken over"
-            );
-        }
-        Ok(())
+            Ok(Some(status))
+        })
     }
 
     /// Queues again the deliveries whose server stopped mid-attempt, once their lease has run
@@ -401,8 +436,10 @@ impl Worker {
             let changed = with_db!(&self.db, |pool| {
                 let mut tx = pool.begin_write(MIS_ADAPTER_LOCK_KEY).await?;
                 let changed = sqlx::query(
-                    "UPDATE deliveries SET status = $1, claimed_until = NULL, last_error = $2, \
-                     next_attempt_at = $3, updated_at = $3 \
+                    "UPDATE deliveries SET \
+                     status = CASE WHEN superseded_by IS NULL THEN $1 ELSE $7 END, \
+                     claimed_until = NULL, last_error = $2, next_attempt_at = $3, \
+                     updated_at = $3 \
                      WHERE id = $4 AND status = $5 AND claimed_until < $3 AND attempts = $6",
                 )
                 .bind(status)
@@ -411,6 +448,7 @@ impl Worker {
                 .bind(&id)
                 .bind(DELIVERING)
                 .bind(attempt)
+                .bind(FAILED)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
