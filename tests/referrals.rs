@@ -25,6 +25,8 @@ use rollcall_api::registers::v1::{
 use rollcall_api::types::v1::{MarkSource, Phase, Session};
 use rollcall_cli::server::{self, ServerConfig};
 use rollcall_domain::Upn;
+use rollcall_mis_adapter::DeliveryConfig;
+use rollcall_testkit::la::ReceivingServer;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
@@ -149,6 +151,29 @@ async fn wait_for_cases(clients: &mut Clients, cursor: i64) {
     panic!("the services did not catch up with feed position {cursor}");
 }
 
+/// Waits until every delivery of the referral is delivered.
+async fn wait_for_delivery(url: &str, referral_id: &str) {
+    for _ in 0..600 {
+        let listed = json(
+            &cli(
+                url,
+                &["delivery", "list", "--referral", referral_id, "--json"],
+            )
+            .await,
+        );
+        let deliveries = listed.as_array().expect("deliveries");
+        if !deliveries.is_empty()
+            && deliveries
+                .iter()
+                .all(|delivery| delivery["status"] == "delivered")
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("referral {referral_id} was not delivered within a minute");
+}
+
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|error| panic!("{error}: {text}"))
 }
@@ -209,15 +234,35 @@ async fn offline(args: &[&str]) -> std::process::Output {
     run_offline(args.iter().map(|arg| (*arg).to_owned()).collect()).await
 }
 
+/// The key the local authority's receiving server shares with the trust.
+const HMAC_KEY: &str = "a-test-key-the-trust-shares-with-the-authority";
+
 async fn referrals(database_url: Option<&str>) {
     let work = tempfile::tempdir().expect("temp dir");
     let data = work.path().join("data");
-    let config = ServerConfig::new(
+    let receiver = ReceivingServer::start(HMAC_KEY.as_bytes())
+        .await
+        .expect("receiving server");
+    let key_file = work.path().join("la-key");
+    std::fs::write(&key_file, HMAC_KEY).expect("key file");
+    let ca_file = work.path().join("la-ca.pem");
+    std::fs::write(&ca_file, receiver.ca_pem()).expect("CA file");
+    let mut config = ServerConfig::new(
         "127.0.0.1:0".parse().expect("address"),
         data.clone(),
         database_url,
     )
     .expect("config");
+    config.delivery = DeliveryConfig::parse(&format!(
+        "[[destination]]\nname = \"hertfordshire\"\nkind = \"https\"\nurl = \"{}\"\n\
+         hmac_key_file = {:?}\nca_file = {:?}\ntimeout_seconds = 5\n\n\
+         [retries]\nfirst_retry_seconds = 0.1\nmax_retry_seconds = 0.5\n\n\
+         [worker]\npoll_seconds = 0.05\n",
+        receiver.url(),
+        key_file.display().to_string(),
+        ca_file.display().to_string(),
+    ))
+    .expect("delivery settings");
     let running = server::start(config).await.expect("server starts");
     let url = running.url();
     let channel = tonic::transport::Endpoint::from_shared(url.clone())
@@ -397,6 +442,12 @@ async fn referrals(database_url: Option<&str>) {
     );
     assert_eq!(submitted["status"], "submitted", "{submitted:#}");
     assert!(submitted["override"].is_null());
+    assert_eq!(
+        submitted["delivery_ids"].as_array().map(Vec::len),
+        Some(1),
+        "{submitted:#}"
+    );
+    assert_eq!(submitted["delivery_problem"], "");
     let sha256 = submitted["pack_sha256"]
         .as_str()
         .expect("sha256")
@@ -433,6 +484,19 @@ async fn referrals(database_url: Option<&str>) {
     .await;
     let pack = std::fs::read(&pack_path).expect("pack written");
     assert_eq!(hex::encode(Sha256::digest(&pack)), sha256);
+
+    // The local authority receives that pack once, however often it is handed over.
+    let referral_id = submitted["id"].as_str().expect("id").to_owned();
+    wait_for_delivery(&url, &referral_id).await;
+    cli(&url, &["referral", "deliver", &reference]).await;
+    wait_for_delivery(&url, &referral_id).await;
+    assert_eq!(receiver.referrals(), 1);
+    let received = receiver.received();
+    assert_eq!(received[0].body, pack, "the receiver has the pack kept");
+    assert_eq!(
+        received[0].header("idempotency-key"),
+        Some(referral_id.as_str())
+    );
     let verification = rollcall_pack::verify_pack(&pack, None);
     assert!(verification.is_valid(), "{verification}");
     let entries = zip_entries(&pack);

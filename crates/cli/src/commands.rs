@@ -22,6 +22,7 @@ use crate::calendar::CalendarCommand;
 use crate::casework::{CaseCommand, LadderCommand};
 use crate::client::Clients;
 use crate::contacts::ContactsCommand;
+use crate::delivery::DeliveryCommand;
 use crate::marks::MarksCommand;
 use crate::messaging::{FirstDayCommand, LetterCommand, MessagesCommand, TemplateCommand};
 use crate::policy::{AbsenceCommand, PolicyCommand};
@@ -101,6 +102,9 @@ enum Command {
     /// Letters on a case: write, review, save the PDF.
     #[command(subcommand)]
     Letter(LetterCommand),
+    /// Referral packs sent to the local authority: list deliveries, retry a failed one.
+    #[command(subcommand)]
+    Delivery(DeliveryCommand),
     /// Run the whole main job on a generated trust in a fresh folder.
     Demo(crate::demo::DemoArgs),
 }
@@ -129,6 +133,10 @@ struct ServeArgs {
     /// and packs are signed with keys/pack-signing.pem under --data-dir, created on first start.
     #[arg(long, env = "ROLLCALL_REFERRALS")]
     referrals: Option<PathBuf>,
+    /// Delivery settings (TOML): the folders and HTTPS endpoints referral packs are delivered
+    /// to, and the retries. Without it, referral packs are not delivered.
+    #[arg(long, env = "ROLLCALL_DELIVERY")]
+    delivery: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -223,6 +231,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Messages(command) => ClientCommand::Messages(command),
         Command::Template(command) => ClientCommand::Template(command),
         Command::Letter(command) => ClientCommand::Letter(command),
+        Command::Delivery(command) => ClientCommand::Delivery(command),
     };
 
     telemetry::init(LogFormat::Text, "warn,sqlx=error");
@@ -282,6 +291,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         ClientCommand::Referral(command) => {
             crate::referrals::run_referral(&clients, command, &mut out).await
         }
+        ClientCommand::Delivery(command) => crate::delivery::run(&clients, command, &mut out).await,
     }
 }
 
@@ -303,6 +313,7 @@ enum ClientCommand {
     Messages(MessagesCommand),
     Template(TemplateCommand),
     Letter(LetterCommand),
+    Delivery(DeliveryCommand),
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -318,6 +329,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.referrals {
         config.referrals = rollcall_referrals::ReferralsConfig::from_file(path)?;
+    }
+    if let Some(path) = &args.delivery {
+        config.delivery = rollcall_mis_adapter::DeliveryConfig::from_file(path)?;
     }
     let mut running = server::start(config).await?;
     tokio::select! {

@@ -6,6 +6,7 @@ mod casework;
 mod client;
 mod commands;
 mod contacts;
+mod delivery;
 mod demo;
 mod marks;
 mod messaging;

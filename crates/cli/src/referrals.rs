@@ -3,10 +3,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, anyhow};
+use anyhow::{Context, anyhow, bail};
 use clap::{ArgGroup, Subcommand};
 use comfy_table::{Table, presets};
 use rollcall_api::convert::from_timestamp;
+use rollcall_api::mis_adapter::v1::DeliverReferralPackRequest;
 use rollcall_api::referrals::v1::{
     BuildReferralPackRequest, CreateReferralRequest, GetReferralPackRequest, GetReferralRequest,
     ListReferralsRequest, RecordReferralOutcomeRequest, Referral, ReferralOutcomeKind,
@@ -96,6 +97,12 @@ pub(crate) enum ReferralCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Hand a submitted referral's pack to the mis-adapter for delivery again, for example
+    /// after a destination was configured. The receiver never records a second referral.
+    Deliver {
+        /// The referral's identifier or reference.
+        id: String,
     },
     /// Record an outcome the local authority reported.
     Outcome {
@@ -501,12 +508,63 @@ pub(crate) async fn run_referral(
             if json {
                 let mut value = referral_json(&referral);
                 value["delivery_ids"] = json!(response.delivery_ids);
+                value["delivery_problem"] = json!(response.delivery_problem);
                 return print_json(out, &value);
             }
             writeln!(out, "Submitted referral {}", referral.reference)?;
             print_referral(out, &referral)?;
             for delivery in &response.delivery_ids {
                 writeln!(out, "Delivery {delivery} queued")?;
+            }
+            if !response.delivery_problem.is_empty() {
+                writeln!(
+                    out,
+                    "The pack was not handed over for delivery: {}",
+                    response.delivery_problem
+                )?;
+            }
+        }
+        ReferralCommand::Deliver { id } => {
+            let referral = referrals
+                .get_referral(GetReferralRequest { id: id.clone() })
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .referral
+                .unwrap_or_default();
+            if referral.pack_id.is_empty() {
+                bail!(
+                    "referral {} is {} and has no pack to deliver; submit it first",
+                    referral.reference,
+                    status_name(referral.status)
+                );
+            }
+            let pack = referrals
+                .get_referral_pack(GetReferralPackRequest { id })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            let deliveries = clients
+                .mis_adapter
+                .clone()
+                .deliver_referral_pack(DeliverReferralPackRequest {
+                    referral_id: referral.id.clone(),
+                    pack_id: referral.pack_id.clone(),
+                    laestab: referral.laestab.clone(),
+                    file_name: pack.file_name,
+                    pack: pack.pack,
+                    sha256: pack.sha256,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .deliveries;
+            for delivery in &deliveries {
+                writeln!(
+                    out,
+                    "Delivery {} of referral {} to {}",
+                    delivery.id, referral.reference, delivery.destination
+                )?;
             }
         }
         ReferralCommand::Outcome {

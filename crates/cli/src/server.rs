@@ -13,7 +13,7 @@ use rollcall_api::policy::v1::policy_service_server::PolicyServiceServer;
 use rollcall_api::referrals::v1::referrals_service_server::ReferralsServiceServer;
 use rollcall_api::registers::v1::registers_service_server::RegistersServiceServer;
 use rollcall_cases::{Cases, MessagingConfig};
-use rollcall_mis_adapter::MisAdapter;
+use rollcall_mis_adapter::{DeliveryConfig, MisAdapter};
 use rollcall_policy::Policy;
 use rollcall_referrals::{Referrals, ReferralsConfig, load_or_create_signing_key};
 use rollcall_registers::Registers;
@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub referrals: ReferralsConfig,
     /// The pack signing key used when the referral settings name none.
     pub default_signing_key: PathBuf,
+    /// The destinations referral packs are delivered to, and the retries.
+    pub delivery: DeliveryConfig,
 }
 
 impl ServerConfig {
@@ -61,6 +63,7 @@ impl ServerConfig {
             referrals: ReferralsConfig::default(),
             storage: StorageConfig::from_options(database_url, data_dir)?,
             messaging: MessagingConfig::default(),
+            delivery: DeliveryConfig::default(),
         })
     }
 }
@@ -166,7 +169,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         config.referrals.clone(),
         signing_key,
     );
-    let adapter = MisAdapter::new(adapter_db, channel.clone());
+    let adapter =
+        MisAdapter::new(adapter_db, channel.clone()).with_delivery(config.delivery.clone())?;
 
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(rollcall_api::FILE_DESCRIPTOR_SET)
@@ -176,6 +180,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
 
     let mut followers = vec![policy.start_follower(), cases.start_follower()];
     followers.extend(cases.start_messaging());
+    followers.push(adapter.start_delivery());
     let router = Server::builder()
         .add_service(health_service)
         .add_service(reflection)

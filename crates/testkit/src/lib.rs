@@ -1,5 +1,6 @@
 //! Test support for rollcall: real PostgreSQL databases and SQLite directories for tests, and
-//! local stand-ins for the third parties rollcall sends to (a mail server and an SMS provider).
+//! local stand-ins for the third parties rollcall sends to (a mail server, an SMS provider and
+//! a local authority's HTTPS server that receives referral packs).
 //!
 //! [`postgres`] returns a server, and [`PostgresServer::create_database`] gives each test its
 //! own empty database on it:
@@ -19,6 +20,7 @@
 //! because it drives `initdb`, `pg_ctl` and `sh`.
 
 mod binaries;
+pub mod la;
 pub mod sms;
 pub mod smtp;
 mod throwaway;

@@ -4,14 +4,22 @@
 //! sends the school, its pupils and their marks to the registers service as one import that is
 //! stored whole or not at all. The file's SHA-256 is the import's idempotency key, so importing
 //! the same file again changes nothing.
+//!
+//! It also delivers referral packs to the local authority: to a folder or to an HTTPS
+//! endpoint, from a background worker with retries (see [`DeliveryConfig`]).
 
 mod ctf_import;
+mod delivery;
 mod service;
 
 pub use ctf_import::{CtfImport, prepare_ctf};
+pub use delivery::{DeliveryConfig, DestinationConfig, DestinationKind, RetryConfig, WorkerConfig};
 pub use service::MisAdapter;
 
 use rollcall_runtime::storage::Migrations;
+
+/// The key of the PostgreSQL advisory lock that serialises writes to the deliveries.
+const MIS_ADAPTER_LOCK_KEY: i64 = 0x726f_6c6c_0005;
 
 /// The MIS adapter's migrations.
 pub const MIGRATIONS: Migrations = Migrations {

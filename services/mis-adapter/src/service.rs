@@ -1,10 +1,15 @@
-//! The gRPC service: a file in, checks, one import into the registers, a summary out.
+//! The gRPC service: a Common Transfer File in, checks, one import into the registers, a
+//! summary out; and referral packs out to the local authority.
 
 use chrono::Utc;
 use rollcall_api::mis_adapter::v1::mis_adapter_service_server::{
     MisAdapterService, MisAdapterServiceServer,
 };
-use rollcall_api::mis_adapter::v1::{ImportCtfRequest, ImportCtfResponse, ImportWarning};
+use rollcall_api::mis_adapter::v1::{
+    DeliverReferralPackRequest, DeliverReferralPackResponse, ImportCtfRequest, ImportCtfResponse,
+    ImportWarning, ListDeliveriesRequest, ListDeliveriesResponse, RetryDeliveryRequest,
+    RetryDeliveryResponse,
+};
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{
     ImportHeader, ImportMarks, ImportRegisterRequest, import_register_request::Item,
@@ -17,6 +22,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::ctf_import::prepare_ctf;
+use crate::delivery::{Deliveries, DeliveryConfig};
 
 /// Marks per message of the stream to the registers.
 const MARKS_PER_MESSAGE: usize = 5_000;
@@ -26,17 +32,37 @@ const MARKS_PER_MESSAGE: usize = 5_000;
 pub struct MisAdapter {
     db: Db,
     registers: RegistersServiceClient<Channel>,
+    deliveries: Deliveries,
 }
 
 impl MisAdapter {
-    /// Creates the service over its storage and a client of the registers service.
+    /// Creates the service over its storage and a client of the registers service, with no
+    /// delivery destination.
     pub fn new(db: Db, registers: Channel) -> Self {
         Self {
+            deliveries: Deliveries {
+                db: db.clone(),
+                destinations: Default::default(),
+                config: DeliveryConfig::default(),
+                wake: Default::default(),
+            },
             db,
             registers: RegistersServiceClient::new(registers)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         }
+    }
+
+    /// Sets the destinations that referral packs are delivered to, reading their HMAC keys and
+    /// CA certificates. Fails, naming the destination and file, when one cannot be read.
+    pub fn with_delivery(mut self, config: DeliveryConfig) -> anyhow::Result<Self> {
+        self.deliveries = Deliveries::new(self.db.clone(), config)?;
+        Ok(self)
+    }
+
+    /// Starts the worker that delivers queued referral packs.
+    pub fn start_delivery(&self) -> tokio::task::JoinHandle<()> {
+        self.deliveries.spawn_worker()
     }
 
     /// Wraps the service in its tonic server.
@@ -166,5 +192,35 @@ impl MisAdapterService for MisAdapter {
                 .collect(),
             sha256,
         }))
+    }
+
+    async fn deliver_referral_pack(
+        &self,
+        request: Request<DeliverReferralPackRequest>,
+    ) -> Result<Response<DeliverReferralPackResponse>, Status> {
+        self.deliveries
+            .deliver_referral_pack(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_deliveries(
+        &self,
+        request: Request<ListDeliveriesRequest>,
+    ) -> Result<Response<ListDeliveriesResponse>, Status> {
+        self.deliveries
+            .list_deliveries(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn retry_delivery(
+        &self,
+        request: Request<RetryDeliveryRequest>,
+    ) -> Result<Response<RetryDeliveryResponse>, Status> {
+        self.deliveries
+            .retry_delivery(request.into_inner())
+            .await
+            .map(Response::new)
     }
 }

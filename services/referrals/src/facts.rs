@@ -7,6 +7,7 @@ use rollcall_api::cases::v1::cases_service_client::CasesServiceClient;
 use rollcall_api::cases::v1::{GetCaseTimelineRequest, GetReferralEvidenceRequest, TimelineEntry};
 use rollcall_api::cases::v1::{GetReferralEvidenceResponse, SentLetter};
 use rollcall_api::convert::session_from_proto;
+use rollcall_api::mis_adapter::v1::mis_adapter_service_client::MisAdapterServiceClient;
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
 use rollcall_api::policy::v1::{
     GetPenaltyNoticeTermsRequest, GetPupilAttendanceRequest, GetPupilAttendanceResponse,
@@ -49,6 +50,8 @@ pub(crate) struct Upstream {
     pub(crate) registers: RegistersServiceClient<Channel>,
     pub(crate) policy: PolicyServiceClient<Channel>,
     pub(crate) cases: CasesServiceClient<Channel>,
+    /// Hands submitted packs over for delivery to the local authority.
+    pub(crate) adapter: MisAdapterServiceClient<Channel>,
 }
 
 /// Everything gathered for one referral.

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use chrono::{DateTime, NaiveDate, Utc};
 use rollcall_api::cases::v1::GetLetterDocumentRequest;
 use rollcall_api::cases::v1::cases_service_client::CasesServiceClient;
+use rollcall_api::mis_adapter::v1::DeliverReferralPackRequest;
+use rollcall_api::mis_adapter::v1::mis_adapter_service_client::MisAdapterServiceClient;
 use rollcall_api::policy::v1::GetPenaltyNoticeTermsRequest;
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
 use rollcall_api::referrals::v1::referrals_service_server::{
@@ -60,7 +62,7 @@ impl std::fmt::Debug for Referrals {
 
 impl Referrals {
     /// Creates the service over its storage, its settings, the key packs are signed with, and
-    /// one channel to the registers, policy and cases services.
+    /// one channel to the registers, policy, cases and mis-adapter services.
     pub fn new(db: Db, channel: Channel, config: ReferralsConfig, key: SigningKey) -> Self {
         Self {
             db,
@@ -68,8 +70,10 @@ impl Referrals {
                 registers: RegistersServiceClient::new(channel.clone())
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
                 policy: PolicyServiceClient::new(channel.clone()),
-                cases: CasesServiceClient::new(channel)
+                cases: CasesServiceClient::new(channel.clone())
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
+                adapter: MisAdapterServiceClient::new(channel)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
             },
             config: Arc::new(config),
             key: Arc::new(key),
@@ -514,10 +518,44 @@ impl ReferralsService for Referrals {
             );
         }
         tracing::info!(referral = %row.id, pack = %pack_id, %sha256, "Referral submitted");
+        let delivery = self
+            .upstream
+            .adapter
+            .clone()
+            .deliver_referral_pack(DeliverReferralPackRequest {
+                referral_id: row.id.clone(),
+                pack_id: pack_id.clone(),
+                laestab: row.laestab.clone(),
+                file_name: format!("{pack_id}.zip"),
+                pack: built.zip,
+                sha256,
+            })
+            .await;
+        let (delivery_ids, delivery_problem) = match delivery {
+            Ok(response) => (
+                response
+                    .into_inner()
+                    .deliveries
+                    .into_iter()
+                    .map(|delivery| delivery.id)
+                    .collect(),
+                String::new(),
+            ),
+            Err(status) => {
+                tracing::warn!(
+                    referral = %row.id,
+                    code = ?status.code(),
+                    error = status.message(),
+                    "Submitted referral's pack not handed over for delivery"
+                );
+                (Vec::new(), status.message().to_owned())
+            }
+        };
         let row = records::get(&self.db, &row.id).await?;
         Ok(Response::new(SubmitReferralResponse {
             referral: Some(self.to_proto(row).await?),
-            delivery_ids: Vec::new(),
+            delivery_ids,
+            delivery_problem,
         }))
     }
 
