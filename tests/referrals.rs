@@ -681,6 +681,135 @@ async fn referrals(database_url: Option<&str>) {
     .await;
     assert!(closed.contains("no further outcome"), "{closed}");
 
+    // The school moves to the statutory framework of 2024 after that first notice: a second
+    // notice within three years is a flat £160, and a third is not allowed.
+    let today = Utc::now().date_naive();
+    cli(
+        &url,
+        &[
+            "policy",
+            "assign",
+            "--school",
+            LAESTAB,
+            "--policy",
+            "statutory-2024",
+            "--from",
+            &(today - Days::new(20)).to_string(),
+            "--by",
+            "A Lead",
+            "--reason",
+            "The trust adopts the national framework",
+        ],
+    )
+    .await;
+    let second = json(
+        &cli(
+            &url,
+            &[
+                "referral",
+                "create",
+                "--upn",
+                &upn(1),
+                "--kind",
+                "penalty_notice",
+                "--by",
+                "A Lead",
+                "--json",
+            ],
+        )
+        .await,
+    );
+    let limit = check(&second, "notice_limit_respected");
+    assert_eq!(limit["met"], true, "{second:#}");
+    let second_reference = second["reference"].as_str().expect("reference").to_owned();
+    cli(
+        &url,
+        &[
+            "referral",
+            "submit",
+            &second_reference,
+            "--by",
+            "A Lead",
+            "--role",
+            "senior_attendance_lead",
+        ],
+    )
+    .await;
+    let issued = json(
+        &cli(
+            &url,
+            &[
+                "referral",
+                "outcome",
+                &second_reference,
+                "--outcome",
+                "notice_issued",
+                "--date",
+                &(today - Days::new(5)).to_string(),
+                "--by",
+                "LA",
+                "--json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(issued["notice"]["number"], 2, "{issued:#}");
+    assert!(issued["notice"]["reduced_amount"].is_null(), "{issued:#}");
+    assert_eq!(issued["notice"]["full_amount"], 160);
+    assert_eq!(issued["notice"]["amount_due"], 160);
+    assert_eq!(issued["notice"]["overdue"], false);
+    assert_eq!(issued["notice"]["policy_id"], "statutory-2024");
+    cli(
+        &url,
+        &[
+            "referral",
+            "outcome",
+            &second_reference,
+            "--outcome",
+            "paid",
+            "--by",
+            "LA",
+        ],
+    )
+    .await;
+    let third = json(
+        &cli(
+            &url,
+            &[
+                "referral",
+                "create",
+                "--upn",
+                &upn(1),
+                "--kind",
+                "penalty_notice",
+                "--by",
+                "A Lead",
+                "--json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(
+        check(&third, "notice_limit_respected")["met"],
+        false,
+        "{third:#}"
+    );
+    let third_reference = third["reference"].as_str().expect("reference");
+    let blocked = cli_error(
+        &url,
+        &[
+            "referral",
+            "submit",
+            third_reference,
+            "--by",
+            "A Lead",
+            "--role",
+            "senior_attendance_lead",
+        ],
+    )
+    .await;
+    assert!(blocked.contains("notice_limit_respected"), "{blocked}");
+
     // An attendance officer referral while the ladder is not done: only a senior leader's
     // override with a reason submits it, and the pack says so.
     let officer = json(
