@@ -181,6 +181,10 @@ async fn run_against(
     println!("  databases:       {}", dir.join("data").display());
     println!();
     println!(
+        "The generated trust has no parents' contacts, so no letters were written; each case \
+         records why. Import contacts with `rollcall contacts import` (docs/messaging.md)."
+    );
+    println!(
         "To explore further, serve these databases with `rollcall serve --data-dir {}`",
         dir.join("data").display()
     );

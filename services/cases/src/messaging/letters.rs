@@ -682,7 +682,7 @@ impl LetterWorker {
     /// Marks a job failed and records on the case why no letter was written, so that staff
     /// can write it by hand.
     async fn give_up(&self, job: &LetterJob, reason: &str) -> Result<(), sqlx::Error> {
-        tracing::error!(job = %job.id, case = %job.case_id, error = %reason, "Automatic letter not written");
+        tracing::warn!(job = %job.id, case = %job.case_id, error = %reason, "Automatic letter not written");
         let now = Utc::now();
         let detail = format!(
             "Letter {} was not written by rollcall: {reason}; write it by hand if it is still needed",
