@@ -9,7 +9,7 @@ use quick_xml::errors::{Error as XmlError, IllFormedError, SyntaxError};
 use quick_xml::escape::resolve_xml_entity;
 use quick_xml::events::{BytesRef, BytesStart, Event};
 
-use crate::decode::{check_declared_encoding, line_at};
+use crate::decode::check_declared_encoding;
 use crate::error::{CtfError, CtfErrorKind};
 
 /// Elements that repeat under one parent. Paths number them from 1, as XPath does.
@@ -43,7 +43,9 @@ struct OpenElement {
 /// its end tag.
 pub(crate) struct Cursor<'a> {
     reader: Reader<&'a [u8]>,
-    text: &'a str,
+    /// The byte offset of every newline in the text, so that a line number is a binary search
+    /// rather than a scan from the start for each element.
+    newlines: Vec<usize>,
     open: Vec<OpenElement>,
     upn: Option<String>,
 }
@@ -52,7 +54,12 @@ impl<'a> Cursor<'a> {
     pub(crate) fn new(text: &'a str) -> Self {
         Self {
             reader: Reader::from_str(text),
-            text,
+            newlines: text
+                .bytes()
+                .enumerate()
+                .filter(|(_, byte)| *byte == b'\n')
+                .map(|(offset, _)| offset)
+                .collect(),
             open: Vec::new(),
             upn: None,
         }
@@ -321,7 +328,27 @@ impl<'a> Cursor<'a> {
         segments.join("/")
     }
 
+    /// Returns the 1-based line number of the byte at `offset`, as `decode::line_at` does.
     fn line_at(&self, offset: u64) -> u64 {
-        line_at(self.text.as_bytes(), offset)
+        let offset = usize::try_from(offset).unwrap_or(usize::MAX);
+        self.newlines.partition_point(|newline| *newline < offset) as u64 + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_numbers_agree_with_a_scan() {
+        let text = "<a>\n<b>x</b>\r\n\n<c/>\n</a>";
+        let cursor = Cursor::new(text);
+        for offset in 0..=text.len() as u64 + 2 {
+            assert_eq!(
+                cursor.line_at(offset),
+                crate::decode::line_at(text.as_bytes(), offset),
+                "offset {offset}"
+            );
+        }
     }
 }
