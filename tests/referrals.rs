@@ -485,6 +485,25 @@ async fn referrals(database_url: Option<&str>) {
     let pack = std::fs::read(&pack_path).expect("pack written");
     assert_eq!(hex::encode(Sha256::digest(&pack)), sha256);
 
+    let by_upn = work.path().join("by-upn.zip");
+    cli(
+        &url,
+        &[
+            "referral",
+            "pack",
+            "--upn",
+            &upn(1),
+            "--out",
+            by_upn.to_str().expect("path"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        std::fs::read(&by_upn).expect("pack written"),
+        pack,
+        "the pupil's pack is the one submitted"
+    );
+
     // The local authority receives that pack once, however often it is handed over.
     let referral_id = submitted["id"].as_str().expect("id").to_owned();
     wait_for_delivery(&url, &referral_id).await;

@@ -299,8 +299,25 @@ impl ReferralsService for Referrals {
                 row?
             }
         };
+        if row.status() != ReferralStatus::Draft {
+            // A submitted referral's pack is the one the local authority received.
+            let zip = records::submitted_pack(&self.db, &row.id)
+                .await?
+                .ok_or_else(|| {
+                    Status::internal(format!(
+                        "referral {} was submitted but its pack is not kept",
+                        row.reference
+                    ))
+                })?;
+            let manifest_json = pack::manifest_text(&zip).map_err(Status::internal)?;
+            return Ok(Response::new(BuildReferralPackResponse {
+                file_name: format!("{}.zip", row.pack_id),
+                pack: zip,
+                manifest_json,
+            }));
+        }
         let (gathered, checks) = self.check(&row).await?;
-        if !gathered.threshold.met && row.status() == ReferralStatus::Draft {
+        if !gathered.threshold.met {
             let threshold = &gathered.threshold;
             let window = threshold.window.clone().unwrap_or_default();
             return Err(failed_precondition(format!(
