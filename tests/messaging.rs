@@ -2,6 +2,8 @@
 //! first-day contact after an unexplained absence, threshold letters with their review rules,
 //! retries with backoff, never sending twice, and the case timeline.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,11 +17,10 @@ use rollcall_api::policy::v1::GetSyncStateRequest as PolicySyncRequest;
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{
-    AbsenceReport, ImportHeader, ImportMarks, ImportPupil, ImportRegisterRequest,
-    ListPupilContactsRequest, Mark, Pupil, RecordAbsenceReportRequest, ReportChannel, School,
-    SenProvision, import_register_request::Item,
+    AbsenceReport, ImportMarks, ImportPupil, ListPupilContactsRequest, Mark, Pupil,
+    RecordAbsenceReportRequest, ReportChannel, SenProvision, import_register_request::Item,
 };
-use rollcall_api::types::v1::{MarkSource, Phase, Session};
+use rollcall_api::types::v1::{Phase, Session};
 use rollcall_cases::MessagingConfig;
 use rollcall_cli::server::{self, RunningServer, ServerConfig};
 use rollcall_domain::Upn;
@@ -27,6 +28,8 @@ use rollcall_testkit::sms::SmsProvider;
 use rollcall_testkit::smtp::SmtpServer;
 use tonic::Code;
 use tonic::transport::Channel;
+
+use common::{cli, cli_error};
 
 const LAESTAB: &str = "9192001";
 const SMS_KEY: &str = "test-sms-key";
@@ -124,31 +127,7 @@ async fn import(
     request_id: &str,
     items: Vec<Item>,
 ) -> i64 {
-    let mut messages = vec![ImportRegisterRequest {
-        item: Some(Item::Header(ImportHeader {
-            request_id: request_id.into(),
-            school: Some(School {
-                laestab: LAESTAB.into(),
-                name: "Test Academy".into(),
-                phase: Phase::Secondary as i32,
-                last_mark_date: String::new(),
-            }),
-            source: MarkSource::MisSync as i32,
-            source_name: "test".into(),
-            recorded_by: "test".into(),
-        })),
-    }];
-    messages.extend(
-        items
-            .into_iter()
-            .map(|item| ImportRegisterRequest { item: Some(item) }),
-    );
-    registers
-        .import_register(tokio_stream::iter(messages))
-        .await
-        .expect("import")
-        .into_inner()
-        .feed_cursor
+    common::import_register(registers, LAESTAB, request_id, items).await
 }
 
 fn pupils() -> Vec<Item> {
@@ -309,35 +288,6 @@ fn contacts_csv() -> String {
         ));
     }
     csv
-}
-
-async fn run_rollcall(server: &str, args: &[&str]) -> std::process::Output {
-    let mut full = vec!["--server".to_owned(), server.to_owned()];
-    full.extend(args.iter().map(|arg| (*arg).to_owned()));
-    tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_rollcall"))
-            .args(&full)
-            .output()
-            .expect("rollcall runs")
-    })
-    .await
-    .expect("command thread")
-}
-
-async fn cli(server: &str, args: &[&str]) -> String {
-    let output = run_rollcall(server, args).await;
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("UTF-8")
-}
-
-async fn cli_error(server: &str, args: &[&str]) -> String {
-    let output = run_rollcall(server, args).await;
-    assert!(!output.status.success(), "expected a failure");
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// Waits until the policy service has followed the registers to `cursor`, the cases service

@@ -19,10 +19,10 @@ use rollcall_api::policy::v1::GetSyncStateRequest as PolicySyncRequest;
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{
-    Contact, ContactChannel, ImportHeader, ImportMarks, ImportPupil, ImportRegisterRequest, Mark,
-    Pupil, PupilContacts, School, SetPupilContactsRequest, import_register_request::Item,
+    Contact, ContactChannel, ImportMarks, ImportPupil, Mark, Pupil, PupilContacts,
+    SetPupilContactsRequest, import_register_request::Item,
 };
-use rollcall_api::types::v1::{MarkSource, Phase, Session};
+use rollcall_api::types::v1::Session;
 use rollcall_cli::server::{self, ServerConfig};
 use rollcall_domain::Upn;
 use rollcall_mis_adapter::DeliveryConfig;
@@ -64,31 +64,7 @@ async fn import(
     request_id: &str,
     items: Vec<Item>,
 ) -> i64 {
-    let mut messages = vec![ImportRegisterRequest {
-        item: Some(Item::Header(ImportHeader {
-            request_id: request_id.into(),
-            school: Some(School {
-                laestab: LAESTAB.into(),
-                name: "Test Academy".into(),
-                phase: Phase::Secondary as i32,
-                last_mark_date: String::new(),
-            }),
-            source: MarkSource::MisSync as i32,
-            source_name: "test".into(),
-            recorded_by: "test".into(),
-        })),
-    }];
-    messages.extend(
-        items
-            .into_iter()
-            .map(|item| ImportRegisterRequest { item: Some(item) }),
-    );
-    registers
-        .import_register(tokio_stream::iter(messages))
-        .await
-        .expect("import")
-        .into_inner()
-        .feed_cursor
+    common::import_register(registers, LAESTAB, request_id, items).await
 }
 
 /// Marks for pupil `n` on the days in `days`, both sessions, with `code`.

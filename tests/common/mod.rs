@@ -42,3 +42,44 @@ pub(crate) async fn cli_error(server: &str, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// Imports `items` into the secondary school "Test Academy" with LAESTAB `laestab`, as an MIS
+/// would, and returns the registers change-feed position after the import.
+pub(crate) async fn import_register(
+    registers: &mut rollcall_api::registers::v1::registers_service_client::RegistersServiceClient<
+        tonic::transport::Channel,
+    >,
+    laestab: &str,
+    request_id: &str,
+    items: Vec<rollcall_api::registers::v1::import_register_request::Item>,
+) -> i64 {
+    use rollcall_api::registers::v1::import_register_request::Item;
+    use rollcall_api::registers::v1::{ImportHeader, ImportRegisterRequest, School};
+    use rollcall_api::types::v1::{MarkSource, Phase};
+
+    let mut messages = vec![ImportRegisterRequest {
+        item: Some(Item::Header(ImportHeader {
+            request_id: request_id.into(),
+            school: Some(School {
+                laestab: laestab.into(),
+                name: "Test Academy".into(),
+                phase: Phase::Secondary as i32,
+                last_mark_date: String::new(),
+            }),
+            source: MarkSource::MisSync as i32,
+            source_name: "test".into(),
+            recorded_by: "test".into(),
+        })),
+    }];
+    messages.extend(
+        items
+            .into_iter()
+            .map(|item| ImportRegisterRequest { item: Some(item) }),
+    );
+    registers
+        .import_register(tokio_stream::iter(messages))
+        .await
+        .expect("import")
+        .into_inner()
+        .feed_cursor
+}

@@ -301,17 +301,10 @@ impl ReferralsService for Referrals {
         };
         if row.status() != ReferralStatus::Draft {
             // A submitted referral's pack is the one the local authority received.
-            let zip = records::submitted_pack(&self.db, &row.id)
-                .await?
-                .ok_or_else(|| {
-                    Status::internal(format!(
-                        "referral {} was submitted but its pack is not kept",
-                        row.reference
-                    ))
-                })?;
+            let (file_name, zip) = self.submitted_pack(&row).await?;
             let manifest_json = pack::manifest_text(&zip).map_err(Status::internal)?;
             return Ok(Response::new(BuildReferralPackResponse {
-                file_name: format!("{}.zip", row.pack_id),
+                file_name,
                 pack: zip,
                 manifest_json,
             }));
@@ -684,15 +677,7 @@ impl ReferralsService for Referrals {
                 .await?;
             (format!("{pack_id}.zip"), built.zip)
         } else {
-            let zip = records::submitted_pack(&self.db, &row.id)
-                .await?
-                .ok_or_else(|| {
-                    Status::internal(format!(
-                        "referral {} was submitted but its pack is not kept",
-                        row.reference
-                    ))
-                })?;
-            (format!("{}.zip", row.pack_id), zip)
+            self.submitted_pack(&row).await?
         };
         let manifest_json = pack::manifest_text(&zip).map_err(Status::internal)?;
         Ok(Response::new(GetReferralPackResponse {
@@ -705,6 +690,20 @@ impl ReferralsService for Referrals {
 }
 
 impl Referrals {
+    /// Returns the file name and bytes of the pack a referral was submitted with.
+    async fn submitted_pack(&self, row: &ReferralRow) -> Result<(String, Vec<u8>), Status> {
+        let zip = records::submitted_pack(&self.db, &row.id)
+            .await?
+            .ok_or_else(|| {
+                tracing::error!(referral = %row.id, "Submitted referral has no pack kept");
+                Status::internal(format!(
+                    "referral {} was submitted but its pack is not kept",
+                    row.reference
+                ))
+            })?;
+        Ok((format!("{}.zip", row.pack_id), zip))
+    }
+
     /// Works out the terms of a notice issued on `on` from the policy in force then.
     async fn notice_terms(
         &self,
