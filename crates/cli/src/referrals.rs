@@ -91,7 +91,8 @@ pub(crate) enum ReferralCommand {
         /// prerequisites with --override-reason.
         #[arg(long, default_value = "")]
         role: String,
-        /// Why missing prerequisites are overridden; kept with the referral and in its pack.
+        /// The reason for overriding missing prerequisites, kept with the referral and in its
+        /// pack.
         #[arg(long)]
         override_reason: Option<String>,
         /// Print JSON.

@@ -32,7 +32,7 @@ use crate::config::ReferralsConfig;
 /// The template of the letter that warns parents a penalty notice may follow.
 const WARNING_LETTER_TEMPLATE: &str = "penalty-warning-letter";
 
-/// The threshold rules that can show a referral is warranted, in the order they are tried.
+/// Returns the threshold rules that can show a referral is warranted, in the order tried.
 fn threshold_rules(kind: ReferralKind) -> &'static [&'static str] {
     match kind {
         ReferralKind::PenaltyNotice => &["penalty_notice_warning"],

@@ -72,7 +72,7 @@ fn marks_csv(marks: &[Mark]) -> Result<Vec<u8>, csv::Error> {
         .map_err(|error| error.into_error().into())
 }
 
-/// The kind of entry a timeline row is, as the chronology names them.
+/// Returns the chronology's name for the kind of a timeline entry.
 fn chronology_entry(kind: &str) -> &'static str {
     match kind {
         "opened" | "escalated" | "de-escalated" | "closed" | "reopened" | "review" => {

@@ -325,7 +325,7 @@ pub(crate) async fn outcome_request_seen(db: &Db, request_id: &str) -> Result<bo
     Ok(found.is_some())
 }
 
-/// The dates of penalty notices issued for a pupil, withdrawn ones left out.
+/// Returns the dates of penalty notices issued for a pupil, withdrawn ones left out.
 pub(crate) async fn notices_for(db: &Db, upn: &str) -> Result<Vec<NaiveDate>, Status> {
     let rows: Vec<(Option<NaiveDate>,)> = with_db!(db, |pool| {
         sqlx::query_as(

@@ -120,6 +120,7 @@ impl Referrals {
         if let Some(row) = records::by_request(&self.db, request.request_id.trim()).await? {
             return Ok(row);
         }
+
         let upn = required("upn", &request.upn, "give the pupil's UPN")?.to_ascii_uppercase();
         let kind = parse_kind(&request.kind)?;
         let created_by = required(
@@ -136,6 +137,7 @@ impl Referrals {
             parse_date(request.as_of.trim())
                 .map_err(|error| invalid_argument("as_of", &request.as_of, error.problem()))?;
         }
+
         let on = today();
         let earlier = records::notices_for(&self.db, &upn).await?;
         let gathered = facts::gather(
@@ -155,6 +157,7 @@ impl Referrals {
             .iter()
             .map(|check| StoredCheck::from_check(check, false))
             .collect();
+
         let period = gathered.attendance.period.clone().unwrap_or_default();
         let as_of = parse_date(&period.to_date).unwrap_or(on);
         let school = gathered.school.laestab.clone();
@@ -182,6 +185,7 @@ impl Referrals {
             },
         )
         .await?;
+
         let met = checks.iter().filter(|check| check.met).count();
         tracing::info!(
             referral = %id,
@@ -461,6 +465,7 @@ impl ReferralsService for Referrals {
                 OVERRIDE_ROLES.join(" or ")
             )));
         }
+
         let (gathered, _) = self.check(&row).await?;
         let kind = parse_kind(&row.kind)?;
         let domain_checks = check_prerequisites(kind, &gathered.facts);
@@ -486,6 +491,7 @@ impl ReferralsService for Referrals {
             .iter()
             .map(|check| StoredCheck::from_check(check, overridden))
             .collect();
+
         let now = Utc::now();
         let override_by = overridden.then_some((submitted_by.as_str(), role, reason));
         let (pack_id, built) = self
@@ -520,6 +526,7 @@ impl ReferralsService for Referrals {
             let current = records::get(&self.db, &row.id).await?;
             return Err(already_submitted(&current));
         }
+
         if overridden {
             tracing::warn!(
                 referral = %row.id,
@@ -528,6 +535,7 @@ impl ReferralsService for Referrals {
             );
         }
         tracing::info!(referral = %row.id, pack = %pack_id, %sha256, "Referral submitted");
+
         let delivery = self
             .upstream
             .adapter
