@@ -26,6 +26,7 @@ use rollcall_api::types::v1::Session;
 use rollcall_cli::server::{self, ServerConfig};
 use rollcall_domain::Upn;
 use rollcall_mis_adapter::DeliveryConfig;
+use rollcall_referrals::ReferralsConfig;
 use rollcall_testkit::la::ReceivingServer;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -229,6 +230,10 @@ async fn referrals(database_url: Option<&str>) {
         database_url,
     )
     .expect("config");
+    // The letters are written today for absences of 2025, and a letter counts as served from
+    // the day it was sent, so the test asks for no school days between letter and request.
+    config.referrals =
+        ReferralsConfig::parse("warning_school_days = 0").expect("referral settings");
     config.delivery = DeliveryConfig::parse(&format!(
         "[[destination]]\nname = \"hertfordshire\"\nkind = \"https\"\nurl = \"{}\"\n\
          hmac_key_file = {:?}\nca_file = {:?}\ntimeout_seconds = 5\n\n\
@@ -633,6 +638,25 @@ async fn referrals(database_url: Option<&str>) {
         .await,
     );
     assert_eq!(issued["status"], "notice_issued");
+    let out_of_order = cli_error(
+        &url,
+        &[
+            "referral",
+            "outcome",
+            &reference,
+            "--outcome",
+            "withdrawn",
+            "--date",
+            &(issued_on - Days::new(10)).to_string(),
+            "--by",
+            "LA",
+        ],
+    )
+    .await;
+    assert!(
+        out_of_order.contains("before the last outcome"),
+        "{out_of_order}"
+    );
     assert_eq!(issued["notice"]["reduced_amount"], 60, "{issued:#}");
     assert_eq!(issued["notice"]["full_amount"], 120);
     assert_eq!(issued["notice"]["amount_due"], 120);
@@ -754,6 +778,23 @@ async fn referrals(database_url: Option<&str>) {
     assert_eq!(issued["notice"]["amount_due"], 160);
     assert_eq!(issued["notice"]["overdue"], false);
     assert_eq!(issued["notice"]["policy_id"], "statutory-2024");
+    let still_running = cli_error(
+        &url,
+        &[
+            "referral",
+            "outcome",
+            &second_reference,
+            "--outcome",
+            "unpaid",
+            "--by",
+            "LA",
+        ],
+    )
+    .await;
+    assert!(
+        still_running.contains("can be paid until"),
+        "{still_running}"
+    );
     cli(
         &url,
         &[
@@ -804,6 +845,50 @@ async fn referrals(database_url: Option<&str>) {
     )
     .await;
     assert!(blocked.contains("notice_limit_respected"), "{blocked}");
+    cli(
+        &url,
+        &[
+            "referral",
+            "outcome",
+            third_reference,
+            "--outcome",
+            "withdrawn",
+            "--by",
+            "A Lead",
+        ],
+    )
+    .await;
+    let no_pack = cli_error(
+        &url,
+        &[
+            "referral",
+            "pack",
+            "--referral",
+            third_reference,
+            "--out",
+            pack_arg,
+        ],
+    )
+    .await;
+    assert!(no_pack.contains("never submitted"), "{no_pack}");
+    let tomorrow = (today + Days::new(1)).to_string();
+    let future = cli_error(
+        &url,
+        &[
+            "referral",
+            "create",
+            "--upn",
+            &upn(1),
+            "--kind",
+            "legal_action",
+            "--by",
+            "A Lead",
+            "--as-of",
+            &tomorrow,
+        ],
+    )
+    .await;
+    assert!(future.contains("in the future"), "{future}");
 
     // An attendance officer referral while the ladder is not done: only a senior leader's
     // override with a reason submits it, and the pack says so.

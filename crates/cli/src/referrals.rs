@@ -358,7 +358,11 @@ fn print_referral(out: &mut impl Write, referral: &Referral) -> anyhow::Result<(
             notice.policy_id,
             notice.clause
         )?;
-        if notice.paid_on.is_empty() {
+        if status_name(referral.status) == Status::Prosecution.as_str()
+            || status_name(referral.status) == Status::Withdrawn.as_str()
+        {
+            writeln!(out, "The notice is {}", status_name(referral.status))?;
+        } else if notice.paid_on.is_empty() {
             writeln!(
                 out,
                 "Amount due today: £{}{}",
@@ -533,6 +537,12 @@ pub(crate) async fn run_referral(
                 .into_inner()
                 .referral
                 .unwrap_or_default();
+            if status_name(referral.status) == Status::Withdrawn.as_str() {
+                bail!(
+                    "referral {} is withdrawn, so its pack is not delivered again",
+                    referral.reference
+                );
+            }
             if referral.pack_id.is_empty() {
                 bail!(
                     "referral {} is {} and has no pack to deliver; submit it first",
@@ -685,7 +695,7 @@ pub(crate) fn run_pack(command: PackCommand, out: &mut impl Write) -> anyhow::Re
                     }),
                 )?;
             } else {
-                write!(out, "{verification}")?;
+                writeln!(out, "{verification}")?;
                 writeln!(
                     out,
                     "{}: {}",
@@ -704,7 +714,10 @@ pub(crate) fn run_pack(command: PackCommand, out: &mut impl Write) -> anyhow::Re
                 .map_err(|_| anyhow!("{} is not a PEM file", key.display()))?;
             let key = SigningKey::from_pkcs8_pem(&pem)
                 .with_context(|| format!("--key {}", key.display()))?;
-            write!(out, "{}", key.verifying_key().to_public_key_pem()?)?;
+            let verifying = key.verifying_key();
+            // The key id goes to standard error, so that standard output stays a PEM file.
+            eprintln!("key id {}", verifying.key_id());
+            write!(out, "{}", verifying.to_public_key_pem()?)?;
             Ok(true)
         }
     }

@@ -15,7 +15,9 @@ use rollcall_api::registers::v1::registers_service_server::RegistersServiceServe
 use rollcall_cases::{Cases, MessagingConfig};
 use rollcall_mis_adapter::{DeliveryConfig, MisAdapter};
 use rollcall_policy::Policy;
-use rollcall_referrals::{Referrals, ReferralsConfig, load_or_create_signing_key};
+use rollcall_referrals::{
+    Referrals, ReferralsConfig, load_or_create_signing_key, read_signing_key,
+};
 use rollcall_registers::Registers;
 use rollcall_runtime::StorageConfig;
 use rollcall_runtime::shutdown::StopSignal;
@@ -157,12 +159,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         config.print_dir.clone(),
     )
     .await?;
-    let key_path = config
-        .referrals
-        .signing_key_file
-        .clone()
-        .unwrap_or_else(|| config.default_signing_key.clone());
-    let signing_key = load_or_create_signing_key(&key_path)?;
+    // Only the default key is created on first start: a configured key that is missing is a
+    // mistake, and a new key would sign packs the local authority cannot confirm.
+    let signing_key = match &config.referrals.signing_key_file {
+        Some(path) => read_signing_key(path)?,
+        None => load_or_create_signing_key(&config.default_signing_key)?,
+    };
     let referrals = Referrals::new(
         referrals_db,
         channel.clone(),

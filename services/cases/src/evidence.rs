@@ -124,10 +124,12 @@ pub(crate) async fn gather(
     let letters = sent
         .into_iter()
         .map(|row| SentLetter {
+            // A letter counts from the later of the date it bears and the day it was sent, so
+            // a backdated letter is not taken as served earlier than it was.
             sent_on: letter_dates
                 .get(&row.id)
                 .copied()
-                .or_else(|| row.sent_at.map(|at| at.date_naive()))
+                .max(row.sent_at.map(|at| at.date_naive()))
                 .map(|date| date.to_string())
                 .unwrap_or_default(),
             message_id: row.id,

@@ -5,6 +5,18 @@ use std::path::Path;
 use anyhow::Context;
 use rollcall_pack::SigningKey;
 
+/// Reads the signing key the settings name. A missing file is an error, never a new key.
+pub fn read_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
+    if !path.exists() {
+        anyhow::bail!(
+            "signing_key_file {} does not exist; fix the path in the referral settings, or \
+             leave signing_key_file out to use the key under the data folder",
+            path.display()
+        );
+    }
+    load_or_create_signing_key(path)
+}
+
 /// Reads the signing key from `path`, creating a new key there when the file does not exist.
 /// A new key's file is readable by its owner only.
 pub fn load_or_create_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
@@ -77,5 +89,14 @@ mod tests {
             format!("{error:#}").contains("signing_key_file"),
             "{error:#}"
         );
+    }
+
+    #[test]
+    fn a_configured_key_is_never_created() {
+        let folder = tempfile::tempdir().expect("temporary folder");
+        let path = folder.path().join("typo.pem");
+        let error = read_signing_key(&path).expect_err("missing key");
+        assert!(format!("{error:#}").contains("typo.pem"), "{error:#}");
+        assert!(!path.exists(), "no key was created");
     }
 }

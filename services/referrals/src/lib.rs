@@ -16,7 +16,7 @@ mod records;
 mod service;
 
 pub use config::ReferralsConfig;
-pub use keys::load_or_create_signing_key;
+pub use keys::{load_or_create_signing_key, read_signing_key};
 pub use rollcall_pack::FORMAT_VERSION as PACK_FORMAT_VERSION;
 pub use service::Referrals;
 

@@ -233,8 +233,13 @@ fn summary_pdf(input: &PackInput<'_>) -> Vec<u8> {
         referral.reference, gathered.pupil.upn
     ));
     document.created_at(input.created_at);
+    let heading = if input.submitted_at.is_some() {
+        format!("Referral {}", referral.reference)
+    } else {
+        format!("DRAFT referral {}, not submitted", referral.reference)
+    };
     document
-        .heading(format!("Referral {}", referral.reference))
+        .heading(heading)
         .paragraph(format!(
             "{} from {} ({}) for pupil {} {} (UPN {}), year {}.",
             referral.kind.replace('_', " "),

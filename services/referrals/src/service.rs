@@ -134,8 +134,16 @@ impl Referrals {
             laestab("laestab", &request.laestab)?
         };
         if !request.as_of.trim().is_empty() {
-            parse_date(request.as_of.trim())
+            let as_of = parse_date(request.as_of.trim())
                 .map_err(|error| invalid_argument("as_of", &request.as_of, error.problem()))?;
+            if as_of > today() {
+                return Err(invalid_argument(
+                    "as_of",
+                    &request.as_of,
+                    "it is in the future; give a date up to today, or none for the last date \
+                     with marks",
+                ));
+            }
         }
 
         let on = today();
@@ -624,6 +632,32 @@ impl ReferralsService for Referrals {
         apply_outcome(kind, from, outcome).map_err(|problem| {
             failed_precondition(format!("referral {}: {problem}", row.reference))
         })?;
+        let outcomes = records::outcomes_of(&self.db, &row.id).await?;
+        if let Some(last) = outcomes.last()
+            && on < last.on_date
+        {
+            return Err(invalid_argument(
+                "on_date",
+                &on.to_string(),
+                format!(
+                    "it is before the last outcome, {} on {}; outcomes are recorded in the \
+                     order they happened",
+                    last.outcome, last.on_date
+                ),
+            ));
+        }
+        if outcome == Outcome::Unpaid
+            && let Some(notice) = row.notice()
+            && !notice.position_on(on).overdue
+        {
+            return Err(failed_precondition(format!(
+                "referral {}: the notice issued on {} can be paid until {}, so it cannot be \
+                 unpaid on {on}",
+                row.reference,
+                notice.issued_on,
+                notice.position_on(on).due_by
+            )));
+        }
         if outcome == Outcome::Paid
             && let Some(notice) = row.notice()
             && on < notice.issued_on
@@ -700,6 +734,12 @@ impl ReferralsService for Referrals {
 impl Referrals {
     /// Returns the file name and bytes of the pack a referral was submitted with.
     async fn submitted_pack(&self, row: &ReferralRow) -> Result<(String, Vec<u8>), Status> {
+        if row.pack_id.is_empty() {
+            return Err(failed_precondition(format!(
+                "referral {} is {} and was never submitted, so it has no pack",
+                row.reference, row.status
+            )));
+        }
         let zip = records::submitted_pack(&self.db, &row.id)
             .await?
             .ok_or_else(|| {
