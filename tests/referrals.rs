@@ -1018,6 +1018,30 @@ async fn referrals(database_url: Option<&str>) {
         .await,
     );
     assert_eq!(filed["status"], "submitted");
+    let return_pack = work.path().join("return.zip");
+    cli(
+        &url,
+        &[
+            "referral",
+            "pack",
+            "--referral",
+            return_reference,
+            "--out",
+            return_pack.to_str().expect("path"),
+        ],
+    )
+    .await;
+    let return_bytes = std::fs::read(&return_pack).expect("pack");
+    let manifest = json(std::str::from_utf8(&zip_entries(&return_bytes)[0].1).expect("UTF-8"));
+    assert_eq!(
+        manifest["policy"]["rule"],
+        "continuous_unauthorised_absence"
+    );
+    assert_eq!(
+        manifest["threshold_sessions"].as_array().map(Vec::len),
+        Some(0)
+    );
+    assert!(rollcall_pack::verify_pack(&return_bytes, None).is_valid());
 
     let listed = cli(&url, &["referral", "list", "--school", LAESTAB]).await;
     for expected in [&reference, &officer_reference] {

@@ -18,6 +18,25 @@ use rollcall_pack::{
 use crate::facts::Gathered;
 use crate::records::{ReferralRow, StoredCheck};
 
+/// The regulations the statutory returns are made under.
+const REGISTRATION_REGULATIONS: &str =
+    "The School Attendance (Pupil Registration) (England) Regulations 2024 (SI 2024/208)";
+
+/// Returns the condition a statutory return rests on, or `None` for a referral that rests on
+/// a threshold of the policy.
+fn statutory_condition(kind: &str) -> Option<&'static str> {
+    let kind = kind
+        .parse::<rollcall_domain::referrals::ReferralKind>()
+        .ok()?;
+    if kind.is_statutory_return() {
+        kind.prerequisites()
+            .first()
+            .map(|condition| condition.as_str())
+    } else {
+        None
+    }
+}
+
 /// The inputs of a pack beyond what was gathered.
 pub(crate) struct PackInput<'a> {
     pub(crate) pack_id: &'a str,
@@ -382,6 +401,9 @@ pub(crate) fn build(input: &PackInput<'_>, key: &SigningKey) -> Result<BuiltPack
     let period = gathered.attendance.period.clone().unwrap_or_default();
     let threshold = &gathered.threshold;
     let window = threshold.window.clone().unwrap_or_default();
+    // A statutory return rests on the registration regulations, not on a threshold of the
+    // trust's policy, so its pack names the return's own condition and lists no sessions.
+    let statutory = statutory_condition(&referral.kind);
     let laestab = &gathered.school.laestab;
     let unsigned = |value: i32| u32::try_from(value).unwrap_or(0);
     let as_of = date_or_none(&period.to_date).unwrap_or(referral.as_of);
@@ -423,19 +445,30 @@ pub(crate) fn build(input: &PackInput<'_>, key: &SigningKey) -> Result<BuiltPack
         } else {
             Vec::new()
         },
-        policy: Policy {
-            id: policy.id.clone(),
-            title: policy.title.clone(),
-            clause: threshold.clause.clone(),
-            clauses: vec![threshold.clause.clone()],
-            rule: threshold.rule_id.clone(),
-            threshold_sessions: unsigned(threshold.threshold_sessions),
-            window: match (
-                date_or_none(&window.from_date),
-                date_or_none(&window.to_date),
-            ) {
-                (Some(from), Some(to)) => Some(DateRange { from, to }),
-                _ => None,
+        policy: match statutory {
+            Some(rule) => Policy {
+                id: policy.id.clone(),
+                title: policy.title.clone(),
+                clause: REGISTRATION_REGULATIONS.to_owned(),
+                clauses: vec![REGISTRATION_REGULATIONS.to_owned()],
+                rule: rule.to_owned(),
+                threshold_sessions: 0,
+                window: None,
+            },
+            None => Policy {
+                id: policy.id.clone(),
+                title: policy.title.clone(),
+                clause: threshold.clause.clone(),
+                clauses: vec![threshold.clause.clone()],
+                rule: threshold.rule_id.clone(),
+                threshold_sessions: unsigned(threshold.threshold_sessions),
+                window: match (
+                    date_or_none(&window.from_date),
+                    date_or_none(&window.to_date),
+                ) {
+                    (Some(from), Some(to)) => Some(DateRange { from, to }),
+                    _ => None,
+                },
             },
         },
         figures: rollcall_pack::Figures {
@@ -445,7 +478,11 @@ pub(crate) fn build(input: &PackInput<'_>, key: &SigningKey) -> Result<BuiltPack
             attended_sessions: unsigned(figures.attended_sessions),
             authorised_absence_sessions: unsigned(figures.authorised_absence_sessions),
             unauthorised_absence_sessions: unsigned(figures.unauthorised_absence_sessions),
-            unauthorised_sessions_in_window: unsigned(threshold.counted_sessions),
+            unauthorised_sessions_in_window: if statutory.is_some() {
+                0
+            } else {
+                unsigned(threshold.counted_sessions)
+            },
             attendance_percent: figures.attendance_percent.unwrap_or(0.0),
             persistent_absence: figures.persistent_absence,
             severe_absence: figures.severe_absence,
@@ -453,6 +490,7 @@ pub(crate) fn build(input: &PackInput<'_>, key: &SigningKey) -> Result<BuiltPack
         threshold_sessions: threshold
             .counted
             .iter()
+            .filter(|_| statutory.is_none())
             .filter_map(|counted| {
                 Some(ThresholdSession {
                     date: date_or_none(&counted.date)?,
