@@ -536,10 +536,19 @@ async fn referrals(database_url: Option<&str>) {
     )
     .expect("UTF-8");
     assert!(
-        chronology.starts_with("occurred_at,entry,stage,by_role,summary"),
+        chronology.starts_with("occurred_on,recorded_at,entry,stage,by_role,summary"),
         "{chronology}"
     );
     assert!(chronology.contains("assessment"), "{chronology}");
+    let days: Vec<&str> = chronology
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split(',').next())
+        .collect();
+    assert!(
+        days.windows(2).all(|pair| pair[0] <= pair[1]),
+        "the chronology is in date order: {chronology}"
+    );
     assert!(
         !chronology.contains("A Lead"),
         "names stay out of the chronology: {chronology}"

@@ -111,7 +111,16 @@ fn chronology_entry(kind: &str) -> &'static str {
 
 fn chronology_csv(gathered: &Gathered) -> Result<Vec<u8>, csv::Error> {
     let mut writer = csv::Writer::from_writer(Vec::new());
-    writer.write_record(["occurred_at", "entry", "stage", "by_role", "summary"])?;
+    writer.write_record([
+        "occurred_on",
+        "recorded_at",
+        "entry",
+        "stage",
+        "by_role",
+        "summary",
+    ])?;
+    // The cases service lists the timeline by the date things happened, then by when they
+    // were recorded; the chronology keeps that order.
     for entry in &gathered.chronology {
         let at = entry
             .at
@@ -120,18 +129,19 @@ fn chronology_csv(gathered: &Gathered) -> Result<Vec<u8>, csv::Error> {
             .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
             .unwrap_or_default();
         // The person's name stays out of the pack; the role in brackets, where recorded, is
-        // what the local authority needs.
-        let role = entry
-            .by
-            .rsplit_once('(')
-            .map(|(_, role)| role.trim_end_matches(')').trim().to_owned())
-            .unwrap_or_default();
+        // what the local authority needs. Entries rollcall made itself are marked as such.
+        let role = match entry.by.rsplit_once('(') {
+            Some((_, role)) => role.trim_end_matches(')').trim().to_owned(),
+            None if entry.by == "rollcall" || entry.by.is_empty() => "rollcall".to_owned(),
+            None => String::new(),
+        };
         let summary = if entry.reason.is_empty() {
             entry.detail.clone()
         } else {
             format!("{} ({})", entry.detail, entry.reason)
         };
         writer.write_record([
+            entry.on_date.as_str(),
             at.as_str(),
             chronology_entry(&entry.kind),
             entry.stage.as_str(),

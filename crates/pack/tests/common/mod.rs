@@ -31,8 +31,8 @@ pub fn files() -> Vec<PackFile> {
         PackFile {
             name: "chronology.csv".to_owned(),
             media_type: "text/csv".to_owned(),
-            bytes: b"occurred_at,entry,stage,by_role,summary\n\
-2026-09-24T15:10:00Z,letter,concern,attendance_lead,First attendance concern letter sent\n"
+            bytes: b"occurred_on,recorded_at,entry,stage,by_role,summary\n\
+2026-09-24,2026-09-24T15:10:00Z,letter,concern,attendance_lead,First attendance concern letter sent\n"
                 .to_vec(),
         },
         PackFile {
