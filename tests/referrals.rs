@@ -1051,6 +1051,38 @@ async fn referrals(database_url: Option<&str>) {
         Some(0)
     );
     assert!(rollcall_pack::verify_pack(&return_bytes, None).is_valid());
+    // Once the local authority accepts the return it is complete, and the next one can start.
+    cli(
+        &url,
+        &[
+            "referral",
+            "outcome",
+            return_reference,
+            "--outcome",
+            "accepted",
+            "--by",
+            "LA",
+        ],
+    )
+    .await;
+    let next_return = json(
+        &cli(
+            &url,
+            &[
+                "referral",
+                "create",
+                "--upn",
+                &upn(3),
+                "--kind",
+                "unauthorised_absence_return",
+                "--by",
+                "Office",
+                "--json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(next_return["status"], "draft");
 
     let listed = cli(&url, &["referral", "list", "--school", LAESTAB]).await;
     for expected in [&reference, &officer_reference] {

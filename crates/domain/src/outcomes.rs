@@ -179,6 +179,11 @@ pub fn apply_outcome(
             "the referral is {status}, so no further outcome can be recorded"
         ));
     }
+    if kind.is_statutory_return() && status == S::Accepted {
+        return Err(format!(
+            "the {kind} was accepted, which completes it, so no further outcome can be recorded"
+        ));
+    }
     if status == S::Draft && outcome != Outcome::Withdrawn {
         return Err(format!(
             "the referral has not been submitted, so the local authority cannot have reported \
@@ -358,6 +363,15 @@ mod tests {
         )
         .expect_err("no notice yet");
         assert!(error.contains("notice_issued"), "{error}");
+    }
+
+    #[test]
+    fn an_accepted_return_is_complete() {
+        let kind = ReferralKind::SicknessReturn;
+        let status =
+            apply_outcome(kind, ReferralStatus::Submitted, Outcome::Accepted).expect("accepted");
+        let error = apply_outcome(kind, status, Outcome::Withdrawn).expect_err("complete");
+        assert!(error.contains("completes it"), "{error}");
     }
 
     #[test]

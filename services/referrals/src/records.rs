@@ -25,6 +25,12 @@ const REFERRAL_COLUMNS: &str = "id, reference, kind, laestab, upn, case_id, stat
      reduced_amount, reduced_days, full_amount, full_days, notice_policy_id, notice_clause, \
      paid_on";
 
+/// The condition of an open referral: not final, and not a statutory return already accepted.
+/// The unique index `referrals_one_open` has the same condition.
+const OPEN: &str = "status NOT IN ('paid', 'prosecution', 'withdrawn') AND NOT (status = \
+     'accepted' AND kind IN ('unauthorised_absence_return', 'sickness_return', \
+     'new_pupil_return', 'deletion_return'))";
+
 /// A prerequisite as stored with its referral, in JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct StoredCheck {
@@ -366,10 +372,10 @@ pub(crate) async fn insert_draft(db: &Db, draft: NewDraft<'_>) -> Result<String,
             .begin_write(REFERRALS_LOCK_KEY)
             .await
             .map_err(storage("creating a referral"))?;
-        let open: Option<(String, String)> = sqlx::query_as(
+        let open: Option<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT id, status FROM referrals WHERE upn = $1 AND laestab = $2 AND kind = $3 \
-             AND status NOT IN ('paid', 'prosecution', 'withdrawn')",
-        )
+             AND {OPEN}"
+        )))
         .bind(draft.upn)
         .bind(draft.laestab)
         .bind(draft.kind)
