@@ -201,7 +201,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             let stdout = std::io::stdout();
             let valid = crate::referrals::run_pack(command, &mut stdout.lock())?;
             if !valid {
-                bail!("the pack is not valid; see the checks marked FAIL above");
+                bail!("the pack is not valid: a check failed or could not be made");
             }
             return Ok(());
         }

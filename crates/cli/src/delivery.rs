@@ -22,7 +22,7 @@ const MAX_NOTE_CHARS: usize = 60;
 pub(crate) enum DeliveryCommand {
     /// List deliveries of referral packs, newest first, with their status and receipt.
     List {
-        /// Only this referral.
+        /// Only this referral: its identifier (ref-000001) or reference (9192001-2026-0001).
         #[arg(long)]
         referral: Option<String>,
         /// Only this status.
@@ -54,7 +54,23 @@ pub(crate) async fn run(
             let status = status
                 .as_deref()
                 .map_or(DeliveryStatus::Unspecified, status_of);
-            let deliveries = fetch(clients, referral.unwrap_or_default(), status).await?;
+            // Deliveries carry the referral's identifier; a reference is looked up first.
+            let referral = match referral {
+                Some(value) if !value.starts_with("ref-") => {
+                    clients
+                        .referrals
+                        .clone()
+                        .get_referral(rollcall_api::referrals::v1::GetReferralRequest { id: value })
+                        .await
+                        .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+                        .into_inner()
+                        .referral
+                        .unwrap_or_default()
+                        .id
+                }
+                other => other.unwrap_or_default(),
+            };
+            let deliveries = fetch(clients, referral, status).await?;
             if json {
                 let rows = deliveries.iter().map(delivery_json).collect();
                 writeln!(

@@ -89,8 +89,8 @@ pub(crate) enum ReferralCommand {
         by: String,
         /// Your role; headteacher or senior_attendance_lead may override missing
         /// prerequisites with --override-reason.
-        #[arg(long, default_value = "")]
-        role: String,
+        #[arg(long)]
+        role: Option<String>,
         /// The reason for overriding missing prerequisites, kept with the referral and in its
         /// pack.
         #[arg(long)]
@@ -503,7 +503,7 @@ pub(crate) async fn run_referral(
                 .submit_referral(SubmitReferralRequest {
                     id,
                     submitted_by: by,
-                    role,
+                    role: role.unwrap_or_default(),
                     override_reason: override_reason.unwrap_or_default(),
                 })
                 .await

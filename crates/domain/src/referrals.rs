@@ -310,7 +310,7 @@ fn check_one(prerequisite: Prerequisite, facts: &ReferralFacts) -> PrerequisiteC
             if facts.independent_school {
                 (
                     false,
-                    "independent schools cannot apply for penalty notices".to_owned(),
+                    "independent schools cannot request penalty notices or legal action".to_owned(),
                 )
             } else {
                 (true, "the school is state-funded".to_owned())
