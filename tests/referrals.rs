@@ -673,6 +673,30 @@ async fn referrals(database_url: Option<&str>) {
     let overdue = json(&cli(&url, &["referral", "list", "--overdue", "--json"]).await);
     assert_eq!(overdue.as_array().map(Vec::len), Some(1), "{overdue:#}");
     assert_eq!(overdue[0]["reference"], reference.as_str());
+    // The local authority records the notice unpaid after day 28; it is still overdue, and a
+    // late payment is at the full amount.
+    let unpaid = json(
+        &cli(
+            &url,
+            &[
+                "referral",
+                "outcome",
+                &reference,
+                "--outcome",
+                "unpaid",
+                "--date",
+                &(issued_on + Days::new(30)).to_string(),
+                "--by",
+                "LA",
+                "--json",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(unpaid["status"], "unpaid");
+    assert_eq!(unpaid["notice"]["overdue"], true, "{unpaid:#}");
+    let overdue = json(&cli(&url, &["referral", "list", "--overdue", "--json"]).await);
+    assert_eq!(overdue.as_array().map(Vec::len), Some(1), "{overdue:#}");
     let paid = json(
         &cli(
             &url,
@@ -683,7 +707,7 @@ async fn referrals(database_url: Option<&str>) {
                 "--outcome",
                 "paid",
                 "--date",
-                &(issued_on + Days::new(10)).to_string(),
+                &(issued_on + Days::new(32)).to_string(),
                 "--by",
                 "LA",
                 "--json",
@@ -692,7 +716,7 @@ async fn referrals(database_url: Option<&str>) {
         .await,
     );
     assert_eq!(paid["status"], "paid");
-    assert_eq!(paid["notice"]["amount_due"], 60);
+    assert_eq!(paid["notice"]["amount_due"], 120);
     assert_eq!(paid["notice"]["overdue"], false);
     let closed = cli_error(
         &url,

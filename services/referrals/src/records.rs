@@ -125,12 +125,15 @@ impl ReferralRow {
         })
     }
 
-    /// Returns true when the notice's full period has passed unpaid on `today`.
+    /// Returns true when the notice's full period has passed unpaid on `today`: a notice
+    /// issued and not yet settled, or one the local authority has recorded as unpaid.
     pub(crate) fn is_overdue(&self, today: NaiveDate) -> bool {
-        self.status() == ReferralStatus::NoticeIssued
-            && self
-                .notice()
-                .is_some_and(|notice| notice.position_on(today).overdue)
+        matches!(
+            self.status(),
+            ReferralStatus::NoticeIssued | ReferralStatus::Unpaid
+        ) && self
+            .notice()
+            .is_some_and(|notice| notice.position_on(today).overdue)
     }
 
     pub(crate) fn into_proto(self, outcomes: Vec<OutcomeRow>, today: NaiveDate) -> Referral {

@@ -423,7 +423,8 @@ impl ReferralsService for Referrals {
             limit: limit + 1,
         };
         if request.overdue_only {
-            filter.status = ReferralStatus::NoticeIssued.as_str().to_owned();
+            // Overdue notices are issued or unpaid ones; the status filter is applied below.
+            filter.status = String::new();
             filter.limit = i64::MAX;
         }
         let mut rows = records::list(&self.db, &filter).await?;
