@@ -231,7 +231,7 @@ async fn referrals(database_url: Option<&str>) {
     )
     .expect("config");
     // The letters are written today for absences of 2025, and a letter counts as served from
-    // the day it was sent, so the test asks for no school days between letter and request.
+    // the day it was sent, so the test requires no school days between letter and request.
     config.referrals =
         ReferralsConfig::parse("warning_school_days = 0").expect("referral settings");
     config.delivery = DeliveryConfig::parse(&format!(
@@ -924,7 +924,7 @@ async fn referrals(database_url: Option<&str>) {
     assert!(future.contains("in the future"), "{future}");
 
     // An attendance officer referral while the ladder is not done: only a senior leader's
-    // override with a reason submits it, and the pack says so.
+    // override with a reason submits it, and the pack records the override.
     let officer = json(
         &cli(
             &url,

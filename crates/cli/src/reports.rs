@@ -152,7 +152,7 @@ pub(crate) struct ReferralCount {
 }
 
 impl ReferralCount {
-    /// The measures as the CSV names them, with their counts.
+    /// Returns the measures as the CSV names them, with their counts.
     pub(crate) fn measures(&self) -> [(&'static str, usize); 7] {
         [
             ("submitted", self.submitted),

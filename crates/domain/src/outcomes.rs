@@ -1,5 +1,5 @@
-//! What happens to a referral after the school submits it: the local authority's outcomes, the
-//! status each leaves the referral in, and what a parent owes on a penalty notice.
+//! A referral after the school submits it: the local authority's outcomes, the status each
+//! leaves the referral in, and the amount a parent owes on a penalty notice.
 //!
 //! A penalty notice is paid at the reduced amount within the reduced period (21 days under both
 //! shipped policies) or at the full amount within the full period (28 days). After that it is
@@ -12,7 +12,7 @@ use chrono::{Days, NaiveDate};
 
 use crate::referrals::ReferralKind;
 
-/// Where a referral stands.
+/// The state of a referral.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ReferralStatus {
     /// Created by the school and not yet submitted.
@@ -254,7 +254,7 @@ pub struct IssuedNotice {
     pub full_days: u32,
 }
 
-/// What a parent owes on a notice on a given date.
+/// The amount a parent owes on a notice on a given date, and its deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PaymentPosition {
     /// The amount, in pounds, payable on the date; the full amount once overdue.
@@ -335,7 +335,7 @@ mod tests {
     }
 
     #[test]
-    fn a_notice_runs_its_course() {
+    fn notice_outcomes_run_in_order() {
         let kind = ReferralKind::PenaltyNotice;
         let mut status = ReferralStatus::Submitted;
         for outcome in [Outcome::Accepted, Outcome::NoticeIssued, Outcome::Unpaid] {
@@ -366,7 +366,7 @@ mod tests {
     }
 
     #[test]
-    fn an_accepted_return_is_complete() {
+    fn accepted_return_is_complete() {
         let kind = ReferralKind::SicknessReturn;
         let status =
             apply_outcome(kind, ReferralStatus::Submitted, Outcome::Accepted).expect("accepted");

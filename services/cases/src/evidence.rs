@@ -1,5 +1,5 @@
-//! What a pupil's case file holds for the referrals service: which stages of the ladder still
-//! lack their required actions, the letters sent to the parents, assessments of the family's
+//! The evidence a pupil's case file gives the referrals service: the stages of the ladder that
+//! still lack their required actions, the letters sent to the parents, assessments of the family's
 //! circumstances and the support offered.
 
 use std::collections::BTreeMap;

@@ -74,7 +74,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_created_key_is_read_back() {
+    fn created_key_reads_back() {
         let folder = tempfile::tempdir().expect("temporary folder");
         let path = folder.path().join("keys").join("pack-signing.pem");
         let created = load_or_create_signing_key(&path).expect("created");
@@ -92,7 +92,7 @@ mod tests {
     }
 
     #[test]
-    fn a_configured_key_is_never_created() {
+    fn configured_key_is_never_created() {
         let folder = tempfile::tempdir().expect("temporary folder");
         let path = folder.path().join("typo.pem");
         let error = read_signing_key(&path).expect_err("missing key");

@@ -361,12 +361,7 @@ impl ReferralsService for Referrals {
         request: Request<GetReferralRequest>,
     ) -> Result<Response<GetReferralResponse>, Status> {
         let request = request.into_inner();
-        let id = required(
-            "id",
-            &request.id,
-            "give the referral's identifier or reference",
-        )?;
-        let mut row = records::get(&self.db, &id).await?;
+        let mut row = self.requested_referral(&request.id).await?;
         if row.status() == ReferralStatus::Draft {
             let (gathered, checks) = self.check(&row).await?;
             let case_id = gathered
@@ -452,17 +447,12 @@ impl ReferralsService for Referrals {
         request: Request<SubmitReferralRequest>,
     ) -> Result<Response<SubmitReferralResponse>, Status> {
         let request = request.into_inner();
-        let id = required(
-            "id",
-            &request.id,
-            "give the referral's identifier or reference",
-        )?;
         let submitted_by = required(
             "submitted_by",
             &request.submitted_by,
             "give the name of the person submitting",
         )?;
-        let row = records::get(&self.db, &id).await?;
+        let row = self.requested_referral(&request.id).await?;
         if row.status() != ReferralStatus::Draft {
             return Err(already_submitted(&row));
         }
@@ -591,12 +581,7 @@ impl ReferralsService for Referrals {
         request: Request<RecordReferralOutcomeRequest>,
     ) -> Result<Response<RecordReferralOutcomeResponse>, Status> {
         let request = request.into_inner();
-        let id = required(
-            "id",
-            &request.id,
-            "give the referral's identifier or reference",
-        )?;
-        let row = records::get(&self.db, &id).await?;
+        let row = self.requested_referral(&request.id).await?;
         if records::outcome_request_seen(&self.db, request.request_id.trim()).await? {
             return Ok(Response::new(RecordReferralOutcomeResponse {
                 referral: Some(self.to_proto(row).await?),
@@ -707,12 +692,7 @@ impl ReferralsService for Referrals {
         request: Request<GetReferralPackRequest>,
     ) -> Result<Response<GetReferralPackResponse>, Status> {
         let request = request.into_inner();
-        let id = required(
-            "id",
-            &request.id,
-            "give the referral's identifier or reference",
-        )?;
-        let row = records::get(&self.db, &id).await?;
+        let row = self.requested_referral(&request.id).await?;
         let (file_name, zip) = if row.status() == ReferralStatus::Draft {
             let (gathered, checks) = self.check(&row).await?;
             let (pack_id, built) = self
@@ -733,6 +713,13 @@ impl ReferralsService for Referrals {
 }
 
 impl Referrals {
+    /// Reads the referral a request names by identifier or reference, or returns
+    /// INVALID_ARGUMENT when it names none and NOT_FOUND when it is unknown.
+    async fn requested_referral(&self, id: &str) -> Result<ReferralRow, Status> {
+        let id = required("id", id, "give the referral's identifier or reference")?;
+        records::get(&self.db, &id).await
+    }
+
     /// Returns the file name and bytes of the pack a referral was submitted with.
     async fn submitted_pack(&self, row: &ReferralRow) -> Result<(String, Vec<u8>), Status> {
         if row.pack_id.is_empty() {
