@@ -212,6 +212,7 @@ fn imports(
                     source: MarkSource::MisSync as i32,
                     source_name: "property test".into(),
                     recorded_by: "test".into(),
+                    ..Default::default()
                 })),
             }];
             let mut marks = Vec::new();

@@ -99,6 +99,7 @@ fn september() -> Vec<ImportRegisterRequest> {
                 source: MarkSource::MisSync as i32,
                 source_name: "test".into(),
                 recorded_by: "test".into(),
+                ..Default::default()
             })),
         },
         ImportRegisterRequest {

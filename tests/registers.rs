@@ -67,6 +67,7 @@ fn import(request_id: &str, pupils: &[String], marks: Vec<Mark>) -> Vec<ImportRe
         source: MarkSource::MisSync as i32,
         source_name: "test".into(),
         recorded_by: "test".into(),
+        ..Default::default()
     };
     let mut messages = vec![ImportRegisterRequest {
         item: Some(Item::Header(header)),

@@ -12,6 +12,7 @@ const PROTO_FILES: &[&str] = &[
     "rollcall/cases/v1/cases.proto",
     "rollcall/referrals/v1/referrals.proto",
     "rollcall/mis_adapter/v1/mis_adapter.proto",
+    "rollcall/mis_adapter/v1/sync.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

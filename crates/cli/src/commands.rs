@@ -375,6 +375,7 @@ pub(crate) async fn import_ctf(
                 file_name: name.clone(),
                 content,
                 imported_by: by.to_owned(),
+                dry_run: false,
             })
             .await;
         let response = match response {

@@ -12,7 +12,8 @@ use rollcall_api::mis_adapter::v1::{
 };
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{
-    ImportHeader, ImportMarks, ImportRegisterRequest, import_register_request::Item,
+    ImportHeader, ImportMarks, ImportRegisterRequest, ImportRegisterResponse,
+    import_register_request::Item,
 };
 use rollcall_api::types::v1::MarkSource;
 use rollcall_runtime::grpc::{MAX_MESSAGE_BYTES, invalid_argument, storage_error, upstream_error};
@@ -65,6 +66,35 @@ impl MisAdapter {
         self.deliveries.spawn_worker()
     }
 
+    /// Records a file as imported, with what the import did.
+    async fn record_file_import(
+        &self,
+        sha256: &str,
+        file_name: &str,
+        laestab: &str,
+        pupils: i32,
+        outcome: &ImportRegisterResponse,
+        imported_by: &str,
+    ) -> Result<(), Status> {
+        with_db!(&self.db, |pool| {
+            sqlx::query(
+                "INSERT INTO file_imports (sha256, file_name, laestab, pupils, marks_recorded, imported_by, imported_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (sha256) DO NOTHING",
+            )
+            .bind(sha256)
+            .bind(file_name)
+            .bind(laestab)
+            .bind(pupils)
+            .bind(outcome.marks_recorded)
+            .bind(imported_by)
+            .bind(Utc::now())
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })
+        .map_err(|error| storage_error("recording a file import", error))
+    }
+
     /// Wraps the service in its tonic server.
     pub fn into_server(self) -> MisAdapterServiceServer<Self> {
         MisAdapterServiceServer::new(self)
@@ -110,6 +140,8 @@ impl MisAdapterService for MisAdapter {
                 source: MarkSource::Import as i32,
                 source_name: file_name.clone(),
                 recorded_by: imported_by.clone(),
+                partial: false,
+                dry_run: request.dry_run,
             })),
         });
         messages.extend(
@@ -146,23 +178,17 @@ impl MisAdapterService for MisAdapter {
             })?
             .into_inner();
 
-        with_db!(&self.db, |pool| {
-            sqlx::query(
-                "INSERT INTO file_imports (sha256, file_name, laestab, pupils, marks_recorded, imported_by, imported_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (sha256) DO NOTHING",
+        if !request.dry_run {
+            self.record_file_import(
+                &sha256,
+                &file_name,
+                &laestab,
+                pupil_count,
+                &outcome,
+                &imported_by,
             )
-            .bind(&sha256)
-            .bind(&file_name)
-            .bind(&laestab)
-            .bind(pupil_count)
-            .bind(outcome.marks_recorded)
-            .bind(&imported_by)
-            .bind(Utc::now())
-            .execute(pool)
-            .await
-            .map(|_| ())
-        })
-        .map_err(|error| storage_error("recording a file import", error))?;
+            .await?;
+        }
 
         tracing::info!(
             %sha256,
@@ -180,6 +206,8 @@ impl MisAdapterService for MisAdapter {
             marks_recorded: outcome.marks_recorded,
             marks_unchanged: outcome.marks_unchanged,
             already_imported: outcome.already_applied,
+            dry_run: request.dry_run,
+            pupils_updated: outcome.pupils_updated,
             feed_cursor: outcome.feed_cursor,
             warnings: prepared
                 .warnings
