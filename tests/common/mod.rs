@@ -69,6 +69,7 @@ pub(crate) async fn import_register(
             source: MarkSource::MisSync as i32,
             source_name: "test".into(),
             recorded_by: "test".into(),
+            ..Default::default()
         })),
     }];
     messages.extend(
