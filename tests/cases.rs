@@ -733,6 +733,7 @@ async fn import_september(
                 source: MarkSource::MisSync as i32,
                 source_name: "test".into(),
                 recorded_by: "test".into(),
+                ..Default::default()
             })),
         },
         ImportRegisterRequest {
