@@ -149,6 +149,9 @@ enum ImportCommand {
         /// The name of the person or system importing, kept with every mark.
         #[arg(long, default_value = "rollcall import")]
         by: String,
+        /// Check each file and print what importing it would change, storing nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -243,8 +246,8 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     let clients = Clients::connect(&cli.server).await?;
     let mut out = std::io::stdout().lock();
     match client {
-        ClientCommand::Import(ImportCommand::Ctf { files, by }) => {
-            import_ctf(&clients, &files, &by, &mut out).await
+        ClientCommand::Import(ImportCommand::Ctf { files, by, dry_run }) => {
+            import_ctf(&clients, &files, &by, dry_run, &mut out).await
         }
         ClientCommand::Report(ReportCommand::Attendance {
             school,
@@ -350,10 +353,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Imports each file, prints a line per file, then waits for figures and cases to catch up.
+/// A dry run checks each file and prints what importing it would change, storing nothing.
 pub(crate) async fn import_ctf(
     clients: &Clients,
     files: &[PathBuf],
     by: &str,
+    dry_run: bool,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let mut feed_cursor = 0;
@@ -375,7 +380,7 @@ pub(crate) async fn import_ctf(
                 file_name: name.clone(),
                 content,
                 imported_by: by.to_owned(),
-                dry_run: false,
+                dry_run,
             })
             .await;
         let response = match response {
@@ -389,6 +394,10 @@ pub(crate) async fn import_ctf(
                 continue;
             }
         };
+        if dry_run {
+            write_ctf_dry_run(&name, &response, out)?;
+            continue;
+        }
         feed_cursor = feed_cursor.max(response.feed_cursor);
         if response.already_imported {
             writeln!(
@@ -399,10 +408,11 @@ pub(crate) async fn import_ctf(
         } else {
             writeln!(
                 out,
-                "{name}: school {}, {} ({} new), {} recorded, {} unchanged",
+                "{name}: school {}, {} ({} new, {} updated), {} recorded, {} unchanged",
                 response.laestab,
                 count(response.pupils, "pupil", "pupils"),
                 response.pupils_added,
+                response.pupils_updated,
                 count(response.marks_recorded, "mark", "marks"),
                 response.marks_unchanged
             )?;
@@ -416,6 +426,46 @@ pub(crate) async fn import_ctf(
     }
     if failures > 0 {
         bail!("{failures} of {} files were not imported", files.len());
+    }
+    Ok(())
+}
+
+/// Prints what importing a CTF would change. A dry-run response must say it was one, so that
+/// a server that ignores the flag is caught rather than reported as having stored nothing.
+fn write_ctf_dry_run(
+    name: &str,
+    response: &rollcall_api::mis_adapter::v1::ImportCtfResponse,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    if !response.dry_run {
+        bail!(
+            "{name}: the server does not support dry runs, so it may have imported the file; \
+             check with `rollcall report attendance --school {}`",
+            response.laestab
+        );
+    }
+    if response.already_imported {
+        writeln!(
+            out,
+            "{name}: dry run, nothing stored: already imported, importing again would change \
+             nothing (school {})",
+            response.laestab
+        )?;
+    } else {
+        writeln!(
+            out,
+            "{name}: dry run, nothing stored: school {}, {}: {} would be added and {} updated; \
+             {} would be recorded, {} unchanged",
+            response.laestab,
+            count(response.pupils, "pupil", "pupils"),
+            response.pupils_added,
+            response.pupils_updated,
+            count(response.marks_recorded, "mark", "marks"),
+            response.marks_unchanged
+        )?;
+    }
+    for warning in &response.warnings {
+        writeln!(out, "  warning: {} ({})", warning.message, warning.element)?;
     }
     Ok(())
 }

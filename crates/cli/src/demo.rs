@@ -80,7 +80,7 @@ async fn run_against(
     let clients = Clients::connect(url).await?;
     println!("Importing {} Common Transfer Files...", files.len());
     let mut stdout = std::io::stdout();
-    import_ctf(&clients, files, "rollcall demo", &mut stdout).await?;
+    import_ctf(&clients, files, "rollcall demo", false, &mut stdout).await?;
 
     let mut pupils = 0;
     let mut persistent = 0;
