@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use rollcall_api::cases::v1::cases_service_client::CasesServiceClient;
 use rollcall_api::mis_adapter::v1::mis_adapter_service_client::MisAdapterServiceClient;
+use rollcall_api::mis_adapter::v1::mis_sync_service_client::MisSyncServiceClient;
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
 use rollcall_api::referrals::v1::referrals_service_client::ReferralsServiceClient;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
@@ -19,6 +20,7 @@ pub(crate) struct Clients {
     pub(crate) cases: CasesServiceClient<Channel>,
     pub(crate) referrals: ReferralsServiceClient<Channel>,
     pub(crate) mis_adapter: MisAdapterServiceClient<Channel>,
+    pub(crate) mis_sync: MisSyncServiceClient<Channel>,
 }
 
 impl Clients {
@@ -56,7 +58,10 @@ impl Clients {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             referrals: ReferralsServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            mis_adapter: MisAdapterServiceClient::new(channel)
+            mis_adapter: MisAdapterServiceClient::new(channel.clone())
+                .max_encoding_message_size(MAX_MESSAGE_BYTES)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            mis_sync: MisSyncServiceClient::new(channel)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         })

@@ -153,6 +153,10 @@ enum ImportCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Import pupils and session marks from CSV exports of a school's MIS, read under a column
+    /// profile. Rows that cannot be read or applied are rejected with their line; the others
+    /// are applied.
+    Csv(crate::csv_import::CsvArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -248,6 +252,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     match client {
         ClientCommand::Import(ImportCommand::Ctf { files, by, dry_run }) => {
             import_ctf(&clients, &files, &by, dry_run, &mut out).await
+        }
+        ClientCommand::Import(ImportCommand::Csv(args)) => {
+            crate::csv_import::run(&clients, args, &mut out).await
         }
         ClientCommand::Report(ReportCommand::Attendance {
             school,

@@ -6,6 +6,7 @@ mod casework;
 mod client;
 mod commands;
 mod contacts;
+mod csv_import;
 mod delivery;
 mod demo;
 mod marks;
@@ -42,6 +43,12 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // A reader that stops early, such as `head`, closes the pipe: that is not a failure.
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
+        // An import that applied its valid rows and rejected others has its own status, so
+        // scripts can tell it from a failure that stored nothing.
+        Err(error) if error.is::<csv_import::RowsRejected>() => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(csv_import::EXIT_ROWS_REJECTED)
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
