@@ -199,6 +199,8 @@ pub(crate) fn map_pupils(
                 continue;
             }
         };
+        // NOTE: a temporary UPN replaced by the permanent one lands here too, because the
+        // registers cannot yet move a pupil's history from one UPN to another.
         if let Some(held) = known.get(&mis_id)
             && *held != upn
         {
@@ -210,9 +212,9 @@ pub(crate) fn map_pupils(
                 "upn",
                 &pupil.upn,
                 format!(
-                    "MIS id {mis_id} is mapped to UPN {held} at this school; a pupil's UPN \
-                     cannot change through the sync API, so correct the UPN in the MIS or ask \
-                     trust IT to merge the two records"
+                    "MIS id {mis_id} is mapped to UPN {held} at this school, and a pupil's \
+                     UPN cannot change through the sync API; send UPN {held} for this MIS id, \
+                     or correct the UPN in the MIS"
                 ),
             ));
             continue;
