@@ -47,9 +47,9 @@ pub(crate) struct PupilColumns {
     pub(crate) surname: usize,
     pub(crate) date_of_birth: usize,
     pub(crate) admission_date: usize,
-    pub(crate) sex: Option<usize>,
+    pub(crate) sex: usize,
+    pub(crate) year_group: usize,
     pub(crate) leaving_date: Option<usize>,
-    pub(crate) year_group: Option<usize>,
     pub(crate) class: Option<usize>,
 }
 
@@ -252,8 +252,10 @@ fn quoted_list<'a>(items: impl Iterator<Item = &'a str>) -> String {
         .join(", ")
 }
 
-/// Decides whether a file contains pupils or marks. A profile with one section decides alone;
-/// with both, the file's headings decide.
+/// Decides whether a file contains pupils or marks. A profile with one section decides alone.
+/// With both, the file's headings decide: the date-of-birth heading marks a pupils file, and
+/// the code heading or a session column a marks file. A file with neither is taken for the
+/// kind whose other headings it has, so that the refusal can name the missing column.
 fn detect_kind(file: &str, profile: &Profile, columns: &Columns<'_>) -> anyhow::Result<Kind> {
     let (pupils, marks) = match (&profile.pupils, &profile.marks) {
         (Some(_), None) => return Ok(Kind::Pupils),
@@ -272,9 +274,24 @@ fn detect_kind(file: &str, profile: &Profile, columns: &Columns<'_>) -> anyhow::
             }),
         ),
     };
+    let present = |headings: Vec<&str>, others: &[&str]| {
+        headings
+            .into_iter()
+            .filter(|heading| {
+                let key = normalise_heading(heading);
+                columns.has(heading) && !others.iter().any(|other| normalise_heading(other) == key)
+            })
+            .count()
+    };
+    let pupil_headings: Vec<&str> = pupils.fields().iter().filter_map(|(_, h, _)| *h).collect();
+    let mark_headings: Vec<&str> = marks.fields().iter().filter_map(|(_, h)| *h).collect();
+    let only_pupils = present(pupil_headings.clone(), &mark_headings);
+    let only_marks = present(mark_headings.clone(), &pupil_headings);
     match (looks_like_pupils, looks_like_marks) {
         (true, false) => Ok(Kind::Pupils),
         (false, true) => Ok(Kind::Marks),
+        (false, false) if only_pupils > 0 && only_marks == 0 => Ok(Kind::Pupils),
+        (false, false) if only_marks > 0 && only_pupils == 0 => Ok(Kind::Marks),
         (true, true) => bail!(
             "{file}: cannot tell whether this is a pupils or a marks export, because it has both \
              the pupils heading {pupil_sign:?} and the marks heading {marks_sign}; split it into \
@@ -298,7 +315,7 @@ fn missing_columns(
     profile: &Profile,
     kind: Kind,
     missing: &[(&str, String)],
-    wanted: &[String],
+    profile_headings: &[String],
     columns: &Columns<'_>,
 ) -> anyhow::Error {
     let names = missing
@@ -318,7 +335,7 @@ fn missing_columns(
          the export (see docs/csv-import.md)",
         profile.name,
         columns.list(),
-        quoted_list(wanted.iter().map(String::as_str)),
+        quoted_list(profile_headings.iter().map(String::as_str)),
     )
 }
 
@@ -331,7 +348,7 @@ fn pupil_columns(
         bail!("profile {} has no [pupils] section", profile.name);
     };
     let fields = headings.fields();
-    let wanted: Vec<String> = fields
+    let profile_headings: Vec<String> = fields
         .iter()
         .filter_map(|(_, heading, _)| heading.map(str::to_owned))
         .collect();
@@ -353,7 +370,7 @@ fn pupil_columns(
             profile,
             Kind::Pupils,
             &missing,
-            &wanted,
+            &profile_headings,
             columns,
         ));
     }
@@ -365,9 +382,9 @@ fn pupil_columns(
         surname: required("surname"),
         date_of_birth: required("date_of_birth"),
         admission_date: required("admission_date"),
-        sex: found.get("sex").copied(),
+        sex: required("sex"),
+        year_group: required("year_group"),
         leaving_date: found.get("leaving_date").copied(),
-        year_group: found.get("year_group").copied(),
         class: found.get("class").copied(),
     })
 }
@@ -380,7 +397,7 @@ fn mark_columns(
     let Some(headings) = &profile.marks else {
         bail!("profile {} has no [marks] section", profile.name);
     };
-    let wanted: Vec<String> = headings
+    let profile_headings: Vec<String> = headings
         .fields()
         .iter()
         .filter_map(|(_, heading)| heading.map(str::to_owned))
@@ -485,7 +502,7 @@ fn mark_columns(
             profile,
             Kind::Marks,
             &missing,
-            &wanted,
+            &profile_headings,
             columns,
         ));
     }
@@ -515,7 +532,7 @@ mod tests {
         let path = write(
             folder.path(),
             "pupils.csv",
-            b"\xEF\xBB\xBFAdno,UPN,Legal Surname,Legal Forename,DOB,Admission Date,Reg Group\n",
+            b"\xEF\xBB\xBFAdno,UPN,Legal Surname,Legal Forename,DOB,Admission Date,Gender,Year,Reg Group\n",
         );
         let plan = plan_file(&path, &Profile::load("sims").expect("profile")).expect("plan");
         let Layout::Pupils(columns) = plan.layout else {
@@ -523,8 +540,9 @@ mod tests {
         };
         assert_eq!(columns.mis_id, 0);
         assert_eq!(columns.surname, 2);
-        assert_eq!(columns.class, Some(6));
-        assert_eq!(columns.sex, None);
+        assert_eq!(columns.sex, 6);
+        assert_eq!(columns.class, Some(8));
+        assert_eq!(columns.leaving_date, None);
         assert_eq!(plan.headings[0], "Adno");
         assert_eq!(plan.sha256.len(), 64);
     }
@@ -554,7 +572,7 @@ mod tests {
     #[test]
     fn missing_column_names_it_and_the_profile() {
         let error = refusal(
-            "Student ID,UPN,Legal First Name,Date of Birth,Enrolment Start Date\n",
+            "Student ID,UPN,Legal First Name,Date of Birth,Enrolment Start Date,Gender,Year\n",
             "arbor",
         );
         assert!(
@@ -571,6 +589,24 @@ mod tests {
         let error = refusal("Date,Session,Mark\n2025-09-08,AM,/\n", "bromcom");
         assert!(error.contains("(the pupil)"), "{error}");
         assert!(error.contains("Admission Number"), "{error}");
+    }
+
+    #[test]
+    fn marks_file_without_code_names_the_column() {
+        let error = refusal("Student ID,UPN,Date,Session,Attendance Code\n", "arbor");
+        assert!(error.contains("missing column \"Mark\" (code)"), "{error}");
+    }
+
+    #[test]
+    fn pupils_file_without_birth_date_names_it() {
+        let error = refusal(
+            "Adno,UPN,Legal Surname,Legal Forename,Birth Date,Gender,Admission Date,Year\n",
+            "sims",
+        );
+        assert!(
+            error.contains("missing column \"DOB\" (date_of_birth)"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -598,7 +634,7 @@ mod tests {
         let path = write(
             folder.path(),
             "pupils.csv",
-            b"mis_id,upn,forename,surname,date_of_birth,admission_date\n1,A1,Zo\xEB,Smith,2014-01-02,2025-09-01\n",
+            b"mis_id,upn,forename,surname,date_of_birth,admission_date,sex,year_group\n1,A1,Zo\xEB,Smith,2014-01-02,2025-09-01,F,7\n",
         );
         let error = format!(
             "{:#}",

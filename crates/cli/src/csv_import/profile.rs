@@ -46,7 +46,8 @@ impl Default for SessionsText {
     }
 }
 
-/// The headings of a pupils export. The first six are required in every file.
+/// The headings of a pupils export. The MIS sync API needs every field but the leaving date
+/// and class, so those two alone are optional in a file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PupilHeadings {
@@ -56,9 +57,9 @@ pub(crate) struct PupilHeadings {
     pub(crate) surname: String,
     pub(crate) date_of_birth: String,
     pub(crate) admission_date: String,
-    pub(crate) sex: Option<String>,
+    pub(crate) sex: String,
+    pub(crate) year_group: String,
     pub(crate) leaving_date: Option<String>,
-    pub(crate) year_group: Option<String>,
     pub(crate) class: Option<String>,
 }
 
@@ -72,9 +73,9 @@ impl PupilHeadings {
             ("surname", Some(self.surname.as_str()), true),
             ("date_of_birth", Some(self.date_of_birth.as_str()), true),
             ("admission_date", Some(self.admission_date.as_str()), true),
-            ("sex", self.sex.as_deref(), false),
+            ("sex", Some(self.sex.as_str()), true),
+            ("year_group", Some(self.year_group.as_str()), true),
             ("leaving_date", self.leaving_date.as_deref(), false),
-            ("year_group", self.year_group.as_deref(), false),
             ("class", self.class.as_deref(), false),
         ]
     }

@@ -48,14 +48,14 @@ pub(crate) enum Item {
     Mark(SyncMark),
 }
 
-/// Reads the rows of one file, remembering what it has seen so that a second row for the
-/// same pupil, or for the same pupil and session, is rejected in favour of the first.
+/// Reads the rows of one file, remembering what it has read so that a second row for the
+/// same MIS id, or a second mark for the same pupil and session, is rejected in favour of the
+/// first.
 #[derive(Debug)]
 pub(crate) struct RowReader<'a> {
     plan: &'a FilePlan,
     profile: &'a Profile,
     pupils_by_id: HashMap<String, u64>,
-    pupils_by_upn: HashMap<String, u64>,
     sessions: HashMap<(String, NaiveDate, Session), u64>,
 }
 
@@ -65,7 +65,6 @@ impl<'a> RowReader<'a> {
             plan,
             profile,
             pupils_by_id: HashMap::new(),
-            pupils_by_upn: HashMap::new(),
             sessions: HashMap::new(),
         }
     }
@@ -226,22 +225,22 @@ impl<'a> RowReader<'a> {
                 .trim()
                 .to_owned()
         };
-        let sex_text = cell(columns.sex);
+        let sex_text = self.required(record, line, columns.sex, "sex")?;
         let sex = read_sex(&sex_text).ok_or_else(|| {
             self.reject(
                 line,
-                columns.sex,
+                Some(columns.sex),
                 "sex",
                 &sex_text,
                 "invalid_sex",
                 "expected M, F, Male or Female".to_owned(),
             )
         })?;
-        let year_text = cell(columns.year_group);
+        let year_text = self.required(record, line, columns.year_group, "year_group")?;
         let year_group = read_year_group(&year_text).ok_or_else(|| {
             self.reject(
                 line,
-                columns.year_group,
+                Some(columns.year_group),
                 "year_group",
                 &year_text,
                 "invalid_year_group",
@@ -264,21 +263,7 @@ impl<'a> RowReader<'a> {
                 ),
             ));
         }
-        if let Some(first) = self.pupils_by_upn.get(&upn) {
-            return Err(self.reject(
-                line,
-                Some(columns.upn),
-                "upn",
-                &upn,
-                "duplicate_pupil",
-                format!(
-                    "a second row for this UPN; the row on line {first} is the one imported, so \
-                     remove one of them in the export"
-                ),
-            ));
-        }
         self.pupils_by_id.insert(mis_id.clone(), line);
-        self.pupils_by_upn.insert(upn.clone(), line);
 
         let pupil = SyncPupil {
             mis_id,
@@ -565,6 +550,11 @@ mod tests {
         let header = "mis_id,upn,forename,surname,date_of_birth,admission_date,sex,year_group\n";
         let cases = [
             (
+                "1,A1,Ada,L,2014-01-02,2025-09-01,,7",
+                "missing_value",
+                "sex",
+            ),
+            (
                 "1,A1,Ada,,2014-01-02,2025-09-01,F,7",
                 "missing_value",
                 "surname",
@@ -715,9 +705,9 @@ mod tests {
     #[test]
     fn second_row_for_a_pupil_is_rejected() {
         let rows = read_all(
-            "mis_id,upn,forename,surname,date_of_birth,admission_date\n\
-             1,A1,Ada,L,2014-01-02,2025-09-01\n\
-             1,A2,Grace,H,2014-01-03,2025-09-01\n",
+            "mis_id,upn,forename,surname,date_of_birth,admission_date,sex,year_group\n\
+             1,A1,Ada,L,2014-01-02,2025-09-01,F,7\n\
+             1,A2,Grace,H,2014-01-03,2025-09-01,F,7\n",
             "rollcall",
         );
         assert!(rows[0].is_ok());

@@ -215,24 +215,24 @@ impl Summary {
         if self.rejections.is_empty() {
             return Ok(());
         }
-        let shown = self.rejections.len().min(REJECTIONS_SHOWN);
-        if shown < self.rejections.len() {
+        let listed = self.rejections.len().min(REJECTIONS_SHOWN);
+        if listed < self.rejections.len() {
             writeln!(
                 out,
-                "Rejected (the first {shown} of {}):",
+                "Rejected (the first {listed} of {}):",
                 self.rejections.len()
             )?;
         } else {
             writeln!(out, "Rejected:")?;
         }
-        for rejection in &self.rejections[..shown] {
+        for rejection in &self.rejections[..listed] {
             writeln!(out, "  {}", describe(rejection))?;
         }
-        if shown < self.rejections.len() {
+        if listed < self.rejections.len() {
             writeln!(
                 out,
                 "{} more not shown; run the command again with --json to list every rejection",
-                self.rejections.len() - shown
+                self.rejections.len() - listed
             )?;
         }
         Ok(())
@@ -273,9 +273,9 @@ fn column_of(plan: &FilePlan, field: &str) -> Option<String> {
             "surname" => Some(columns.surname),
             "date_of_birth" => Some(columns.date_of_birth),
             "admission_date" => Some(columns.admission_date),
-            "sex" => columns.sex,
+            "sex" => Some(columns.sex),
+            "year_group" => Some(columns.year_group),
             "leaving_date" => columns.leaving_date,
-            "year_group" => columns.year_group,
             "class_name" | "class" => columns.class,
             _ => None,
         },
