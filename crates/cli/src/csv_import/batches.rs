@@ -5,6 +5,7 @@ use anyhow::Context;
 use csv::StringRecord;
 use rollcall_api::mis_adapter::v1::stream_sync_request::Batch;
 use rollcall_api::mis_adapter::v1::{StreamSyncRequest, SyncMarksRequest, SyncPupilsRequest};
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::plan::{FilePlan, Kind};
@@ -51,26 +52,71 @@ impl<T> Batcher<T> {
     }
 }
 
-/// Returns the idempotency key of one batch of a file. The same file, profile and batch
+/// Returns the idempotency key of one batch of a file. The same file, settings and batch
 /// size give the same keys, so a second run of an import replays the first run's results.
 pub(crate) fn idempotency_key(
     file_sha256: &str,
-    profile_fingerprint: &str,
+    settings_fingerprint: &str,
     batch_size: usize,
     batch_number: u32,
 ) -> String {
-    format!("csv-{file_sha256}-{profile_fingerprint}-{batch_size}-{batch_number}")
+    format!("csv-{file_sha256}-{settings_fingerprint}-{batch_size}-{batch_number}")
 }
 
 /// Settings that every batch of an import carries besides its rows.
 #[derive(Debug, Clone)]
 pub(crate) struct BatchSettings {
     pub(crate) laestab: String,
-    /// The school's name and phase, sent only to create a school rollcall does not hold.
+    /// The school's name and phase, sent when given on the command line. They create a
+    /// school rollcall does not hold, and replace the name and phase of one it holds.
     pub(crate) school_name: String,
     pub(crate) phase: i32,
     pub(crate) source_name: String,
     pub(crate) dry_run: bool,
+    /// The first 16 hex digits of a SHA-256 over the profile's fingerprint and the fields
+    /// above that a pupils batch carries. The server rejects a key whose batch differs in
+    /// any field, so a run with another `--by` must use other keys. Its rows are then
+    /// checked afresh, and rows equal to what is held come back unchanged.
+    pub(crate) pupils_fingerprint: String,
+    /// The same for a marks batch, which carries no school name or phase.
+    pub(crate) marks_fingerprint: String,
+}
+
+impl BatchSettings {
+    /// Builds the settings and their fingerprint.
+    pub(crate) fn new(
+        laestab: String,
+        school_name: String,
+        phase: i32,
+        source_name: String,
+        dry_run: bool,
+        profile_fingerprint: &str,
+    ) -> Self {
+        let fingerprint = |parts: &[&str]| {
+            let mut hasher = Sha256::new();
+            for part in parts {
+                hasher.update(part.as_bytes());
+                hasher.update([0]);
+            }
+            hex::encode(&hasher.finalize()[..8])
+        };
+        let pupils_fingerprint = fingerprint(&[
+            profile_fingerprint,
+            &source_name,
+            &school_name,
+            &phase.to_string(),
+        ]);
+        let marks_fingerprint = fingerprint(&[profile_fingerprint, &source_name]);
+        Self {
+            laestab,
+            school_name,
+            phase,
+            source_name,
+            dry_run,
+            pupils_fingerprint,
+            marks_fingerprint,
+        }
+    }
 }
 
 /// A report from the reading thread. Reports arrive in file order.
@@ -167,12 +213,11 @@ impl BatchSender<'_> {
             // import would replay the import's results instead of checking the rows again.
             String::new()
         } else {
-            idempotency_key(
-                &self.plan.sha256,
-                &self.profile.fingerprint,
-                BATCH_SIZE,
-                number,
-            )
+            let fingerprint = match self.plan.layout.kind() {
+                Kind::Pupils => &self.settings.pupils_fingerprint,
+                Kind::Marks => &self.settings.marks_fingerprint,
+            };
+            idempotency_key(&self.plan.sha256, fingerprint, BATCH_SIZE, number)
         };
         let (items, origins): (Vec<Item>, Vec<Origin>) = batch.into_iter().unzip();
         let request = build_request(self.plan.layout.kind(), self.settings, key, items);
@@ -316,6 +361,32 @@ mod tests {
         );
         assert_eq!(batches_of(&[1, 2], 2), vec![vec![1, 2]]);
         assert!(batches_of(&[], 2).is_empty());
+    }
+
+    #[test]
+    fn settings_fingerprint_follows_every_field() {
+        let settings = |by: &str, name: &str, profile: &str| {
+            BatchSettings::new("9192001".into(), name.into(), 3, by.into(), false, profile)
+        };
+        let first = settings("office", "Academy", "0123456789abcdef");
+        assert_eq!(first.pupils_fingerprint.len(), 16);
+        assert_ne!(first.pupils_fingerprint, first.marks_fingerprint);
+
+        let same = settings("office", "Academy", "0123456789abcdef");
+        assert_eq!(first.pupils_fingerprint, same.pupils_fingerprint);
+        assert_eq!(first.marks_fingerprint, same.marks_fingerprint);
+
+        let other_person = settings("head", "Academy", "0123456789abcdef");
+        assert_ne!(first.pupils_fingerprint, other_person.pupils_fingerprint);
+        assert_ne!(first.marks_fingerprint, other_person.marks_fingerprint);
+
+        let no_name = settings("office", "", "0123456789abcdef");
+        assert_ne!(first.pupils_fingerprint, no_name.pupils_fingerprint);
+        assert_eq!(first.marks_fingerprint, no_name.marks_fingerprint);
+
+        let other_profile = settings("office", "Academy", "fedcba9876543210");
+        assert_ne!(first.pupils_fingerprint, other_profile.pupils_fingerprint);
+        assert_ne!(first.marks_fingerprint, other_profile.marks_fingerprint);
     }
 
     #[test]

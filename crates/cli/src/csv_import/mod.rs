@@ -56,11 +56,12 @@ pub(crate) struct CsvArgs {
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
-    /// The school's name. Needed only when the school is new to rollcall, with --phase.
+    /// The school's name. Needed, with --phase, when the school is new to rollcall; for a
+    /// school rollcall holds, it replaces the name.
     #[arg(long)]
     school_name: Option<String>,
-    /// The school's phase, which selects its escalation ladder. Needed only when the school is
-    /// new to rollcall.
+    /// The school's phase, which selects its escalation ladder. Needed when the school is new
+    /// to rollcall; for a school rollcall holds, it replaces the phase.
     #[arg(long, value_parser = ["infant", "junior", "secondary"])]
     phase: Option<String>,
 }
@@ -75,17 +76,20 @@ pub(crate) struct RowsRejected {
 
 impl std::fmt::Display for RowsRejected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let verb = if self.dry_run {
-            "would be rejected"
+        let (rejected, total) = (self.rejected, self.total);
+        if self.dry_run {
+            write!(
+                f,
+                "{rejected} of {total} pupils and marks would be rejected; correct them in the \
+                 MIS and export again before importing"
+            )
         } else {
-            "were rejected"
-        };
-        write!(
-            f,
-            "{} of {} pupils and marks {verb}; correct them in the MIS, export again and \
-             import the file again (rows already applied stay unchanged)",
-            self.rejected, self.total
-        )
+            write!(
+                f,
+                "{rejected} of {total} pupils and marks were rejected; correct them in the MIS, \
+                 export again and import the file again (rows already applied stay unchanged)"
+            )
+        }
     }
 }
 
@@ -103,13 +107,14 @@ pub(crate) async fn run(
     let plans = plan_files(&args.files, &profile)?;
     let (school_name, phase) = check_school(clients, &laestab, &plans, &args).await?;
 
-    let settings = BatchSettings {
-        laestab: laestab.clone(),
+    let settings = BatchSettings::new(
+        laestab.clone(),
         school_name,
         phase,
-        source_name: args.by.clone(),
-        dry_run: args.dry_run,
-    };
+        args.by.clone(),
+        args.dry_run,
+        &profile.fingerprint,
+    );
     let mut summary = Summary::new(args.dry_run, &laestab, &profile.name, &plans);
     let progress = progress_bar(plans.iter().map(|plan| plan.size).sum());
     let sent = send::send_all(clients, plans, profile, settings, &mut summary, &progress).await;
@@ -164,7 +169,8 @@ fn plan_files(files: &[PathBuf], profile: &Profile) -> anyhow::Result<Vec<FilePl
 }
 
 /// Checks that the school exists, or that a pupils file and --school-name and --phase can
-/// create it. Returns the name and phase to send: empty unless the school is new.
+/// create it. Returns the name and phase to send: those given on the command line, or empty
+/// and unspecified.
 async fn check_school(
     clients: &Clients,
     laestab: &str,
@@ -178,8 +184,14 @@ async fn check_school(
             laestab: laestab.to_owned(),
         })
         .await;
+    // The name and phase go with every pupils batch whenever they are given, not only for a
+    // new school, so that running the same command again sends the same batches.
+    let from_command_line = (
+        args.school_name.clone().unwrap_or_default(),
+        args.phase.as_deref().map_or(PbPhase::Unspecified, phase_of) as i32,
+    );
     match found {
-        Ok(_) => return Ok((String::new(), PbPhase::Unspecified as i32)),
+        Ok(_) => return Ok(from_command_line),
         Err(status) if status.code() == Code::NotFound => {}
         Err(status) => bail!("failed to look up school {laestab}: {}", status.message()),
     }
@@ -190,18 +202,21 @@ async fn check_school(
              import its pupils first (a pupils export with --school-name and --phase)"
         );
     }
-    let (Some(name), Some(phase)) = (&args.school_name, &args.phase) else {
+    if args.school_name.is_none() || args.phase.is_none() {
         bail!(
             "school {laestab} is not in rollcall yet: give --school-name and --phase (infant, \
              junior or secondary) to create it with its pupils"
         );
-    };
-    let phase = match phase.as_str() {
+    }
+    Ok(from_command_line)
+}
+
+fn phase_of(name: &str) -> PbPhase {
+    match name {
         "infant" => PbPhase::Infant,
         "junior" => PbPhase::Junior,
         _ => PbPhase::Secondary,
-    };
-    Ok((name.clone(), phase as i32))
+    }
 }
 
 /// Returns a progress bar over the bytes of every file, drawn on standard error only when it
