@@ -244,8 +244,8 @@ impl<'a> RowReader<'a> {
                 "year_group",
                 &year_text,
                 "invalid_year_group",
-                "expected a national curriculum year group: N1, N2, R or 1 to 14, also written \
-                 as Nursery 1, Reception, Year 7 or Y7"
+                "expected a national curriculum year group: N1, N2, R, 1 to 14 or X, also \
+                 written as Nursery 1, Reception, Year 7 or Y7"
                     .to_owned(),
             )
         })?;
@@ -448,7 +448,7 @@ impl<'a> RowReader<'a> {
                 .unwrap_or_default()
                 .trim()
                 .to_owned(),
-            recorded_at: None,
+            ..SyncMark::default()
         };
         Ok((Item::Mark(mark), Origin { line, column: None }))
     }

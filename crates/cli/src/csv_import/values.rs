@@ -5,6 +5,7 @@ use std::fmt;
 
 use chrono::{Datelike, NaiveDate};
 use rollcall_domain::Session;
+use rollcall_domain::phase::normalise_year_group;
 
 const MONTH_NAMES: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
@@ -314,8 +315,9 @@ pub(crate) fn read_sex(value: &str) -> Option<&'static str> {
 }
 
 /// Reads a national curriculum year group as rollcall stores it (`N1`, `N2`, `R`, `1` to
-/// `14`). Accepts the forms exports use, such as `Year 7`, `Yr 7`, `Y7`, `07`, `Reception`
-/// and `Nursery 1`. An empty value stays empty; `None` means the value is not a year group.
+/// `14`, or `X` for a pupil outside the national curriculum). Accepts the forms exports use,
+/// such as `Year 7`, `Yr 7`, `Y7`, `07`, `Reception` and `Nursery 1`. An empty value stays
+/// empty; `None` means the value is not a year group.
 pub(crate) fn read_year_group(value: &str) -> Option<String> {
     let lower = value.trim().to_ascii_lowercase();
     if lower.is_empty() {
@@ -323,19 +325,20 @@ pub(crate) fn read_year_group(value: &str) -> Option<String> {
     }
     let compact: String = lower.chars().filter(|c| !c.is_whitespace()).collect();
     match compact.as_str() {
-        "r" | "rec" | "reception" | "yr" | "yearr" => return Some("R".to_owned()),
-        "n1" | "nursery1" => return Some("N1".to_owned()),
-        "n2" | "nursery2" => return Some("N2".to_owned()),
+        "rec" | "reception" | "yearr" => return Some("R".to_owned()),
+        "nursery1" => return Some("N1".to_owned()),
+        "nursery2" => return Some("N2".to_owned()),
         _ => {}
     }
     let number = ["year", "yr", "y"]
         .iter()
-        .find_map(|prefix| compact.strip_prefix(prefix))
+        .find_map(|prefix| {
+            compact
+                .strip_prefix(prefix)
+                .filter(|rest| rest.bytes().all(|b| b.is_ascii_digit()))
+        })
         .unwrap_or(&compact);
-    match number.parse::<u8>() {
-        Ok(year @ 1..=14) if number.bytes().all(|b| b.is_ascii_digit()) => Some(year.to_string()),
-        _ => None,
-    }
+    normalise_year_group(number)
 }
 
 /// Reads minutes late: empty means 0, otherwise a whole number from 0 to 999.
@@ -482,6 +485,7 @@ mod tests {
             ("R", "R"),
             ("Nursery 1", "N1"),
             ("N2", "N2"),
+            ("x", "X"),
             ("", ""),
         ] {
             assert_eq!(
@@ -490,7 +494,7 @@ mod tests {
                 "{value:?}"
             );
         }
-        for value in ["0", "15", "Year", "7B", "-1", "Year 7.5"] {
+        for value in ["0", "15", "Year", "7B", "-1", "Year 7.5", "Yr", "N3"] {
             assert_eq!(read_year_group(value), None, "{value:?}");
         }
     }
