@@ -9,11 +9,12 @@ use std::time::Duration;
 use anyhow::Context;
 use rollcall_api::cases::v1::cases_service_server::CasesServiceServer;
 use rollcall_api::mis_adapter::v1::mis_adapter_service_server::MisAdapterServiceServer;
+use rollcall_api::mis_adapter::v1::mis_sync_service_server::MisSyncServiceServer;
 use rollcall_api::policy::v1::policy_service_server::PolicyServiceServer;
 use rollcall_api::referrals::v1::referrals_service_server::ReferralsServiceServer;
 use rollcall_api::registers::v1::registers_service_server::RegistersServiceServer;
 use rollcall_cases::{Cases, MessagingConfig};
-use rollcall_mis_adapter::{DeliveryConfig, MisAdapter};
+use rollcall_mis_adapter::{DeliveryConfig, MisAdapter, MisSync};
 use rollcall_policy::Policy;
 use rollcall_referrals::{
     Referrals, ReferralsConfig, load_or_create_signing_key, read_signing_key,
@@ -171,6 +172,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         config.referrals.clone(),
         signing_key,
     );
+    let sync = MisSync::new(adapter_db.clone(), channel.clone());
     let adapter =
         MisAdapter::new(adapter_db, channel.clone()).with_delivery(config.delivery.clone())?;
 
@@ -190,7 +192,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .add_service(policy.into_server())
         .add_service(cases.into_server())
         .add_service(referrals.into_server())
-        .add_service(adapter.into_server());
+        .add_service(adapter.into_server())
+        .add_service(sync.into_server());
 
     let (shutdown, shutdown_signal) = oneshot::channel::<()>();
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -210,6 +213,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         <CasesServiceServer<Cases> as NamedService>::NAME,
         <ReferralsServiceServer<Referrals> as NamedService>::NAME,
         <MisAdapterServiceServer<MisAdapter> as NamedService>::NAME,
+        <MisSyncServiceServer<MisSync> as NamedService>::NAME,
     ] {
         health
             .set_service_status(name, tonic_health::ServingStatus::Serving)

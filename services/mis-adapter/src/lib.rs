@@ -5,6 +5,9 @@
 //! stored whole or not at all. The file's SHA-256 is the import's idempotency key, so importing
 //! the same file again changes nothing.
 //!
+//! MIS vendors push pupils, calendars and marks through the sync API ([`MisSync`]), keyed by
+//! their own pupil ids, with a result for every row and an idempotency key for every batch.
+//!
 //! It also delivers referral packs to the local authority: to a folder or to an HTTPS
 //! endpoint, from a background worker with retries (see [`DeliveryConfig`]).
 //!
@@ -15,12 +18,14 @@ mod connector;
 mod ctf_import;
 mod delivery;
 mod service;
+mod sync;
 mod writeback;
 
 pub use connector::{BrokerRetryConfig, ConnectorsConfig, SchoolConnectorConfig, WritebackConfig};
 pub use ctf_import::{CtfImport, prepare_ctf};
 pub use delivery::{DeliveryConfig, DestinationConfig, DestinationKind, RetryConfig, WorkerConfig};
 pub use service::MisAdapter;
+pub use sync::MisSync;
 
 use rollcall_runtime::storage::Migrations;
 

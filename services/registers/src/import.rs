@@ -1,20 +1,25 @@
-//! ImportRegister: a whole register (school, pupils and marks) applied in one transaction.
+//! ImportRegister: a register (school, pupils and marks) applied in one transaction.
 //!
 //! The stream is read and checked first. Then, holding the feed's write lock, the service loads
 //! what it already has for those pupils, works out the changes with [`plan`], which does no
-//! I/O, and writes them. Any error rolls the whole import back.
+//! I/O, and writes them. In a whole import any error rolls everything back. In a partial
+//! import each pupil and mark is checked on its own: the invalid ones are rejected with a
+//! result that says why, and the others are written.
 
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
+use prost::Message;
+use rollcall_api::convert::session_from_proto;
 use rollcall_api::convert::{from_timestamp, source_from_proto};
 use rollcall_api::registers::v1::{
-    ImportHeader, ImportMarks, ImportPupil, ImportRegisterRequest, ImportRegisterResponse, Mark,
-    import_register_request::Item,
+    ImportHeader, ImportItemKind, ImportItemOutcome, ImportItemResult, ImportMarks, ImportPupil,
+    ImportRegisterRequest, ImportRegisterResponse, Mark, import_register_request::Item,
 };
 use rollcall_domain::age::is_compulsory_school_age;
 use rollcall_domain::calendar::SchoolCalendar;
 use rollcall_domain::history::{VersionKey, supersedes};
+use rollcall_domain::session::parse_date;
 use rollcall_domain::{MarkSource, Session, SessionDate, Upn, codes};
 use rollcall_runtime::grpc::{invalid_argument, laestab, storage_error};
 use rollcall_runtime::storage::WriteTransaction;
@@ -24,11 +29,9 @@ use tonic::{Status, Streaming};
 
 use crate::FEED_LOCK_KEY;
 use crate::calendar::{self, load_calendar_rows};
-use crate::convert::{
-    fsm_as_str, phase_as_str, registration_as_str, required_date, sen_as_str, session,
-};
+use crate::convert::{fsm_as_str, phase_as_str, registration_as_str, sen_as_str};
 
-/// Rows per multi-row statement. Fifteen columns a row stays well inside SQLite's limit of
+/// Rows per multi-row statement. Sixteen columns a row stays well inside SQLite's limit of
 /// 32,766 bound parameters and PostgreSQL's 65,535.
 const CHUNK: usize = 1_000;
 
@@ -43,8 +46,80 @@ pub(crate) struct ImportRequest {
     source: MarkSource,
     source_name: String,
     recorded_by: String,
+    partial: bool,
+    dry_run: bool,
     pupils: Vec<CheckedPupil>,
     marks: Vec<CheckedMark>,
+    /// Results of items settled while reading: rejected, or duplicates merged.
+    settled: Vec<ImportItemResult>,
+    /// Pupils and marks sent, valid or not.
+    pupils_sent: usize,
+    marks_sent: usize,
+}
+
+/// The reason one pupil or mark of an import cannot be applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ItemError {
+    /// A stable code for the reason, such as "not_on_roll".
+    code: &'static str,
+    /// The field at fault, such as "date".
+    field: &'static str,
+    /// The value at fault, as sent.
+    value: String,
+    /// What is wrong and what to do.
+    reason: String,
+}
+
+impl ItemError {
+    fn new(
+        code: &'static str,
+        field: &'static str,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self {
+            code,
+            field,
+            value: value.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The INVALID_ARGUMENT a whole import fails with, naming the item, such as `marks[3].date`.
+    fn into_status(self, item: &str) -> Status {
+        invalid_argument(&format!("{item}.{}", self.field), &self.value, self.reason)
+    }
+
+    fn into_result(self, kind: ImportItemKind, index: usize, upn: &str) -> ImportItemResult {
+        ImportItemResult {
+            kind: kind as i32,
+            index: i32::try_from(index).unwrap_or(i32::MAX),
+            upn: upn.to_owned(),
+            outcome: ImportItemOutcome::Rejected as i32,
+            reason_code: self.code.to_owned(),
+            field: self.field.to_owned(),
+            value: self.value,
+            reason: self.reason,
+            note: String::new(),
+        }
+    }
+}
+
+fn item_result(
+    kind: ImportItemKind,
+    index: usize,
+    upn: &str,
+    outcome: ImportItemOutcome,
+    note: impl Into<String>,
+) -> ImportItemResult {
+    ImportItemResult {
+        kind: kind as i32,
+        index: i32::try_from(index).unwrap_or(i32::MAX),
+        upn: upn.to_owned(),
+        outcome: outcome as i32,
+        note: note.into(),
+        ..ImportItemResult::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,11 +130,14 @@ struct PupilDetails {
     sex: String,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct CheckedPupil {
+    /// Position among the import's pupils.
+    index: usize,
     upn: String,
     details: PupilDetails,
     admission_date: NaiveDate,
+    leaving_date: Option<NaiveDate>,
     year_group: String,
     registration: &'static str,
     class_name: String,
@@ -67,16 +145,29 @@ struct CheckedPupil {
     free_school_meals: &'static str,
 }
 
+impl CheckedPupil {
+    /// Returns true when both rows carry the same details for the pupil, whatever their positions.
+    fn same_as(&self, other: &Self) -> bool {
+        Self {
+            index: other.index,
+            ..self.clone()
+        } == *other
+    }
+}
+
 #[derive(Debug, Clone)]
 struct CheckedMark {
-    /// Position in the stream, for error messages.
+    /// Position among the import's marks.
     index: usize,
     upn: String,
     date: NaiveDate,
     session: Session,
     code: String,
     minutes_late: i32,
+    comment: String,
     recorded_at: DateTime<Utc>,
+    /// False when the sender gave no time taken, so the time of receipt is used instead.
+    recorded_at_sent: bool,
     arrived_at: Option<DateTime<Utc>>,
 }
 
@@ -102,11 +193,22 @@ impl Enrolment {
     }
 }
 
+/// An open enrolment at another of the trust's schools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OpenElsewhere {
+    laestab: String,
+    admission: NaiveDate,
+    registration: String,
+    /// The latest date with an effective mark there, if any.
+    last_mark: Option<NaiveDate>,
+}
+
 /// The effective version of a session before the import.
 #[derive(Debug, Clone)]
 struct Current {
     code: String,
     minutes_late: i32,
+    reason: String,
     recorded_at: DateTime<Utc>,
     sequence: i64,
 }
@@ -134,6 +236,7 @@ struct EffectiveRow {
     session: String,
     code: String,
     minutes_late: i32,
+    reason: String,
     recorded_at: DateTime<Utc>,
     sequence: i64,
 }
@@ -143,6 +246,10 @@ struct EffectiveRow {
 struct Existing {
     pupils: HashMap<String, PupilDetails>,
     enrolments: HashMap<String, Vec<Enrolment>>,
+    /// Open enrolments at other schools, for following moves.
+    elsewhere: HashMap<String, Vec<OpenElsewhere>>,
+    /// The latest date with an effective mark at the importing school, per pupil.
+    last_marks: HashMap<String, NaiveDate>,
     effective: HashMap<SessionKey, Current>,
     calendar: Option<SchoolCalendar>,
     next_sequence: i64,
@@ -159,6 +266,15 @@ struct Version<'a> {
     effective: bool,
 }
 
+/// An open enrolment at another school that a move to the importing school ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Move {
+    upn: String,
+    from_laestab: String,
+    admission: NaiveDate,
+    leaving: NaiveDate,
+}
+
 /// The writes an import makes.
 #[derive(Debug, Default)]
 struct Plan<'a> {
@@ -167,8 +283,37 @@ struct Plan<'a> {
     new_enrolments: Vec<&'a CheckedPupil>,
     /// Enrolments whose year group or registration changed, with their admission date.
     enrolment_changes: Vec<(&'a CheckedPupil, NaiveDate)>,
+    /// Enrolments at the importing school that end: pupil, admission date and leaving date.
+    leavings: Vec<(&'a CheckedPupil, NaiveDate, NaiveDate)>,
+    /// Enrolments at other schools ended by a move here.
+    moves: Vec<Move>,
     versions: Vec<Version<'a>>,
+    /// One result per item, for a partial import.
+    results: Vec<ImportItemResult>,
     response: ImportRegisterResponse,
+}
+
+impl Plan<'_> {
+    /// Records a rejected item in a partial import, or fails a whole one.
+    fn reject(
+        &mut self,
+        partial: bool,
+        kind: ImportItemKind,
+        index: usize,
+        upn: &str,
+        error: ItemError,
+    ) -> Result<(), Status> {
+        if partial {
+            self.results.push(error.into_result(kind, index, upn));
+            Ok(())
+        } else {
+            let item = match kind {
+                ImportItemKind::Pupil => format!("pupils[{index}]"),
+                _ => format!("marks[{index}]"),
+            };
+            Err(error.into_status(&item))
+        }
+    }
 }
 
 /// Reads the whole stream after its header and checks every item.
@@ -176,7 +321,7 @@ pub(crate) async fn read_request(
     header: ImportHeader,
     stream: &mut Streaming<ImportRegisterRequest>,
 ) -> Result<ImportRequest, Status> {
-    if header.request_id.trim().is_empty() {
+    if header.request_id.trim().is_empty() && !header.dry_run {
         return Err(invalid_argument(
             "header.request_id",
             &header.request_id,
@@ -199,10 +344,25 @@ pub(crate) async fn read_request(
         ));
     }
 
+    let mut request = ImportRequest {
+        request_id: header.request_id,
+        laestab,
+        school_name: school.name.trim().to_owned(),
+        phase: phase_as_str(school.phase),
+        source: source_from_proto(header.source).unwrap_or(MarkSource::Import),
+        source_name: header.source_name,
+        recorded_by: header.recorded_by,
+        partial: header.partial,
+        dry_run: header.dry_run,
+        pupils: Vec::new(),
+        marks: Vec::new(),
+        settled: Vec::new(),
+        pupils_sent: 0,
+        marks_sent: 0,
+    };
     let now = Utc::now();
-    let mut pupils = Vec::new();
-    let mut marks = Vec::new();
-    let mut seen: HashSet<SessionKey> = HashSet::new();
+    let mut pupil_rows: HashMap<String, usize> = HashMap::new();
+    let mut mark_rows: HashMap<SessionKey, usize> = HashMap::new();
     while let Some(message) = stream.message().await? {
         match message.item {
             None => {}
@@ -214,51 +374,164 @@ pub(crate) async fn read_request(
                 ));
             }
             Some(Item::Pupil(pupil)) => {
-                pupils.push(check_pupil(&format!("pupils[{}]", pupils.len()), &pupil)?);
+                let index = request.pupils_sent;
+                request.pupils_sent += 1;
+                request.add_pupil(index, &pupil, &mut pupil_rows)?;
             }
             Some(Item::Marks(ImportMarks { marks: batch })) => {
                 for mark in batch {
-                    let checked = check_mark(marks.len(), &mark, now)?;
-                    let key = (checked.upn.clone(), checked.date, checked.session);
-                    if !seen.insert(key) {
-                        return Err(invalid_argument(
-                            &format!("marks[{}].date", checked.index),
-                            &mark.date,
-                            format!(
-                                "pupil {} has a second mark for the {} session of this date in the same import",
-                                checked.upn, checked.session
-                            ),
-                        ));
-                    }
-                    marks.push(checked);
+                    let index = request.marks_sent;
+                    request.marks_sent += 1;
+                    request.add_mark(index, &mark, now, &mut mark_rows)?;
                 }
             }
         }
     }
-
-    Ok(ImportRequest {
-        request_id: header.request_id,
-        laestab,
-        school_name: school.name.trim().to_owned(),
-        phase: phase_as_str(school.phase),
-        source: source_from_proto(header.source).unwrap_or(MarkSource::Import),
-        source_name: header.source_name,
-        recorded_by: header.recorded_by,
-        pupils,
-        marks,
-    })
+    Ok(request)
 }
 
-fn check_pupil(field: &str, import: &ImportPupil) -> Result<CheckedPupil, Status> {
+impl ImportRequest {
+    /// Checks one pupil and keeps it, merging an exact repeat of an earlier row.
+    fn add_pupil(
+        &mut self,
+        index: usize,
+        pupil: &ImportPupil,
+        seen: &mut HashMap<String, usize>,
+    ) -> Result<(), Status> {
+        let sent_upn = pupil
+            .pupil
+            .as_ref()
+            .map(|p| p.upn.clone())
+            .unwrap_or_default();
+        let checked = match check_pupil(index, pupil) {
+            Ok(checked) => checked,
+            Err(error) => {
+                return self.settle_rejected(ImportItemKind::Pupil, index, &sent_upn, error);
+            }
+        };
+        if let Some(&first) = seen.get(&checked.upn) {
+            let earlier = self
+                .pupils
+                .iter()
+                .find(|pupil| pupil.index == first)
+                .expect("every pupil seen is kept");
+            if earlier.same_as(&checked) {
+                self.settled.push(item_result(
+                    ImportItemKind::Pupil,
+                    index,
+                    &checked.upn,
+                    ImportItemOutcome::Unchanged,
+                    format!("the same as pupil {first} of this import, so merged with it"),
+                ));
+                return Ok(());
+            }
+            let error = ItemError::new(
+                "conflicting_duplicate",
+                "upn",
+                checked.upn.clone(),
+                format!(
+                    "pupil {} is also pupil {first} of this import, with other details; send \
+                     each pupil once",
+                    checked.upn
+                ),
+            );
+            return self.settle_rejected(ImportItemKind::Pupil, index, &checked.upn, error);
+        }
+        seen.insert(checked.upn.clone(), index);
+        self.pupils.push(checked);
+        Ok(())
+    }
+
+    /// Checks one mark and keeps it, merging an exact repeat of an earlier one.
+    fn add_mark(
+        &mut self,
+        index: usize,
+        mark: &Mark,
+        now: DateTime<Utc>,
+        seen: &mut HashMap<SessionKey, usize>,
+    ) -> Result<(), Status> {
+        let checked = match check_mark(index, mark, now) {
+            Ok(checked) => checked,
+            Err(error) => {
+                let upn = mark.upn.trim().to_ascii_uppercase();
+                return self.settle_rejected(ImportItemKind::Mark, index, &upn, error);
+            }
+        };
+        let key = (checked.upn.clone(), checked.date, checked.session);
+        if let Some(&first) = seen.get(&key) {
+            let earlier = self
+                .marks
+                .iter()
+                .find(|mark| mark.index == first)
+                .expect("every mark seen is kept");
+            if self.partial
+                && earlier.code == checked.code
+                && earlier.minutes_late == checked.minutes_late
+                && earlier.comment == checked.comment
+                && earlier.recorded_at == checked.recorded_at
+                && earlier.arrived_at == checked.arrived_at
+            {
+                self.settled.push(item_result(
+                    ImportItemKind::Mark,
+                    index,
+                    &checked.upn,
+                    ImportItemOutcome::Unchanged,
+                    format!("the same as mark {first} of this import, so merged with it"),
+                ));
+                return Ok(());
+            }
+            let error = ItemError::new(
+                "duplicate_mark",
+                "date",
+                mark.date.clone(),
+                format!(
+                    "pupil {} has a second mark for the {} session of this date in the same import",
+                    checked.upn, checked.session
+                ),
+            );
+            return self.settle_rejected(ImportItemKind::Mark, index, &checked.upn, error);
+        }
+        seen.insert(key, index);
+        self.marks.push(checked);
+        Ok(())
+    }
+
+    /// Records an item rejected while reading in a partial import, or fails a whole one.
+    fn settle_rejected(
+        &mut self,
+        kind: ImportItemKind,
+        index: usize,
+        upn: &str,
+        error: ItemError,
+    ) -> Result<(), Status> {
+        if self.partial {
+            self.settled.push(error.into_result(kind, index, upn));
+            Ok(())
+        } else {
+            let item = match kind {
+                ImportItemKind::Pupil => format!("pupils[{index}]"),
+                _ => format!("marks[{index}]"),
+            };
+            Err(error.into_status(&item))
+        }
+    }
+}
+
+fn date_field(field: &'static str, value: &str) -> Result<NaiveDate, ItemError> {
+    parse_date(value).map_err(|error| ItemError::new("invalid_date", field, value, error.problem()))
+}
+
+fn check_pupil(index: usize, import: &ImportPupil) -> Result<CheckedPupil, ItemError> {
     let pupil = import.pupil.clone().unwrap_or_default();
     let upn = Upn::parse(&pupil.upn).map_err(|error| {
-        invalid_argument(&format!("{field}.upn"), &pupil.upn, error.to_string())
+        ItemError::new("invalid_upn", "upn", pupil.upn.clone(), error.to_string())
     })?;
-    let required = |name: &str, value: &str| -> Result<String, Status> {
+    let required = |name: &'static str, value: &str| -> Result<String, ItemError> {
         let trimmed = value.trim();
         if trimmed.is_empty() {
-            Err(invalid_argument(
-                &format!("{field}.{name}"),
+            Err(ItemError::new(
+                "missing_field",
+                name,
                 value,
                 format!("pupil {upn} has no {name}"),
             ))
@@ -266,14 +539,32 @@ fn check_pupil(field: &str, import: &ImportPupil) -> Result<CheckedPupil, Status
             Ok(trimmed.to_owned())
         }
     };
+    let details = PupilDetails {
+        forename: required("forename", &pupil.forename)?,
+        surname: required("surname", &pupil.surname)?,
+        date_of_birth: date_field("date_of_birth", &pupil.date_of_birth)?,
+        sex: required("sex", &pupil.sex)?,
+    };
+    let admission_date = date_field("admission_date", &import.admission_date)?;
+    let leaving_date = if import.leaving_date.trim().is_empty() {
+        None
+    } else {
+        let leaving = date_field("leaving_date", &import.leaving_date)?;
+        if leaving < admission_date {
+            return Err(ItemError::new(
+                "invalid_date",
+                "leaving_date",
+                import.leaving_date.clone(),
+                format!("pupil {upn} would leave before their admission on {admission_date}"),
+            ));
+        }
+        Some(leaving)
+    };
     Ok(CheckedPupil {
-        details: PupilDetails {
-            forename: required("forename", &pupil.forename)?,
-            surname: required("surname", &pupil.surname)?,
-            date_of_birth: required_date(&format!("{field}.date_of_birth"), &pupil.date_of_birth)?,
-            sex: required("sex", &pupil.sex)?,
-        },
-        admission_date: required_date(&format!("{field}.admission_date"), &import.admission_date)?,
+        index,
+        details,
+        admission_date,
+        leaving_date,
         year_group: required("year_group", &import.year_group)?,
         registration: registration_as_str(import.registration),
         class_name: import.class_name.trim().to_owned(),
@@ -283,48 +574,57 @@ fn check_pupil(field: &str, import: &ImportPupil) -> Result<CheckedPupil, Status
     })
 }
 
-fn check_mark(index: usize, mark: &Mark, now: DateTime<Utc>) -> Result<CheckedMark, Status> {
-    let field = format!("marks[{index}]");
+fn time_field(
+    field: &'static str,
+    at: &prost_types::Timestamp,
+) -> Result<DateTime<Utc>, ItemError> {
+    from_timestamp(at).ok_or_else(|| {
+        ItemError::new(
+            "invalid_time",
+            field,
+            at.seconds.to_string(),
+            "not a valid time",
+        )
+    })
+}
+
+fn check_mark(index: usize, mark: &Mark, now: DateTime<Utc>) -> Result<CheckedMark, ItemError> {
     let upn = mark.upn.trim().to_ascii_uppercase();
-    let date = required_date(&format!("{field}.date"), &mark.date)?;
-    let session = session(&format!("{field}.session"), mark.session)?;
+    let date = date_field("date", &mark.date)?;
+    let session = session_from_proto(mark.session).ok_or_else(|| {
+        ItemError::new(
+            "invalid_session",
+            "session",
+            mark.session.to_string(),
+            "session must be SESSION_AM or SESSION_PM",
+        )
+    })?;
     let code = mark.code.trim();
-    let arrived_at = match &mark.arrived_at {
-        Some(at) => Some(from_timestamp(at).ok_or_else(|| {
-            invalid_argument(
-                &format!("{field}.arrived_at"),
-                &at.seconds.to_string(),
-                "not a valid time",
-            )
-        })?),
-        None => None,
-    };
+    let arrived_at = mark
+        .arrived_at
+        .as_ref()
+        .map(|at| time_field("arrived_at", at))
+        .transpose()?;
     if !(code.is_empty() && arrived_at.is_some()) {
         codes::lookup_on(code, date).map_err(|error| {
-            invalid_argument(
-                &format!("{field}.code"),
-                &mark.code,
+            ItemError::new(
+                "invalid_code",
+                "code",
+                mark.code.clone(),
                 format!("{error} (pupil {upn}, {date} {session})"),
             )
         })?;
-    }
-    if !(code.is_empty() && arrived_at.is_some()) {
         codes::check_minutes_late(code, mark.minutes_late).map_err(|problem| {
-            invalid_argument(
-                &format!("{field}.minutes_late"),
-                &mark.minutes_late.to_string(),
+            ItemError::new(
+                "invalid_minutes_late",
+                "minutes_late",
+                mark.minutes_late.to_string(),
                 format!("{problem} (pupil {upn}, {date} {session})"),
             )
         })?;
     }
     let recorded_at = match &mark.recorded_at {
-        Some(at) => from_timestamp(at).ok_or_else(|| {
-            invalid_argument(
-                &format!("{field}.recorded_at"),
-                &at.seconds.to_string(),
-                "not a valid time",
-            )
-        })?,
+        Some(at) => time_field("recorded_at", at)?,
         None => now,
     };
     Ok(CheckedMark {
@@ -334,191 +634,403 @@ fn check_mark(index: usize, mark: &Mark, now: DateTime<Utc>) -> Result<CheckedMa
         session,
         code: code.to_owned(),
         minutes_late: mark.minutes_late,
+        comment: mark.reason.trim().to_owned(),
         recorded_at,
+        recorded_at_sent: mark.recorded_at.is_some(),
         arrived_at,
     })
 }
 
+/// True for a registration that makes a school the pupil's only or main one, so that joining
+/// it ends the same kind of registration elsewhere.
+fn is_sole_or_main(registration: &str) -> bool {
+    registration == "sole" || registration == "main"
+}
+
 /// Works out the writes of an import from what the registers already hold.
 ///
-/// A mark equal (code and minutes late) to the effective version of its session, and taken no
-/// later than it, is unchanged and not stored again. Any other mark becomes a new version, and
+/// A mark equal (code, minutes late, and comment when it has one) to the effective version of
+/// its session, and taken no later than it or sent without the time it was taken, is unchanged
+/// and not stored again. Any other mark becomes a new version, and
 /// it is effective unless the effective version was taken later: the effective mark is the
 /// version with the latest time taken, ties going to the later feed position.
 ///
 /// A mark that repeats the effective code but was taken later is stored: leaving it out would
 /// let a version taken in between, arriving afterwards, take effect, so the outcome would
 /// depend on the order of arrival.
+///
+/// A pupil newly admitted here as a sole or main registration, while on roll as one at another
+/// of the trust's schools since an earlier date, has moved: that enrolment ends the day before
+/// the admission, unless it has marks from the admission on.
 fn plan<'a>(request: &'a ImportRequest, existing: &Existing) -> Result<Plan<'a>, Status> {
     let mut plan = Plan::default();
     let mut enrolments = existing.enrolments.clone();
+    let mut rejected_pupils: HashSet<&str> = HashSet::new();
 
     for pupil in &request.pupils {
-        match existing.pupils.get(&pupil.upn) {
-            None => plan.new_pupils.push(pupil),
-            Some(details) if *details != pupil.details => {
-                plan.changed_pupils.push(pupil);
-                plan.response.pupils_updated += 1;
-            }
-            Some(_) => {}
-        }
-        let pupil_enrolments = enrolments.entry(pupil.upn.clone()).or_default();
-        match pupil_enrolments
-            .iter()
-            .find(|e| e.contains(pupil.admission_date))
-        {
-            Some(enrolment)
-                if enrolment.year_group != pupil.year_group
-                    || enrolment.registration != pupil.registration
-                    || (!pupil.class_name.is_empty()
-                        && enrolment.class_name != pupil.class_name)
-                    || (!pupil.sen_provision.is_empty()
-                        && enrolment.sen_provision != pupil.sen_provision)
-                    || (!pupil.free_school_meals.is_empty()
-                        && enrolment.free_school_meals != pupil.free_school_meals) =>
-            {
-                plan.enrolment_changes.push((pupil, enrolment.admission));
-                plan.response.pupils_updated += 1;
-            }
-            Some(_) => {}
-            None => {
-                if pupil_enrolments.is_empty() {
-                    plan.response.pupils_added += 1;
-                }
-                plan.new_enrolments.push(pupil);
-                pupil_enrolments.push(Enrolment {
-                    admission: pupil.admission_date,
-                    leaving: None,
-                    year_group: pupil.year_group.clone(),
-                    registration: pupil.registration.to_owned(),
-                    class_name: pupil.class_name.clone(),
-                    sen_provision: pupil.sen_provision.to_owned(),
-                    free_school_meals: pupil.free_school_meals.to_owned(),
-                });
-            }
+        if let Err(error) = plan_pupil(request, pupil, existing, &mut enrolments, &mut plan) {
+            plan.reject(
+                request.partial,
+                ImportItemKind::Pupil,
+                pupil.index,
+                &pupil.upn,
+                error,
+            )?;
+            rejected_pupils.insert(&pupil.upn);
         }
     }
 
     let mut sequence = existing.next_sequence;
     for mark in &request.marks {
-        let field = format!("marks[{}]", mark.index);
-        let Some(pupil_enrolments) = enrolments.get(&mark.upn).filter(|list| !list.is_empty())
-        else {
-            return Err(invalid_argument(
-                &format!("{field}.upn"),
+        match plan_mark(request, mark, existing, &enrolments, &rejected_pupils) {
+            Err(error) => plan.reject(
+                request.partial,
+                ImportItemKind::Mark,
+                mark.index,
                 &mark.upn,
-                format!(
-                    "no pupil with this UPN is on roll at school {}; send the pupil first",
-                    request.laestab
-                ),
-            ));
-        };
-        if !pupil_enrolments
-            .iter()
-            .any(|enrolment| enrolment.contains(mark.date))
-        {
-            return Err(invalid_argument(
-                &format!("{field}.date"),
-                &mark.date.to_string(),
-                format!(
-                    "pupil {} is not on roll at school {} on {}",
-                    mark.upn, request.laestab, mark.date
-                ),
-            ));
-        }
-        let at = SessionDate {
-            date: mark.date,
-            session: mark.session,
-        };
-        // X is only for pupils below compulsory school age, or past it.
-        if mark.code == "X" {
-            let born = request
-                .pupils
-                .iter()
-                .find(|pupil| pupil.upn == mark.upn)
-                .map(|pupil| pupil.details.date_of_birth)
-                .or_else(|| {
-                    existing
-                        .pupils
-                        .get(&mark.upn)
-                        .map(|details| details.date_of_birth)
-                });
-            if let Some(born) = born
-                && is_compulsory_school_age(born, mark.date)
-            {
-                return Err(invalid_argument(
-                    &format!("{field}.code"),
-                    "X",
-                    format!(
-                        "X is only for pupils not of compulsory school age, and pupil {} is of \
-                         compulsory school age on {}",
-                        mark.upn, mark.date
-                    ),
-                ));
-            }
-        }
-        let (code, minutes_late) = match (mark.arrived_at, &existing.calendar) {
-            (Some(arrived_at), Some(calendar)) if ARRIVAL_CODES.contains(&mark.code.as_str()) => {
-                let arrival = calendar.arrival(at, arrived_at);
-                let minutes = i32::try_from(arrival.minutes_late()).unwrap_or(i32::MAX);
-                (arrival.code(mark.session).to_owned(), minutes)
-            }
-            (Some(_), None) if ARRIVAL_CODES.contains(&mark.code.as_str()) => {
-                return Err(invalid_argument(
-                    &format!("{field}.arrived_at"),
-                    &mark.date.to_string(),
-                    format!(
-                        "school {} has no calendar, so its register times are unknown; set the \
-                         calendar first or send the code",
-                        request.laestab
-                    ),
-                ));
-            }
-            _ => (mark.code.clone(), mark.minutes_late),
-        };
-        if let Some(calendar) = &existing.calendar
-            && let Some(problem) = calendar::check_mark(calendar, at, &code)
-        {
-            return Err(invalid_argument(
-                &format!("{field}.date"),
-                &mark.date.to_string(),
-                format!("pupil {}: {problem}", mark.upn),
-            ));
-        }
-        let key = (mark.upn.clone(), mark.date, mark.session);
-        let effective = match existing.effective.get(&key) {
-            Some(current)
-                if current.code == code
-                    && current.minutes_late == minutes_late
-                    && mark.recorded_at <= current.recorded_at =>
-            {
+                error,
+            )?,
+            Ok(None) => {
                 plan.response.marks_unchanged += 1;
-                continue;
+                if request.partial {
+                    plan.results.push(item_result(
+                        ImportItemKind::Mark,
+                        mark.index,
+                        &mark.upn,
+                        ImportItemOutcome::Unchanged,
+                        "",
+                    ));
+                }
             }
-            Some(current) => supersedes(
-                VersionKey {
-                    recorded_at: mark.recorded_at,
+            Ok(Some((code, minutes_late))) => {
+                let key = (mark.upn.clone(), mark.date, mark.session);
+                let effective = existing.effective.get(&key).is_none_or(|current| {
+                    supersedes(
+                        VersionKey {
+                            recorded_at: mark.recorded_at,
+                            sequence,
+                        },
+                        VersionKey {
+                            recorded_at: current.recorded_at,
+                            sequence: current.sequence,
+                        },
+                    )
+                });
+                plan.versions.push(Version {
                     sequence,
-                },
-                VersionKey {
-                    recorded_at: current.recorded_at,
-                    sequence: current.sequence,
-                },
-            ),
-            None => true,
-        };
-        plan.versions.push(Version {
-            sequence,
-            mark,
-            code,
-            minutes_late,
-            effective,
-        });
-        sequence += 1;
+                    mark,
+                    code,
+                    minutes_late,
+                    effective,
+                });
+                sequence += 1;
+                if request.partial {
+                    plan.results.push(item_result(
+                        ImportItemKind::Mark,
+                        mark.index,
+                        &mark.upn,
+                        ImportItemOutcome::Applied,
+                        "",
+                    ));
+                }
+            }
+        }
     }
     plan.response.marks_recorded = i32::try_from(plan.versions.len()).unwrap_or(i32::MAX);
     plan.response.feed_cursor = sequence - 1;
+    if request.partial {
+        for settled in &request.settled {
+            if settled.outcome == ImportItemOutcome::Unchanged as i32
+                && settled.kind == ImportItemKind::Mark as i32
+            {
+                plan.response.marks_unchanged += 1;
+            }
+        }
+        plan.results.extend(request.settled.iter().cloned());
+        plan.results
+            .sort_by_key(|result| (result.kind, result.index));
+    }
     Ok(plan)
+}
+
+/// Plans one pupil: their details, their enrolment here, a leaving, and a move from another
+/// school. Nothing is added to the plan unless every check passes.
+fn plan_pupil<'a>(
+    request: &ImportRequest,
+    pupil: &'a CheckedPupil,
+    existing: &Existing,
+    enrolments: &mut HashMap<String, Vec<Enrolment>>,
+    plan: &mut Plan<'a>,
+) -> Result<(), ItemError> {
+    let held = enrolments.get(&pupil.upn).cloned().unwrap_or_default();
+    let matched = held
+        .iter()
+        .find(|enrolment| enrolment.contains(pupil.admission_date))
+        .cloned();
+    let mut notes: Vec<String> = Vec::new();
+
+    let mut moves = Vec::new();
+    if matched.is_none() && is_sole_or_main(pupil.registration) {
+        for other in existing.elsewhere.get(&pupil.upn).into_iter().flatten() {
+            if !is_sole_or_main(&other.registration) || other.admission >= pupil.admission_date {
+                continue;
+            }
+            if let Some(last) = other.last_mark
+                && last >= pupil.admission_date
+            {
+                return Err(ItemError::new(
+                    "on_roll_elsewhere",
+                    "admission_date",
+                    pupil.admission_date.to_string(),
+                    format!(
+                        "pupil {} is on roll at school {} with marks up to {last}, on or after \
+                         this admission; record the leaving at school {} first, or correct the \
+                         admission date",
+                        pupil.upn, other.laestab, other.laestab
+                    ),
+                ));
+            }
+            let leaving = pupil
+                .admission_date
+                .pred_opt()
+                .unwrap_or(pupil.admission_date);
+            moves.push(Move {
+                upn: pupil.upn.clone(),
+                from_laestab: other.laestab.clone(),
+                admission: other.admission,
+                leaving,
+            });
+        }
+    }
+
+    let mut leaving = None;
+    if let Some(leaving_date) = pupil.leaving_date {
+        if let Some(last) = existing.last_marks.get(&pupil.upn)
+            && *last > leaving_date
+        {
+            return Err(ItemError::new(
+                "marks_after_leaving",
+                "leaving_date",
+                leaving_date.to_string(),
+                format!(
+                    "pupil {} has marks at school {} up to {last}, after this leaving date; \
+                     check the leaving date, or amend those marks first",
+                    pupil.upn, request.laestab
+                ),
+            ));
+        }
+        let admission = matched
+            .as_ref()
+            .map_or(pupil.admission_date, |enrolment| enrolment.admission);
+        if matched
+            .as_ref()
+            .is_none_or(|enrolment| enrolment.leaving != Some(leaving_date))
+        {
+            leaving = Some((admission, leaving_date));
+            notes.push(format!("left on {leaving_date}"));
+        }
+    }
+
+    // Every check has passed: add the pupil's writes to the plan.
+    let mut new_pupil = false;
+    match existing.pupils.get(&pupil.upn) {
+        None => {
+            plan.new_pupils.push(pupil);
+            new_pupil = true;
+            notes.insert(0, "new pupil".to_owned());
+        }
+        Some(details) if *details != pupil.details => {
+            plan.changed_pupils.push(pupil);
+            notes.push("details changed".to_owned());
+        }
+        Some(_) => {}
+    }
+    let pupil_enrolments = enrolments.entry(pupil.upn.clone()).or_default();
+    match &matched {
+        Some(enrolment)
+            if enrolment.year_group != pupil.year_group
+                || enrolment.registration != pupil.registration
+                || (!pupil.class_name.is_empty() && enrolment.class_name != pupil.class_name)
+                || (!pupil.sen_provision.is_empty()
+                    && enrolment.sen_provision != pupil.sen_provision)
+                || (!pupil.free_school_meals.is_empty()
+                    && enrolment.free_school_meals != pupil.free_school_meals) =>
+        {
+            plan.enrolment_changes.push((pupil, enrolment.admission));
+            notes.push("enrolment changed".to_owned());
+        }
+        Some(_) => {}
+        None => {
+            if held.is_empty() {
+                plan.response.pupils_added += 1;
+                if !new_pupil {
+                    notes.push("admitted".to_owned());
+                }
+            } else {
+                notes.push("admitted again".to_owned());
+            }
+            plan.new_enrolments.push(pupil);
+            pupil_enrolments.push(Enrolment {
+                admission: pupil.admission_date,
+                leaving: None,
+                year_group: pupil.year_group.clone(),
+                registration: pupil.registration.to_owned(),
+                class_name: pupil.class_name.clone(),
+                sen_provision: pupil.sen_provision.to_owned(),
+                free_school_meals: pupil.free_school_meals.to_owned(),
+            });
+        }
+    }
+    if let Some((admission, leaving_date)) = leaving {
+        plan.leavings.push((pupil, admission, leaving_date));
+        if let Some(enrolment) = pupil_enrolments
+            .iter_mut()
+            .find(|enrolment| enrolment.admission == admission)
+        {
+            enrolment.leaving = Some(leaving_date);
+        }
+    }
+    for change in &moves {
+        notes.push(format!("moved from school {}", change.from_laestab));
+    }
+    plan.moves.extend(moves);
+
+    let added = matched.is_none() && held.is_empty();
+    if !notes.is_empty() && !added {
+        plan.response.pupils_updated += 1;
+    }
+    if request.partial {
+        let outcome = if notes.is_empty() {
+            ImportItemOutcome::Unchanged
+        } else {
+            ImportItemOutcome::Applied
+        };
+        plan.results.push(item_result(
+            ImportItemKind::Pupil,
+            pupil.index,
+            &pupil.upn,
+            outcome,
+            notes.join("; "),
+        ));
+    }
+    Ok(())
+}
+
+/// Plans one mark: `None` when it equals the effective version, otherwise the code and
+/// minutes late to store, once any arrival time has been applied.
+fn plan_mark(
+    request: &ImportRequest,
+    mark: &CheckedMark,
+    existing: &Existing,
+    enrolments: &HashMap<String, Vec<Enrolment>>,
+    rejected_pupils: &HashSet<&str>,
+) -> Result<Option<(String, i32)>, ItemError> {
+    let Some(pupil_enrolments) = enrolments.get(&mark.upn).filter(|list| !list.is_empty()) else {
+        let hint = if rejected_pupils.contains(mark.upn.as_str()) {
+            "the pupil's row in this import was rejected; correct it and send both again"
+        } else {
+            "send the pupil first"
+        };
+        return Err(ItemError::new(
+            "not_on_roll",
+            "upn",
+            mark.upn.clone(),
+            format!(
+                "no pupil with this UPN is on roll at school {}; {hint}",
+                request.laestab
+            ),
+        ));
+    };
+    if !pupil_enrolments
+        .iter()
+        .any(|enrolment| enrolment.contains(mark.date))
+    {
+        return Err(ItemError::new(
+            "not_on_roll",
+            "date",
+            mark.date.to_string(),
+            format!(
+                "pupil {} is not on roll at school {} on {}",
+                mark.upn, request.laestab, mark.date
+            ),
+        ));
+    }
+    let at = SessionDate {
+        date: mark.date,
+        session: mark.session,
+    };
+    // X is only for pupils below compulsory school age, or past it.
+    if mark.code == "X" {
+        let born = request
+            .pupils
+            .iter()
+            .find(|pupil| pupil.upn == mark.upn)
+            .map(|pupil| pupil.details.date_of_birth)
+            .or_else(|| {
+                existing
+                    .pupils
+                    .get(&mark.upn)
+                    .map(|details| details.date_of_birth)
+            });
+        if let Some(born) = born
+            && is_compulsory_school_age(born, mark.date)
+        {
+            return Err(ItemError::new(
+                "not_compulsory_age",
+                "code",
+                "X",
+                format!(
+                    "X is only for pupils not of compulsory school age, and pupil {} is of \
+                     compulsory school age on {}",
+                    mark.upn, mark.date
+                ),
+            ));
+        }
+    }
+    let (code, minutes_late) = match (mark.arrived_at, &existing.calendar) {
+        (Some(arrived_at), Some(calendar)) if ARRIVAL_CODES.contains(&mark.code.as_str()) => {
+            let arrival = calendar.arrival(at, arrived_at);
+            let minutes = i32::try_from(arrival.minutes_late()).unwrap_or(i32::MAX);
+            (arrival.code(mark.session).to_owned(), minutes)
+        }
+        (Some(_), None) if ARRIVAL_CODES.contains(&mark.code.as_str()) => {
+            return Err(ItemError::new(
+                "no_calendar",
+                "arrived_at",
+                mark.date.to_string(),
+                format!(
+                    "school {} has no calendar, so its register times are unknown; set the \
+                     calendar first or send the code",
+                    request.laestab
+                ),
+            ));
+        }
+        _ => (mark.code.clone(), mark.minutes_late),
+    };
+    if let Some(calendar) = &existing.calendar
+        && let Some(problem) = calendar::check_mark(calendar, at, &code)
+    {
+        return Err(ItemError::new(
+            "calendar_conflict",
+            "date",
+            mark.date.to_string(),
+            format!("pupil {}: {problem}", mark.upn),
+        ));
+    }
+    // A mark sent without the time it was taken is unchanged when it equals the effective
+    // version, so sending the same marks again stores nothing.
+    let key = (mark.upn.clone(), mark.date, mark.session);
+    match existing.effective.get(&key) {
+        Some(current)
+            if current.code == code
+                && current.minutes_late == minutes_late
+                && (mark.comment.is_empty() || mark.comment == current.reason)
+                && (!mark.recorded_at_sent || mark.recorded_at <= current.recorded_at) =>
+        {
+            Ok(None)
+        }
+        _ => Ok(Some((code, minutes_late))),
+    }
 }
 
 /// Applies a checked import in one transaction.
@@ -548,18 +1060,22 @@ pub(crate) async fn apply(
             .await
             .map_err(store_error)?;
 
-        let applied: Option<i64> =
-            sqlx::query_scalar("SELECT feed_cursor FROM imports WHERE request_id = $1")
-                .bind(&request.request_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(store_error)?;
-        if applied.is_some() {
-            return Ok(ImportRegisterResponse {
-                already_applied: true,
-                feed_cursor: head,
-                ..Default::default()
-            });
+        if !request.dry_run {
+            let applied: Option<(i64, Option<Vec<u8>>)> =
+                sqlx::query_as("SELECT feed_cursor, results FROM imports WHERE request_id = $1")
+                    .bind(&request.request_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+            if let Some((_, results)) = applied {
+                // A partial import keeps its results, so a replay returns them.
+                let mut response = results
+                    .and_then(|bytes| ImportRegisterResponse::decode(bytes.as_slice()).ok())
+                    .unwrap_or_default();
+                response.already_applied = true;
+                response.feed_cursor = head;
+                return Ok(response);
+            }
         }
 
         // Load what the registers hold for these pupils, a chunk of UPNs at a time.
@@ -626,11 +1142,63 @@ pub(crate) async fn apply(
                     .push(enrolment);
             }
 
+            // Open enrolments elsewhere, with their latest mark, to follow moves.
+            let mut query = QueryBuilder::new(
+                "SELECT e.upn, e.laestab, e.admission_date, e.registration, \
+                 (SELECT MAX(m.session_date) FROM effective_marks m \
+                  WHERE m.laestab = e.laestab AND m.upn = e.upn) \
+                 FROM enrolments e WHERE e.leaving_date IS NULL AND e.laestab <> ",
+            );
+            query.push_bind(laestab.clone()).push(" AND e.upn IN (");
+            let mut list = query.separated(", ");
+            for upn in chunk {
+                list.push_bind(upn.clone());
+            }
+            query.push(")");
+            let rows: Vec<(String, String, NaiveDate, String, Option<NaiveDate>)> = query
+                .build_query_as()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(store_error)?;
+            for (upn, school, admission, registration, last_mark) in rows {
+                existing
+                    .elsewhere
+                    .entry(upn)
+                    .or_default()
+                    .push(OpenElsewhere {
+                        laestab: school,
+                        admission,
+                        registration,
+                        last_mark,
+                    });
+            }
+
+            // The latest mark here, to check leaving dates.
+            let mut query = QueryBuilder::new(
+                "SELECT upn, MAX(session_date) FROM effective_marks WHERE laestab = ",
+            );
+            query.push_bind(laestab.clone()).push(" AND upn IN (");
+            let mut list = query.separated(", ");
+            for upn in chunk {
+                list.push_bind(upn.clone());
+            }
+            query.push(") GROUP BY upn");
+            let rows: Vec<(String, Option<NaiveDate>)> = query
+                .build_query_as()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(store_error)?;
+            for (upn, last) in rows {
+                if let Some(last) = last {
+                    existing.last_marks.insert(upn, last);
+                }
+            }
+
             let (Some(first_date), Some(last_date)) = (first_date, last_date) else {
                 continue;
             };
             let mut query = QueryBuilder::new(
-                "SELECT m.upn, m.session_date, m.session, m.code, m.minutes_late, m.recorded_at, m.sequence \
+                "SELECT m.upn, m.session_date, m.session, m.code, m.minutes_late, m.reason, m.recorded_at, m.sequence \
                  FROM effective_marks e JOIN marks m ON m.sequence = e.sequence WHERE e.laestab = ",
             );
             query.push_bind(laestab.clone());
@@ -654,6 +1222,7 @@ pub(crate) async fn apply(
                 let current = Current {
                     code: row.code,
                     minutes_late: row.minutes_late,
+                    reason: row.reason,
                     recorded_at: row.recorded_at,
                     sequence: row.sequence,
                 };
@@ -663,7 +1232,17 @@ pub(crate) async fn apply(
             }
         }
 
-        let plan = plan(request, &existing)?;
+        let mut plan = plan(request, &existing)?;
+        if request.partial {
+            plan.response.items = std::mem::take(&mut plan.results);
+        }
+        if request.dry_run {
+            // Dropping the transaction rolls it back; nothing was written yet anyway.
+            drop(tx);
+            plan.response.dry_run = true;
+            plan.response.feed_cursor = head;
+            return Ok(plan.response);
+        }
 
         sqlx::query(
             "INSERT INTO schools (laestab, name, phase, created_at) VALUES ($1, $2, $3, $4) \
@@ -753,7 +1332,45 @@ pub(crate) async fn apply(
             .map_err(store_error)?;
         }
 
-        let reason = format!("Imported from {}", request.source_name);
+        for (pupil, admission, leaving) in &plan.leavings {
+            sqlx::query(
+                "UPDATE enrolments SET leaving_date = $4, leaving_recorded_by = $5 \
+                 WHERE laestab = $1 AND upn = $2 AND admission_date = $3",
+            )
+            .bind(laestab)
+            .bind(&pupil.upn)
+            .bind(*admission)
+            .bind(*leaving)
+            .bind(&request.recorded_by)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        }
+        for change in &plan.moves {
+            sqlx::query(
+                "UPDATE enrolments SET leaving_date = $4, leaving_reason = $5, \
+                 leaving_recorded_by = $6 \
+                 WHERE laestab = $1 AND upn = $2 AND admission_date = $3 AND leaving_date IS NULL",
+            )
+            .bind(&change.from_laestab)
+            .bind(&change.upn)
+            .bind(change.admission)
+            .bind(change.leaving)
+            .bind(format!("Moved to school {laestab} in the trust"))
+            .bind(&request.recorded_by)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+            tracing::info!(
+                upn = %change.upn,
+                from_laestab = %change.from_laestab,
+                to_laestab = %laestab,
+                leaving_date = %change.leaving,
+                "Pupil moved between the trust's schools; earlier enrolment ended"
+            );
+        }
+
+        let imported = format!("Imported from {}", request.source_name);
         for chunk in plan.versions.chunks(CHUNK) {
             let mut insert = QueryBuilder::new(
                 "INSERT INTO marks (sequence, laestab, upn, session_date, session, code, \
@@ -771,7 +1388,11 @@ pub(crate) async fn apply(
                     .push_bind(version.minutes_late)
                     .push_bind(request.source.as_str())
                     .push_bind(request.source_name.clone())
-                    .push_bind(reason.clone())
+                    .push_bind(if mark.comment.is_empty() {
+                        imported.clone()
+                    } else {
+                        mark.comment.clone()
+                    })
                     .push_bind(request.recorded_by.clone())
                     .push_bind("")
                     .push_bind(mark.recorded_at)
@@ -813,8 +1434,8 @@ pub(crate) async fn apply(
         }
 
         sqlx::query(
-            "INSERT INTO imports (request_id, laestab, source_name, marks_recorded, feed_cursor, applied_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO imports (request_id, laestab, source_name, marks_recorded, feed_cursor, applied_at, results) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&request.request_id)
         .bind(laestab)
@@ -822,6 +1443,7 @@ pub(crate) async fn apply(
         .bind(plan.response.marks_recorded)
         .bind(plan.response.feed_cursor)
         .bind(now)
+        .bind(request.partial.then(|| plan.response.encode_to_vec()))
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;
@@ -860,6 +1482,8 @@ mod tests {
 
     fn pupil(upn: &str, admission: NaiveDate, year_group: &str) -> CheckedPupil {
         CheckedPupil {
+            index: 0,
+            leaving_date: None,
             upn: upn.to_owned(),
             details: PupilDetails {
                 forename: "Sam".into(),
@@ -890,7 +1514,9 @@ mod tests {
             session: Session::Am,
             code: code.to_owned(),
             minutes_late: 0,
+            comment: String::new(),
             recorded_at,
+            recorded_at_sent: true,
             arrived_at: None,
         }
     }
@@ -904,6 +1530,11 @@ mod tests {
             source: MarkSource::Import,
             source_name: "test.xml".into(),
             recorded_by: "test".into(),
+            partial: false,
+            dry_run: false,
+            pupils_sent: pupils.len(),
+            marks_sent: marks.len(),
+            settled: Vec::new(),
             pupils,
             marks,
         }
@@ -934,6 +1565,7 @@ mod tests {
             Current {
                 code: code.to_owned(),
                 minutes_late: 0,
+                reason: String::new(),
                 recorded_at,
                 sequence: 10,
             },
@@ -1173,5 +1805,160 @@ mod tests {
         let named = request(vec![moved], Vec::new());
         let changed = plan(&named, &existing).expect("valid import");
         assert_eq!(changed.enrolment_changes.len(), 1);
+    }
+
+    fn partial(pupils: Vec<CheckedPupil>, marks: Vec<CheckedMark>) -> ImportRequest {
+        ImportRequest {
+            partial: true,
+            ..request(pupils, marks)
+        }
+    }
+
+    fn outcomes(plan: &Plan<'_>) -> Vec<(i32, i32, ImportItemOutcome, String)> {
+        plan.results
+            .iter()
+            .map(|result| {
+                (
+                    result.kind,
+                    result.index,
+                    result.outcome(),
+                    result.reason_code.clone(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn partial_plan_applies_valid_marks_and_rejects_the_rest() {
+        let existing = existing_with("P1", "I", at(9));
+        let request = partial(
+            Vec::new(),
+            vec![
+                mark(0, "P1", 3, "/", at(9)),
+                mark(1, "P9", 3, "/", at(9)),
+                mark(2, "P1", 2, "I", at(9)),
+            ],
+        );
+        let plan = plan(&request, &existing).expect("a partial import rejects items, not itself");
+        let mark = ImportItemKind::Mark as i32;
+        assert_eq!(
+            outcomes(&plan),
+            vec![
+                (mark, 0, ImportItemOutcome::Applied, String::new()),
+                (mark, 1, ImportItemOutcome::Rejected, "not_on_roll".into()),
+                (mark, 2, ImportItemOutcome::Unchanged, String::new()),
+            ]
+        );
+        assert_eq!(plan.versions.len(), 1);
+        assert_eq!(plan.response.marks_unchanged, 1);
+    }
+
+    #[test]
+    fn partial_plan_rejects_marks_of_a_rejected_pupil() {
+        let mut leaving = pupil("P1", date(1), "8");
+        leaving.leaving_date = Some(date(1));
+        let mut existing = existing_with("P1", "/", at(9));
+        existing.last_marks.insert("P1".into(), date(2));
+        let request = partial(vec![leaving], vec![mark(0, "P1", 3, "/", at(9))]);
+        let plan = plan(&request, &existing).expect("partial");
+        assert_eq!(plan.results[0].reason_code, "marks_after_leaving");
+        assert!(plan.leavings.is_empty(), "a rejected pupil writes nothing");
+        // The enrolment is still open, so the mark applies.
+        assert_eq!(plan.results[1].outcome(), ImportItemOutcome::Applied);
+    }
+
+    #[test]
+    fn plan_ends_enrolment_on_leaving_date() {
+        let mut leaving = pupil("P1", date(3), "8");
+        leaving.leaving_date = Some(date(10));
+        let request = partial(
+            vec![leaving],
+            vec![mark(0, "P1", 10, "/", at(9)), mark(1, "P1", 11, "/", at(9))],
+        );
+        let plan = plan(&request, &existing_with("P1", "/", at(9))).expect("partial");
+        assert_eq!(plan.leavings.len(), 1);
+        assert_eq!(
+            plan.leavings[0].1,
+            date(1),
+            "the enrolment held is the one that ends"
+        );
+        assert_eq!(plan.leavings[0].2, date(10));
+        assert_eq!(plan.results[1].outcome(), ImportItemOutcome::Applied);
+        assert_eq!(plan.results[2].reason_code, "not_on_roll");
+        assert_eq!(plan.results[0].note, "left on 2025-09-10");
+    }
+
+    #[test]
+    fn plan_follows_a_move_from_another_school() {
+        let mut existing = Existing {
+            next_sequence: 1,
+            ..Existing::default()
+        };
+        existing.elsewhere.insert(
+            "P1".into(),
+            vec![OpenElsewhere {
+                laestab: "9192002".into(),
+                admission: date(1),
+                registration: "sole".into(),
+                last_mark: Some(date(9)),
+            }],
+        );
+        let request = partial(vec![pupil("P1", date(15), "8")], Vec::new());
+        let moved = plan(&request, &existing).expect("partial");
+        assert_eq!(
+            moved.moves,
+            vec![Move {
+                upn: "P1".into(),
+                from_laestab: "9192002".into(),
+                admission: date(1),
+                leaving: date(14),
+            }]
+        );
+        assert_eq!(
+            moved.results[0].note,
+            "new pupil; moved from school 9192002"
+        );
+
+        // A subsidiary registration here is dual registration, not a move.
+        let mut subsidiary = pupil("P1", date(15), "8");
+        subsidiary.registration = "subsidiary";
+        let dual = partial(vec![subsidiary], Vec::new());
+        assert!(plan_moves(&dual, &existing).is_empty());
+
+        // Marks at the other school from the admission on block the move.
+        existing.elsewhere.get_mut("P1").expect("held")[0].last_mark = Some(date(15));
+        let blocked = plan(&request, &existing).expect("partial");
+        assert_eq!(blocked.results[0].reason_code, "on_roll_elsewhere");
+        assert!(blocked.new_enrolments.is_empty());
+    }
+
+    fn plan_moves(request: &ImportRequest, existing: &Existing) -> Vec<Move> {
+        plan(request, existing).expect("partial").moves
+    }
+
+    #[test]
+    fn whole_plan_fails_on_the_first_invalid_item() {
+        let request = request(Vec::new(), vec![mark(4, "P9", 2, "/", at(9))]);
+        let error = plan(&request, &Existing::default()).expect_err("unknown pupil");
+        assert!(
+            error.message().contains("marks[4].upn"),
+            "{}",
+            error.message()
+        );
+    }
+
+    #[test]
+    fn identical_duplicate_pupils_merge() {
+        let first = pupil("P1", date(1), "8");
+        let second = CheckedPupil {
+            index: 1,
+            ..first.clone()
+        };
+        assert!(first.same_as(&second));
+        let other = CheckedPupil {
+            year_group: "9".into(),
+            ..second
+        };
+        assert!(!first.same_as(&other));
     }
 }

@@ -11,7 +11,7 @@ use rollcall_api::registers::v1::registers_service_server::{
 use rollcall_api::registers::v1::{
     AmendMarkRequest, AmendMarkResponse, ApplyRetentionRequest, ApplyRetentionResponse, Enrolment,
     GetCalendarRequest, GetCalendarResponse, GetPupilRequest, GetPupilResponse, GetSchoolRequest,
-    GetSchoolResponse, GetSessionRegisterRequest, GetSessionRegisterResponse,
+    GetSchoolResponse, GetSessionRegisterRequest, GetSessionRegisterResponse, ImportItemOutcome,
     ImportRegisterRequest, ImportRegisterResponse, ListAbsenceReportsRequest,
     ListAbsenceReportsResponse, ListMarkVersionsRequest, ListMarkVersionsResponse,
     ListMarksRequest, ListMarksResponse, ListMissingMarksRequest, ListMissingMarksResponse,
@@ -177,9 +177,14 @@ impl RegistersService for Registers {
                 return Err(status);
             }
         };
-        if response.marks_recorded > 0 {
+        if response.marks_recorded > 0 && !response.dry_run && !response.already_applied {
             self.feed_head.send_replace(response.feed_cursor);
         }
+        let rejected = response
+            .items
+            .iter()
+            .filter(|item| item.outcome() == ImportItemOutcome::Rejected)
+            .count();
         tracing::info!(
             %request_id,
             laestab = %school,
@@ -188,6 +193,8 @@ impl RegistersService for Registers {
             marks_recorded = response.marks_recorded,
             marks_unchanged = response.marks_unchanged,
             feed_cursor = response.feed_cursor,
+            rejected,
+            dry_run = response.dry_run,
             "Import finished"
         );
         Ok(Response::new(response))

@@ -46,6 +46,14 @@ impl DirectoryDestination {
             .path
             .clone()
             .with_context(|| format!("destination {:?} has no path", config.name))?;
+        if folder.exists() && !folder.is_dir() {
+            anyhow::bail!(
+                "destination {:?}: {} is a file, not a folder; give the path of the folder \
+                 packs are written to",
+                config.name,
+                folder.display()
+            );
+        }
         if !folder.is_dir() {
             tracing::warn!(
                 destination = %config.name,
@@ -291,5 +299,23 @@ mod tests {
         assert!(detail.contains("not-mounted"), "{detail}");
         assert!(detail.contains("mounted"), "{detail}");
         assert!(!detail.contains("pack-1.zip"), "{detail}");
+    }
+
+    #[test]
+    fn file_in_place_of_folder_is_rejected() {
+        let folder = tempfile::tempdir().expect("temporary folder");
+        let file = folder.path().join("outbox");
+        std::fs::write(&file, b"not a folder").expect("file");
+        let settings = format!(
+            "[[destination]]\nname = \"la-share\"\nkind = \"directory\"\npath = {:?}\n",
+            file.display().to_string()
+        );
+        let config = crate::DeliveryConfig::parse(&settings).expect("settings");
+        let error = DirectoryDestination::new(&config.destinations[0])
+            .err()
+            .expect("a file is not a folder");
+        let message = error.to_string();
+        assert!(message.contains("is a file, not a folder"), "{message}");
+        assert!(message.contains("outbox"), "{message}");
     }
 }

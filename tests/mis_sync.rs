@@ -1,0 +1,647 @@
+//! The MIS sync API on a real server, as a vendor uses it: pupils, calendars and marks in
+//! batches and over one stream, MIS ids mapped to UPNs, a result per row, idempotency keys,
+//! dry runs, leavers and moves between the trust's schools. Each scenario runs on SQLite and
+//! on PostgreSQL.
+
+use std::path::Path;
+
+use rollcall_api::mis_adapter::v1::mis_sync_service_client::MisSyncServiceClient;
+use rollcall_api::mis_adapter::v1::{
+    ListPupilIdsRequest, RowOutcome, RowResult, StreamSyncRequest, SyncCalendarRequest, SyncMark,
+    SyncMarksRequest, SyncPupil, SyncPupilsRequest, stream_sync_request, stream_sync_response,
+};
+use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
+use rollcall_api::registers::v1::{
+    Calendar, GetPupilRequest, ListMarkVersionsRequest, ListMarksRequest, RegisterTimes, Term,
+};
+use rollcall_api::types::v1::{Phase, Session};
+use rollcall_cli::server::{self, RunningServer, ServerConfig};
+use rollcall_domain::Upn;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const SCHOOL_A: &str = "9192001";
+const SCHOOL_B: &str = "9192002";
+
+macro_rules! on_both_databases {
+    ($scenario:ident, $on_sqlite:ident, $on_postgres:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $on_sqlite() {
+            let work = tempfile::tempdir().expect("temporary folder");
+            $scenario(work.path(), None).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $on_postgres() {
+            let url = rollcall_testkit::postgres()
+                .await
+                .expect("PostgreSQL for the tests")
+                .create_database()
+                .await
+                .expect("database");
+            let work = tempfile::tempdir().expect("temporary folder");
+            $scenario(work.path(), Some(&url)).await;
+        }
+    };
+}
+
+fn upn(serial: u8) -> String {
+    Upn::from_digits([9, 1, 9, 2, 0, 0, 1, 2, 5, 0, 0, serial]).to_string()
+}
+
+/// A UPN whose check letter does not match its digits.
+fn bad_upn() -> String {
+    let good = upn(9);
+    let wrong = if good.starts_with('A') { 'B' } else { 'A' };
+    format!("{wrong}{}", &good[1..])
+}
+
+async fn start(work: &Path, database_url: Option<&str>) -> RunningServer {
+    let config = ServerConfig::new(
+        "127.0.0.1:0".parse().expect("address"),
+        work.join("data"),
+        database_url,
+    )
+    .expect("config");
+    server::start(config).await.expect("server starts")
+}
+
+async fn channel(running: &RunningServer) -> Channel {
+    tonic::transport::Endpoint::from_shared(running.url())
+        .expect("valid URL")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+fn pupil(mis_id: &str, upn: &str, admission: &str) -> SyncPupil {
+    SyncPupil {
+        mis_id: mis_id.into(),
+        upn: upn.into(),
+        forename: "Test".into(),
+        surname: format!("Pupil {}", &upn[10..]),
+        date_of_birth: "2013-05-01".into(),
+        sex: "F".into(),
+        admission_date: admission.into(),
+        year_group: "8".into(),
+        class_name: "8B".into(),
+        ..SyncPupil::default()
+    }
+}
+
+fn mark(mis_id: &str, date: &str, code: &str) -> SyncMark {
+    SyncMark {
+        mis_id: mis_id.into(),
+        date: date.into(),
+        session: Session::Am as i32,
+        code: code.into(),
+        ..SyncMark::default()
+    }
+}
+
+fn pupils_batch(school: &str, key: &str, pupils: Vec<SyncPupil>) -> SyncPupilsRequest {
+    SyncPupilsRequest {
+        laestab: school.into(),
+        school_name: format!("Academy {school}"),
+        phase: Phase::Secondary as i32,
+        idempotency_key: key.into(),
+        source_name: "Example MIS 4.2".into(),
+        dry_run: false,
+        pupils,
+    }
+}
+
+fn marks_batch(key: &str, marks: Vec<SyncMark>) -> SyncMarksRequest {
+    SyncMarksRequest {
+        laestab: SCHOOL_A.into(),
+        idempotency_key: key.into(),
+        source_name: "Example MIS 4.2".into(),
+        dry_run: false,
+        marks,
+    }
+}
+
+/// Each row's outcome and reason code, in row order.
+fn outcomes(results: &[RowResult]) -> Vec<(RowOutcome, String)> {
+    results
+        .iter()
+        .enumerate()
+        .map(|(row, result)| {
+            assert_eq!(
+                result.index,
+                i32::try_from(row).expect("small"),
+                "{result:?}"
+            );
+            (result.outcome(), result.reason_code.clone())
+        })
+        .collect()
+}
+
+fn applied() -> (RowOutcome, String) {
+    (RowOutcome::Applied, String::new())
+}
+
+fn unchanged() -> (RowOutcome, String) {
+    (RowOutcome::Unchanged, String::new())
+}
+
+fn rejected(code: &str) -> (RowOutcome, String) {
+    (RowOutcome::Rejected, code.to_owned())
+}
+
+async fn mark_count(registers: &mut RegistersServiceClient<Channel>, school: &str) -> usize {
+    registers
+        .list_marks(ListMarksRequest {
+            laestab: school.into(),
+            page_size: 1_000,
+            ..ListMarksRequest::default()
+        })
+        .await
+        .expect("list marks")
+        .into_inner()
+        .marks
+        .len()
+}
+
+async fn batches_apply_valid_rows_and_reject_the_rest(work: &Path, database_url: Option<&str>) {
+    let running = start(work, database_url).await;
+    let channel = channel(&running).await;
+    let mut sync = MisSyncServiceClient::new(channel.clone());
+    let mut registers = RegistersServiceClient::new(channel);
+
+    // Pupils: two valid, a bad check letter, a missing MIS id, an exact repeat (merged) and
+    // the same MIS id with another UPN.
+    let first = pupils_batch(
+        SCHOOL_A,
+        "pupils-1",
+        vec![
+            pupil("m1", &upn(1), "2025-09-01"),
+            pupil("m2", &upn(2), "2025-09-08"),
+            pupil("m3", &bad_upn(), "2025-09-01"),
+            pupil("", &upn(4), "2025-09-01"),
+            pupil("m1", &upn(1), "2025-09-01"),
+            pupil("m2", &upn(5), "2025-09-01"),
+        ],
+    );
+    let response = sync
+        .sync_pupils(first.clone())
+        .await
+        .expect("pupils batch")
+        .into_inner();
+    assert!(!response.replayed);
+    assert_eq!(
+        outcomes(&response.results),
+        vec![
+            applied(),
+            applied(),
+            rejected("invalid_upn"),
+            rejected("missing_mis_id"),
+            unchanged(),
+            rejected("conflicting_duplicate"),
+        ]
+    );
+    assert_eq!(response.results[0].note, "new pupil");
+    assert_eq!(response.results[0].upn, upn(1));
+    assert!(
+        response.results[2].reason.contains("check letter"),
+        "{}",
+        response.results[2].reason
+    );
+    let counts = response.counts.expect("counts");
+    assert_eq!(
+        (counts.applied, counts.unchanged, counts.rejected),
+        (2, 1, 3)
+    );
+
+    // The same batch again is a replay; the same key with other rows is refused.
+    let replay = sync
+        .sync_pupils(first.clone())
+        .await
+        .expect("replay")
+        .into_inner();
+    assert!(replay.replayed);
+    assert_eq!(replay.results, response.results);
+    let mut changed = first.clone();
+    changed.pupils.truncate(1);
+    let error = sync.sync_pupils(changed).await.expect_err("reused key");
+    assert_eq!(error.code(), Code::AlreadyExists);
+    assert!(error.message().contains("pupils-1"), "{}", error.message());
+
+    // Marks, named by MIS id or UPN.
+    let mut with_comment = mark("m2", "2025-09-08", "M");
+    with_comment.comment = "Dental appointment".into();
+    let mut by_upn = mark("", "2025-09-03", "/");
+    by_upn.upn = upn(1).to_lowercase();
+    let marks = marks_batch(
+        "marks-1",
+        vec![
+            mark("m1", "2025-09-02", "/"),
+            with_comment,
+            mark("m9", "2025-09-02", "/"),
+            mark("m1", "02/09/2025", "/"),
+            mark("m2", "2025-09-02", "/"),
+            mark("m1", "2025-09-04", "9"),
+            by_upn,
+        ],
+    );
+    let response = sync
+        .sync_marks(marks.clone())
+        .await
+        .expect("marks batch")
+        .into_inner();
+    assert_eq!(
+        outcomes(&response.results),
+        vec![
+            applied(),
+            applied(),
+            rejected("unknown_mis_id"),
+            rejected("invalid_date"),
+            rejected("not_on_roll"),
+            rejected("invalid_code"),
+            applied(),
+        ]
+    );
+    assert_eq!(response.results[3].field, "date");
+    assert_eq!(response.results[3].value, "02/09/2025");
+    assert!(
+        response.results[4].reason.contains("not on roll"),
+        "{}",
+        response.results[4].reason
+    );
+    assert_eq!(mark_count(&mut registers, SCHOOL_A).await, 3);
+    let stored = registers
+        .list_marks(ListMarksRequest {
+            laestab: SCHOOL_A.into(),
+            upn: upn(2),
+            ..ListMarksRequest::default()
+        })
+        .await
+        .expect("marks")
+        .into_inner()
+        .marks;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].code, "M");
+    assert_eq!(stored[0].reason, "Dental appointment");
+    assert_eq!(stored[0].recorded_by, "Example MIS 4.2");
+
+    // Sending the marks again changes nothing and stores no second version.
+    let replay = sync.sync_marks(marks).await.expect("replay").into_inner();
+    assert!(replay.replayed);
+    assert_eq!(replay.results, response.results);
+    let again = sync
+        .sync_marks(marks_batch("marks-2", vec![mark("m1", "2025-09-02", "/")]))
+        .await
+        .expect("same marks, new key")
+        .into_inner();
+    assert_eq!(outcomes(&again.results), vec![unchanged()]);
+    let versions = registers
+        .list_mark_versions(ListMarkVersionsRequest {
+            upn: upn(1),
+            laestab: SCHOOL_A.into(),
+            date: "2025-09-02".into(),
+            session: Session::Am as i32,
+        })
+        .await
+        .expect("versions")
+        .into_inner()
+        .versions;
+    assert_eq!(versions.len(), 1);
+
+    // A dry run reports what would change and stores nothing, and needs no key.
+    let mut dry = marks_batch(
+        "",
+        vec![mark("m1", "2025-09-02", "I"), mark("m1", "2025-09-05", "/")],
+    );
+    dry.dry_run = true;
+    let response = sync.sync_marks(dry).await.expect("dry run").into_inner();
+    assert!(response.dry_run);
+    assert_eq!(outcomes(&response.results), vec![applied(), applied()]);
+    assert_eq!(mark_count(&mut registers, SCHOOL_A).await, 3);
+    let error = sync
+        .sync_marks(marks_batch("", vec![mark("m1", "2025-09-05", "/")]))
+        .await
+        .expect_err("no key");
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(
+        error.message().contains("idempotency_key"),
+        "{}",
+        error.message()
+    );
+
+    // The MIS ids known at the school.
+    let ids = sync
+        .list_pupil_ids(ListPupilIdsRequest {
+            laestab: SCHOOL_A.into(),
+            ..ListPupilIdsRequest::default()
+        })
+        .await
+        .expect("ids")
+        .into_inner()
+        .ids;
+    let ids: Vec<(String, String)> = ids.into_iter().map(|id| (id.mis_id, id.upn)).collect();
+    assert_eq!(ids, vec![("m1".into(), upn(1)), ("m2".into(), upn(2))]);
+
+    // A known MIS id sent with another UPN is not remapped.
+    let response = sync
+        .sync_pupils(pupils_batch(
+            SCHOOL_A,
+            "pupils-2",
+            vec![pupil("m1", &upn(6), "2025-09-01")],
+        ))
+        .await
+        .expect("batch")
+        .into_inner();
+    assert_eq!(outcomes(&response.results), vec![rejected("upn_changed")]);
+
+    // Marks for a school rollcall does not hold are refused as a whole.
+    let mut elsewhere = marks_batch("marks-x", vec![mark("m1", "2025-09-02", "/")]);
+    elsewhere.laestab = "9199999".into();
+    let error = sync
+        .sync_marks(elsewhere)
+        .await
+        .expect_err("unknown school");
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(error.message().contains("9199999"), "{}", error.message());
+
+    running.stop().await.expect("stops");
+}
+
+on_both_databases!(
+    batches_apply_valid_rows_and_reject_the_rest,
+    batches_on_sqlite,
+    batches_on_postgres
+);
+
+async fn leavers_and_moves_are_followed(work: &Path, database_url: Option<&str>) {
+    let running = start(work, database_url).await;
+    let channel = channel(&running).await;
+    let mut sync = MisSyncServiceClient::new(channel.clone());
+    let mut registers = RegistersServiceClient::new(channel);
+
+    sync.sync_pupils(pupils_batch(
+        SCHOOL_A,
+        "a-1",
+        vec![
+            pupil("a1", &upn(1), "2025-09-01"),
+            pupil("a2", &upn(2), "2025-09-01"),
+        ],
+    ))
+    .await
+    .expect("school A");
+    sync.sync_marks(marks_batch(
+        "a-marks",
+        vec![mark("a1", "2025-09-02", "/"), mark("a2", "2025-09-09", "/")],
+    ))
+    .await
+    .expect("marks at A");
+
+    // Pupil 1 moves to school B, admitted on 8 September: A's enrolment ends on the 7th.
+    let response = sync
+        .sync_pupils(pupils_batch(
+            SCHOOL_B,
+            "b-1",
+            vec![
+                pupil("b-77", &upn(1), "2025-09-08"),
+                pupil("b-78", &upn(2), "2025-09-08"),
+            ],
+        ))
+        .await
+        .expect("school B")
+        .into_inner();
+    assert_eq!(
+        outcomes(&response.results),
+        vec![applied(), rejected("on_roll_elsewhere")]
+    );
+    assert_eq!(
+        response.results[0].note,
+        "admitted; moved from school 9192001"
+    );
+    assert!(
+        response.results[1].reason.contains("9192001"),
+        "{}",
+        response.results[1].reason
+    );
+    let moved = registers
+        .get_pupil(GetPupilRequest { upn: upn(1) })
+        .await
+        .expect("pupil")
+        .into_inner()
+        .pupil
+        .expect("pupil");
+    let at_a = moved
+        .enrolments
+        .iter()
+        .find(|enrolment| enrolment.laestab == SCHOOL_A)
+        .expect("enrolment at A");
+    assert_eq!(at_a.leaving_date, "2025-09-07");
+    assert!(
+        at_a.leaving_reason.contains(SCHOOL_B),
+        "{}",
+        at_a.leaving_reason
+    );
+    assert!(
+        moved
+            .enrolments
+            .iter()
+            .any(|e| e.laestab == SCHOOL_B && e.leaving_date.is_empty())
+    );
+
+    // The MIS records that pupil 2 left A on 12 September; marks after it are rejected.
+    let mut leaver = pupil("a2", &upn(2), "2025-09-01");
+    leaver.leaving_date = "2025-09-12".into();
+    let response = sync
+        .sync_pupils(pupils_batch(SCHOOL_A, "a-2", vec![leaver.clone()]))
+        .await
+        .expect("leaver")
+        .into_inner();
+    assert_eq!(outcomes(&response.results), vec![applied()]);
+    assert_eq!(response.results[0].note, "left on 2025-09-12");
+    let response = sync
+        .sync_marks(marks_batch(
+            "a-marks-2",
+            vec![mark("a2", "2025-09-12", "/"), mark("a2", "2025-09-15", "/")],
+        ))
+        .await
+        .expect("marks")
+        .into_inner();
+    assert_eq!(
+        outcomes(&response.results),
+        vec![applied(), rejected("not_on_roll")]
+    );
+    // A leaving date before marks already held is rejected.
+    leaver.leaving_date = "2025-09-10".into();
+    let response = sync
+        .sync_pupils(pupils_batch(SCHOOL_A, "a-3", vec![leaver]))
+        .await
+        .expect("early leaving")
+        .into_inner();
+    assert_eq!(
+        outcomes(&response.results),
+        vec![rejected("marks_after_leaving")]
+    );
+
+    // The same UPN under a second MIS id at one school is the same pupil.
+    let response = sync
+        .sync_pupils(pupils_batch(
+            SCHOOL_B,
+            "b-2",
+            vec![pupil("b-99", &upn(1), "2025-09-08")],
+        ))
+        .await
+        .expect("second id")
+        .into_inner();
+    assert_eq!(outcomes(&response.results), vec![unchanged()]);
+    let ids = sync
+        .list_pupil_ids(ListPupilIdsRequest {
+            laestab: SCHOOL_B.into(),
+            page_size: 1,
+            ..ListPupilIdsRequest::default()
+        })
+        .await
+        .expect("ids")
+        .into_inner();
+    assert_eq!(ids.ids.len(), 1);
+    assert_eq!(ids.next_page_token, "b-77");
+    let rest = sync
+        .list_pupil_ids(ListPupilIdsRequest {
+            laestab: SCHOOL_B.into(),
+            page_size: 10,
+            page_token: ids.next_page_token,
+        })
+        .await
+        .expect("ids")
+        .into_inner();
+    let rest: Vec<(String, String)> = rest.ids.into_iter().map(|id| (id.mis_id, id.upn)).collect();
+    assert_eq!(rest, vec![("b-99".into(), upn(1))]);
+
+    running.stop().await.expect("stops");
+}
+
+on_both_databases!(
+    leavers_and_moves_are_followed,
+    moves_on_sqlite,
+    moves_on_postgres
+);
+
+fn calendar() -> Calendar {
+    let times = |opens: &str, closes: &str| RegisterTimes {
+        opens: opens.into(),
+        closes: closes.into(),
+    };
+    Calendar {
+        laestab: SCHOOL_A.into(),
+        time_zone: "Europe/London".into(),
+        am: Some(times("08:40", "09:00")),
+        pm: Some(times("13:15", "13:30")),
+        terms: vec![Term {
+            name: "Autumn".into(),
+            first_day: "2025-09-01".into(),
+            last_day: "2025-12-19".into(),
+        }],
+        closures: Vec::new(),
+    }
+}
+
+async fn a_stream_returns_each_batch_result_in_order(work: &Path, database_url: Option<&str>) {
+    use stream_sync_request::Batch;
+    use stream_sync_response::Result as BatchResult;
+
+    let running = start(work, database_url).await;
+    let mut sync = MisSyncServiceClient::new(channel(&running).await);
+    let batches = [
+        Batch::Pupils(pupils_batch(
+            SCHOOL_A,
+            "s-1",
+            vec![pupil("m1", &upn(1), "2025-09-01")],
+        )),
+        Batch::Calendar(SyncCalendarRequest {
+            calendar: Some(calendar()),
+            idempotency_key: "s-2".into(),
+            source_name: "Example MIS 4.2".into(),
+        }),
+        Batch::Marks(marks_batch(
+            "s-3",
+            vec![mark("m1", "2025-09-01", "/"), mark("m1", "2025-09-06", "/")],
+        )),
+    ];
+    let requests: Vec<StreamSyncRequest> = batches
+        .iter()
+        .cloned()
+        .map(|batch| StreamSyncRequest { batch: Some(batch) })
+        .collect();
+    let mut responses = sync
+        .stream_sync(tokio_stream::iter(requests.clone()))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut results = Vec::new();
+    while let Some(response) = responses.message().await.expect("result") {
+        results.push(response);
+    }
+    assert_eq!(results.len(), 3);
+    for (index, response) in results.iter().enumerate() {
+        assert_eq!(response.batch_index, i32::try_from(index).expect("small"));
+    }
+    match &results[2].result {
+        Some(BatchResult::Marks(marks)) => assert_eq!(
+            outcomes(&marks.results),
+            // 6 September 2025 is a Saturday in the calendar just sent.
+            vec![applied(), rejected("calendar_conflict")]
+        ),
+        other => panic!("expected a marks result, got {other:?}"),
+    }
+
+    // The same stream again replays every batch; a batch refused as a whole ends the stream
+    // after the results before it.
+    let mut again = requests;
+    again.push(StreamSyncRequest {
+        batch: Some(Batch::Marks(marks_batch("has space", Vec::new()))),
+    });
+    again.push(StreamSyncRequest {
+        batch: Some(Batch::Marks(marks_batch(
+            "s-5",
+            vec![mark("m1", "2025-09-02", "/")],
+        ))),
+    });
+    let mut responses = sync
+        .stream_sync(tokio_stream::iter(again))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut replayed = 0;
+    let error = loop {
+        match responses.message().await {
+            Ok(Some(response)) => {
+                let was_replayed = match response.result {
+                    Some(BatchResult::Pupils(result)) => result.replayed,
+                    Some(BatchResult::Calendar(result)) => result.replayed,
+                    Some(BatchResult::Marks(result)) => result.replayed,
+                    None => false,
+                };
+                assert!(
+                    was_replayed,
+                    "batch {} was applied again",
+                    response.batch_index
+                );
+                replayed += 1;
+            }
+            Ok(None) => panic!("the stream ended without the refused batch's error"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(replayed, 3);
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(
+        error.message().contains("idempotency_key"),
+        "{}",
+        error.message()
+    );
+
+    running.stop().await.expect("stops");
+}
+
+on_both_databases!(
+    a_stream_returns_each_batch_result_in_order,
+    stream_on_sqlite,
+    stream_on_postgres
+);
