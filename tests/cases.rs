@@ -359,6 +359,7 @@ async fn casework(database_url: Option<&str>) {
             }),
             changed_by: "J Smith".into(),
             changed_by_position: "Data manager".into(),
+            ..Default::default()
         })
         .await
         .expect("calendar");

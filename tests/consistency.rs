@@ -183,6 +183,7 @@ async fn set_calendar(clients: &mut Clients) {
             calendar: Some(calendar),
             changed_by: "J Smith".into(),
             changed_by_position: "Data manager".into(),
+            ..Default::default()
         })
         .await
         .expect("calendar");

@@ -12,9 +12,10 @@ use rollcall_api::mis_adapter::v1::{
 };
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{
-    Calendar, GetPupilRequest, ListMarkVersionsRequest, ListMarksRequest, RegisterTimes, Term,
+    Calendar, Closure, ClosureKind, GetPupilRequest, ListMarkVersionsRequest, ListMarksRequest,
+    RegisterTimes, Term,
 };
-use rollcall_api::types::v1::{Phase, Session};
+use rollcall_api::types::v1::{MarkSource, Phase, Session};
 use rollcall_cli::server::{self, RunningServer, ServerConfig};
 use rollcall_domain::Upn;
 use tonic::Code;
@@ -213,6 +214,50 @@ async fn batches_apply_valid_rows_and_reject_the_rest(work: &Path, database_url:
         (2, 1, 3)
     );
 
+    // Sex and year group are checked, a year group is stored in its usual form, and a repeat
+    // of an earlier row names that row.
+    let mut odd_sex = pupil("m7", &upn(7), "2025-09-01");
+    odd_sex.sex = "Male".into();
+    let mut odd_year = pupil("m8", &upn(8), "2025-09-01");
+    odd_year.year_group = "Year 8".into();
+    let mut padded = pupil("m9", &upn(9), "2025-09-01");
+    padded.year_group = "08".into();
+    padded.sex = "f".into();
+    let mut unborn = pupil("m6", &upn(6), "2025-09-01");
+    unborn.date_of_birth = "2030-01-01".into();
+    let checked = sync
+        .sync_pupils(pupils_batch(
+            SCHOOL_A,
+            "pupils-checked",
+            vec![odd_sex, odd_year, padded.clone(), padded, unborn],
+        ))
+        .await
+        .expect("batch")
+        .into_inner();
+    assert_eq!(
+        outcomes(&checked.results),
+        vec![
+            rejected("invalid_sex"),
+            rejected("invalid_year_group"),
+            applied(),
+            unchanged(),
+            rejected("invalid_date"),
+        ]
+    );
+    assert_eq!(
+        checked.results[3].note,
+        "the same as row 2 of this batch, so merged with it"
+    );
+    let stored = registers
+        .get_pupil(GetPupilRequest { upn: upn(9) })
+        .await
+        .expect("pupil")
+        .into_inner()
+        .pupil
+        .expect("pupil");
+    assert_eq!(stored.sex, "F");
+    assert_eq!(stored.enrolments[0].year_group, "8");
+
     // The same batch again is a replay; the same key with other rows is refused.
     let replay = sync
         .sync_pupils(first.clone())
@@ -237,7 +282,7 @@ async fn batches_apply_valid_rows_and_reject_the_rest(work: &Path, database_url:
         vec![
             mark("m1", "2025-09-02", "/"),
             with_comment,
-            mark("m9", "2025-09-02", "/"),
+            mark("m99", "2025-09-02", "/"),
             mark("m1", "02/09/2025", "/"),
             mark("m2", "2025-09-02", "/"),
             mark("m1", "2025-09-04", "9"),
@@ -328,6 +373,39 @@ async fn batches_apply_valid_rows_and_reject_the_rest(work: &Path, database_url:
         error.message()
     );
 
+    // A time taken in the future is rejected. A mark taken before the effective version is
+    // stored behind it once, and sending it again stores nothing.
+    let mut future = mark("m1", "2025-09-09", "/");
+    future.recorded_at = Some(prost_types::Timestamp {
+        seconds: 4_102_444_800,
+        nanos: 0,
+    });
+    let mut older = mark("m1", "2025-09-02", "I");
+    older.recorded_at = Some(prost_types::Timestamp {
+        seconds: 1_756_800_000,
+        nanos: 0,
+    });
+    let response = sync
+        .sync_marks(marks_batch("marks-3", vec![future, older.clone()]))
+        .await
+        .expect("batch")
+        .into_inner();
+    assert_eq!(
+        outcomes(&response.results),
+        vec![rejected("invalid_time"), applied()]
+    );
+    assert_eq!(response.results[0].field, "recorded_at");
+    assert_eq!(
+        response.results[1].note,
+        "stored; a version taken later is in force"
+    );
+    let again = sync
+        .sync_marks(marks_batch("marks-4", vec![older]))
+        .await
+        .expect("batch")
+        .into_inner();
+    assert_eq!(outcomes(&again.results), vec![unchanged()]);
+
     // The MIS ids known at the school.
     let ids = sync
         .list_pupil_ids(ListPupilIdsRequest {
@@ -339,7 +417,14 @@ async fn batches_apply_valid_rows_and_reject_the_rest(work: &Path, database_url:
         .into_inner()
         .ids;
     let ids: Vec<(String, String)> = ids.into_iter().map(|id| (id.mis_id, id.upn)).collect();
-    assert_eq!(ids, vec![("m1".into(), upn(1)), ("m2".into(), upn(2))]);
+    assert_eq!(
+        ids,
+        vec![
+            ("m1".into(), upn(1)),
+            ("m2".into(), upn(2)),
+            ("m9".into(), upn(9))
+        ]
+    );
 
     // A known MIS id sent with another UPN is not remapped.
     let response = sync
@@ -360,8 +445,21 @@ async fn batches_apply_valid_rows_and_reject_the_rest(work: &Path, database_url:
         .sync_marks(elsewhere)
         .await
         .expect_err("unknown school");
-    assert_eq!(error.code(), Code::InvalidArgument);
+    assert_eq!(error.code(), Code::NotFound);
     assert!(error.message().contains("9199999"), "{}", error.message());
+    let mut nameless = pupils_batch(
+        "9199999",
+        "new-school",
+        vec![pupil("m1", &upn(1), "2025-09-01")],
+    );
+    nameless.phase = Phase::Unspecified as i32;
+    let error = sync.sync_pupils(nameless).await.expect_err("no phase");
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(
+        error.message().starts_with("invalid phase"),
+        "{}",
+        error.message()
+    );
 
     running.stop().await.expect("stops");
 }
@@ -444,6 +542,19 @@ async fn leavers_and_moves_are_followed(work: &Path, database_url: Option<&str>)
             .enrolments
             .iter()
             .any(|e| e.laestab == SCHOOL_B && e.leaving_date.is_empty())
+    );
+
+    // School A's MIS, not yet told of the move, cannot extend pupil 1's time at A past it.
+    let mut late_leaver = pupil("a1", &upn(1), "2025-09-01");
+    late_leaver.leaving_date = "2025-09-10".into();
+    let response = sync
+        .sync_pupils(pupils_batch(SCHOOL_A, "a-late", vec![late_leaver]))
+        .await
+        .expect("late leaving")
+        .into_inner();
+    assert_eq!(
+        outcomes(&response.results),
+        vec![rejected("on_roll_elsewhere")]
     );
 
     // The MIS records that pupil 2 left A on 12 September; marks after it are rejected.
@@ -632,10 +743,51 @@ async fn a_stream_returns_each_batch_result_in_order(work: &Path, database_url: 
     assert_eq!(replayed, 3);
     assert_eq!(error.code(), Code::InvalidArgument);
     assert!(
+        error.message().starts_with("batch 3: "),
+        "{}",
+        error.message()
+    );
+    assert!(
         error.message().contains("idempotency_key"),
         "{}",
         error.message()
     );
+
+    // A planned closure from the MIS replaces the day's marks with #, recorded as MIS sync.
+    let mut closed = calendar();
+    closed.closures.push(Closure {
+        date: "2025-09-01".into(),
+        session: Session::Unspecified as i32,
+        kind: ClosureKind::Planned as i32,
+        reason: "INSET day".into(),
+    });
+    let response = sync
+        .sync_calendar(SyncCalendarRequest {
+            calendar: Some(closed),
+            idempotency_key: "s-6".into(),
+            source_name: "Example MIS 4.2".into(),
+        })
+        .await
+        .expect("calendar")
+        .into_inner();
+    assert_eq!(response.marks_closed, 1);
+    let versions = RegistersServiceClient::new(channel(&running).await)
+        .list_mark_versions(ListMarkVersionsRequest {
+            upn: upn(1),
+            laestab: SCHOOL_A.into(),
+            date: "2025-09-01".into(),
+            session: Session::Am as i32,
+        })
+        .await
+        .expect("versions")
+        .into_inner()
+        .versions;
+    let closure = versions
+        .last()
+        .and_then(|version| version.mark.clone())
+        .expect("the # version");
+    assert_eq!(closure.code, "#");
+    assert_eq!(closure.source(), MarkSource::MisSync);
 
     running.stop().await.expect("stops");
 }

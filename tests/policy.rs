@@ -1104,6 +1104,7 @@ async fn statistics_by_group(database_url: Option<&str>) {
             }),
             changed_by: "J Smith".into(),
             changed_by_position: "Data manager".into(),
+            ..Default::default()
         })
         .await
         .expect("calendar");

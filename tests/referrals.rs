@@ -1112,6 +1112,16 @@ async fn referrals(database_url: Option<&str>) {
     for expected in [&reference, &officer_reference] {
         assert!(listed.contains(expected.as_str()), "{listed}");
     }
+    let first = common::run_rollcall(&url, &["referral", "list", "--limit", "1", "--json"]).await;
+    assert!(first.status.success());
+    assert_eq!(
+        json(&String::from_utf8_lossy(&first.stdout))
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    let note = String::from_utf8_lossy(&first.stderr);
+    assert!(note.contains("raise --limit"), "{note}");
     running.stop().await.expect("server stops");
 }
 

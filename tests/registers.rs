@@ -357,6 +357,7 @@ fn set_calendar(calendar: Calendar) -> SetCalendarRequest {
         calendar: Some(calendar),
         changed_by: "J Smith".into(),
         changed_by_position: "Data manager".into(),
+        ..Default::default()
     }
 }
 

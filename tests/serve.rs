@@ -11,12 +11,13 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-const SERVICES: [&str; 5] = [
+const SERVICES: [&str; 6] = [
     "rollcall.registers.v1.RegistersService",
     "rollcall.policy.v1.PolicyService",
     "rollcall.cases.v1.CasesService",
     "rollcall.referrals.v1.ReferralsService",
     "rollcall.mis_adapter.v1.MisAdapterService",
+    "rollcall.mis_adapter.v1.MisSyncService",
 ];
 
 async fn start_on_sqlite(work: &std::path::Path) -> server::RunningServer {
@@ -61,6 +62,45 @@ async fn health_reports_every_service_serving() {
         .expect_err("an unknown service has no health");
     assert_eq!(unknown.code(), tonic::Code::NotFound);
 
+    running.stop().await.expect("server stops");
+}
+
+#[tokio::test]
+async fn reflection_v1alpha_lists_the_sync_service() {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+
+    let work = tempfile::tempdir().expect("temp dir");
+    let running = start_on_sqlite(work.path()).await;
+    let mut reflection = ServerReflectionClient::new(channel(&running).await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let response = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner()
+        .message()
+        .await
+        .expect("response")
+        .expect("one message");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!(
+            "expected a list of services, got {:?}",
+            response.message_response
+        );
+    };
+    assert!(
+        list.service
+            .iter()
+            .any(|service| service.name == "rollcall.mis_adapter.v1.MisSyncService"),
+        "{:?}",
+        list.service
+    );
     running.stop().await.expect("server stops");
 }
 

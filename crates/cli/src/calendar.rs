@@ -188,6 +188,7 @@ pub(crate) async fn run(
                     calendar: Some(parsed.into_proto(&laestab)),
                     changed_by: by,
                     changed_by_position: position,
+                    ..Default::default()
                 })
                 .await
                 .map_err(|status| anyhow::anyhow!("{}: {}", file.display(), status.message()))?

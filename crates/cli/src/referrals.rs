@@ -410,8 +410,14 @@ pub(crate) async fn run_referral(
                 })
                 .await
                 .map_err(rpc)?
-                .into_inner()
-                .referrals;
+                .into_inner();
+            if !listed.next_page_token.is_empty() {
+                // Standard error, so that --json output stays one JSON document.
+                eprintln!(
+                    "note: more referrals match than the {limit} listed; raise --limit to see them"
+                );
+            }
+            let listed = listed.referrals;
             if json {
                 return print_json(
                     out,

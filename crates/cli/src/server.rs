@@ -176,9 +176,17 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let adapter =
         MisAdapter::new(adapter_db, channel.clone()).with_delivery(config.delivery.clone())?;
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(rollcall_api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(rollcall_api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // Both versions of the reflection protocol, because older grpcurl releases ask for
+    // v1alpha only.
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("cannot build the reflection service")?;
+    let reflection = reflection()
         .build_v1()
         .context("cannot build the reflection service")?;
 
@@ -188,6 +196,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let router = Server::builder()
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(registers.into_server())
         .add_service(policy.into_server())
         .add_service(cases.into_server())

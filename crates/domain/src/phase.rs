@@ -65,9 +65,46 @@ impl FromStr for Phase {
     }
 }
 
+/// Returns a national curriculum year group in the form CTF writes it (`N1`, `N2`, `R`, `1` to
+/// `14`, or `X` for a pupil not following the national curriculum), or `None` for any other
+/// value. Lower case, spaces around the value and leading zeros (`08`) are accepted.
+pub fn normalise_year_group(value: &str) -> Option<String> {
+    let upper = value.trim().to_ascii_uppercase();
+    match upper.as_str() {
+        "N1" | "N2" | "R" | "X" => Some(upper),
+        digits if !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit()) => {
+            match digits.parse::<u8>() {
+                Ok(year @ 1..=14) => Some(year.to_string()),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn year_groups_normalise() {
+        for (sent, stored) in [
+            ("r", "R"),
+            (" n1 ", "N1"),
+            ("08", "8"),
+            ("14", "14"),
+            ("x", "X"),
+        ] {
+            assert_eq!(
+                normalise_year_group(sent).as_deref(),
+                Some(stored),
+                "{sent}"
+            );
+        }
+        for invalid in ["Year 8", "15", "0", "N3", "", "-1", "1.5"] {
+            assert_eq!(normalise_year_group(invalid), None, "{invalid}");
+        }
+    }
 
     #[test]
     fn year_groups_map_to_phases() {

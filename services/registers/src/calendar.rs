@@ -249,6 +249,7 @@ pub(crate) async fn replace(
     calendar: &SchoolCalendar,
     changed_by: &str,
     position: &str,
+    source: rollcall_domain::MarkSource,
 ) -> Result<CalendarChange, Status> {
     use rollcall_runtime::grpc::{not_found, storage_error};
     use rollcall_runtime::storage::WriteTransaction;
@@ -405,7 +406,7 @@ pub(crate) async fn replace(
                     "INSERT INTO marks (sequence, laestab, upn, session_date, session, code, \
                      minutes_late, source, source_name, reason, recorded_by, recorded_by_position, \
                      recorded_at, received_at, effective_when_stored) \
-                     VALUES ($1, $2, $3, $4, $5, '#', 0, 'staff', 'calendar', $6, $7, $8, $9, $9, TRUE)",
+                     VALUES ($1, $2, $3, $4, $5, '#', 0, $10, 'calendar', $6, $7, $8, $9, $9, TRUE)",
                 )
                 .bind(sequence)
                 .bind(laestab)
@@ -416,6 +417,7 @@ pub(crate) async fn replace(
                 .bind(changed_by)
                 .bind(position)
                 .bind(now)
+                .bind(source.as_str())
                 .execute(&mut *tx)
                 .await
                 .map_err(store_error)?;

@@ -19,6 +19,7 @@ use rollcall_api::registers::v1::{
 use rollcall_domain::age::is_compulsory_school_age;
 use rollcall_domain::calendar::SchoolCalendar;
 use rollcall_domain::history::{VersionKey, supersedes};
+use rollcall_domain::phase::normalise_year_group;
 use rollcall_domain::session::parse_date;
 use rollcall_domain::{MarkSource, Session, SessionDate, Upn, codes};
 use rollcall_runtime::grpc::{invalid_argument, laestab, storage_error};
@@ -101,8 +102,13 @@ impl ItemError {
             value: self.value,
             reason: self.reason,
             note: String::new(),
+            duplicate_of: None,
         }
     }
+}
+
+fn row_index(index: usize) -> i32 {
+    i32::try_from(index).unwrap_or(i32::MAX)
 }
 
 fn item_result(
@@ -251,6 +257,9 @@ struct Existing {
     /// The latest date with an effective mark at the importing school, per pupil.
     last_marks: HashMap<String, NaiveDate>,
     effective: HashMap<SessionKey, Current>,
+    /// Earlier versions of sessions where a mark would be stored behind the effective one:
+    /// code, minutes late and time taken.
+    earlier_versions: HashMap<SessionKey, Vec<(String, i32, DateTime<Utc>)>>,
     calendar: Option<SchoolCalendar>,
     next_sequence: i64,
 }
@@ -416,13 +425,15 @@ impl ImportRequest {
                 .find(|pupil| pupil.index == first)
                 .expect("every pupil seen is kept");
             if earlier.same_as(&checked) {
-                self.settled.push(item_result(
+                let mut merged = item_result(
                     ImportItemKind::Pupil,
                     index,
                     &checked.upn,
                     ImportItemOutcome::Unchanged,
                     format!("the same as pupil {first} of this import, so merged with it"),
-                ));
+                );
+                merged.duplicate_of = Some(row_index(first));
+                self.settled.push(merged);
                 return Ok(());
             }
             let error = ItemError::new(
@@ -435,7 +446,7 @@ impl ImportRequest {
                     checked.upn
                 ),
             );
-            return self.settle_rejected(ImportItemKind::Pupil, index, &checked.upn, error);
+            return self.settle_duplicate(ImportItemKind::Pupil, index, &checked.upn, error, first);
         }
         seen.insert(checked.upn.clone(), index);
         self.pupils.push(checked);
@@ -471,13 +482,15 @@ impl ImportRequest {
                 && earlier.recorded_at == checked.recorded_at
                 && earlier.arrived_at == checked.arrived_at
             {
-                self.settled.push(item_result(
+                let mut merged = item_result(
                     ImportItemKind::Mark,
                     index,
                     &checked.upn,
                     ImportItemOutcome::Unchanged,
                     format!("the same as mark {first} of this import, so merged with it"),
-                ));
+                );
+                merged.duplicate_of = Some(row_index(first));
+                self.settled.push(merged);
                 return Ok(());
             }
             let error = ItemError::new(
@@ -489,10 +502,27 @@ impl ImportRequest {
                     checked.upn, checked.session
                 ),
             );
-            return self.settle_rejected(ImportItemKind::Mark, index, &checked.upn, error);
+            return self.settle_duplicate(ImportItemKind::Mark, index, &checked.upn, error, first);
         }
         seen.insert(key, index);
         self.marks.push(checked);
+        Ok(())
+    }
+
+    /// Records an item rejected as conflicting with an earlier one, as [`Self::settle_rejected`]
+    /// does, naming the earlier item.
+    fn settle_duplicate(
+        &mut self,
+        kind: ImportItemKind,
+        index: usize,
+        upn: &str,
+        error: ItemError,
+        first: usize,
+    ) -> Result<(), Status> {
+        self.settle_rejected(kind, index, upn, error)?;
+        if let Some(result) = self.settled.last_mut() {
+            result.duplicate_of = Some(row_index(first));
+        }
         Ok(())
     }
 
@@ -539,13 +569,42 @@ fn check_pupil(index: usize, import: &ImportPupil) -> Result<CheckedPupil, ItemE
             Ok(trimmed.to_owned())
         }
     };
+    let sex = required("sex", &pupil.sex)?.to_ascii_uppercase();
+    if sex != "M" && sex != "F" {
+        return Err(ItemError::new(
+            "invalid_sex",
+            "sex",
+            pupil.sex.clone(),
+            format!("pupil {upn}: sex is M or F, as the school census records it"),
+        ));
+    }
     let details = PupilDetails {
         forename: required("forename", &pupil.forename)?,
         surname: required("surname", &pupil.surname)?,
         date_of_birth: date_field("date_of_birth", &pupil.date_of_birth)?,
-        sex: required("sex", &pupil.sex)?,
+        sex,
     };
     let admission_date = date_field("admission_date", &import.admission_date)?;
+    if details.date_of_birth >= admission_date {
+        return Err(ItemError::new(
+            "invalid_date",
+            "date_of_birth",
+            pupil.date_of_birth.clone(),
+            format!("pupil {upn} would be born on or after their admission on {admission_date}"),
+        ));
+    }
+    let year_group = required("year_group", &import.year_group)?;
+    let Some(year_group) = normalise_year_group(&year_group) else {
+        return Err(ItemError::new(
+            "invalid_year_group",
+            "year_group",
+            import.year_group.clone(),
+            format!(
+                "pupil {upn}: a year group is N1, N2, R, 1 to 14, or X for a pupil not following \
+                 the national curriculum"
+            ),
+        ));
+    };
     let leaving_date = if import.leaving_date.trim().is_empty() {
         None
     } else {
@@ -565,13 +624,42 @@ fn check_pupil(index: usize, import: &ImportPupil) -> Result<CheckedPupil, ItemE
         details,
         admission_date,
         leaving_date,
-        year_group: required("year_group", &import.year_group)?,
+        year_group,
         registration: registration_as_str(import.registration),
         class_name: import.class_name.trim().to_owned(),
         sen_provision: sen_as_str(import.sen_provision),
         free_school_meals: fsm_as_str(import.free_school_meals),
         upn: upn.to_string(),
     })
+}
+
+/// The earliest time a mark may say it was taken or a pupil arrived.
+const EARLIEST_TIME: DateTime<Utc> = DateTime::from_timestamp_nanos(946_684_800_000_000_000);
+
+/// How far ahead of this server's clock a sender's clock may run.
+const CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
+/// Reads a time a mark was taken or a pupil arrived: from 2000 on, and no later than a few
+/// minutes after `now`, so that no version can be dated ahead of every later change.
+fn bounded_time(
+    field: &'static str,
+    at: &prost_types::Timestamp,
+    now: DateTime<Utc>,
+) -> Result<DateTime<Utc>, ItemError> {
+    let time = time_field(field, at)?;
+    if time < EARLIEST_TIME || time > now + CLOCK_SKEW {
+        return Err(ItemError::new(
+            "invalid_time",
+            field,
+            time.to_rfc3339(),
+            format!(
+                "{field} must be from 2000 on and not in the future (this server's clock reads \
+                 {}); check the sender's clock",
+                now.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+        ));
+    }
+    Ok(time)
 }
 
 fn time_field(
@@ -603,7 +691,7 @@ fn check_mark(index: usize, mark: &Mark, now: DateTime<Utc>) -> Result<CheckedMa
     let arrived_at = mark
         .arrived_at
         .as_ref()
-        .map(|at| time_field("arrived_at", at))
+        .map(|at| bounded_time("arrived_at", at, now))
         .transpose()?;
     if !(code.is_empty() && arrived_at.is_some()) {
         codes::lookup_on(code, date).map_err(|error| {
@@ -624,7 +712,7 @@ fn check_mark(index: usize, mark: &Mark, now: DateTime<Utc>) -> Result<CheckedMa
         })?;
     }
     let recorded_at = match &mark.recorded_at {
-        Some(at) => time_field("recorded_at", at)?,
+        Some(at) => bounded_time("recorded_at", at, now)?,
         None => now,
     };
     Ok(CheckedMark {
@@ -725,12 +813,17 @@ fn plan<'a>(request: &'a ImportRequest, existing: &Existing) -> Result<Plan<'a>,
                 });
                 sequence += 1;
                 if request.partial {
+                    let note = if effective {
+                        ""
+                    } else {
+                        "stored; a version taken later is in force"
+                    };
                     plan.results.push(item_result(
                         ImportItemKind::Mark,
                         mark.index,
                         &mark.upn,
                         ImportItemOutcome::Applied,
-                        "",
+                        note,
                     ));
                 }
             }
@@ -805,6 +898,36 @@ fn plan_pupil<'a>(
 
     let mut leaving = None;
     if let Some(leaving_date) = pupil.leaving_date {
+        let admission = matched
+            .as_ref()
+            .map_or(pupil.admission_date, |enrolment| enrolment.admission);
+        let registration = matched.as_ref().map_or(pupil.registration, |enrolment| {
+            enrolment.registration.as_str()
+        });
+        if is_sole_or_main(registration)
+            && let Some(other) = existing
+                .elsewhere
+                .get(&pupil.upn)
+                .into_iter()
+                .flatten()
+                .find(|other| {
+                    is_sole_or_main(&other.registration)
+                        && other.admission > admission
+                        && other.admission <= leaving_date
+                })
+        {
+            return Err(ItemError::new(
+                "on_roll_elsewhere",
+                "leaving_date",
+                leaving_date.to_string(),
+                format!(
+                    "pupil {} has been on roll at school {} since {}, so leaving here on \
+                     {leaving_date} would put them on roll at both schools; send a leaving date \
+                     before {}",
+                    pupil.upn, other.laestab, other.admission, other.admission
+                ),
+            ));
+        }
         if let Some(last) = existing.last_marks.get(&pupil.upn)
             && *last > leaving_date
         {
@@ -1029,6 +1152,15 @@ fn plan_mark(
         {
             Ok(None)
         }
+        // A version taken before the effective one, and already held, is not stored again.
+        Some(current)
+            if mark.recorded_at < current.recorded_at
+                && existing.earlier_versions.get(&key).is_some_and(|versions| {
+                    versions.contains(&(code.clone(), minutes_late, mark.recorded_at))
+                }) =>
+        {
+            Ok(None)
+        }
         _ => Ok(Some((code, minutes_late))),
     }
 }
@@ -1230,6 +1362,35 @@ pub(crate) async fn apply(
                     .effective
                     .insert((row.upn, row.session_date, session), current);
             }
+        }
+
+        // Earlier versions, for marks that would be stored behind the effective version.
+        let behind: Vec<&CheckedMark> = request
+            .marks
+            .iter()
+            .filter(|mark| {
+                mark.recorded_at_sent
+                    && existing
+                        .effective
+                        .get(&(mark.upn.clone(), mark.date, mark.session))
+                        .is_some_and(|current| mark.recorded_at < current.recorded_at)
+            })
+            .collect();
+        for mark in behind {
+            let rows: Vec<(String, i32, DateTime<Utc>)> = sqlx::query_as(
+                "SELECT code, minutes_late, recorded_at FROM marks \
+                 WHERE laestab = $1 AND upn = $2 AND session_date = $3 AND session = $4",
+            )
+            .bind(laestab)
+            .bind(&mark.upn)
+            .bind(mark.date)
+            .bind(mark.session.as_str())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(store_error)?;
+            existing
+                .earlier_versions
+                .insert((mark.upn.clone(), mark.date, mark.session), rows);
         }
 
         let mut plan = plan(request, &existing)?;

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::pin::Pin;
 use std::time::Duration;
 
-use rollcall_api::convert::from_timestamp;
+use rollcall_api::convert::{from_timestamp, source_from_proto};
 use rollcall_api::registers::v1::registers_service_server::{
     RegistersService, RegistersServiceServer,
 };
@@ -24,8 +24,8 @@ use rollcall_api::registers::v1::{
     UnresolvedMark, WatchMarksRequest, WatchMarksResponse, import_register_request::Item,
 };
 use rollcall_api::types::v1::Session as PbSession;
-use rollcall_domain::Session;
 use rollcall_domain::calendar::SchoolCalendar;
+use rollcall_domain::{MarkSource, Session};
 use rollcall_runtime::grpc::{
     MAX_MESSAGE_BYTES, failed_precondition, invalid_argument, laestab, not_found, storage_error,
 };
@@ -221,6 +221,7 @@ impl RegistersService for Registers {
             &calendar,
             request.changed_by.trim(),
             request.changed_by_position.trim(),
+            source_from_proto(request.source).unwrap_or(MarkSource::Staff),
         )
         .await?;
         if change.marks_closed > 0 {

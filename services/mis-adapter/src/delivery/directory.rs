@@ -311,9 +311,9 @@ mod tests {
             file.display().to_string()
         );
         let config = crate::DeliveryConfig::parse(&settings).expect("settings");
-        let error = DirectoryDestination::new(&config.destinations[0])
-            .err()
-            .expect("a file is not a folder");
+        let Err(error) = DirectoryDestination::new(&config.destinations[0]) else {
+            panic!("a file is not a folder");
+        };
         let message = error.to_string();
         assert!(message.contains("is a file, not a folder"), "{message}");
         assert!(message.contains("outbox"), "{message}");

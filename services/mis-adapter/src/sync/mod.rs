@@ -132,7 +132,15 @@ impl MisSync {
     }
 
     /// Returns the school's name and phase for an import header: those sent, or those held.
-    async fn school_header(&self, school: &str, name: &str, phase: i32) -> Result<School, Status> {
+    /// A school not held is created by a batch that `creates` (a pupils batch) with both, and
+    /// is NOT_FOUND otherwise.
+    async fn school_header(
+        &self,
+        school: &str,
+        name: &str,
+        phase: i32,
+        creates: bool,
+    ) -> Result<School, Status> {
         if !name.trim().is_empty() && phase != Phase::Unspecified as i32 {
             return Ok(School {
                 laestab: school.to_owned(),
@@ -166,14 +174,28 @@ impl MisSync {
                     last_mark_date: String::new(),
                 })
             }
-            Err(status) if status.code() == Code::NotFound => Err(invalid_argument(
-                "school_name",
-                name,
-                format!(
-                    "school {school} is not held yet; send its name and phase with its first \
-                     pupils batch"
-                ),
-            )),
+            Err(status) if status.code() == Code::NotFound => {
+                if !creates {
+                    tracing::info!(laestab = %school, "Sync batch for a school not held");
+                    return Err(Status::not_found(format!(
+                        "school {school} not found; create it with its first SyncPupils batch, \
+                         which carries its name and phase"
+                    )));
+                }
+                let (field, value) = if name.trim().is_empty() {
+                    ("school_name", name.to_owned())
+                } else {
+                    ("phase", phase.to_string())
+                };
+                Err(invalid_argument(
+                    field,
+                    &value,
+                    format!(
+                        "school {school} is not held yet; send its name and phase with its first \
+                         pupils batch"
+                    ),
+                ))
+            }
             Err(status) => Err(upstream_error("registers", status)),
         }
     }
@@ -245,7 +267,7 @@ impl MisSync {
             return Ok(response);
         }
         let header_school = self
-            .school_header(&school, &request.school_name, request.phase)
+            .school_header(&school, &request.school_name, request.phase, true)
             .await?;
         let source_name = source_name(&request.source_name);
         tracing::info!(laestab = %school, key = %request.idempotency_key, rows = request.pupils.len(), dry_run = request.dry_run, "Sync pupils batch started");
@@ -332,7 +354,7 @@ impl MisSync {
             response.replayed = true;
             return Ok(response);
         }
-        let header_school = self.school_header(&school, "", 0).await?;
+        let header_school = self.school_header(&school, "", 0, false).await?;
         let source_name = source_name(&request.source_name);
         tracing::info!(laestab = %school, key = %request.idempotency_key, rows = request.marks.len(), dry_run = request.dry_run, "Sync marks batch started");
 
@@ -428,6 +450,7 @@ impl MisSync {
                 calendar: Some(calendar),
                 changed_by: source_name.to_owned(),
                 changed_by_position: "MIS".to_owned(),
+                source: MarkSource::MisSync as i32,
             })
             .await
             .map(Response::into_inner)
@@ -633,7 +656,16 @@ impl MisSyncService for MisSync {
                     }
                     Some(Ok(message)) => message,
                 };
-                let result = service.stream_batch(index, message).await;
+                let result = service
+                    .stream_batch(index, message)
+                    .await
+                    .map_err(|status| {
+                        Status::with_details(
+                            status.code(),
+                            format!("batch {index}: {}", status.message()),
+                            status.details().to_vec().into(),
+                        )
+                    });
                 let failed = result.is_err();
                 if let Err(status) = &result {
                     tracing::warn!(batch = index, code = ?status.code(), message = status.message(), "Sync stream ended by a rejected batch");

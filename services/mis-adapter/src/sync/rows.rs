@@ -53,7 +53,7 @@ impl<T> Mapped<T> {
             else {
                 continue;
             };
-            results[row] = Some(RowResult {
+            let mut result = RowResult {
                 index: row_index(row),
                 mis_id: mis_ids(row),
                 upn: item.upn.clone(),
@@ -67,7 +67,17 @@ impl<T> Mapped<T> {
                 value: item.value.clone(),
                 reason: item.reason.clone(),
                 note: item.note.clone(),
-            });
+            };
+            // The registers name the earlier item by its place in the import; the vendor
+            // knows it by its row in the batch.
+            if let Some(first) = item
+                .duplicate_of
+                .and_then(|index| usize::try_from(index).ok())
+                .and_then(|index| self.rows.get(index))
+            {
+                describe_duplicate(&mut result, *first);
+            }
+            results[row] = Some(result);
         }
         results
             .into_iter()
@@ -89,6 +99,29 @@ impl<T> Mapped<T> {
                 })
             })
             .collect()
+    }
+}
+
+/// Rewrites the note or reason of a row merged with, or conflicting with, an earlier row.
+fn describe_duplicate(result: &mut RowResult, first: usize) {
+    match result.reason_code.as_str() {
+        "" => {
+            result.note = format!("the same as row {first} of this batch, so merged with it");
+        }
+        "duplicate_mark" => {
+            result.reason = format!(
+                "pupil {} already has a different mark for this session at row {first} of this \
+                 batch; send one mark per pupil and session",
+                result.upn
+            );
+        }
+        _ => {
+            result.reason = format!(
+                "pupil {} is also row {first} of this batch, with other details; send each \
+                 pupil once",
+                result.upn
+            );
+        }
     }
 }
 
@@ -335,6 +368,7 @@ pub(crate) fn map_marks(rows: &[SyncMark], known: &HashMap<String, String>) -> M
                     minutes_late: mark.minutes_late,
                     reason: mark.comment.clone(),
                     recorded_at: mark.recorded_at,
+                    arrived_at: mark.arrived_at,
                     ..Mark::default()
                 },
             ),
