@@ -195,6 +195,7 @@ pub(crate) fn mark(
         minutes_late,
         comment: text(record, "/comment"),
         recorded_at: Some(timestamp(recorded_at)),
+        arrived_at: None,
     }
 }
 
@@ -224,15 +225,22 @@ pub(crate) fn phase_of_setting(setting: &str) -> Phase {
     }
 }
 
-/// Returns the idempotency key of a pupils batch: a hash of everything in it, so that the
-/// same batch sent again changes nothing and any difference makes a new key.
-pub(crate) fn pupils_key(request: &SyncPupilsRequest) -> String {
+/// Returns the idempotency key of a pupils batch: a hash of everything in it and of each
+/// record's id and `updated_at`. The same page read again changes nothing, while a record
+/// changed in the broker, even back to earlier values (as a restored student is), makes a
+/// new key, so its MIS id is mapped again.
+pub(crate) fn pupils_key(
+    request: &SyncPupilsRequest,
+    changes: &[(String, DateTime<Utc>)],
+) -> String {
     let mut keyless = request.clone();
     keyless.idempotency_key.clear();
-    format!(
-        "connector-pupils-{}",
-        hex::encode(Sha256::digest(keyless.encode_to_vec()))
-    )
+    let mut hash = Sha256::new();
+    hash.update(keyless.encode_to_vec());
+    for (id, changed) in changes {
+        hash.update(format!("\n{id}\t{}", changed.timestamp_micros()));
+    }
+    format!("connector-pupils-{}", hex::encode(hash.finalize()))
 }
 
 /// Returns the idempotency key of a marks batch, as for [`pupils_key`].
@@ -516,7 +524,15 @@ mod tests {
             laestab: "9192001".into(),
             ..Default::default()
         };
-        assert!(pupils_key(&pupils).starts_with("connector-pupils-"));
+        let changed = at("2026-11-02T08:00:00Z");
+        let first = pupils_key(&pupils, &[("A1".into(), changed)]);
+        assert!(first.starts_with("connector-pupils-"), "{first}");
+        assert_eq!(first, pupils_key(&pupils, &[("A1".into(), changed)]));
+        let restored = pupils_key(&pupils, &[("A1".into(), changed + TimeDelta::seconds(1))]);
+        assert_ne!(
+            first, restored,
+            "a record changed in the broker makes a new key"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::connector::client::{BrokerError, RequestCounts};
 use crate::connector::mapping::{self, Cursor};
 use crate::connector::store::{self, FAILED, NewDeletion, Resource, RunRow, RunTotals, SUCCEEDED};
 use crate::connector::{SchoolConnector, SyncTarget};
+use crate::delivery::destination::redact_for_log;
 use crate::writeback;
 
 /// The broker's deletion type of a student.
@@ -219,7 +220,7 @@ pub(crate) async fn run_school(
             pages = totals.pages,
             pupils_applied = totals.pupils_applied,
             marks_applied = totals.marks_applied,
-            %error,
+            error = %redact_for_log(&error),
             "Connector run failed; the next run resumes after the last page applied"
         );
     }
@@ -341,7 +342,7 @@ impl Run<'_> {
                 .map(|(record, change)| (record.clone(), change.clone()))
                 .unzip();
             match resource {
-                Resource::Students => self.apply_students(&records).await?,
+                Resource::Students => self.apply_students(&records, &fresh).await?,
                 Resource::Marks => self.apply_marks(&records, &fresh).await?,
                 Resource::Deletions => self.apply_deletions(&records).await?,
             }
@@ -363,7 +364,11 @@ impl Run<'_> {
         }
     }
 
-    async fn apply_students(&mut self, records: &[Value]) -> Result<(), Stop> {
+    async fn apply_students(
+        &mut self,
+        records: &[Value],
+        changes: &[(String, DateTime<Utc>)],
+    ) -> Result<(), Stop> {
         if records.is_empty() {
             return Ok(());
         }
@@ -376,7 +381,7 @@ impl Run<'_> {
             dry_run: false,
             pupils: records.iter().map(mapping::pupil).collect(),
         };
-        request.idempotency_key = mapping::pupils_key(&request);
+        request.idempotency_key = mapping::pupils_key(&request, changes);
         let response = self.sync.sync_pupils(request).await.map_err(|status| {
             Stop::Problem(format!(
                 "SyncPupils refused a page of students: {} ({:?})",
@@ -384,7 +389,7 @@ impl Run<'_> {
                 status.code()
             ))
         })?;
-        let counts = response.counts.unwrap_or_default();
+        let counts = settled_counts(response.counts.unwrap_or_default(), response.replayed);
         add_counts(
             &counts,
             &mut self.totals.pupils_applied,
@@ -469,7 +474,7 @@ impl Run<'_> {
                 status.code()
             ))
         })?;
-        let counts = response.counts.unwrap_or_default();
+        let counts = settled_counts(response.counts.unwrap_or_default(), response.replayed);
         add_counts(
             &counts,
             &mut self.totals.marks_applied,
@@ -566,6 +571,20 @@ impl Run<'_> {
     }
 }
 
+/// Returns a batch's counts as this run changed things: a replayed batch (the same page
+/// applied before, under the same key) changed nothing now, so its applied rows count as
+/// unchanged.
+fn settled_counts(counts: RowCounts, replayed: bool) -> RowCounts {
+    if !replayed {
+        return counts;
+    }
+    RowCounts {
+        applied: 0,
+        unchanged: counts.applied.saturating_add(counts.unchanged),
+        rejected: counts.rejected,
+    }
+}
+
 fn add_counts(counts: &RowCounts, applied: &mut i32, unchanged: &mut i32, rejected: &mut i32) {
     *applied = applied.saturating_add(counts.applied);
     *unchanged = unchanged.saturating_add(counts.unchanged);
@@ -579,5 +598,24 @@ fn text(value: &Value, key: &str) -> String {
         Some(Value::String(text)) => text.trim().to_owned(),
         Some(Value::Number(number)) => number.to_string(),
         _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replayed_batch_counts_as_unchanged() {
+        let counts = RowCounts {
+            applied: 3,
+            unchanged: 1,
+            rejected: 2,
+        };
+        assert_eq!(settled_counts(counts, false), counts);
+        let replayed = settled_counts(counts, true);
+        assert_eq!(replayed.applied, 0);
+        assert_eq!(replayed.unchanged, 4);
+        assert_eq!(replayed.rejected, 2);
     }
 }
