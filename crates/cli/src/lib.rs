@@ -5,6 +5,7 @@ mod calendar;
 mod casework;
 mod client;
 mod commands;
+mod connector;
 mod contacts;
 mod delivery;
 mod demo;
@@ -18,6 +19,7 @@ mod reports;
 pub mod server;
 mod statistics;
 mod text;
+mod writeback;
 
 use std::process::ExitCode;
 
