@@ -487,6 +487,15 @@ impl BrokerServer {
             .push((date, reason.to_owned()));
     }
 
+    /// Accepts write-backs of marks on `date` again.
+    pub fn unlock_date(&self, school_id: &str, date: NaiveDate) {
+        let mut state = lock(&self.state);
+        state
+            .school_mut(school_id)
+            .locked_dates
+            .retain(|(locked, _)| *locked != date);
+    }
+
     /// Returns the marks stored for a school, deleted ones left out, in the order first stored.
     pub fn marks(&self, school_id: &str) -> Vec<StoredMark> {
         let mut state = lock(&self.state);
