@@ -20,6 +20,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::connector::config::{BrokerRetryConfig, SchoolConnectorConfig, read_token};
+use crate::delivery::destination::redact_for_log;
 use crate::delivery::https::retry_after;
 
 /// The largest reply read, in bytes. A page of 1,000 students with their details is a few
@@ -329,7 +330,7 @@ impl BrokerClient {
                 http_status,
                 attempt,
                 wait_ms = wait.as_millis() as u64,
-                error = %error.detail(),
+                error = %redact_for_log(error.detail()),
                 "Broker request failed; retrying"
             );
             counts.retries += 1;

@@ -34,6 +34,10 @@ pub(crate) const MARK_TYPE: &str = "session_attendance";
 /// The maximum number of rejections kept with a run.
 const MAX_REJECTIONS: usize = 100;
 
+/// The maximum number of rejections logged one by one in a run. The run's record counts the
+/// rest.
+const MAX_LOGGED_REJECTIONS: usize = 10;
+
 /// How long a run keeps its school without renewing the lease. A server that stops mid-run
 /// keeps the school no longer than this.
 pub(crate) const RUN_LEASE: Duration = Duration::from_secs(120);
@@ -546,16 +550,24 @@ impl Run<'_> {
                 .and_then(|index| record_ids.get(index))
                 .cloned()
                 .unwrap_or_default();
-            tracing::warn!(
-                laestab = %self.laestab,
-                run = %self.run_id,
-                resource,
-                %record_id,
-                mis_id = %result.mis_id,
-                reason_code = %result.reason_code,
-                field = %result.field,
-                "MIS record rejected"
-            );
+            if self.rejected_total <= MAX_LOGGED_REJECTIONS {
+                tracing::warn!(
+                    laestab = %self.laestab,
+                    run = %self.run_id,
+                    resource,
+                    %record_id,
+                    mis_id = %result.mis_id,
+                    reason_code = %result.reason_code,
+                    field = %result.field,
+                    "MIS record rejected"
+                );
+            } else if self.rejected_total == MAX_LOGGED_REJECTIONS + 1 {
+                tracing::warn!(
+                    laestab = %self.laestab,
+                    run = %self.run_id,
+                    "More MIS records rejected; the run's record counts them and keeps the first 100"
+                );
+            }
             if self.rejections.len() < MAX_REJECTIONS {
                 self.rejections.push(Rejection {
                     resource: resource.to_owned(),

@@ -64,6 +64,10 @@ impl Follower {
     }
 
     /// Reads the feed from the stored cursor until it ends or fails.
+    ///
+    /// NOTE: with no cursor stored yet, as when write-back is first turned on, the follower
+    /// reads the whole feed from its start and keeps only decisions taken since then. On a
+    /// register with years of marks, that first read takes a while before any job is sent.
     async fn follow(&self) -> anyhow::Result<()> {
         let start = store::cursor(&self.db).await?;
         let mut stream = self
