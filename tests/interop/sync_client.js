@@ -76,7 +76,7 @@ async function main() {
         admission_date: '2025-09-01',
         year_group: '8',
       },
-      { mis_id: 'js-2', upn: upn(3), forename: 'Test', surname: 'Three', date_of_birth: '01/05/2013' },
+      { mis_id: 'js-2', upn: upn(3), forename: 'Test', surname: 'Three', sex: 'M', date_of_birth: '01/05/2013' },
     ],
   };
   const response = await call(client, 'SyncPupils', pupils);
