@@ -35,6 +35,9 @@ pub(crate) const UPDATED_AFTER_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
 
 /// Spaces requests to one broker so that no more than `requests_per_minute` start in any
 /// minute. Pull runs and write-back jobs of the same school share one limiter.
+///
+/// NOTE: the limit is kept per server process. Two servers sharing a database may together
+/// send up to twice the rate for a school, while one pulls and the other writes back.
 #[derive(Debug, Clone)]
 pub(crate) struct RateLimiter {
     interval: Duration,

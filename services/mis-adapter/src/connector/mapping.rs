@@ -289,6 +289,9 @@ pub(crate) fn after_including(latest: DateTime<Utc>) -> DateTime<Utc> {
 /// from page 1, which no change made meanwhile can shift. When the whole page falls in the
 /// second the cursor already starts from (more records than a page changed at once), the
 /// next request moves to the following page instead.
+///
+/// NOTE: only in that case can a change made during the run shift a record across a page
+/// boundary. Such a record is missed by this run and the next, until a run with `full`.
 pub(crate) fn next_cursor(
     cursor: Cursor,
     latest: Option<DateTime<Utc>>,
