@@ -21,6 +21,7 @@ use serde_json::json;
 use crate::calendar::CalendarCommand;
 use crate::casework::{CaseCommand, LadderCommand};
 use crate::client::Clients;
+use crate::connector::ConnectorCommand;
 use crate::contacts::ContactsCommand;
 use crate::delivery::DeliveryCommand;
 use crate::marks::MarksCommand;
@@ -29,6 +30,7 @@ use crate::policy::{AbsenceCommand, PolicyCommand};
 use crate::pupil::PupilCommand;
 use crate::referrals::{PackCommand, ReferralCommand};
 use crate::server::{self, ServerConfig};
+use crate::writeback::WritebackCommand;
 
 /// rollcall: attendance registers, policy decisions, casework and referrals for a trust's schools.
 #[derive(Debug, Parser)]
@@ -105,6 +107,12 @@ enum Command {
     /// Referral packs sent to the local authority: list deliveries, retry a failed one.
     #[command(subcommand)]
     Delivery(DeliveryCommand),
+    /// Schools' MIS connectors: list them, run one now, its runs and the MIS's deletions.
+    #[command(subcommand)]
+    Connector(ConnectorCommand),
+    /// Decisions written back to schools' MIS: list jobs, show one, retry a failed one.
+    #[command(subcommand)]
+    Writeback(WritebackCommand),
     /// Run the whole main job on a generated trust in a fresh folder.
     Demo(crate::demo::DemoArgs),
 }
@@ -137,6 +145,11 @@ struct ServeArgs {
     /// to, and the retries. Without it, referral packs are not delivered.
     #[arg(long, env = "ROLLCALL_DELIVERY")]
     delivery: Option<PathBuf>,
+    /// Connector settings (TOML): for each school, its MIS data broker, token file, poll
+    /// interval, page size, request-rate limit and whether decisions are written back.
+    /// Without it, no broker is pulled and nothing is written back.
+    #[arg(long, env = "ROLLCALL_CONNECTORS")]
+    connectors: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -244,6 +257,8 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Template(command) => ClientCommand::Template(command),
         Command::Letter(command) => ClientCommand::Letter(command),
         Command::Delivery(command) => ClientCommand::Delivery(command),
+        Command::Connector(command) => ClientCommand::Connector(command),
+        Command::Writeback(command) => ClientCommand::Writeback(command),
     };
 
     telemetry::init(LogFormat::Text, "warn,sqlx=error");
@@ -307,6 +322,12 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::referrals::run_referral(&clients, command, &mut out).await
         }
         ClientCommand::Delivery(command) => crate::delivery::run(&clients, command, &mut out).await,
+        ClientCommand::Connector(command) => {
+            crate::connector::run(&clients, command, &mut out).await
+        }
+        ClientCommand::Writeback(command) => {
+            crate::writeback::run(&clients, command, &mut out).await
+        }
     }
 }
 
@@ -329,6 +350,8 @@ enum ClientCommand {
     Template(TemplateCommand),
     Letter(LetterCommand),
     Delivery(DeliveryCommand),
+    Connector(ConnectorCommand),
+    Writeback(WritebackCommand),
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -347,6 +370,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.delivery {
         config.delivery = rollcall_mis_adapter::DeliveryConfig::from_file(path)?;
+    }
+    if let Some(path) = &args.connectors {
+        config.connectors = rollcall_mis_adapter::ConnectorsConfig::from_file(path)?;
     }
     let mut running = server::start(config).await?;
     tokio::select! {

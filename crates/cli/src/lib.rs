@@ -5,6 +5,7 @@ mod calendar;
 mod casework;
 mod client;
 mod commands;
+mod connector;
 mod contacts;
 mod csv_import;
 mod delivery;
@@ -19,6 +20,7 @@ mod reports;
 pub mod server;
 mod statistics;
 mod text;
+mod writeback;
 
 use std::process::ExitCode;
 

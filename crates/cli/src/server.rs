@@ -14,7 +14,7 @@ use rollcall_api::policy::v1::policy_service_server::PolicyServiceServer;
 use rollcall_api::referrals::v1::referrals_service_server::ReferralsServiceServer;
 use rollcall_api::registers::v1::registers_service_server::RegistersServiceServer;
 use rollcall_cases::{Cases, MessagingConfig};
-use rollcall_mis_adapter::{DeliveryConfig, MisAdapter, MisSync};
+use rollcall_mis_adapter::{ConnectorsConfig, DeliveryConfig, MisAdapter, MisSync};
 use rollcall_policy::Policy;
 use rollcall_referrals::{
     Referrals, ReferralsConfig, load_or_create_signing_key, read_signing_key,
@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub default_signing_key: PathBuf,
     /// The destinations referral packs are delivered to, and the retries.
     pub delivery: DeliveryConfig,
+    /// The schools whose MIS data brokers are pulled, and the write-back of decisions.
+    pub connectors: ConnectorsConfig,
 }
 
 impl ServerConfig {
@@ -67,6 +69,7 @@ impl ServerConfig {
             storage: StorageConfig::from_options(database_url, data_dir)?,
             messaging: MessagingConfig::default(),
             delivery: DeliveryConfig::default(),
+            connectors: ConnectorsConfig::default(),
         })
     }
 }
@@ -173,8 +176,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         signing_key,
     );
     let sync = MisSync::new(adapter_db.clone(), channel.clone());
-    let adapter =
-        MisAdapter::new(adapter_db, channel.clone()).with_delivery(config.delivery.clone())?;
+    let adapter = MisAdapter::new(adapter_db, channel.clone())
+        .with_delivery(config.delivery.clone())?
+        .with_connectors(config.connectors.clone())?;
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -193,6 +197,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let mut followers = vec![policy.start_follower(), cases.start_follower()];
     followers.extend(cases.start_messaging());
     followers.push(adapter.start_delivery());
+    // The listener is bound already, so a connector run that starts now reaches the sync
+    // service once the server below starts accepting.
+    followers.extend(adapter.start_connectors().await?);
     let router = Server::builder()
         .add_service(health_service)
         .add_service(reflection)

@@ -12,7 +12,6 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context;
 use chrono::{SecondsFormat, Utc};
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
@@ -21,13 +20,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::ServerConfig;
-use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// The path packs are posted to.
 pub const PATH: &str = "/referrals";
@@ -105,7 +100,10 @@ impl ReceivingServer {
     /// Starts a server on a free port of 127.0.0.1 that accepts requests signed with
     /// `hmac_key`.
     pub async fn start(hmac_key: &[u8]) -> anyhow::Result<Self> {
-        let (acceptor, ca_pem) = tls_acceptor()?;
+        let (acceptor, ca_pem) = crate::tls::tls_acceptor(
+            "rollcall test local authority CA",
+            "rollcall test receiving server",
+        )?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State {
@@ -195,36 +193,6 @@ impl ReceivingServer {
     pub fn stalled(&self) -> usize {
         lock(&self.state).stalled
     }
-}
-
-/// Issues a throwaway CA and a certificate for 127.0.0.1 and localhost signed by it, and
-/// returns the TLS acceptor with the CA's PEM.
-fn tls_acceptor() -> anyhow::Result<(TlsAcceptor, String)> {
-    let ca_key = KeyPair::generate().context("cannot generate the test CA key")?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "rollcall test local authority CA");
-    let ca_certificate = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let server_key = KeyPair::generate().context("cannot generate the test server key")?;
-    let mut server_params =
-        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
-    server_params
-        .distinguished_name
-        .push(DnType::CommonName, "rollcall test receiving server");
-    let server_certificate = server_params.signed_by(&server_key, &issuer)?;
-
-    // The workspace builds rustls with the ring provider alone, which `builder` picks.
-    let config = ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![server_certificate.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key.serialize_der())),
-        )?;
-    Ok((TlsAcceptor::from(Arc::new(config)), ca_certificate.pem()))
 }
 
 fn reply(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
@@ -451,11 +419,5 @@ mod tests {
             b"PK\x05\x06",
             &signature[3..]
         ));
-    }
-
-    #[test]
-    fn certificate_authority_is_pem() {
-        let (_, pem) = tls_acceptor().expect("certificates");
-        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
     }
 }

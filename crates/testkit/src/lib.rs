@@ -1,6 +1,6 @@
 //! Test support for rollcall: real PostgreSQL databases and SQLite directories for tests, and
-//! local stand-ins for the third parties rollcall sends to (a mail server, an SMS provider and
-//! a local authority's HTTPS server that receives referral packs).
+//! local stand-ins for the third parties rollcall talks to (a mail server, an SMS provider, a
+//! local authority's HTTPS server that receives referral packs, and an MIS data broker).
 //!
 //! [`postgres`] returns a server, and [`PostgresServer::create_database`] gives each test its
 //! own empty database on it:
@@ -20,10 +20,12 @@
 //! because it drives `initdb`, `pg_ctl` and `sh`.
 
 mod binaries;
+pub mod broker;
 pub mod la;
 pub mod sms;
 pub mod smtp;
 mod throwaway;
+mod tls;
 mod url;
 
 use std::collections::hash_map::RandomState;

@@ -10,12 +10,18 @@
 //!
 //! It also delivers referral packs to the local authority: to a folder or to an HTTPS
 //! endpoint, from a background worker with retries (see [`DeliveryConfig`]).
+//!
+//! Connectors pull each school's pupils, marks and deletions from its MIS data broker on a
+//! schedule, and write decisions made in rollcall back to the MIS (see [`ConnectorsConfig`]).
 
+mod connector;
 mod ctf_import;
 mod delivery;
 mod service;
 mod sync;
+mod writeback;
 
+pub use connector::{BrokerRetryConfig, ConnectorsConfig, SchoolConnectorConfig, WritebackConfig};
 pub use ctf_import::{CtfImport, prepare_ctf};
 pub use delivery::{DeliveryConfig, DestinationConfig, DestinationKind, RetryConfig, WorkerConfig};
 pub use service::MisAdapter;
@@ -23,7 +29,8 @@ pub use sync::MisSync;
 
 use rollcall_runtime::storage::Migrations;
 
-/// The key of the PostgreSQL advisory lock that serialises writes to the deliveries.
+/// The key of the PostgreSQL advisory lock that serialises writes to the deliveries, the
+/// connectors' state and write-back.
 const MIS_ADAPTER_LOCK_KEY: i64 = 0x726f_6c6c_0005;
 
 /// The MIS adapter's migrations.

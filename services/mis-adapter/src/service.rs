@@ -6,9 +6,13 @@ use rollcall_api::mis_adapter::v1::mis_adapter_service_server::{
     MisAdapterService, MisAdapterServiceServer,
 };
 use rollcall_api::mis_adapter::v1::{
-    DeliverReferralPackRequest, DeliverReferralPackResponse, ImportCtfRequest, ImportCtfResponse,
-    ImportWarning, ListDeliveriesRequest, ListDeliveriesResponse, RetryDeliveryRequest,
-    RetryDeliveryResponse,
+    DeliverReferralPackRequest, DeliverReferralPackResponse, GetWritebackJobRequest,
+    GetWritebackJobResponse, ImportCtfRequest, ImportCtfResponse, ImportWarning,
+    ListConnectorDeletionsRequest, ListConnectorDeletionsResponse, ListConnectorRunsRequest,
+    ListConnectorRunsResponse, ListConnectorsRequest, ListConnectorsResponse,
+    ListDeliveriesRequest, ListDeliveriesResponse, ListWritebackJobsRequest,
+    ListWritebackJobsResponse, RetryDeliveryRequest, RetryDeliveryResponse,
+    RetryWritebackJobRequest, RetryWritebackJobResponse, RunConnectorRequest, RunConnectorResponse,
 };
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{
@@ -22,6 +26,7 @@ use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::connector::{Connectors, ConnectorsConfig, sync_client};
 use crate::ctf_import::prepare_ctf;
 use crate::delivery::{Deliveries, DeliveryConfig};
 
@@ -32,13 +37,16 @@ const MARKS_PER_MESSAGE: usize = 5_000;
 #[derive(Debug, Clone)]
 pub struct MisAdapter {
     db: Db,
+    channel: Channel,
     registers: RegistersServiceClient<Channel>,
     deliveries: Deliveries,
+    connectors: Option<Connectors>,
 }
 
 impl MisAdapter {
-    /// Creates the service over its storage and a client of the registers service, with no
-    /// delivery destination.
+    /// Creates the service over its storage and a channel to the other services (the
+    /// registers, and the MIS sync service that connectors apply what they read through),
+    /// with no delivery destination and no connector.
     pub fn new(db: Db, registers: Channel) -> Self {
         Self {
             deliveries: Deliveries {
@@ -48,9 +56,11 @@ impl MisAdapter {
                 wake: Default::default(),
             },
             db,
-            registers: RegistersServiceClient::new(registers)
+            registers: RegistersServiceClient::new(registers.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            channel: registers,
+            connectors: None,
         }
     }
 
@@ -64,6 +74,40 @@ impl MisAdapter {
     /// Starts the worker that delivers queued referral packs.
     pub fn start_delivery(&self) -> tokio::task::JoinHandle<()> {
         self.deliveries.spawn_worker()
+    }
+
+    /// Sets the schools whose MIS data brokers are pulled, reading each broker token and CA
+    /// file. Fails, naming the school and the file or variable, when one cannot be read.
+    /// Settings without a school leave the connectors off.
+    pub fn with_connectors(mut self, config: ConnectorsConfig) -> anyhow::Result<Self> {
+        if config.schools.is_empty() {
+            return Ok(self);
+        }
+        let sync = std::sync::Arc::new(sync_client(self.channel.clone()));
+        self.connectors = Some(Connectors::new(self.db.clone(), config, sync)?);
+        Ok(self)
+    }
+
+    /// Records the connectors' schools in storage, then starts a scheduler for each school
+    /// with a poll interval, and the write-back follower and worker when any school has
+    /// write-back on. Returns the tasks started.
+    pub async fn start_connectors(&self) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+        let Some(connectors) = &self.connectors else {
+            return Ok(Vec::new());
+        };
+        let mut tasks = connectors.start().await?;
+        tasks.extend(crate::writeback::start(connectors, self.registers.clone()).await?);
+        Ok(tasks)
+    }
+
+    fn connectors(&self, laestab: &str) -> Result<&Connectors, Status> {
+        self.connectors.as_ref().ok_or_else(|| {
+            Status::not_found(format!(
+                "school {laestab} has no connector: no connector settings are loaded; start \
+                 rollcall serve with --connectors FILE (or ROLLCALL_CONNECTORS), where FILE \
+                 has a [[school]] table for the school; see docs/connectors.md"
+            ))
+        })
     }
 
     /// Records a file as imported, with what the import did.
@@ -250,5 +294,76 @@ impl MisAdapterService for MisAdapter {
             .retry_delivery(request.into_inner())
             .await
             .map(Response::new)
+    }
+    async fn list_connectors(
+        &self,
+        _request: Request<ListConnectorsRequest>,
+    ) -> Result<Response<ListConnectorsResponse>, Status> {
+        match &self.connectors {
+            Some(connectors) => connectors.list_connectors().await.map(Response::new),
+            None => Ok(Response::new(ListConnectorsResponse::default())),
+        }
+    }
+
+    async fn run_connector(
+        &self,
+        request: Request<RunConnectorRequest>,
+    ) -> Result<Response<RunConnectorResponse>, Status> {
+        let request = request.into_inner();
+        self.connectors(&request.laestab)?
+            .run_connector(request)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_connector_runs(
+        &self,
+        request: Request<ListConnectorRunsRequest>,
+    ) -> Result<Response<ListConnectorRunsResponse>, Status> {
+        let request = request.into_inner();
+        self.connectors(&request.laestab)?
+            .list_connector_runs(request)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_connector_deletions(
+        &self,
+        request: Request<ListConnectorDeletionsRequest>,
+    ) -> Result<Response<ListConnectorDeletionsResponse>, Status> {
+        let request = request.into_inner();
+        self.connectors(&request.laestab)?
+            .list_connector_deletions(request)
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_writeback_jobs(
+        &self,
+        request: Request<ListWritebackJobsRequest>,
+    ) -> Result<Response<ListWritebackJobsResponse>, Status> {
+        crate::writeback::rpc::list_jobs(&self.db, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_writeback_job(
+        &self,
+        request: Request<GetWritebackJobRequest>,
+    ) -> Result<Response<GetWritebackJobResponse>, Status> {
+        crate::writeback::rpc::get_job(&self.db, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn retry_writeback_job(
+        &self,
+        request: Request<RetryWritebackJobRequest>,
+    ) -> Result<Response<RetryWritebackJobResponse>, Status> {
+        let response = crate::writeback::rpc::retry_job(&self.db, request.into_inner()).await?;
+        if let Some(connectors) = &self.connectors {
+            connectors.wake_writeback();
+        }
+        Ok(Response::new(response))
     }
 }
