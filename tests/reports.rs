@@ -570,7 +570,21 @@ async fn reports(database_url: Option<&str>) {
     let files = write_trust(work.path());
     let mut import = vec!["import", "ctf"];
     import.extend(files.iter().map(|path| path.to_str().expect("UTF-8")));
-    cli(&url, &import).await;
+    let mut dry_run = import.clone();
+    dry_run.push("--dry-run");
+    let checked = cli(&url, &dry_run).await;
+    let expected = format!(
+        "summary (dry run, nothing stored): {0} of {0} files checked (0 imported before), 0 failed",
+        files.len()
+    );
+    assert!(checked.contains(&expected), "{checked}");
+    let imported = cli(&url, &import).await;
+    let expected = format!(
+        "summary: {0} of {0} files imported (0 imported before), 0 failed",
+        files.len()
+    );
+    assert!(imported.contains(&expected), "{imported}");
+    assert!(!imported.contains(" 0 marks recorded"), "{imported}");
 
     governors_report(&url, work.path()).await;
     trust_report(&url, work.path()).await;

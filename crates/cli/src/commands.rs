@@ -396,12 +396,16 @@ pub(crate) async fn import_ctf(
 ) -> anyhow::Result<()> {
     let mut feed_cursor = 0;
     let mut failures = 0;
+    let mut totals = CtfTotals::default();
+    let progress = file_progress(files.len());
     for path in files {
         let name = path.display().to_string();
+        progress.set_message(name.clone());
+        progress.inc(1);
         let content = match std::fs::read(path) {
             Ok(content) => content,
             Err(error) => {
-                eprintln!("error: cannot read {name}: {error}");
+                progress.suspend(|| eprintln!("error: cannot read {name}: {error}"));
                 failures += 1;
                 continue;
             }
@@ -419,14 +423,17 @@ pub(crate) async fn import_ctf(
         let response = match response {
             Ok(response) => response.into_inner(),
             Err(status) => {
-                eprintln!(
-                    "error: {}; nothing from this file was stored",
-                    status.message()
-                );
+                progress.suspend(|| {
+                    eprintln!(
+                        "error: {}; nothing from this file was stored",
+                        status.message()
+                    );
+                });
                 failures += 1;
                 continue;
             }
         };
+        totals.add(&response);
         if dry_run {
             write_ctf_dry_run(&name, &response, out)?;
             continue;
@@ -454,6 +461,10 @@ pub(crate) async fn import_ctf(
             writeln!(out, "  warning: {} ({})", warning.message, warning.element)?;
         }
     }
+    progress.finish_and_clear();
+    if files.len() > 1 {
+        totals.write(files.len(), failures, dry_run, out)?;
+    }
     if feed_cursor > 0 {
         clients.wait_for_sync(feed_cursor, SYNC_TIMEOUT).await?;
     }
@@ -461,6 +472,79 @@ pub(crate) async fn import_ctf(
         bail!("{failures} of {} files were not imported", files.len());
     }
     Ok(())
+}
+
+/// Totals of a run of `import ctf` over several files, for its closing summary.
+#[derive(Debug, Default)]
+struct CtfTotals {
+    files: usize,
+    already_imported: usize,
+    pupils_added: i32,
+    pupils_updated: i32,
+    marks_recorded: i32,
+    marks_unchanged: i32,
+    warnings: usize,
+}
+
+impl CtfTotals {
+    fn add(&mut self, response: &rollcall_api::mis_adapter::v1::ImportCtfResponse) {
+        self.files += 1;
+        if response.already_imported {
+            self.already_imported += 1;
+        }
+        self.pupils_added += response.pupils_added;
+        self.pupils_updated += response.pupils_updated;
+        self.marks_recorded += response.marks_recorded;
+        self.marks_unchanged += response.marks_unchanged;
+        self.warnings += response.warnings.len();
+    }
+
+    fn write(
+        &self,
+        files_given: usize,
+        failures: usize,
+        dry_run: bool,
+        out: &mut impl Write,
+    ) -> anyhow::Result<()> {
+        let (heading, files_done, would) = if dry_run {
+            ("summary (dry run, nothing stored)", "checked", "would be ")
+        } else {
+            ("summary", "imported", "")
+        };
+        writeln!(
+            out,
+            "{heading}: {} of {files_given} files {files_done} ({} imported before), {failures} \
+             failed; {} pupils {would}added, {} {would}updated; {} marks {would}recorded, {} \
+             unchanged; {} warnings",
+            self.files,
+            self.already_imported,
+            self.pupils_added,
+            self.pupils_updated,
+            self.marks_recorded,
+            self.marks_unchanged,
+            self.warnings
+        )?;
+        Ok(())
+    }
+}
+
+/// Returns a progress bar over the files of an import, drawn on standard error only when it
+/// is a terminal, so that scripts and tests get clean output.
+fn file_progress(files: usize) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if files < 2 || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(u64::try_from(files).unwrap_or(u64::MAX)),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg:40!} [{bar:30}] {pos}/{len} files {elapsed}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
 }
 
 /// Prints what importing a CTF would change. A dry-run response must say it was one, so that
