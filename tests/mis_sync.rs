@@ -50,7 +50,7 @@ fn upn(serial: u8) -> String {
     Upn::from_digits([9, 1, 9, 2, 0, 0, 1, 2, 5, 0, 0, serial]).to_string()
 }
 
-/// A UPN whose check letter does not match its digits.
+/// Returns a UPN whose check letter does not match its digits.
 fn bad_upn() -> String {
     let good = upn(9);
     let wrong = if good.starts_with('A') { 'B' } else { 'A' };
@@ -122,7 +122,7 @@ fn marks_batch(key: &str, marks: Vec<SyncMark>) -> SyncMarksRequest {
     }
 }
 
-/// Each row's outcome and reason code, in row order.
+/// Returns each row's outcome and reason code, in row order.
 fn outcomes(results: &[RowResult]) -> Vec<(RowOutcome, String)> {
     results
         .iter()
@@ -544,7 +544,7 @@ async fn leavers_and_moves_are_followed(work: &Path, database_url: Option<&str>)
             .any(|e| e.laestab == SCHOOL_B && e.leaving_date.is_empty())
     );
 
-    // School A's MIS, not yet told of the move, cannot extend pupil 1's time at A past it.
+    // School A's MIS, not yet informed of the move, cannot extend pupil 1's time at A past it.
     let mut late_leaver = pupil("a1", &upn(1), "2025-09-01");
     late_leaver.leaving_date = "2025-09-10".into();
     let response = sync

@@ -547,7 +547,7 @@ fn file_progress(files: usize) -> indicatif::ProgressBar {
     bar
 }
 
-/// Prints what importing a CTF would change. A dry-run response must say it was one, so that
+/// Prints what importing a CTF would change. A dry-run response must be marked as one, so that
 /// a server that ignores the flag is caught rather than reported as having stored nothing.
 fn write_ctf_dry_run(
     name: &str,

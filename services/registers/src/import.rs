@@ -4,7 +4,7 @@
 //! what it already has for those pupils, works out the changes with [`plan`], which does no
 //! I/O, and writes them. In a whole import any error rolls everything back. In a partial
 //! import each pupil and mark is checked on its own: the invalid ones are rejected with a
-//! result that says why, and the others are written.
+//! result that gives the reason, and the others are written.
 
 use std::collections::{HashMap, HashSet};
 
@@ -67,7 +67,7 @@ pub(crate) struct ItemError {
     field: &'static str,
     /// The value at fault, as sent.
     value: String,
-    /// What is wrong and what to do.
+    /// The problem and what to do about it.
     reason: String,
 }
 
@@ -86,7 +86,8 @@ impl ItemError {
         }
     }
 
-    /// The INVALID_ARGUMENT a whole import fails with, naming the item, such as `marks[3].date`.
+    /// Converts the error into the INVALID_ARGUMENT a whole import fails with, naming the item,
+    /// such as `marks[3].date`.
     fn into_status(self, item: &str) -> Status {
         invalid_argument(&format!("{item}.{}", self.field), &self.value, self.reason)
     }
@@ -633,7 +634,7 @@ fn check_pupil(index: usize, import: &ImportPupil) -> Result<CheckedPupil, ItemE
     })
 }
 
-/// The earliest time a mark may say it was taken or a pupil arrived.
+/// The earliest time accepted for when a mark was taken or a pupil arrived.
 const EARLIEST_TIME: DateTime<Utc> = DateTime::from_timestamp_nanos(946_684_800_000_000_000);
 
 /// How far ahead of this server's clock a sender's clock may run.
@@ -942,9 +943,6 @@ fn plan_pupil<'a>(
                 ),
             ));
         }
-        let admission = matched
-            .as_ref()
-            .map_or(pupil.admission_date, |enrolment| enrolment.admission);
         if matched
             .as_ref()
             .is_none_or(|enrolment| enrolment.leaving != Some(leaving_date))

@@ -68,8 +68,8 @@ impl<T> Mapped<T> {
                 reason: item.reason.clone(),
                 note: item.note.clone(),
             };
-            // The registers name the earlier item by its place in the import; the vendor
-            // knows it by its row in the batch.
+            // The registers name the earlier item by its place in the import, but the vendor
+            // identifies it by its row in the batch.
             if let Some(first) = item
                 .duplicate_of
                 .and_then(|index| usize::try_from(index).ok())
@@ -129,7 +129,7 @@ fn row_index(row: usize) -> i32 {
     i32::try_from(row).unwrap_or(i32::MAX)
 }
 
-/// A rejected row's result.
+/// Builds the result of a rejected row.
 pub(crate) fn rejected(
     row: usize,
     mis_id: &str,
@@ -388,7 +388,7 @@ mod tests {
         Upn::from_digits([9, 1, 9, 2, 0, 0, 1, 2, 5, 0, serial / 10, serial % 10]).to_string()
     }
 
-    /// A UPN with the wrong check letter.
+    /// Returns a UPN with the wrong check letter.
     fn bad_upn() -> String {
         let upn = valid_upn(1);
         let wrong = if upn.starts_with('A') { "B" } else { "A" };
