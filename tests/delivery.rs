@@ -844,7 +844,7 @@ fn serve_with_settings(work: &Path, settings: &str) -> String {
     let file = work.join("delivery.toml");
     std::fs::write(&file, settings).expect("settings file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_rollcall"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(work.join("data"))
         .arg("--delivery")
         .arg(&file)

@@ -150,6 +150,7 @@ fn serve_rejects_unsupported_database_url() {
     let output = Command::new(env!("CARGO_BIN_EXE_rollcall"))
         .args([
             "serve",
+            "--dev",
             "--listen",
             "127.0.0.1:0",
             "--database-url",
@@ -172,6 +173,7 @@ fn serve_reports_unreachable_postgres() {
     let output = Command::new(env!("CARGO_BIN_EXE_rollcall"))
         .args([
             "serve",
+            "--dev",
             "--listen",
             "127.0.0.1:0",
             "--database-url",

@@ -65,6 +65,7 @@ pub mod mis_adapter {
     }
 }
 
+pub mod client;
 pub mod convert;
 pub mod school_days;
 

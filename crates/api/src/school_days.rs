@@ -5,13 +5,13 @@
 
 use std::collections::HashSet;
 
+use crate::client::Channel;
 use crate::registers::v1::GetCalendarRequest;
 use crate::registers::v1::registers_service_client::RegistersServiceClient;
 use crate::types::v1::Session as PbSession;
 use chrono::{Datelike, NaiveDate};
 use rollcall_domain::ladder::school_days_after_with;
 use rollcall_domain::session::parse_date;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 /// The days a school meets, as its calendar records them.

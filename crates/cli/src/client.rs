@@ -4,13 +4,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rollcall_api::cases::v1::cases_service_client::CasesServiceClient;
+use rollcall_api::client::{Channel, Credentials};
 use rollcall_api::mis_adapter::v1::mis_adapter_service_client::MisAdapterServiceClient;
 use rollcall_api::mis_adapter::v1::mis_sync_service_client::MisSyncServiceClient;
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
 use rollcall_api::referrals::v1::referrals_service_client::ReferralsServiceClient;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_runtime::grpc::MAX_MESSAGE_BYTES;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 /// Clients of every service of one server.
 #[derive(Debug, Clone)]
@@ -24,8 +25,8 @@ pub(crate) struct Clients {
 }
 
 impl Clients {
-    /// Connects to the server at `url`.
-    pub(crate) async fn connect(url: &str) -> anyhow::Result<Self> {
+    /// Connects to the server at `url`, sending `credentials` with every call.
+    pub(crate) async fn connect(url: &str, credentials: Credentials) -> anyhow::Result<Self> {
         if url.starts_with("https://") {
             bail!(
                 "invalid server URL {url:?}: rollcall serve does not offer TLS yet, so an https:// \
@@ -49,6 +50,7 @@ impl Clients {
                  point --server (or ROLLCALL_SERVER) at a running one"
             )
         })?;
+        let channel = credentials.attach(channel);
         Ok(Self {
             registers: RegistersServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),

@@ -29,8 +29,9 @@ use crate::messaging::{FirstDayCommand, LetterCommand, MessagesCommand, Template
 use crate::policy::{AbsenceCommand, PolicyCommand};
 use crate::pupil::PupilCommand;
 use crate::referrals::{PackCommand, ReferralCommand};
-use crate::server::{self, ServerConfig};
+use crate::server::{self, Authentication, ServerConfig};
 use crate::writeback::WritebackCommand;
+use rollcall_api::client::Credentials;
 
 /// rollcall: attendance registers, policy decisions, casework and referrals for a trust's schools.
 #[derive(Debug, Parser)]
@@ -44,6 +45,11 @@ pub struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     server: String,
+
+    /// A file holding the access token the client commands send. Without it, the token is
+    /// read from ROLLCALL_TOKEN, and without that none is sent (enough for `serve --dev`).
+    #[arg(long, global = true, env = "ROLLCALL_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -150,6 +156,15 @@ struct ServeArgs {
     /// Without it, no broker is pulled and nothing is written back.
     #[arg(long, env = "ROLLCALL_CONNECTORS")]
     connectors: Option<PathBuf>,
+    /// Token settings (TOML): the identity provider's issuer, rollcall's audience, the key set
+    /// file or address, the clock skew allowed and the claims that carry roles and schools.
+    /// Every call except health checks must then carry a valid bearer token.
+    #[arg(long, env = "ROLLCALL_AUTH", conflicts_with = "dev")]
+    auth: Option<PathBuf>,
+    /// Serve without authentication, for a demonstration on this machine: every caller may do
+    /// everything. Only a loopback --listen address is accepted.
+    #[arg(long)]
+    dev: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -262,7 +277,8 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     };
 
     telemetry::init(LogFormat::Text, "warn,sqlx=error");
-    let clients = Clients::connect(&cli.server).await?;
+    let credentials = credentials(cli.token_file.as_deref())?;
+    let clients = Clients::connect(&cli.server, credentials).await?;
     let mut out = std::io::stdout().lock();
     match client {
         ClientCommand::Import(ImportCommand::Ctf { files, by, dry_run }) => {
@@ -362,6 +378,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     telemetry::init(format, "info,sqlx=warn");
     let mut config = ServerConfig::new(args.listen, args.data_dir, args.database_url.as_deref())?;
+    config.authentication = match (&args.auth, args.dev) {
+        (Some(path), _) => Authentication::Tokens(rollcall_auth::TokenSettings::from_file(path)?),
+        (None, true) => Authentication::Development,
+        (None, false) => bail!(
+            "no token settings: give --auth FILE (or ROLLCALL_AUTH) so callers are checked \
+             against the trust's identity provider, or --dev to try rollcall on this machine \
+             without authentication; see docs/security.md"
+        ),
+    };
     if let Some(path) = &args.messaging {
         config.messaging = rollcall_cases::MessagingConfig::from_file(path)?;
     }
@@ -383,6 +408,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         result = running.wait() => result,
     }
+}
+
+/// The credential the client commands send: the token in `token_file`, else ROLLCALL_TOKEN,
+/// else none.
+fn credentials(token_file: Option<&Path>) -> anyhow::Result<Credentials> {
+    let token = match token_file {
+        Some(path) => std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read the token file {}: check --token-file or ROLLCALL_TOKEN_FILE",
+                path.display()
+            )
+        })?,
+        None => match std::env::var("ROLLCALL_TOKEN") {
+            Ok(token) => token,
+            Err(_) => return Ok(Credentials::none()),
+        },
+    };
+    let source = match token_file {
+        Some(path) => format!("in {}", path.display()),
+        None => "in ROLLCALL_TOKEN".to_owned(),
+    };
+    Credentials::bearer(&token)
+        .map_err(|error| anyhow::anyhow!("the token {source} cannot be sent: {error}"))
 }
 
 /// Imports each file, prints a line per file, then waits for figures and cases to catch up.

@@ -1,5 +1,6 @@
 //! `rollcall demo`: the whole main job on a generated trust, on the embedded default storage.
 
+use rollcall_api::client::Credentials;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -77,7 +78,7 @@ async fn run_against(
     trust: &rollcall_synthetic::Trust,
     files: &[PathBuf],
 ) -> anyhow::Result<()> {
-    let clients = Clients::connect(url).await?;
+    let clients = Clients::connect(url, Credentials::none()).await?;
     println!("Importing {} Common Transfer Files...", files.len());
     let mut stdout = std::io::stdout();
     import_ctf(&clients, files, "rollcall demo", false, &mut stdout).await?;

@@ -6,13 +6,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
 use rollcall_api::cases::v1::cases_service_server::CasesServiceServer;
+use rollcall_api::client::Credentials;
 use rollcall_api::mis_adapter::v1::mis_adapter_service_server::MisAdapterServiceServer;
 use rollcall_api::mis_adapter::v1::mis_sync_service_server::MisSyncServiceServer;
 use rollcall_api::policy::v1::policy_service_server::PolicyServiceServer;
 use rollcall_api::referrals::v1::referrals_service_server::ReferralsServiceServer;
 use rollcall_api::registers::v1::registers_service_server::RegistersServiceServer;
+use rollcall_auth::{AuthLayer, Authenticator, InternalKey, Mode, TokenSettings, TokenVerifier};
 use rollcall_cases::{Cases, MessagingConfig};
 use rollcall_mis_adapter::{ConnectorsConfig, DeliveryConfig, MisAdapter, MisSync};
 use rollcall_policy::Policy;
@@ -52,6 +56,17 @@ pub struct ServerConfig {
     pub delivery: DeliveryConfig,
     /// The schools whose MIS data brokers are pulled, and the write-back of decisions.
     pub connectors: ConnectorsConfig,
+    /// How callers are authenticated.
+    pub authentication: Authentication,
+}
+
+/// How `rollcall serve` authenticates callers.
+#[derive(Debug, Clone)]
+pub enum Authentication {
+    /// Nobody is checked; every caller may do everything. Loopback addresses only.
+    Development,
+    /// Bearer tokens from the trust's identity provider.
+    Tokens(TokenSettings),
 }
 
 impl ServerConfig {
@@ -70,6 +85,7 @@ impl ServerConfig {
             messaging: MessagingConfig::default(),
             delivery: DeliveryConfig::default(),
             connectors: ConnectorsConfig::default(),
+            authentication: Authentication::Development,
         })
     }
 }
@@ -125,6 +141,15 @@ impl RunningServer {
 
 /// Binds the address, connects and migrates storage for every service, and starts serving.
 pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+    if matches!(config.authentication, Authentication::Development)
+        && !config.listen.ip().is_loopback()
+    {
+        bail!(
+            "--dev serves without authentication, so it listens only on a loopback address such \
+             as 127.0.0.1, not {}: give token settings with --auth to serve other machines",
+            config.listen
+        );
+    }
     let listener = TcpListener::bind(config.listen).await.with_context(|| {
         format!(
             "cannot listen on {}: is another server using it? Choose another with --listen",
@@ -151,7 +176,27 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let adapter_db = connect(&config.storage, rollcall_mis_adapter::MIGRATIONS).await?;
     tracing::info!("Storage ready and migrated");
 
-    let channel = rollcall_runtime::grpc::channel(&self_url)?;
+    // The services call each other with a key made for this process, whatever the mode.
+    let internal = InternalKey::generate()?;
+    let channel =
+        rollcall_runtime::grpc::channel(&self_url, Credentials::header(&internal.header_value())?)?;
+    let mut followers = Vec::new();
+    let mode = match &config.authentication {
+        Authentication::Development => {
+            tracing::warn!(
+                %addr,
+                "Serving WITHOUT AUTHENTICATION (--dev): every caller may read and change \
+                 everything. Use this only to try rollcall, never with real pupils' records"
+            );
+            Mode::Development
+        }
+        Authentication::Tokens(settings) => {
+            let verifier = TokenVerifier::new(settings.clone()).await?;
+            followers.push(verifier.spawn_refresh());
+            Mode::Tokens(verifier)
+        }
+    };
+    let authenticator = Arc::new(Authenticator::new(mode, internal));
     let (stop_signal, stopping) = rollcall_runtime::shutdown::stop_signal();
     let registers = Registers::new(registers_db, stopping.clone()).await?;
     let policy = Policy::new(policy_db, channel.clone(), channel.clone(), stopping).await?;
@@ -194,13 +239,14 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .build_v1()
         .context("cannot build the reflection service")?;
 
-    let mut followers = vec![policy.start_follower(), cases.start_follower()];
+    followers.extend([policy.start_follower(), cases.start_follower()]);
     followers.extend(cases.start_messaging());
     followers.push(adapter.start_delivery());
     // The listener is bound already, so a connector run that starts now reaches the sync
     // service once the server below starts accepting.
     followers.extend(adapter.start_connectors().await?);
     let router = Server::builder()
+        .layer(AuthLayer::new(authenticator))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use rollcall_api::client::{Channel, Credentials};
+use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -49,13 +50,14 @@ pub fn upstream_error(service: &str, status: Status) -> Status {
     }
 }
 
-/// Creates a lazily connecting channel to another rollcall service.
-pub fn channel(url: &str) -> anyhow::Result<Channel> {
+/// Creates a lazily connecting channel to another rollcall service that sends `credentials`
+/// with every call.
+pub fn channel(url: &str, credentials: Credentials) -> anyhow::Result<Channel> {
     let endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|error| anyhow::anyhow!("invalid service address {url:?}: {error}"))?
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true);
-    Ok(endpoint.connect_lazy())
+    Ok(credentials.attach(endpoint.connect_lazy()))
 }
 
 /// The largest gRPC message the services accept or send, in bytes. A Common Transfer File for

@@ -21,6 +21,7 @@
 
 mod binaries;
 pub mod broker;
+pub mod identity;
 pub mod la;
 pub mod sms;
 pub mod smtp;

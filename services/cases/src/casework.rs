@@ -10,6 +10,7 @@ use rollcall_api::cases::v1::{
     CaseAction, GetCaseTimelineResponse, Ladder as PbLadder, OpenCaseRequest, OwnerReviews,
     RecordActionRequest, RecordActionResponse, TimelineEntry,
 };
+use rollcall_api::client::Channel;
 use rollcall_api::convert::{phase_from_proto, timestamp};
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{GetPupilRequest, GetSchoolRequest};
@@ -25,7 +26,6 @@ use rollcall_runtime::grpc::{
 use rollcall_runtime::storage::WriteTransaction;
 use rollcall_runtime::{Db, with_db};
 use tonic::Status;
-use tonic::transport::Channel;
 
 use crate::CASES_LOCK_KEY;
 use crate::fields::{date_or_today, required, storage};

@@ -14,9 +14,9 @@ use rollcall_runtime::storage::WriteTransaction;
 use rollcall_runtime::{Db, with_db};
 use std::sync::Arc;
 
+use rollcall_api::client::Channel;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 use crate::{CASES_LOCK_KEY, TRIGGER_FEED};
 

@@ -6,6 +6,7 @@ use rollcall_api::cases::v1::{
     GivenReward, RecordRewardRequest, RecordRewardResponse, RecordTruancyIncidentRequest,
     RecordTruancyIncidentResponse, TruancyIncident,
 };
+use rollcall_api::client::Channel;
 use rollcall_api::convert::timestamp;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{ListTruancyFlagsRequest, TruancyFlag};
@@ -14,7 +15,6 @@ use rollcall_runtime::grpc::{invalid_argument, laestab, not_found, upstream_erro
 use rollcall_runtime::storage::WriteTransaction;
 use rollcall_runtime::{Db, with_db};
 use tonic::Status;
-use tonic::transport::Channel;
 
 use crate::CASES_LOCK_KEY;
 use crate::fields::{date, required, storage};

@@ -9,6 +9,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rollcall_api::cases::v1::{
     CreatePlanRequest, ListPlansRequest, Plan, PlanReview, ReviewPlanRequest,
 };
+use rollcall_api::client::Channel;
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
 use rollcall_api::policy::v1::{GetAttendanceStatisticsRequest, StatisticsGroup, StatisticsRange};
 use rollcall_domain::ladder::Role;
@@ -16,7 +17,6 @@ use rollcall_runtime::grpc::{failed_precondition, invalid_argument, not_found, u
 use rollcall_runtime::storage::WriteTransaction;
 use rollcall_runtime::{Db, with_db};
 use tonic::Status;
-use tonic::transport::Channel;
 
 use crate::CASES_LOCK_KEY;
 use crate::fields::{date, storage};

@@ -1,9 +1,9 @@
 //! Review dates in school days: the school's calendar from the registers, where it has one.
 
+use rollcall_api::client::Channel;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_runtime::grpc::upstream_error;
 use tonic::Status;
-use tonic::transport::Channel;
 
 pub(crate) use rollcall_api::school_days::SchoolDays;
 

@@ -25,6 +25,7 @@ use rollcall_api::cases::v1::{
     ResendMessageResponse, ReviewLetterRequest, ReviewLetterResponse, RunFirstDayContactRequest,
     RunFirstDayContactResponse,
 };
+use rollcall_api::client::Channel;
 use rollcall_api::convert::timestamp;
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
@@ -34,7 +35,6 @@ use rollcall_domain::session::parse_date;
 use rollcall_runtime::grpc::{MAX_MESSAGE_BYTES, invalid_argument, laestab, storage_error};
 use rollcall_runtime::{Db, with_db};
 use tokio::sync::watch;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::fields::required;

@@ -2,6 +2,7 @@
 //! summary out; and referral packs out to the local authority.
 
 use chrono::Utc;
+use rollcall_api::client::Channel;
 use rollcall_api::mis_adapter::v1::mis_adapter_service_server::{
     MisAdapterService, MisAdapterServiceServer,
 };
@@ -23,7 +24,6 @@ use rollcall_api::types::v1::MarkSource;
 use rollcall_runtime::grpc::{MAX_MESSAGE_BYTES, invalid_argument, storage_error, upstream_error};
 use rollcall_runtime::{Db, with_db};
 use sha2::{Digest, Sha256};
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::connector::{Connectors, ConnectorsConfig, sync_client};

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
+use rollcall_api::client::Channel;
 use rollcall_api::policy::v1::{
     AggregateMismatch, CheckAggregatesRequest, CheckAggregatesResponse,
 };
@@ -13,7 +14,6 @@ use rollcall_domain::{Figures, SessionDate};
 use rollcall_runtime::grpc::{failed_precondition, laestab, storage_error};
 use rollcall_runtime::{Db, with_db};
 use tonic::Status;
-use tonic::transport::Channel;
 
 use crate::figures::{figures_to_proto, load_school, school_and_as_of};
 use crate::follower::{REGISTERS_FEED, StoredTotals, stored_cursor};

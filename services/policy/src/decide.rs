@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{Days, NaiveDate};
+use rollcall_api::client::Channel;
 use rollcall_api::convert::session_from_proto;
 use rollcall_api::policy::v1::{
     DecideAbsenceRequest, DecideAbsenceResponse, PolicyRule, SessionDecision,
@@ -20,7 +21,6 @@ use rollcall_domain::session::parse_date;
 use rollcall_domain::{Session, SessionDate};
 use rollcall_runtime::Db;
 use rollcall_runtime::grpc::{failed_precondition, invalid_argument, laestab, upstream_error};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::policies;

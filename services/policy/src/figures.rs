@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::NaiveDate;
+use rollcall_api::client::Channel;
 use rollcall_api::convert::{phase_from_proto, session_from_proto};
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{
@@ -15,7 +16,6 @@ use rollcall_domain::session::{academic_year_start, parse_date};
 use rollcall_domain::{Figures, Phase, Policy, SessionDate};
 use rollcall_runtime::grpc::{invalid_argument, not_found, upstream_error};
 use tonic::Status;
-use tonic::transport::Channel;
 
 /// A pupil's effective marks and details, as needed for their figures.
 #[derive(Debug, Clone)]

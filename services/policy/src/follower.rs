@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::{NaiveDate, Utc};
 use rollcall_api::cases::v1::cases_service_client::CasesServiceClient;
 use rollcall_api::cases::v1::{ListLaddersRequest, ListPlansRequest};
+use rollcall_api::client::Channel;
 use rollcall_api::convert::session_from_proto;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{Mark, WatchMarksRequest};
@@ -19,7 +20,6 @@ use rollcall_runtime::storage::WriteTransaction;
 use rollcall_runtime::{Db, with_db};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 use crate::TRIGGER_LOCK_KEY;
 use crate::figures::{

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::Days;
+use rollcall_api::client::Channel;
 use rollcall_api::policy::v1::{
     GetAttendanceStatisticsRequest, ListRewardsRequest, ListRewardsResponse, Period, PupilRewards,
 };
@@ -12,7 +13,6 @@ use rollcall_domain::session::parse_date;
 use rollcall_runtime::Db;
 use rollcall_runtime::grpc::{failed_precondition, invalid_argument, laestab};
 use tonic::Status;
-use tonic::transport::Channel;
 
 use crate::figures::school_and_as_of;
 use crate::policies;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use rollcall_api::cases::v1::cases_service_client::CasesServiceClient;
+use rollcall_api::client::Channel;
 use rollcall_api::convert::timestamp;
 use rollcall_api::policy::v1::policy_service_server::{PolicyService, PolicyServiceServer};
 use rollcall_api::policy::v1::{
@@ -34,7 +35,6 @@ use rollcall_runtime::shutdown::Stopping;
 use rollcall_runtime::{Db, with_db};
 use tokio::sync::watch;
 use tokio_stream::Stream;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::figures::{Alerts, figures_to_proto, load_school, school_and_as_of};

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{Days, NaiveDate};
+use rollcall_api::client::Channel;
 use rollcall_api::convert::{phase_from_proto, session_from_proto};
 use rollcall_api::policy::v1::{
     GetAttendanceStatisticsRequest, GetAttendanceStatisticsResponse, StatisticsGroup,
@@ -22,7 +23,6 @@ use rollcall_domain::session::{academic_year_start, parse_date};
 use rollcall_domain::{Figures, Phase, Policy};
 use rollcall_runtime::Db;
 use rollcall_runtime::grpc::{failed_precondition, invalid_argument, laestab, upstream_error};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::figures::{all_pupils, figures_to_proto, school_and_as_of};

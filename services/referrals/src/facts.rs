@@ -6,6 +6,7 @@ use chrono::NaiveDate;
 use rollcall_api::cases::v1::cases_service_client::CasesServiceClient;
 use rollcall_api::cases::v1::{GetCaseTimelineRequest, GetReferralEvidenceRequest, TimelineEntry};
 use rollcall_api::cases::v1::{GetReferralEvidenceResponse, SentLetter};
+use rollcall_api::client::Channel;
 use rollcall_api::convert::session_from_proto;
 use rollcall_api::mis_adapter::v1::mis_adapter_service_client::MisAdapterServiceClient;
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
@@ -24,7 +25,6 @@ use rollcall_domain::referrals::{
 };
 use rollcall_domain::session::{academic_year_of, parse_date};
 use rollcall_runtime::grpc::upstream_error;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::config::ReferralsConfig;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, NaiveDate, Utc};
 use rollcall_api::cases::v1::GetLetterDocumentRequest;
 use rollcall_api::cases::v1::cases_service_client::CasesServiceClient;
+use rollcall_api::client::Channel;
 use rollcall_api::mis_adapter::v1::DeliverReferralPackRequest;
 use rollcall_api::mis_adapter::v1::mis_adapter_service_client::MisAdapterServiceClient;
 use rollcall_api::policy::v1::GetPenaltyNoticeTermsRequest;
@@ -31,7 +32,6 @@ use rollcall_runtime::grpc::{
     MAX_MESSAGE_BYTES, failed_precondition, invalid_argument, laestab, upstream_error,
 };
 use sha2::{Digest, Sha256};
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::config::ReferralsConfig;

@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use anyhow::bail;
 use indicatif::ProgressBar;
+use rollcall_api::client::Channel;
 use rollcall_api::mis_adapter::v1::mis_sync_service_client::MisSyncServiceClient;
 use rollcall_api::mis_adapter::v1::stream_sync_response::Result as BatchOutcome;
 use rollcall_api::mis_adapter::v1::{StreamSyncRequest, StreamSyncResponse};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use tonic::transport::Channel;
 
 use super::batches::{BatchSent, BatchSettings, Event, read_files};
 use super::plan::FilePlan;

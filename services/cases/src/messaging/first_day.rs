@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use chrono_tz::Tz;
 use rollcall_api::cases::v1::{ContactTask, RunFirstDayContactResponse};
+use rollcall_api::client::Channel;
 use rollcall_api::convert::{session_from_proto, timestamp};
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{
@@ -24,7 +25,6 @@ use rollcall_runtime::{Db, with_db};
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::CASES_LOCK_KEY;

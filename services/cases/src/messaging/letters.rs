@@ -20,9 +20,9 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
+use rollcall_api::client::Channel;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::messaging::config::DeliveryConfig;

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use rollcall_api::client::Channel;
 use rollcall_api::mis_adapter::v1::mis_sync_service_client::MisSyncServiceClient;
 use rollcall_api::mis_adapter::v1::{
     SyncMarksRequest, SyncMarksResponse, SyncPupilsRequest, SyncPupilsResponse,
@@ -26,7 +27,6 @@ use rollcall_runtime::Db;
 use rollcall_runtime::grpc::MAX_MESSAGE_BYTES;
 use tokio::task::JoinHandle;
 use tonic::Status;
-use tonic::transport::Channel;
 
 pub use config::{BrokerRetryConfig, ConnectorsConfig, SchoolConnectorConfig, WritebackConfig};
 

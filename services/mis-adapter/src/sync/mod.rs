@@ -11,6 +11,7 @@ mod store;
 use std::pin::Pin;
 
 use prost::Message;
+use rollcall_api::client::Channel;
 use rollcall_api::convert::timestamp;
 use rollcall_api::mis_adapter::v1::mis_sync_service_server::{
     MisSyncService, MisSyncServiceServer,
@@ -33,7 +34,6 @@ use rollcall_runtime::grpc::{
 };
 use sha2::{Digest, Sha256};
 use tokio_stream::{Stream, StreamExt};
-use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 pub(crate) use rows::MAX_ROWS;

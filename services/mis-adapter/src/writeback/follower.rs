@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use rollcall_api::client::Channel;
 use rollcall_api::convert::from_timestamp;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{WatchMarksRequest, WatchMarksResponse};
@@ -18,7 +19,6 @@ use rollcall_api::types::v1::{MarkSource, Session};
 use rollcall_runtime::Db;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 use crate::writeback::store::{self, Decision};
 

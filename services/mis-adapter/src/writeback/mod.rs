@@ -19,9 +19,9 @@ pub(crate) mod worker;
 
 use std::collections::HashMap;
 
+use rollcall_api::client::Channel;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 use crate::connector::Connectors;
 use crate::connector::store as connector_store;
