@@ -9,19 +9,35 @@ use std::task::{Context, Poll};
 use tonic::body::Body;
 use tonic::transport::server::TcpConnectInfo;
 
-use crate::rules::{is_open, rule_for};
+use chrono::Utc;
+use tonic::Code;
+
+use crate::audit::{AuditEvent, AuditSink};
+use crate::caller::Caller;
+use crate::principal::Principal;
+use crate::rules::{Access, Rule, is_open, rule_for};
 use crate::verify::{Authenticator, Refusal};
 
 /// Adds [`AuthService`] in front of the services.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     authenticator: Arc<Authenticator>,
+    audit: Option<Arc<dyn AuditSink>>,
 }
 
 impl AuthLayer {
     /// A layer that authenticates with `authenticator`.
     pub fn new(authenticator: Arc<Authenticator>) -> Self {
-        AuthLayer { authenticator }
+        AuthLayer {
+            authenticator,
+            audit: None,
+        }
+    }
+
+    /// Also records audited calls in `sink`.
+    pub fn with_audit(mut self, sink: Arc<dyn AuditSink>) -> Self {
+        self.audit = Some(sink);
+        self
     }
 }
 
@@ -32,16 +48,19 @@ impl<S> tower::Layer<S> for AuthLayer {
         AuthService {
             inner,
             authenticator: Arc::clone(&self.authenticator),
+            audit: self.audit.clone(),
         }
     }
 }
 
 /// Refuses calls without a valid credential or whose caller's roles may not make them, and
-/// puts the caller's [`crate::Principal`] in the request's extensions for the handlers.
+/// puts the [`Caller`] in the request's extensions for the handlers. Writes, reads of pupils'
+/// records by a person, and refusals are recorded in the audit sink when there is one.
 #[derive(Debug, Clone)]
 pub struct AuthService<S> {
     inner: S,
     authenticator: Arc<Authenticator>,
+    audit: Option<Arc<dyn AuditSink>>,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -65,6 +84,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let authenticator = Arc::clone(&self.authenticator);
+        let audit = self.audit.clone();
         Box::pin(async move {
             let path = request.uri().path().to_owned();
             if is_open(&path) {
@@ -114,10 +134,112 @@ where
                     }
                 ));
                 tracing::warn!(method = rule.method, subject = %principal.subject, roles = %principal.role_names(), peer, "Refused a call the caller's roles do not allow");
-                return Ok(refusal.into_status().into_http());
+                let status = refusal.into_status();
+                let record = Record {
+                    rule,
+                    peer: &peer,
+                    principal: Some(&principal),
+                    caller: None,
+                };
+                record.write(audit.as_deref(), status.code()).await;
+                return Ok(status.into_http());
             }
-            request.extensions_mut().insert(principal);
-            inner.call(request).await
+            let caller = Caller::new(principal.clone());
+            request.extensions_mut().insert(caller.clone());
+            let response = inner.call(request).await?;
+            if audited(rule, &principal) {
+                // A call that fails in its handler carries its status in the headers; a
+                // call that succeeds carries it in the trailers, after the body.
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.parse::<i32>().ok())
+                    .map_or(Code::Ok, Code::from_i32);
+                let record = Record {
+                    rule,
+                    peer: &peer,
+                    principal: Some(&principal),
+                    caller: Some(&caller),
+                };
+                record.write(audit.as_deref(), code).await;
+            }
+            Ok(response)
         })
+    }
+}
+
+/// True for calls the audit log keeps: every change, and every read of pupils' records by a
+/// person. Calls between rollcall's own services are audited where they entered rollcall.
+fn audited(rule: &Rule, principal: &Principal) -> bool {
+    if principal.credential == crate::principal::Credential::Internal {
+        return false;
+    }
+    match rule.access {
+        Access::Write => true,
+        Access::PupilRead => principal.is_person(),
+        Access::Reference | Access::Feed => false,
+    }
+}
+
+/// What an audit event is made from.
+struct Record<'a> {
+    rule: &'static Rule,
+    peer: &'a str,
+    principal: Option<&'a Principal>,
+    caller: Option<&'a Caller>,
+}
+
+impl Record<'_> {
+    async fn write(self, sink: Option<&dyn AuditSink>, code: Code) {
+        let Some(sink) = sink else { return };
+        let touched = self.caller.map(Caller::touched).unwrap_or_default();
+        let event = AuditEvent {
+            at: Utc::now(),
+            subject: self
+                .principal
+                .map(|p| p.subject.clone())
+                .unwrap_or_default(),
+            roles: self
+                .principal
+                .map(Principal::role_names)
+                .unwrap_or_default(),
+            method: self.rule.method.to_owned(),
+            access: self.rule.access.as_str().to_owned(),
+            peer: self.peer.to_owned(),
+            outcome: code_name(code).to_owned(),
+            schools: touched.schools.into_iter().collect(),
+            pupils: touched.pupils.into_iter().collect(),
+        };
+        if let Err(error) = sink.record(event).await {
+            tracing::error!(
+                method = self.rule.method,
+                error = format!("{error:#}"),
+                "Cannot write an audit record"
+            );
+        }
+    }
+}
+
+/// The canonical name of a gRPC status code.
+pub(crate) fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }

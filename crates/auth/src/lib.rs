@@ -6,6 +6,8 @@
 //! The services of one deployment call each other with an [`InternalKey`]. With `--dev`, the
 //! server trusts every caller ([`Mode::Development`]) and listens only on loopback.
 
+pub mod audit;
+mod caller;
 mod keys;
 mod layer;
 mod principal;
@@ -14,6 +16,7 @@ pub mod rules;
 mod settings;
 mod verify;
 
+pub use caller::{Caller, Touched, caller};
 pub use layer::{AuthLayer, AuthService};
 pub use principal::{Credential, Principal, Schools};
 pub use role::{Role, UnknownRole};
