@@ -127,7 +127,7 @@ impl Caller {
         let officer = self
             .principal
             .roles
-            .contains(&crate::role::Role::LocalAuthorityOfficer);
+            .contains(&crate::role::Role::LocalAuthorityAttendanceOfficer);
         if !officer || self.principal.local_authority.as_deref() == Some(code) {
             return Ok(());
         }
@@ -148,7 +148,7 @@ impl Caller {
         self.principal
             .roles
             .iter()
-            .all(|role| *role == crate::role::Role::LocalAuthorityOfficer)
+            .all(|role| *role == crate::role::Role::LocalAuthorityAttendanceOfficer)
     }
 
     fn granted_list(&self) -> String {
@@ -174,7 +174,7 @@ mod tests {
     fn teacher() -> Caller {
         Caller::new(Principal {
             subject: "t-1".to_owned(),
-            roles: BTreeSet::from([Role::ClassTeacher]),
+            roles: BTreeSet::from([Role::ClassTeacherOrTutor]),
             schools: Schools::Granted(BTreeSet::from(["9192001".to_owned()])),
             local_authority: None,
             credential: Credential::Development,
@@ -219,7 +219,7 @@ mod tests {
     fn a_local_authority_officer_sees_only_their_authority() {
         let officer = Caller::new(Principal {
             subject: "la-1".to_owned(),
-            roles: BTreeSet::from([Role::LocalAuthorityOfficer]),
+            roles: BTreeSet::from([Role::LocalAuthorityAttendanceOfficer]),
             schools: Schools::Granted(BTreeSet::new()),
             local_authority: Some("919".to_owned()),
             credential: Credential::Development,

@@ -152,11 +152,14 @@ impl MisAdapter {
 
 impl MisAdapter {
     /// Allows the caller when they may see the school of the record `id` in `table`
-    /// (`deliveries` or `writeback_jobs`). An unknown id is allowed here, so the call fails
+    /// (`deliveries`, `referral deliveries` for a referral's, or `writeback_jobs`). An unknown id is allowed here, so the call fails
     /// with NOT_FOUND.
     async fn check_owner(&self, caller: &Caller, table: &str, id: &str) -> Result<(), Status> {
         let sql = match table {
             "deliveries" => "SELECT laestab FROM deliveries WHERE id = $1",
+            "referral deliveries" => {
+                "SELECT laestab FROM deliveries WHERE referral_id = $1 LIMIT 1"
+            }
             _ => "SELECT laestab FROM writeback_jobs WHERE id = $1",
         };
         let school: Option<String> = with_db!(&self.db, |pool| {
@@ -312,6 +315,11 @@ impl MisAdapterService for MisAdapter {
         request: Request<ListDeliveriesRequest>,
     ) -> Result<Response<ListDeliveriesResponse>, Status> {
         let caller = caller(&request)?;
+        let referral = request.get_ref().referral_id.trim().to_owned();
+        if !referral.is_empty() {
+            self.check_owner(&caller, "referral deliveries", &referral)
+                .await?;
+        }
         let mut response = self
             .deliveries
             .list_deliveries(request.into_inner())

@@ -23,7 +23,7 @@ use rollcall_api::policy::v1::{
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{GetPupilRequest, GetSchoolRequest};
 use rollcall_api::types::v1::{Phase as PbPhase, Session as PbSession};
-use rollcall_auth::caller;
+use rollcall_auth::{Credential, Role, caller};
 use rollcall_domain::policy::ThresholdEvaluation;
 use rollcall_domain::policy::notices::notice_terms;
 use rollcall_domain::session::parse_date;
@@ -582,8 +582,26 @@ impl PolicyService for Policy {
     ) -> Result<Response<DecideAbsenceResponse>, Status> {
         let school = laestab("laestab", &request.get_ref().laestab)?;
         let upn = request.get_ref().upn.trim().to_ascii_uppercase();
-        caller(&request)?.pupil(&upn, &school)?;
-        crate::decide::decide(&self.db, &self.registers, request.into_inner())
+        let caller = caller(&request)?;
+        caller.pupil(&upn, &school)?;
+        let mut request = request.into_inner();
+        // A person signed in decides in the role their token gives them, not one they name.
+        if let Credential::Token { .. } = caller.principal().credential {
+            let held = if caller.principal().roles.contains(&Role::Headteacher) {
+                "headteacher"
+            } else {
+                "delegated_staff"
+            };
+            let named = request.decider_role.trim().to_ascii_lowercase();
+            if !named.is_empty() && named != held {
+                return Err(Status::permission_denied(format!(
+                    "{} decides as {held}, not {named}: leave decider_role empty or give {held}",
+                    caller.principal().subject
+                )));
+            }
+            request.decider_role = held.to_owned();
+        }
+        crate::decide::decide(&self.db, &self.registers, request)
             .await
             .map(Response::new)
     }

@@ -208,6 +208,13 @@ impl RegistersService for Registers {
                 ));
             }
         };
+        // The school is checked before the rest of the stream is read.
+        let named = header
+            .school
+            .as_ref()
+            .map(|school| school.laestab.clone())
+            .unwrap_or_default();
+        caller.school(&laestab("header.school.laestab", &named)?)?;
         let import = import::read_request(header, &mut stream).await.inspect_err(|status| {
             tracing::warn!(code = ?status.code(), message = status.message(), "Import rejected; nothing stored");
         })?;
@@ -553,9 +560,9 @@ impl RegistersService for Registers {
         &self,
         request: Request<RecordLessonCheckRequest>,
     ) -> Result<Response<RecordLessonCheckResponse>, Status> {
-        let check = LessonCheck::check(request.get_ref())?;
         let school = laestab("laestab", &request.get_ref().laestab)?;
         caller(&request)?.school(&school)?;
+        let check = LessonCheck::check(request.get_ref())?;
         let response = lessons::record(&self.db, &check).await?;
         for flag in &response.flags {
             tracing::info!(flag = %flag.id, upn = %flag.upn, laestab = %flag.laestab, date = %flag.date, "Possible post-registration truancy flagged");
