@@ -1,5 +1,5 @@
-//! What a handler knows about its caller, and the checks it makes on the schools, pupils and
-//! local authorities a request touches. Each check also notes what was touched, for the audit
+//! The caller of a request, and the checks a handler makes on the schools, pupils and local
+//! authorities the request touches. Each check also notes what was touched, for the audit
 //! record the layer writes when the call ends.
 
 use std::collections::BTreeSet;
@@ -142,8 +142,8 @@ impl Caller {
         )))
     }
 
-    /// True when the caller is a local authority officer and nothing else, so sees referrals
-    /// by authority rather than by school.
+    /// True when the caller is a local authority officer and nothing else, whose referrals are
+    /// chosen by authority rather than by school.
     pub fn is_local_authority_only(&self) -> bool {
         self.principal
             .roles
