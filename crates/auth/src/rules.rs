@@ -605,6 +605,11 @@ pub const RULES: &[Rule] = &[
         PupilRead,
         CASE_READERS,
     ),
+    rule(
+        "rollcall.cases.v1.CasesService/ApplyCaseRetention",
+        Write,
+        OPERATORS,
+    ),
     // Referrals.
     rule(
         "rollcall.referrals.v1.ReferralsService/BuildReferralPack",

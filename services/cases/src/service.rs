@@ -3,15 +3,16 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use rollcall_api::cases::v1::cases_service_server::{CasesService, CasesServiceServer};
 use rollcall_api::cases::v1::{
-    Case, CaseStatus, CloseCaseRequest, CloseCaseResponse, CreatePlanRequest, CreatePlanResponse,
-    CreateReintegrationRequest, CreateReintegrationResponse, DeescalateCaseRequest,
-    DeescalateCaseResponse, EscalateCaseRequest, EscalateCaseResponse, GetCaseTimelineRequest,
-    GetCaseTimelineResponse, GetSyncStateRequest, GetSyncStateResponse, KeepCaseOpenRequest,
-    KeepCaseOpenResponse, ListCasesRequest, ListCasesResponse, ListGivenRewardsRequest,
-    ListGivenRewardsResponse, ListLaddersRequest, ListLaddersResponse, ListOverdueReviewsRequest,
-    ListOverdueReviewsResponse, ListPlansRequest, ListPlansResponse, ListReintegrationsRequest,
-    ListReintegrationsResponse, ListTruancyIncidentsRequest, ListTruancyIncidentsResponse,
-    LoadLadderRequest, LoadLadderResponse, OpenCaseRequest, OpenCaseResponse, RecordActionRequest,
+    ApplyCaseRetentionRequest, ApplyCaseRetentionResponse, Case, CaseStatus, CloseCaseRequest,
+    CloseCaseResponse, CreatePlanRequest, CreatePlanResponse, CreateReintegrationRequest,
+    CreateReintegrationResponse, DeescalateCaseRequest, DeescalateCaseResponse,
+    EscalateCaseRequest, EscalateCaseResponse, GetCaseTimelineRequest, GetCaseTimelineResponse,
+    GetSyncStateRequest, GetSyncStateResponse, KeepCaseOpenRequest, KeepCaseOpenResponse,
+    ListCasesRequest, ListCasesResponse, ListGivenRewardsRequest, ListGivenRewardsResponse,
+    ListLaddersRequest, ListLaddersResponse, ListOverdueReviewsRequest, ListOverdueReviewsResponse,
+    ListPlansRequest, ListPlansResponse, ListReintegrationsRequest, ListReintegrationsResponse,
+    ListTruancyIncidentsRequest, ListTruancyIncidentsResponse, LoadLadderRequest,
+    LoadLadderResponse, OpenCaseRequest, OpenCaseResponse, RecordActionRequest,
     RecordActionResponse, RecordCheckInRequest, RecordCheckInResponse, RecordRewardRequest,
     RecordRewardResponse, RecordTruancyIncidentRequest, RecordTruancyIncidentResponse,
     ReviewPlanRequest, ReviewPlanResponse,
@@ -56,6 +57,8 @@ pub struct Cases {
     pub(crate) messaging: MessagingConfig,
     /// Wakes the letter worker when the follower records a letter job.
     letter_wake: std::sync::Arc<tokio::sync::Notify>,
+    /// Years a closed case is kept after its last event.
+    retention_years: u32,
 }
 
 impl Cases {
@@ -86,7 +89,20 @@ impl Cases {
             outbox,
             messaging,
             letter_wake: std::sync::Arc::default(),
+            retention_years: crate::retention::DEFAULT_CASE_RETENTION_YEARS,
         })
+    }
+
+    /// Keeps closed cases for `years` after their last event; at least one year.
+    pub fn with_retention_years(mut self, years: u32) -> anyhow::Result<Self> {
+        if years == 0 {
+            anyhow::bail!(
+                "the case retention period is 0 years, which would remove cases as soon as \
+                 they close: give at least 1"
+            );
+        }
+        self.retention_years = years;
+        Ok(self)
     }
 
     /// First-day contact over this service's storage and registers client.
@@ -703,6 +719,23 @@ impl CasesService for Cases {
         let laestab = laestab("laestab", &request.laestab)?;
         caller.pupil(&upn, &laestab)?;
         crate::evidence::gather(&self.db, &upn, &laestab)
+            .await
+            .map(Response::new)
+    }
+
+    async fn apply_case_retention(
+        &self,
+        request: Request<ApplyCaseRetentionRequest>,
+    ) -> Result<Response<ApplyCaseRetentionResponse>, Status> {
+        caller(&request)?.trust("Applying case retention")?;
+        let request = request.into_inner();
+        let as_of = if request.as_of.trim().is_empty() {
+            Utc::now().date_naive()
+        } else {
+            parse_date(&request.as_of)
+                .map_err(|error| invalid_argument("as_of", &request.as_of, error.problem()))?
+        };
+        crate::retention::apply(&self.db, as_of, self.retention_years, request.dry_run)
             .await
             .map(Response::new)
     }
