@@ -14,6 +14,7 @@ mod plans;
 mod reintegration;
 mod school_days;
 mod service;
+mod upn_changes;
 
 pub use messaging::{
     DeliveryConfig, EmailConfig, FirstDayConfig, LettersConfig, MessagingConfig, SmsConfig,

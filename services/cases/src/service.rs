@@ -42,7 +42,7 @@ use crate::messaging::MessagingConfig;
 use crate::messaging::channels::Channels;
 use crate::messaging::first_day::FirstDay;
 use crate::messaging::outbox::Outbox;
-use crate::{casework, follower, incidents, plans, reintegration};
+use crate::{casework, follower, incidents, plans, reintegration, upn_changes};
 
 /// The cases service.
 #[derive(Debug, Clone)]
@@ -55,6 +55,8 @@ pub struct Cases {
     pub(crate) messaging: MessagingConfig,
     /// Wakes the letter worker when the follower records a letter job.
     letter_wake: std::sync::Arc<tokio::sync::Notify>,
+    /// The id of the last registers UPN change applied.
+    upn_changes_applied: watch::Sender<i64>,
 }
 
 impl Cases {
@@ -71,6 +73,7 @@ impl Cases {
         messaging.check()?;
         let cursor = follower::stored_cursor(&db).await?;
         let (processed, _) = watch::channel(cursor);
+        let (upn_changes_applied, _) = watch::channel(upn_changes::stored_cursor(&db).await?);
         let outbox = Outbox {
             db: db.clone(),
             channels: Channels::from_config(&messaging, default_print_dir)?,
@@ -85,6 +88,7 @@ impl Cases {
             outbox,
             messaging,
             letter_wake: std::sync::Arc::default(),
+            upn_changes_applied,
         })
     }
 
@@ -126,6 +130,15 @@ impl Cases {
             self.registers.clone(),
             self.processed.clone(),
             self.letter_wake.clone(),
+        )
+    }
+
+    /// Starts the follower of the registers' UPN changes.
+    pub fn start_upn_follower(&self) -> tokio::task::JoinHandle<()> {
+        upn_changes::spawn(
+            self.db.clone(),
+            self.registers.clone(),
+            self.upn_changes_applied.clone(),
         )
     }
 
@@ -486,6 +499,7 @@ impl CasesService for Cases {
         Ok(Response::new(GetSyncStateResponse {
             trigger_cursor: *self.processed.borrow(),
             pending_letters: pending as i32,
+            upn_change_cursor: *self.upn_changes_applied.borrow(),
         }))
     }
 
