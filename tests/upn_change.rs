@@ -465,7 +465,7 @@ async fn temporary_upn_replaced_everywhere(work: &Path, database_url: Option<&st
     );
     assert_eq!(change.source(), MarkSource::MisSync);
     assert!(!change.merged);
-    let moved = change.moved.clone().expect("counts");
+    let moved = change.moved.expect("counts");
     assert_eq!(moved.mark_versions, 20);
     assert_eq!(moved.sessions, 20);
     assert_eq!(moved.enrolments, 1);

@@ -670,7 +670,7 @@ impl RegistersService for Registers {
     ) -> Result<Response<ChangeUpnResponse>, Status> {
         let change = NewChange::check(request.get_ref())?;
         let response = upn_changes::apply(&self.db, &change).await?;
-        let moved = response.moved.clone().unwrap_or_default();
+        let moved = response.moved.unwrap_or_default();
         tracing::info!(
             change = response.change_id,
             from_upn = change.from(),

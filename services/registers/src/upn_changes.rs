@@ -193,13 +193,10 @@ pub(crate) fn merge_enrolments(to: &str, rows: Vec<EnrolmentRecord>) -> Vec<Enro
         let mut groups: Vec<Vec<EnrolmentRecord>> = Vec::new();
         for row in rows {
             let overlaps = groups.last().is_some_and(|group| {
-                let end = group.iter().map(|r| r.leaving_date).fold(
-                    Some(NaiveDate::MIN),
-                    |latest, leaving| match (latest, leaving) {
-                        (Some(a), Some(b)) => Some(a.max(b)),
-                        _ => None,
-                    },
-                );
+                // The group's last day on roll, or None while any of its enrolments is open.
+                let end = group.iter().try_fold(NaiveDate::MIN, |latest, member| {
+                    member.leaving_date.map(|leaving| latest.max(leaving))
+                });
                 end.is_none_or(|end| row.admission_date <= end)
             });
             match groups.last_mut() {
