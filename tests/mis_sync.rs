@@ -426,7 +426,9 @@ async fn batches_apply_valid_rows_and_reject_the_rest(work: &Path, database_url:
         ]
     );
 
-    // A known MIS id sent with another UPN is not remapped.
+    // A known MIS id sent with another permanent UPN is not remapped, and staff are told how
+    // to change the UPN once they have confirmed it. A temporary UPN replaced by a permanent
+    // one is tested in tests/upn_change.rs.
     let response = sync
         .sync_pupils(pupils_batch(
             SCHOOL_A,
@@ -437,6 +439,15 @@ async fn batches_apply_valid_rows_and_reject_the_rest(work: &Path, database_url:
         .expect("batch")
         .into_inner();
     assert_eq!(outcomes(&response.results), vec![rejected("upn_changed")]);
+    let reason = &response.results[0].reason;
+    assert!(
+        reason.contains(&format!(
+            "rollcall pupil change-upn --from {} --to {}",
+            upn(1),
+            upn(6)
+        )),
+        "{reason}"
+    );
 
     // Marks for a school rollcall does not hold are refused as a whole.
     let mut elsewhere = marks_batch("marks-x", vec![mark("m1", "2025-09-02", "/")]);

@@ -315,7 +315,7 @@ fn request_for(message: &MessageDescriptor, records: &Records, method: &str) -> 
 fn string_for(name: &str, records: &Records, method: &str) -> Option<String> {
     let value = match name {
         "laestab" => records.laestab.clone(),
-        "upn" => records.upn.clone(),
+        "upn" | "from_upn" | "to_upn" => records.upn.clone(),
         "case_id" => records.case_id.clone(),
         "plan_id" => records.plan_id.clone(),
         "reintegration_id" => records.reintegration_id.clone(),

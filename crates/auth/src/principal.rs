@@ -65,14 +65,12 @@ impl Principal {
         }
     }
 
-    /// The identity every caller gets with `--dev`: every role a person can hold, trust-wide.
+    /// The identity every caller gets with `--dev`: every role, the services' own included,
+    /// trust-wide, so a demonstration can make every call.
     pub fn development() -> Self {
         Principal {
             subject: "dev".to_owned(),
-            roles: Role::ALL
-                .into_iter()
-                .filter(|role| *role != Role::Service)
-                .collect(),
+            roles: Role::ALL.into_iter().collect(),
             schools: Schools::Trust,
             local_authority: None,
             credential: Credential::Development,
@@ -117,10 +115,9 @@ mod tests {
     }
 
     #[test]
-    fn development_has_every_role_but_the_internal_one() {
+    fn development_has_every_role() {
         let dev = Principal::development();
-        assert!(!dev.roles.contains(&Role::Service));
-        assert_eq!(dev.roles.len(), Role::ALL.len() - 1);
+        assert_eq!(dev.roles.len(), Role::ALL.len());
         assert!(dev.is_person());
         assert!(!Principal::internal().is_person());
     }

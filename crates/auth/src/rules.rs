@@ -129,6 +129,8 @@ const CONTACT_READERS: &[Role] = &[
 ];
 /// Who keeps families' contact details.
 const CONTACT_WRITERS: &[Role] = &[Headteacher, SeniorAttendanceLead, OfficeStaff, MisVendor];
+/// Who replaces a pupil's UPN, moving their history to the new one.
+const UPN_CHANGERS: &[Role] = &[Headteacher, SeniorAttendanceLead, OfficeStaff, TrustIt];
 /// Who sets a school's calendar.
 const CALENDAR_WRITERS: &[Role] = &[
     Headteacher,
@@ -362,6 +364,16 @@ pub const RULES: &[Rule] = &[
         "rollcall.registers.v1.RegistersService/SetPupilContacts",
         Write,
         CONTACT_WRITERS,
+    ),
+    rule(
+        "rollcall.registers.v1.RegistersService/ChangeUpn",
+        Write,
+        UPN_CHANGERS,
+    ),
+    rule(
+        "rollcall.registers.v1.RegistersService/ListUpnChanges",
+        Feed,
+        OPERATORS,
     ),
     rule(
         "rollcall.registers.v1.RegistersService/ListPupilContacts",

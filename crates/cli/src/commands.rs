@@ -92,7 +92,7 @@ enum Command {
     /// Decisions on absence under the policy in force.
     #[command(subcommand)]
     Absence(AbsenceCommand),
-    /// One pupil's figures and thresholds, with the clauses applied.
+    /// One pupil: figures and thresholds with the clauses applied, or a change of UPN.
     #[command(subcommand)]
     Pupil(PupilCommand),
     /// Parents and carers: import them from a CSV file, list a pupil's.

@@ -1,17 +1,20 @@
 //! `rollcall pupil explain`: a pupil's figures, where they stand against each threshold, and
-//! every clause of the policy applied.
+//! every clause of the policy applied. `rollcall pupil change-upn`: a pupil's records moved to
+//! another UPN.
 
 use std::io::Write;
 
 use clap::Subcommand;
 use rollcall_api::convert::session_from_proto;
 use rollcall_api::policy::v1::GetPupilAttendanceRequest;
+use rollcall_api::registers::v1::{ChangeUpnRequest, ChangeUpnResponse};
+use rollcall_api::types::v1::MarkSource;
 use rollcall_domain::Session;
 use rollcall_domain::session::parse_date;
 use serde_json::json;
 
 use crate::client::Clients;
-use crate::text::figures_json;
+use crate::text::{count, figures_json};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum PupilCommand {
@@ -30,6 +33,23 @@ pub(crate) enum PupilCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Move a pupil's records to another UPN, as when the permanent UPN replaces a temporary
+    /// one. When the new UPN already has records, the two are merged.
+    #[command(name = "change-upn")]
+    ChangeUpn {
+        /// The UPN the records are held under now.
+        #[arg(long)]
+        from: String,
+        /// The UPN they move to.
+        #[arg(long)]
+        to: String,
+        /// The reason for the change, kept with it.
+        #[arg(long)]
+        reason: String,
+        /// The name of the person making the change.
+        #[arg(long, default_value = "rollcall pupil change-upn")]
+        by: String,
+    },
 }
 
 fn state(met: bool, near: bool) -> &'static str {
@@ -45,12 +65,99 @@ pub(crate) async fn run(
     command: PupilCommand,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    let PupilCommand::Explain {
-        upn,
-        as_of,
-        school,
-        json: json_output,
-    } = command;
+    match command {
+        PupilCommand::Explain {
+            upn,
+            as_of,
+            school,
+            json,
+        } => explain(clients, upn, as_of, school, json, out).await,
+        PupilCommand::ChangeUpn {
+            from,
+            to,
+            reason,
+            by,
+        } => change_upn(clients, &from, &to, &reason, &by, out).await,
+    }
+}
+
+async fn change_upn(
+    clients: &Clients,
+    from: &str,
+    to: &str,
+    reason: &str,
+    by: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let from = from.trim().to_ascii_uppercase();
+    let to = to.trim().to_ascii_uppercase();
+    // The same command run twice records one change.
+    let request_id = format!("cli:change-upn:{from}:{to}");
+    let response: ChangeUpnResponse = clients
+        .registers
+        .clone()
+        .change_upn(ChangeUpnRequest {
+            request_id,
+            from_upn: from.clone(),
+            to_upn: to.clone(),
+            reason: reason.to_owned(),
+            recorded_by: by.to_owned(),
+            source: MarkSource::Staff as i32,
+        })
+        .await
+        .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+        .into_inner();
+    let moved = response.moved.unwrap_or_default();
+    if response.already_applied {
+        writeln!(
+            out,
+            "UPN {from} was already changed to {to} (change {}); nothing changed now.",
+            response.change_id
+        )?;
+    } else if response.merged {
+        writeln!(
+            out,
+            "Merged pupil {from} into pupil {to} (change {}).",
+            response.change_id
+        )?;
+    } else {
+        writeln!(
+            out,
+            "Changed UPN {from} to {to} (change {}).",
+            response.change_id
+        )?;
+    }
+    writeln!(
+        out,
+        "Moved: {}, {}, {}, {}, {}, {} and {}.",
+        count(moved.mark_versions, "mark version", "mark versions"),
+        count(
+            moved.sessions,
+            "session with a mark",
+            "sessions with a mark"
+        ),
+        count(moved.enrolments, "enrolment", "enrolments"),
+        count(moved.absence_reports, "absence report", "absence reports"),
+        count(moved.lesson_marks, "lesson mark", "lesson marks"),
+        count(moved.truancy_flags, "truancy flag", "truancy flags"),
+        count(moved.contacts, "contact", "contacts")
+    )?;
+    writeln!(
+        out,
+        "The other services apply the change when they next poll the registers, every few \
+         seconds."
+    )?;
+    Ok(())
+}
+
+async fn explain(
+    clients: &Clients,
+    upn: String,
+    as_of: Option<String>,
+    school: Option<String>,
+    json_output: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     let as_of = match as_of {
         Some(value) => parse_date(&value)
             .map_err(|error| anyhow::anyhow!("invalid --as-of: {error}"))?

@@ -243,7 +243,14 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .build_v1()
         .context("cannot build the reflection service")?;
 
-    followers.extend([policy.start_follower(), cases.start_follower()]);
+    followers.extend([
+        policy.start_follower(),
+        cases.start_follower(),
+        policy.start_upn_follower(),
+        cases.start_upn_follower(),
+        referrals.start_upn_follower(),
+        adapter.start_upn_follower(),
+    ]);
     followers.extend(cases.start_messaging());
     followers.push(adapter.start_delivery());
     // The listener is bound already, so a connector run that starts now reaches the sync

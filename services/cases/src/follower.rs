@@ -1,5 +1,6 @@
 //! Follows the policy service's triggers and opens or flags cases.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -18,6 +19,7 @@ use rollcall_api::client::Channel;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
+use crate::upn_changes::resolve;
 use crate::{CASES_LOCK_KEY, TRIGGER_FEED};
 
 /// The concern a persistent-absence trigger opens a case for.
@@ -184,6 +186,24 @@ async fn apply(
     let started_on = parse_date(&trigger.as_of).unwrap_or_else(|_| now.date_naive());
     with_db!(db, |pool| {
         let mut tx = pool.begin_write(CASES_LOCK_KEY).await?;
+        // A trigger raised before the policy service applied a UPN change names the replaced
+        // UPN, so it acts on the UPN that replaced it.
+        let replaced: Vec<(String, String)> =
+            sqlx::query_as("SELECT from_upn, to_upn FROM upn_changes")
+                .fetch_all(&mut *tx)
+                .await?;
+        let replaced: HashMap<String, String> = replaced.into_iter().collect();
+        let renamed;
+        let trigger = match replaced.get(&trigger.upn) {
+            Some(_) => {
+                renamed = Trigger {
+                    upn: resolve(&replaced, &trigger.upn).to_owned(),
+                    ..trigger.clone()
+                };
+                &renamed
+            }
+            None => trigger,
+        };
         let live: Option<(String, String)> = sqlx::query_as(
             "SELECT id, status FROM cases WHERE upn = $1 AND concern = $2 AND status <> 'closed'",
         )

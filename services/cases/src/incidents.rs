@@ -305,10 +305,14 @@ pub(crate) async fn record_reward(
 
     let inserted: (String, u64) = with_db!(db, |pool| async {
         let mut tx = pool.begin_write(CASES_LOCK_KEY).await?;
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM given_rewards")
-            .fetch_one(&mut *tx)
-            .await?;
-        let id = format!("rwd-{:06}", count + 1);
+        // The highest number in use, not the row count: a UPN change that merges two pupils
+        // can remove a reward given to both.
+        let last: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(CAST(SUBSTR(id, 5) AS BIGINT)), 0) FROM given_rewards",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let id = format!("rwd-{:06}", last + 1);
         let done = sqlx::query(
             "INSERT INTO given_rewards (id, laestab, upn, reward, period_from, period_to, \
              given_on, given_by, notes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \

@@ -15,6 +15,7 @@ mod reintegration;
 mod retention;
 mod school_days;
 mod service;
+mod upn_changes;
 
 pub use messaging::{
     DeliveryConfig, EmailConfig, FirstDayConfig, LettersConfig, MessagingConfig, SmsConfig,

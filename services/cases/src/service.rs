@@ -44,7 +44,7 @@ use crate::messaging::MessagingConfig;
 use crate::messaging::channels::Channels;
 use crate::messaging::first_day::FirstDay;
 use crate::messaging::outbox::Outbox;
-use crate::{casework, follower, incidents, plans, reintegration};
+use crate::{casework, follower, incidents, plans, reintegration, upn_changes};
 
 /// The cases service.
 #[derive(Debug, Clone)]
@@ -59,6 +59,8 @@ pub struct Cases {
     letter_wake: std::sync::Arc<tokio::sync::Notify>,
     /// Years a closed case is kept after its last event.
     retention_years: u32,
+    /// The id of the last registers UPN change applied.
+    upn_changes_applied: watch::Sender<i64>,
 }
 
 impl Cases {
@@ -75,6 +77,7 @@ impl Cases {
         messaging.check()?;
         let cursor = follower::stored_cursor(&db).await?;
         let (processed, _) = watch::channel(cursor);
+        let (upn_changes_applied, _) = watch::channel(upn_changes::stored_cursor(&db).await?);
         let outbox = Outbox {
             db: db.clone(),
             channels: Channels::from_config(&messaging, default_print_dir)?,
@@ -90,6 +93,7 @@ impl Cases {
             messaging,
             letter_wake: std::sync::Arc::default(),
             retention_years: crate::retention::DEFAULT_CASE_RETENTION_YEARS,
+            upn_changes_applied,
         })
     }
 
@@ -170,6 +174,15 @@ impl Cases {
             Some((laestab, upn)) => caller.pupil(&upn, &laestab),
             None => Ok(()),
         }
+    }
+
+    /// Starts the follower of the registers' UPN changes.
+    pub fn start_upn_follower(&self) -> tokio::task::JoinHandle<()> {
+        upn_changes::spawn(
+            self.db.clone(),
+            self.registers.clone(),
+            self.upn_changes_applied.clone(),
+        )
     }
 
     /// Applies one of the staff changes to a case and returns the updated case.
@@ -591,6 +604,7 @@ impl CasesService for Cases {
         Ok(Response::new(GetSyncStateResponse {
             trigger_cursor: *self.processed.borrow(),
             pending_letters: pending as i32,
+            upn_change_cursor: *self.upn_changes_applied.borrow(),
         }))
     }
 

@@ -19,6 +19,7 @@ mod ctf_import;
 mod delivery;
 mod service;
 mod sync;
+mod upn_changes;
 mod writeback;
 
 pub use connector::{BrokerRetryConfig, ConnectorsConfig, SchoolConnectorConfig, WritebackConfig};

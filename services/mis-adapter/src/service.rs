@@ -74,6 +74,12 @@ impl MisAdapter {
         Ok(self)
     }
 
+    /// Starts the follower of the registers' UPN changes, which moves MIS pupil ids and
+    /// write-back items to the new UPN.
+    pub fn start_upn_follower(&self) -> tokio::task::JoinHandle<()> {
+        crate::upn_changes::spawn(self.db.clone(), self.registers.clone())
+    }
+
     /// Starts the worker that delivers queued referral packs.
     pub fn start_delivery(&self) -> tokio::task::JoinHandle<()> {
         self.deliveries.spawn_worker()

@@ -26,6 +26,7 @@ use crate::figures::{
     PupilMarks, figures_to_proto, lookback, pupils_on_roll, school_and_as_of, school_phase,
 };
 use crate::policies;
+use crate::upn_changes::{AppliedChange, apply_change, replaced_upns, resolve};
 
 /// The name under which the follower stores its cursor.
 pub(crate) const REGISTERS_FEED: &str = "registers.marks";
@@ -204,6 +205,7 @@ async fn follow(
             &mut cases,
             &batch,
             Some(last_cursor),
+            None,
             trigger_head,
         )
         .await?;
@@ -274,7 +276,36 @@ pub(crate) async fn evaluate_school(
         marks: Vec::new(),
         affected: BTreeMap::from([(laestab.to_owned(), BTreeSet::new())]),
     };
-    evaluate(db, registers, cases, &batch, None, trigger_head).await
+    evaluate(db, registers, cases, &batch, None, None, trigger_head).await
+}
+
+/// Applies a UPN change from the registers and re-evaluates the pupil under the new UPN at
+/// `schools`, in one transaction that also stores the change's position.
+pub(crate) async fn evaluate_after_upn_change(
+    db: &Db,
+    registers: &mut RegistersServiceClient<Channel>,
+    cases: &mut CasesServiceClient<Channel>,
+    change: &AppliedChange,
+    schools: &BTreeSet<String>,
+    trigger_head: &watch::Sender<i64>,
+) -> anyhow::Result<TriggerCounts> {
+    let batch = Batch {
+        marks: Vec::new(),
+        affected: schools
+            .iter()
+            .map(|laestab| (laestab.clone(), BTreeSet::from([change.to.clone()])))
+            .collect(),
+    };
+    evaluate(
+        db,
+        registers,
+        cases,
+        &batch,
+        None,
+        Some(change),
+        trigger_head,
+    )
+    .await
 }
 
 /// A school as the follower evaluates it: its phase, the as-of date, the policy in force then,
@@ -453,14 +484,16 @@ where
 }
 
 /// Re-evaluates the affected pupils of each school under the policy each school follows. In
-/// one transaction it applies the batch's effective codes to the stored copy and totals, reads
-/// the affected pupils back, and stores triggers, statuses and, when given, the new cursor.
+/// one transaction it applies a UPN change when given, applies the batch's effective codes to
+/// the stored copy and totals, reads the affected pupils back, and stores triggers, statuses
+/// and, when given, the new cursor.
 async fn evaluate(
     db: &Db,
     registers: &mut RegistersServiceClient<Channel>,
     cases: &mut CasesServiceClient<Channel>,
     batch: &Batch,
     cursor: Option<i64>,
+    change: Option<&AppliedChange>,
     trigger_head: &watch::Sender<i64>,
 ) -> anyhow::Result<TriggerCounts> {
     let ladders = ladders_in_use(cases).await?;
@@ -489,11 +522,36 @@ async fn evaluate(
     let now = Utc::now();
     let head = with_db!(db, |pool| {
         let mut tx = pool.begin_write(TRIGGER_LOCK_KEY).await?;
+        if let Some(change) = change {
+            apply_change(&mut tx, change, now).await?;
+        }
+
+        // A mark read from the feed before a UPN change was applied here names the replaced
+        // UPN, so it is kept under the UPN that replaced it.
+        let replaced = replaced_upns(&mut tx).await?;
+        let renamed: Vec<EffectiveMark>;
+        let marks: &[EffectiveMark] = if batch
+            .marks
+            .iter()
+            .any(|mark| replaced.contains_key(&mark.upn))
+        {
+            renamed = batch
+                .marks
+                .iter()
+                .map(|mark| EffectiveMark {
+                    upn: resolve(&replaced, &mark.upn).to_owned(),
+                    ..mark.clone()
+                })
+                .collect();
+            &renamed
+        } else {
+            &batch.marks
+        };
 
         // The new effective codes, each changing its pupil's totals for the academic year.
         let planned = {
             let mut by_school: BTreeMap<&str, Vec<&EffectiveMark>> = BTreeMap::new();
-            for mark in &batch.marks {
+            for mark in marks {
                 by_school
                     .entry(mark.laestab.as_str())
                     .or_default()
@@ -552,9 +610,13 @@ async fn evaluate(
             .bind(academic_year_of(school.as_of))
             .fetch_all(&mut *tx)
             .await?;
+            let only: BTreeSet<&str> = school
+                .only
+                .iter()
+                .map(|upn| resolve(&replaced, upn))
+                .collect();
             let in_scope = |upn: &str| {
-                school.pupils.contains_key(upn)
-                    && (school.only.is_empty() || school.only.contains(upn))
+                school.pupils.contains_key(upn) && (only.is_empty() || only.contains(upn))
             };
             let mut pupils: BTreeMap<String, PupilMarks> = school
                 .pupils

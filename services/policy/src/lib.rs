@@ -13,9 +13,11 @@ mod policies;
 mod rewards;
 mod service;
 mod statistics;
+mod upn_changes;
 
 pub use follower::spawn_follower;
 pub use service::Policy;
+pub use upn_changes::spawn_upn_follower;
 
 use rollcall_runtime::storage::Migrations;
 

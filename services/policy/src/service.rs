@@ -41,6 +41,7 @@ use tonic::{Request, Response, Status};
 use crate::figures::{Alerts, figures_to_proto, load_school, school_and_as_of};
 use crate::follower::{REGISTERS_FEED, TriggerCounts, evaluate_school, stored_cursor};
 use crate::policies::{self, Assignment, DEFAULT_POLICY_ID, PolicyVersion, version_on};
+use crate::upn_changes::UPN_CHANGES_FEED;
 
 const TRIGGER_BATCH: i64 = 500;
 const TRIGGER_POLL: Duration = Duration::from_secs(2);
@@ -85,6 +86,16 @@ impl Policy {
     /// Starts the follower of the registers' change feed for this service.
     pub fn start_follower(&self) -> tokio::task::JoinHandle<()> {
         crate::spawn_follower(
+            self.db.clone(),
+            self.registers.clone(),
+            self.cases.clone(),
+            self.trigger_head.clone(),
+        )
+    }
+
+    /// Starts the follower of the registers' UPN changes for this service.
+    pub fn start_upn_follower(&self) -> tokio::task::JoinHandle<()> {
+        crate::spawn_upn_follower(
             self.db.clone(),
             self.registers.clone(),
             self.cases.clone(),
@@ -871,9 +882,13 @@ impl PolicyService for Policy {
         let registers_cursor = stored_cursor(&self.db, REGISTERS_FEED)
             .await
             .map_err(|e| storage_error("reading the sync state", e))?;
+        let upn_change_cursor = stored_cursor(&self.db, UPN_CHANGES_FEED)
+            .await
+            .map_err(|e| storage_error("reading the sync state", e))?;
         Ok(Response::new(GetSyncStateResponse {
             registers_cursor,
             trigger_cursor: *self.trigger_head.borrow(),
+            upn_change_cursor,
         }))
     }
 }

@@ -14,6 +14,7 @@ mod keys;
 mod pack;
 mod records;
 mod service;
+mod upn_changes;
 
 pub use config::ReferralsConfig;
 pub use keys::{load_or_create_signing_key, read_signing_key};

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tonic::Status;
 
 /// The advisory lock that serialises writers of referral records on PostgreSQL.
-const REFERRALS_LOCK_KEY: i64 = 0x726f_6c6c_0004;
+pub(crate) const REFERRALS_LOCK_KEY: i64 = 0x726f_6c6c_0004;
 
 /// The columns of `referrals` read into a [`ReferralRow`].
 const REFERRAL_COLUMNS: &str = "id, reference, kind, laestab, upn, case_id, status, policy_id, \
@@ -26,7 +26,7 @@ const REFERRAL_COLUMNS: &str = "id, reference, kind, laestab, upn, case_id, stat
      paid_on";
 
 /// The condition of an open referral: not final, and not a statutory return already accepted.
-/// The unique index `referrals_one_open` has the same condition.
+/// The unique index `referrals_one_open` and `upn_changes::open` have the same condition.
 const OPEN: &str = "status NOT IN ('paid', 'prosecution', 'withdrawn') AND NOT (status = \
      'accepted' AND kind IN ('unauthorised_absence_return', 'sickness_return', \
      'new_pupil_return', 'deletion_return'))";

@@ -81,6 +81,11 @@ impl Referrals {
         }
     }
 
+    /// Starts the follower of the registers' UPN changes.
+    pub fn start_upn_follower(&self) -> tokio::task::JoinHandle<()> {
+        crate::upn_changes::spawn(self.db.clone(), self.upstream.registers.clone())
+    }
+
     /// Wraps the service in its tonic server.
     pub fn into_server(self) -> ReferralsServiceServer<Self> {
         ReferralsServiceServer::new(self)

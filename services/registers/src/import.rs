@@ -263,6 +263,8 @@ struct Existing {
     earlier_versions: HashMap<SessionKey, Vec<(String, i32, DateTime<Utc>)>>,
     calendar: Option<SchoolCalendar>,
     next_sequence: i64,
+    /// UPNs replaced by a UPN change, with the UPN that replaced each.
+    replaced: HashMap<String, String>,
 }
 
 /// A new mark version with its feed position, and its code and minutes late once any arrival
@@ -856,6 +858,18 @@ fn plan_pupil<'a>(
     enrolments: &mut HashMap<String, Vec<Enrolment>>,
     plan: &mut Plan<'a>,
 ) -> Result<(), ItemError> {
+    if let Some(replacement) = existing.replaced.get(&pupil.upn) {
+        return Err(ItemError::new(
+            "upn_replaced",
+            "upn",
+            pupil.upn.clone(),
+            format!(
+                "UPN {} was replaced by {replacement}, and a replaced UPN is never used again; \
+                 send the pupil as {replacement}, or correct the UPN in the MIS",
+                pupil.upn
+            ),
+        ));
+    }
     let held = enrolments.get(&pupil.upn).cloned().unwrap_or_default();
     let matched = held
         .iter()
@@ -1047,6 +1061,17 @@ fn plan_mark(
     rejected_pupils: &HashSet<&str>,
 ) -> Result<Option<(String, i32)>, ItemError> {
     let Some(pupil_enrolments) = enrolments.get(&mark.upn).filter(|list| !list.is_empty()) else {
+        if let Some(replacement) = existing.replaced.get(&mark.upn) {
+            return Err(ItemError::new(
+                "upn_replaced",
+                "upn",
+                mark.upn.clone(),
+                format!(
+                    "UPN {} was replaced by {replacement}; send the mark for {replacement}",
+                    mark.upn
+                ),
+            ));
+        }
         let hint = if rejected_pupils.contains(mark.upn.as_str()) {
             "the pupil's row in this import was rejected; correct it and send both again"
         } else {
@@ -1238,6 +1263,20 @@ pub(crate) async fn apply(
                 };
                 existing.pupils.insert(upn, details);
             }
+
+            let mut query =
+                QueryBuilder::new("SELECT from_upn, to_upn FROM upn_changes WHERE from_upn IN (");
+            let mut list = query.separated(", ");
+            for upn in chunk {
+                list.push_bind(upn.clone());
+            }
+            query.push(")");
+            let rows: Vec<(String, String)> = query
+                .build_query_as()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(store_error)?;
+            existing.replaced.extend(rows);
 
             let mut query = QueryBuilder::new(
                 "SELECT upn, admission_date, leaving_date, year_group, registration, class_name, \
@@ -1805,6 +1844,34 @@ mod tests {
             plan.versions[0].effective,
             "same time taken, later sequence wins"
         );
+    }
+
+    #[test]
+    fn plan_rejects_a_replaced_upn() {
+        let mut existing = Existing {
+            next_sequence: 1,
+            ..Existing::default()
+        };
+        existing.replaced.insert("T1".into(), "P1".into());
+        let mut request = request(
+            vec![pupil("T1", date(1), "8")],
+            vec![mark(0, "T1", 2, "/", at(9))],
+        );
+        request.partial = true;
+        let plan = plan(&request, &existing).expect("partial import");
+        let codes: Vec<&str> = plan
+            .results
+            .iter()
+            .map(|result| result.reason_code.as_str())
+            .collect();
+        assert_eq!(codes, ["upn_replaced", "upn_replaced"]);
+        assert!(
+            plan.results[0].reason.contains("send the pupil as P1"),
+            "{}",
+            plan.results[0].reason
+        );
+        assert!(plan.new_pupils.is_empty());
+        assert!(plan.versions.is_empty());
     }
 
     #[test]

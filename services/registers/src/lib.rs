@@ -16,6 +16,7 @@ mod reports;
 mod roll;
 mod service;
 mod store;
+mod upn_changes;
 
 pub use service::Registers;
 

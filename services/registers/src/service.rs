@@ -9,19 +9,21 @@ use rollcall_api::registers::v1::registers_service_server::{
     RegistersService, RegistersServiceServer,
 };
 use rollcall_api::registers::v1::{
-    AmendMarkRequest, AmendMarkResponse, ApplyRetentionRequest, ApplyRetentionResponse, Enrolment,
-    GetCalendarRequest, GetCalendarResponse, GetPupilRequest, GetPupilResponse, GetSchoolRequest,
-    GetSchoolResponse, GetSessionRegisterRequest, GetSessionRegisterResponse, ImportItemOutcome,
+    AmendMarkRequest, AmendMarkResponse, ApplyRetentionRequest, ApplyRetentionResponse,
+    ChangeUpnRequest, ChangeUpnResponse, Enrolment, GetCalendarRequest, GetCalendarResponse,
+    GetPupilRequest, GetPupilResponse, GetSchoolRequest, GetSchoolResponse,
+    GetSessionRegisterRequest, GetSessionRegisterResponse, ImportItemOutcome,
     ImportRegisterRequest, ImportRegisterResponse, ListAbsenceReportsRequest,
     ListAbsenceReportsResponse, ListMarkVersionsRequest, ListMarkVersionsResponse,
     ListMarksRequest, ListMarksResponse, ListMissingMarksRequest, ListMissingMarksResponse,
     ListPupilContactsRequest, ListPupilContactsResponse, ListPupilsRequest, ListPupilsResponse,
     ListSchoolsRequest, ListSchoolsResponse, ListTruancyFlagsRequest, ListTruancyFlagsResponse,
-    ListUnresolvedMarksRequest, ListUnresolvedMarksResponse, MarkVersion, MissingMark, Pupil,
-    RecordAbsenceReportRequest, RecordAbsenceReportResponse, RecordLeavingRequest,
-    RecordLeavingResponse, RecordLessonCheckRequest, RecordLessonCheckResponse, School,
-    SetCalendarRequest, SetCalendarResponse, SetPupilContactsRequest, SetPupilContactsResponse,
-    UnresolvedMark, WatchMarksRequest, WatchMarksResponse, import_register_request::Item,
+    ListUnresolvedMarksRequest, ListUnresolvedMarksResponse, ListUpnChangesRequest,
+    ListUpnChangesResponse, MarkVersion, MissingMark, Pupil, RecordAbsenceReportRequest,
+    RecordAbsenceReportResponse, RecordLeavingRequest, RecordLeavingResponse,
+    RecordLessonCheckRequest, RecordLessonCheckResponse, School, SetCalendarRequest,
+    SetCalendarResponse, SetPupilContactsRequest, SetPupilContactsResponse, UnresolvedMark,
+    WatchMarksRequest, WatchMarksResponse, import_register_request::Item,
 };
 use rollcall_api::types::v1::Session as PbSession;
 use rollcall_auth::{Caller, caller};
@@ -48,6 +50,7 @@ use crate::lessons::{self, LessonCheck};
 use crate::reports::{self, NewReport, ReportRow};
 use crate::roll;
 use crate::store::{self, EnrolmentRow, MarkFilter, NO_EARLIER, NO_LATER, PupilRow};
+use crate::upn_changes::{self, NewChange};
 
 /// School days an N mark may wait for a reason before it is listed as unresolved.
 const DEFAULT_N_SCHOOL_DAYS: u32 = 5;
@@ -768,6 +771,62 @@ impl RegistersService for Registers {
             contacts: contacts
                 .into_iter()
                 .map(contacts::ContactRow::into_proto)
+                .collect(),
+        }))
+    }
+
+    async fn change_upn(
+        &self,
+        request: Request<ChangeUpnRequest>,
+    ) -> Result<Response<ChangeUpnResponse>, Status> {
+        let caller = caller(&request)?;
+        let from = request.get_ref().from_upn.trim().to_ascii_uppercase();
+        let to = request.get_ref().to_upn.trim().to_ascii_uppercase();
+        self.check_pupil(&caller, &from).await?;
+        // A new UPN with a history of its own is merged, so that history must be the
+        // caller's to change too.
+        let to_known = !store::enrolments_of(&self.db, &to)
+            .await
+            .map_err(|e| storage_error("reading enrolments", e))?
+            .is_empty();
+        if to_known {
+            self.check_pupil(&caller, &to).await?;
+        }
+        let change = NewChange::check(request.get_ref())?;
+        let response = upn_changes::apply(&self.db, &change).await?;
+        let moved = response.moved.unwrap_or_default();
+        tracing::info!(
+            change = response.change_id,
+            from_upn = change.from(),
+            to_upn = change.to(),
+            merged = response.merged,
+            already_applied = response.already_applied,
+            mark_versions = moved.mark_versions,
+            enrolments = moved.enrolments,
+            "UPN changed"
+        );
+        Ok(Response::new(response))
+    }
+
+    async fn list_upn_changes(
+        &self,
+        request: Request<ListUpnChangesRequest>,
+    ) -> Result<Response<ListUpnChangesResponse>, Status> {
+        caller(&request)?.trust("Following UPN changes")?;
+        let request = request.into_inner();
+        if request.after_id < 0 {
+            return Err(invalid_argument(
+                "after_id",
+                &request.after_id.to_string(),
+                "an id is 0 or the id of a change already listed",
+            ));
+        }
+        let limit = page_size(request.limit, 100, 1_000);
+        let changes = upn_changes::list(&self.db, request.after_id, limit).await?;
+        Ok(Response::new(ListUpnChangesResponse {
+            changes: changes
+                .into_iter()
+                .map(upn_changes::ChangeRow::into_proto)
                 .collect(),
         }))
     }

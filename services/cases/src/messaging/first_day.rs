@@ -579,10 +579,14 @@ async fn store_task(
         let (task_id, created) = match existing {
             Some((id,)) => (id, false),
             None => {
-                let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM contact_tasks")
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let id = format!("task-{:08}", count + 1);
+                // The highest number in use, not the row count: a UPN change that merges two
+                // pupils can merge their tasks for the same day.
+                let (last,): (i64,) = sqlx::query_as(
+                    "SELECT COALESCE(MAX(CAST(SUBSTR(id, 6) AS BIGINT)), 0) FROM contact_tasks",
+                )
+                .fetch_one(&mut *tx)
+                .await?;
+                let id = format!("task-{:08}", last + 1);
                 sqlx::query(
                     "INSERT INTO contact_tasks (id, laestab, upn, absence_date, session, status, \
                      created_at) VALUES ($1, $2, $3, $4, $5, 'open', $6)",

@@ -8,6 +8,7 @@
 mod rows;
 mod store;
 
+use std::collections::HashMap;
 use std::pin::Pin;
 
 use prost::Message;
@@ -24,8 +25,8 @@ use rollcall_api::mis_adapter::v1::{
 };
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{
-    GetSchoolRequest, ImportHeader, ImportMarks, ImportRegisterRequest, ImportRegisterResponse,
-    School, SetCalendarRequest, import_register_request::Item,
+    ChangeUpnRequest, GetSchoolRequest, ImportHeader, ImportMarks, ImportRegisterRequest,
+    ImportRegisterResponse, School, SetCalendarRequest, import_register_request::Item,
 };
 use rollcall_api::types::v1::{MarkSource, Phase};
 use rollcall_auth::{Caller, caller};
@@ -39,7 +40,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 pub(crate) use rows::MAX_ROWS;
 
-use self::rows::{MAX_ID_CHARS, counts};
+use self::rows::{MAX_ID_CHARS, Replacement, ReplacementOutcome, counts};
 use self::store::{BatchRecord, StoredBatch};
 
 /// Marks per message of the stream to the registers.
@@ -201,6 +202,77 @@ impl MisSync {
         }
     }
 
+    /// Asks the registers to replace each temporary UPN that a pupils batch sends a permanent
+    /// UPN for, moving the pupil's history to it, and records what became of each. A dry run
+    /// changes nothing. A change the registers reject is settled on its rows; any other failure
+    /// fails the batch.
+    async fn replace_upns(
+        &self,
+        school: &str,
+        replacements: &mut HashMap<String, Replacement>,
+        source_name: &str,
+        dry_run: bool,
+    ) -> Result<(), Status> {
+        let mut ids: Vec<&String> = replacements.keys().collect();
+        ids.sort_unstable();
+        let mut done: HashMap<(String, String), ReplacementOutcome> = HashMap::new();
+        let mut outcomes = Vec::new();
+        for mis_id in ids {
+            let replacement = &replacements[mis_id];
+            let pair = (replacement.held.clone(), replacement.sent.clone());
+            if let Some(outcome) = done.get(&pair) {
+                outcomes.push((mis_id.clone(), outcome.clone()));
+                continue;
+            }
+            let outcome = if dry_run {
+                ReplacementOutcome::DryRun
+            } else {
+                let request = ChangeUpnRequest {
+                    // Keyed by the two UPNs alone, so that a retry, or another school's MIS
+                    // sending the same change, finds the change already made.
+                    request_id: format!("mis_sync:{}:{}", pair.0, pair.1),
+                    from_upn: pair.0.clone(),
+                    to_upn: pair.1.clone(),
+                    reason: format!(
+                        "The MIS sent permanent UPN {} for MIS id {mis_id} at school {school}, \
+                         which had temporary UPN {}",
+                        pair.1, pair.0
+                    ),
+                    recorded_by: source_name.to_owned(),
+                    source: MarkSource::MisSync as i32,
+                };
+                match self.registers.clone().change_upn(request).await {
+                    Ok(response) => {
+                        let response = response.into_inner();
+                        tracing::info!(laestab = %school, %mis_id, from_upn = %pair.0, to_upn = %pair.1, change = response.change_id, merged = response.merged, "Temporary UPN replaced through the sync API");
+                        ReplacementOutcome::Replaced
+                    }
+                    Err(status)
+                        if matches!(
+                            status.code(),
+                            Code::InvalidArgument
+                                | Code::NotFound
+                                | Code::FailedPrecondition
+                                | Code::AlreadyExists
+                        ) =>
+                    {
+                        tracing::warn!(laestab = %school, %mis_id, from_upn = %pair.0, to_upn = %pair.1, code = ?status.code(), message = status.message(), "Registers rejected a UPN replacement");
+                        ReplacementOutcome::Rejected(status.message().to_owned())
+                    }
+                    Err(status) => return Err(upstream_error("registers", status)),
+                }
+            };
+            done.insert(pair, outcome.clone());
+            outcomes.push((mis_id.clone(), outcome));
+        }
+        for (mis_id, outcome) in outcomes {
+            if let Some(replacement) = replacements.get_mut(&mis_id) {
+                replacement.outcome = outcome;
+            }
+        }
+        Ok(())
+    }
+
     /// Sends a partial import to the registers.
     async fn import(
         &self,
@@ -281,7 +353,10 @@ impl MisSync {
         let known = store::known_ids(&self.db, &school, &mis_ids)
             .await
             .map_err(|error| storage_error("reading MIS ids", error))?;
-        let mut mapped = rows::map_pupils(&request.pupils, &known);
+        let mut replacements = rows::upn_replacements(&request.pupils, &known);
+        self.replace_upns(&school, &mut replacements, source_name, request.dry_run)
+            .await?;
+        let mut mapped = rows::map_pupils(&request.pupils, &known, &replacements);
         let items: Vec<Item> = std::mem::take(&mut mapped.items)
             .into_iter()
             .map(Item::Pupil)
@@ -298,7 +373,8 @@ impl MisSync {
                 items,
             )
             .await?;
-        let results = mapped.finish(&imported.items, |row| mis_ids[row].clone());
+        let mut results = mapped.finish(&imported.items, |row| mis_ids[row].clone());
+        rows::note_replacements(&mut results, &replacements);
         let response = SyncPupilsResponse {
             replayed: imported.already_applied,
             dry_run: request.dry_run,
@@ -313,6 +389,14 @@ impl MisSync {
                 .filter(|result| result.outcome() != RowOutcome::Rejected)
                 .map(|result| (result.mis_id.clone(), result.upn.clone()))
                 .collect();
+            // A replaced UPN's MIS id maps to the new UPN even when the registers rejected the
+            // row for another reason, because the pupil's records moved.
+            ids.extend(
+                replacements
+                    .iter()
+                    .filter(|(_, replacement)| replacement.outcome == ReplacementOutcome::Replaced)
+                    .map(|(mis_id, replacement)| (mis_id.clone(), replacement.sent.clone())),
+            );
             // A repeated row maps its id once: one statement may not update a row twice.
             ids.sort_unstable();
             ids.dedup();

@@ -189,15 +189,110 @@ pub(crate) fn check_mis_id(value: &str) -> Result<String, (&'static str, String)
     Ok(trimmed.to_owned())
 }
 
-/// Maps a pupils batch. `known` maps each MIS id of the batch already mapped at
-/// the school to its UPN.
+/// A temporary UPN held for an MIS id that a pupils batch replaces with a permanent UPN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Replacement {
+    /// The temporary UPN the MIS id is mapped to.
+    pub(crate) held: String,
+    /// The permanent UPN the batch sends for it.
+    pub(crate) sent: String,
+    /// The result of the change in the registers.
+    pub(crate) outcome: ReplacementOutcome,
+}
+
+/// The result of a UPN replacement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ReplacementOutcome {
+    /// Not yet sent to the registers.
+    Pending,
+    /// The registers moved the pupil's records to the permanent UPN.
+    Replaced,
+    /// A dry run: nothing was sent to the registers.
+    DryRun,
+    /// The registers rejected the change, for this reason.
+    Rejected(String),
+}
+
+/// Finds the rows of a pupils batch whose MIS id is mapped to a temporary UPN and that send a
+/// permanent one, which replaces it. Returns them by MIS id; only the first row of each MIS id
+/// counts, as in [`map_pupils`].
+pub(crate) fn upn_replacements(
+    rows: &[SyncPupil],
+    known: &HashMap<String, String>,
+) -> HashMap<String, Replacement> {
+    let mut found = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for pupil in rows {
+        let Ok(mis_id) = check_mis_id(&pupil.mis_id) else {
+            continue;
+        };
+        if !seen.insert(mis_id.clone()) {
+            continue;
+        }
+        let (Some(held), Ok(sent)) = (known.get(&mis_id), Upn::parse(&pupil.upn)) else {
+            continue;
+        };
+        let held_is_temporary = Upn::parse(held).is_ok_and(|held| held.is_temporary());
+        if *held != sent.as_str() && held_is_temporary && !sent.is_temporary() {
+            found.insert(
+                mis_id,
+                Replacement {
+                    held: held.clone(),
+                    sent: sent.to_string(),
+                    outcome: ReplacementOutcome::Pending,
+                },
+            );
+        }
+    }
+    found
+}
+
+/// Marks the results of rows whose temporary UPN was replaced as applied, because their UPN
+/// changed, with a note naming both UPNs.
+pub(crate) fn note_replacements(
+    results: &mut [RowResult],
+    replacements: &HashMap<String, Replacement>,
+) {
+    for result in results.iter_mut() {
+        let Some(replacement) = replacements.get(&result.mis_id) else {
+            continue;
+        };
+        if replacement.sent != result.upn {
+            continue;
+        }
+        let note = match replacement.outcome {
+            ReplacementOutcome::Replaced => format!(
+                "UPN {} replaced by {}, with the pupil's history",
+                replacement.held, replacement.sent
+            ),
+            ReplacementOutcome::DryRun => format!(
+                "UPN {} would be replaced by {}, with the pupil's history",
+                replacement.held, replacement.sent
+            ),
+            _ => continue,
+        };
+        if result.outcome() == RowOutcome::Unchanged {
+            result.outcome = RowOutcome::Applied as i32;
+        }
+        result.note = if result.note.is_empty() || result.outcome() == RowOutcome::Rejected {
+            note
+        } else {
+            format!("{note}; {}", result.note)
+        };
+    }
+}
+
+/// Maps a pupils batch. `known` maps each MIS id of the batch already mapped at the school to
+/// its UPN, and `replacements` contains the temporary UPNs the batch replaces, by MIS id.
 ///
-/// A row whose MIS id is mapped to another UPN is rejected, as is a second row for the same
-/// MIS id with another UPN. Rows for the same UPN under different MIS ids are sent on
-/// together, and the registers merge them when they agree.
+/// A row whose MIS id is mapped to another UPN is rejected, unless it replaces a temporary UPN
+/// and the registers made that change. A second row for the same MIS id with another UPN is
+/// rejected. Rows for the same UPN under different MIS ids are sent on together, and the
+/// registers merge them when they agree.
 pub(crate) fn map_pupils(
     rows: &[SyncPupil],
     known: &HashMap<String, String>,
+    replacements: &HashMap<String, Replacement>,
 ) -> Mapped<ImportPupil> {
     let mut mapped = Mapped::with_rows(rows.len());
     let mut in_batch: HashMap<String, (usize, String)> = HashMap::new();
@@ -232,25 +327,48 @@ pub(crate) fn map_pupils(
                 continue;
             }
         };
-        // NOTE: a temporary UPN replaced by the permanent one lands here too, because the
-        // registers cannot yet move a pupil's history from one UPN to another.
         if let Some(held) = known.get(&mis_id)
             && *held != upn
         {
-            mapped.results[row] = Some(rejected(
-                row,
-                &mis_id,
-                &upn,
-                "upn_changed",
-                "upn",
-                &pupil.upn,
-                format!(
-                    "MIS id {mis_id} is mapped to UPN {held} at this school, and a pupil's \
-                     UPN cannot change through the sync API; send UPN {held} for this MIS id, \
-                     or correct the UPN in the MIS"
-                ),
-            ));
-            continue;
+            let replacement = replacements
+                .get(&mis_id)
+                .filter(|replacement| replacement.sent == upn);
+            match replacement.map(|replacement| &replacement.outcome) {
+                Some(ReplacementOutcome::Replaced | ReplacementOutcome::DryRun) => {}
+                Some(ReplacementOutcome::Rejected(reason)) => {
+                    mapped.results[row] = Some(rejected(
+                        row,
+                        &mis_id,
+                        &upn,
+                        "upn_change_rejected",
+                        "upn",
+                        &pupil.upn,
+                        format!(
+                            "MIS id {mis_id} has temporary UPN {held} at this school, and the \
+                             registers rejected replacing it with {upn}: {reason}"
+                        ),
+                    ));
+                    continue;
+                }
+                Some(ReplacementOutcome::Pending) | None => {
+                    mapped.results[row] = Some(rejected(
+                        row,
+                        &mis_id,
+                        &upn,
+                        "upn_changed",
+                        "upn",
+                        &pupil.upn,
+                        format!(
+                            "MIS id {mis_id} is mapped to UPN {held} at this school, and only \
+                             a temporary UPN is replaced through the sync API; send UPN {held} \
+                             for this MIS id, or, once staff have confirmed the pupil's UPN \
+                             changed, run `rollcall pupil change-upn --from {held} --to {upn} \
+                             --reason TEXT` and send the batch again"
+                        ),
+                    ));
+                    continue;
+                }
+            }
         }
         if let Some((first, first_upn)) = in_batch.get(&mis_id)
             && *first_upn != upn
@@ -430,7 +548,7 @@ mod tests {
             pupil("m2", &upn),
             pupil("m2", &valid_upn(2)),
         ];
-        let mapped = map_pupils(&rows, &HashMap::new());
+        let mapped = map_pupils(&rows, &HashMap::new(), &HashMap::new());
         let codes: Vec<&str> = mapped
             .results
             .iter()
@@ -447,15 +565,99 @@ mod tests {
         );
     }
 
+    /// Returns a temporary UPN: eleven digits, then `last`, after the check letter that fits.
+    fn temporary_upn(last: char) -> String {
+        ('A'..='Z')
+            .map(|first| format!("{first}91920012500{last}"))
+            .find(|candidate| Upn::parse(candidate).is_ok())
+            .expect("one check letter fits")
+    }
+
     #[test]
     fn a_known_id_with_another_upn_is_rejected() {
         let known = HashMap::from([("m1".to_owned(), valid_upn(1))]);
-        let mapped = map_pupils(&[pupil("m1", &valid_upn(2))], &known);
+        let rows = [pupil("m1", &valid_upn(2))];
+        assert!(upn_replacements(&rows, &known).is_empty(), "both permanent");
+        let mapped = map_pupils(&rows, &known, &HashMap::new());
         assert_eq!(
             mapped.results[0].as_ref().map(|r| r.reason_code.as_str()),
             Some("upn_changed")
         );
+        let reason = &mapped.results[0].as_ref().expect("result").reason;
+        assert!(reason.contains("rollcall pupil change-upn"), "{reason}");
         assert!(mapped.items.is_empty());
+    }
+
+    #[test]
+    fn map_pupils_replaces_a_temporary_upn() {
+        let temporary = temporary_upn('D');
+        assert!(Upn::parse(&temporary).expect("valid").is_temporary());
+        let known = HashMap::from([
+            ("m1".to_owned(), temporary.clone()),
+            ("m2".to_owned(), valid_upn(2)),
+        ]);
+        let rows = [
+            pupil("m1", &valid_upn(1)),
+            pupil("m2", &temporary_upn('E')),
+            pupil("m1", &valid_upn(5)),
+        ];
+        let mut replacements = upn_replacements(&rows, &known);
+        assert_eq!(replacements.len(), 1, "a permanent UPN is never replaced");
+        assert_eq!(replacements["m1"].held, temporary);
+        assert_eq!(replacements["m1"].sent, valid_upn(1));
+
+        let pending = map_pupils(&rows, &known, &replacements);
+        assert_eq!(
+            pending.results[0].as_ref().map(|r| r.reason_code.as_str()),
+            Some("upn_changed"),
+            "not sent on before the registers make the change"
+        );
+
+        if let Some(replacement) = replacements.get_mut("m1") {
+            replacement.outcome = ReplacementOutcome::Replaced;
+        }
+        let mapped = map_pupils(&rows, &known, &replacements);
+        assert_eq!(mapped.rows, vec![0]);
+        assert_eq!(
+            mapped.items[0].pupil.as_ref().map(|p| p.upn.as_str()),
+            Some(valid_upn(1).as_str())
+        );
+        assert_eq!(
+            mapped.results[2].as_ref().map(|r| r.reason_code.as_str()),
+            Some("upn_changed"),
+            "a second row for m1 with another UPN"
+        );
+
+        let mut results = vec![RowResult {
+            index: 0,
+            mis_id: "m1".into(),
+            upn: valid_upn(1),
+            outcome: RowOutcome::Unchanged as i32,
+            ..RowResult::default()
+        }];
+        note_replacements(&mut results, &replacements);
+        assert_eq!(results[0].outcome(), RowOutcome::Applied);
+        assert_eq!(
+            results[0].note,
+            format!(
+                "UPN {temporary} replaced by {}, with the pupil's history",
+                valid_upn(1)
+            )
+        );
+    }
+
+    #[test]
+    fn map_pupils_rejects_a_failed_replacement() {
+        let known = HashMap::from([("m1".to_owned(), temporary_upn('D'))]);
+        let rows = [pupil("m1", &valid_upn(1))];
+        let mut replacements = upn_replacements(&rows, &known);
+        if let Some(replacement) = replacements.get_mut("m1") {
+            replacement.outcome = ReplacementOutcome::Rejected("marks clash".into());
+        }
+        let mapped = map_pupils(&rows, &known, &replacements);
+        let result = mapped.results[0].as_ref().expect("settled here");
+        assert_eq!(result.reason_code, "upn_change_rejected");
+        assert!(result.reason.ends_with("marks clash"), "{}", result.reason);
     }
 
     #[test]

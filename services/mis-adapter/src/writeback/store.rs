@@ -62,7 +62,15 @@ pub(crate) async fn queue_decisions(
 ) -> Result<(), sqlx::Error> {
     with_db!(db, |pool| {
         let mut tx = pool.begin_write(MIS_ADAPTER_LOCK_KEY).await?;
+        // A decision read from the feed before a UPN change was applied here names the
+        // replaced UPN, so it is queued under the UPN that replaced it.
+        let replaced: Vec<(String, String)> =
+            sqlx::query_as("SELECT from_upn, to_upn FROM upn_changes")
+                .fetch_all(&mut *tx)
+                .await?;
+        let replaced: HashMap<String, String> = replaced.into_iter().collect();
         for decision in decisions {
+            let upn = crate::upn_changes::resolve(&replaced, &decision.upn);
             sqlx::query(
                 "INSERT INTO writeback_items (sequence, laestab, upn, session_date, session, \
                  code, minutes_late, comment, source, recorded_by, recorded_at, status, \
@@ -71,7 +79,7 @@ pub(crate) async fn queue_decisions(
             )
             .bind(decision.sequence)
             .bind(&decision.laestab)
-            .bind(&decision.upn)
+            .bind(upn)
             .bind(&decision.date)
             .bind(&decision.session)
             .bind(&decision.code)
