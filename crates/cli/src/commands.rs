@@ -119,6 +119,9 @@ enum Command {
     /// Decisions written back to schools' MIS: list jobs, show one, retry a failed one.
     #[command(subcommand)]
     Writeback(WritebackCommand),
+    /// The audit log: who changed or read which records, or was rejected, when and from where.
+    /// `verify` checks that nothing in it was changed.
+    Audit(crate::audit::AuditArgs),
     /// Run the whole main job on a generated trust in a fresh folder.
     Demo(crate::demo::DemoArgs),
 }
@@ -274,6 +277,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delivery(command) => ClientCommand::Delivery(command),
         Command::Connector(command) => ClientCommand::Connector(command),
         Command::Writeback(command) => ClientCommand::Writeback(command),
+        Command::Audit(args) => ClientCommand::Audit(args),
     };
 
     telemetry::init(LogFormat::Text, "warn,sqlx=error");
@@ -344,6 +348,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         ClientCommand::Writeback(command) => {
             crate::writeback::run(&clients, command, &mut out).await
         }
+        ClientCommand::Audit(args) => crate::audit::run(&clients, args, &mut out).await,
     }
 }
 
@@ -368,6 +373,7 @@ enum ClientCommand {
     Delivery(DeliveryCommand),
     Connector(ConnectorCommand),
     Writeback(WritebackCommand),
+    Audit(crate::audit::AuditArgs),
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
