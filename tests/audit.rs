@@ -237,7 +237,7 @@ async fn calls_are_recorded_and_listed(work: &Path, database_url: Option<&str>) 
 
     // A call the role table rejects, one with an expired token, and one with no token.
     let teacher = idp
-        .token("t-9", &["class_teacher"], &[SCHOOL])
+        .token("t-9", &["class_teacher_or_tutor"], &[SCHOOL])
         .expect("token");
     let status = registers(&running, Some(&teacher))
         .await
@@ -286,7 +286,7 @@ async fn calls_are_recorded_and_listed(work: &Path, database_url: Option<&str>) 
     // The rejected calls.
     let events = audit_json(&url, &auditor, &["--user", "t-9"]).await;
     assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(events[0]["roles"], json!(["class_teacher"]));
+    assert_eq!(events[0]["roles"], json!(["class_teacher_or_tutor"]));
     assert_eq!(events[0]["method"], SET_CALENDAR);
     assert_eq!(events[0]["outcome"], "PERMISSION_DENIED");
     assert_when_and_where(&events[0], before, after);

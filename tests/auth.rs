@@ -283,7 +283,7 @@ async fn bad_tokens_are_refused_with_a_reason() {
         (
             "a class teacher",
             Some(
-                idp.token("t-9", &["class_teacher"], &[SCHOOL])
+                idp.token("t-9", &["class_teacher_or_tutor"], &[SCHOOL])
                     .expect("token"),
             ),
             Code::PermissionDenied,
@@ -341,7 +341,7 @@ async fn only_the_headteacher_and_delegates_decide_absence() {
     let running = start_with_file(work.path(), &idp).await;
     let mut policy = PolicyServiceClient::new(channel(&running).await);
     for role in [
-        "class_teacher",
+        "class_teacher_or_tutor",
         "office_staff",
         "head_of_year",
         "auditor",
@@ -354,12 +354,12 @@ async fn only_the_headteacher_and_delegates_decide_absence() {
             .expect_err("refused");
         assert_eq!(status.code(), Code::PermissionDenied, "{role}: {status:?}");
         assert!(
-            status.message().contains("headteacher, decision_delegate"),
+            status.message().contains("headteacher, delegated_staff"),
             "{}",
             status.message()
         );
     }
-    for role in ["headteacher", "decision_delegate"] {
+    for role in ["headteacher", "delegated_staff"] {
         let token = idp.token("u-2", &[role], &[SCHOOL]).expect("token");
         let status = policy
             .decide_absence(with_token(DecideAbsenceRequest::default(), Some(&token)))

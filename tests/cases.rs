@@ -658,6 +658,35 @@ async fn casework(database_url: Option<&str>) {
     .await;
     assert!(overdue.contains(&second.id), "{overdue}");
 
+    // Seven years on, the closed case is past the six-year retention period; the open one is
+    // kept whatever its age. A dry run removes nothing.
+    let later = (chrono::Utc::now().date_naive() + chrono::Days::new(7 * 366)).to_string();
+    let dry = cli(
+        &server,
+        &[
+            "retention",
+            "apply",
+            "--as-of",
+            &later,
+            "--dry-run",
+            "--json",
+        ],
+    )
+    .await;
+    let dry: serde_json::Value = serde_json::from_str(&dry).expect("JSON");
+    assert_eq!(dry["cases"]["retention_years"], 6);
+    assert_eq!(dry["cases"]["removed"][0]["laestab"], LAESTAB, "{dry}");
+    assert!(
+        dry["cases"]["removed"][0]["cases"].as_i64() >= Some(1),
+        "{dry}"
+    );
+    cli(&server, &["case", "timeline", "--case", &case.id]).await;
+    let applied = cli(&server, &["retention", "apply", "--as-of", &later]).await;
+    assert!(applied.contains(&format!("{LAESTAB}: ")), "{applied}");
+    let gone = cli_error(&server, &["case", "timeline", "--case", &case.id]).await;
+    assert!(gone.contains("not found"), "{gone}");
+    cli(&server, &["case", "timeline", "--case", &second.id]).await;
+
     running.stop().await.expect("server stops");
 }
 

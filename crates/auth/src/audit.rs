@@ -31,9 +31,9 @@ pub struct AuditEvent {
     pub pupils: Vec<String>,
 }
 
-/// Where audit events are stored.
+/// A store for audit events.
 pub trait AuditSink: Send + Sync + Debug + 'static {
-    /// Stores one event. An error is logged by the layer; the call's own result stands.
+    /// Stores one event. The layer logs an error, and the call's own result is kept.
     fn record(
         &self,
         event: AuditEvent,

@@ -1,5 +1,5 @@
-//! What a handler knows about its caller, and the checks it makes on the schools, pupils and
-//! local authorities a request touches. Each check also notes what was touched, for the audit
+//! The caller of a request, and the checks a handler makes on the schools, pupils and local
+//! authorities the request touches. Each check also notes what was touched, for the audit
 //! record the layer writes when the call ends.
 
 use std::collections::BTreeSet;
@@ -127,7 +127,7 @@ impl Caller {
         let officer = self
             .principal
             .roles
-            .contains(&crate::role::Role::LocalAuthorityOfficer);
+            .contains(&crate::role::Role::LocalAuthorityAttendanceOfficer);
         if !officer || self.principal.local_authority.as_deref() == Some(code) {
             return Ok(());
         }
@@ -142,13 +142,13 @@ impl Caller {
         )))
     }
 
-    /// True when the caller is a local authority officer and nothing else, so sees referrals
-    /// by authority rather than by school.
+    /// True when the caller is a local authority officer and nothing else, whose referrals are
+    /// chosen by authority rather than by school.
     pub fn is_local_authority_only(&self) -> bool {
         self.principal
             .roles
             .iter()
-            .all(|role| *role == crate::role::Role::LocalAuthorityOfficer)
+            .all(|role| *role == crate::role::Role::LocalAuthorityAttendanceOfficer)
     }
 
     fn granted_list(&self) -> String {
@@ -174,7 +174,7 @@ mod tests {
     fn teacher() -> Caller {
         Caller::new(Principal {
             subject: "t-1".to_owned(),
-            roles: BTreeSet::from([Role::ClassTeacher]),
+            roles: BTreeSet::from([Role::ClassTeacherOrTutor]),
             schools: Schools::Granted(BTreeSet::from(["9192001".to_owned()])),
             local_authority: None,
             credential: Credential::Development,
@@ -219,7 +219,7 @@ mod tests {
     fn a_local_authority_officer_sees_only_their_authority() {
         let officer = Caller::new(Principal {
             subject: "la-1".to_owned(),
-            roles: BTreeSet::from([Role::LocalAuthorityOfficer]),
+            roles: BTreeSet::from([Role::LocalAuthorityAttendanceOfficer]),
             schools: Schools::Granted(BTreeSet::new()),
             local_authority: Some("919".to_owned()),
             credential: Credential::Development,

@@ -10,23 +10,23 @@ pub enum Role {
     /// Responsible for the policy in a school, and decides whether absence is authorised.
     Headteacher,
     /// A member of staff the headteacher has delegated absence decisions to.
-    DecisionDelegate,
+    DelegatedStaff,
     /// The senior leader who runs attendance tracking and intervention in a school.
     SeniorAttendanceLead,
     /// Follows up spot checks and casework for a year group.
     HeadOfYear,
     /// Takes registers and records lesson checks and rewards.
-    ClassTeacher,
+    ClassTeacherOrTutor,
     /// Records parents' reports, contacts families on the first day, imports files.
     OfficeStaff,
     /// The trust's Attendance Improvement Officer, who works across every school.
-    TrustAttendanceOfficer,
+    TrustAttendanceImprovementOfficer,
     /// Trust IT: configuration, connectors, retention and operations.
     TrustIt,
     /// A management information system supplier, for the schools it serves.
     MisVendor,
     /// A local authority attendance officer, who sees only referrals sent to their authority.
-    LocalAuthorityOfficer,
+    LocalAuthorityAttendanceOfficer,
     /// Reads everything it is granted and changes nothing.
     Auditor,
     /// One rollcall service calling another. Never granted by an identity provider's token.
@@ -37,15 +37,15 @@ impl Role {
     /// Every role, in the order the access table lists them.
     pub const ALL: [Role; 12] = [
         Role::Headteacher,
-        Role::DecisionDelegate,
+        Role::DelegatedStaff,
         Role::SeniorAttendanceLead,
         Role::HeadOfYear,
-        Role::ClassTeacher,
+        Role::ClassTeacherOrTutor,
         Role::OfficeStaff,
-        Role::TrustAttendanceOfficer,
+        Role::TrustAttendanceImprovementOfficer,
         Role::TrustIt,
         Role::MisVendor,
-        Role::LocalAuthorityOfficer,
+        Role::LocalAuthorityAttendanceOfficer,
         Role::Auditor,
         Role::Service,
     ];
@@ -54,15 +54,15 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Headteacher => "headteacher",
-            Role::DecisionDelegate => "decision_delegate",
+            Role::DelegatedStaff => "delegated_staff",
             Role::SeniorAttendanceLead => "senior_attendance_lead",
             Role::HeadOfYear => "head_of_year",
-            Role::ClassTeacher => "class_teacher",
+            Role::ClassTeacherOrTutor => "class_teacher_or_tutor",
             Role::OfficeStaff => "office_staff",
-            Role::TrustAttendanceOfficer => "trust_attendance_officer",
+            Role::TrustAttendanceImprovementOfficer => "trust_attendance_improvement_officer",
             Role::TrustIt => "trust_it",
             Role::MisVendor => "mis_vendor",
-            Role::LocalAuthorityOfficer => "local_authority_officer",
+            Role::LocalAuthorityAttendanceOfficer => "local_authority_attendance_officer",
             Role::Auditor => "auditor",
             Role::Service => "service",
         }
@@ -72,7 +72,7 @@ impl Role {
     pub fn is_trust_wide(self) -> bool {
         matches!(
             self,
-            Role::TrustAttendanceOfficer | Role::TrustIt | Role::Auditor | Role::Service
+            Role::TrustAttendanceImprovementOfficer | Role::TrustIt | Role::Auditor | Role::Service
         )
     }
 

@@ -7,8 +7,9 @@
 
 use crate::role::Role;
 use crate::role::Role::{
-    Auditor, ClassTeacher, DecisionDelegate, HeadOfYear, Headteacher, LocalAuthorityOfficer,
-    MisVendor, OfficeStaff, SeniorAttendanceLead, TrustAttendanceOfficer, TrustIt,
+    Auditor, ClassTeacherOrTutor, DelegatedStaff, HeadOfYear, Headteacher,
+    LocalAuthorityAttendanceOfficer, MisVendor, OfficeStaff, SeniorAttendanceLead,
+    TrustAttendanceImprovementOfficer, TrustIt,
 };
 
 /// What a call does with the records it touches.
@@ -57,38 +58,38 @@ impl Rule {
 /// Every authenticated role that is not internal.
 const EVERYONE: &[Role] = &[
     Headteacher,
-    DecisionDelegate,
+    DelegatedStaff,
     SeniorAttendanceLead,
     HeadOfYear,
-    ClassTeacher,
+    ClassTeacherOrTutor,
     OfficeStaff,
-    TrustAttendanceOfficer,
+    TrustAttendanceImprovementOfficer,
     TrustIt,
     MisVendor,
-    LocalAuthorityOfficer,
+    LocalAuthorityAttendanceOfficer,
     Auditor,
 ];
 /// Staff of a school, the trust's officer and the auditor: settings and figures.
 const STAFF_REFERENCE: &[Role] = &[
     Headteacher,
-    DecisionDelegate,
+    DelegatedStaff,
     SeniorAttendanceLead,
     HeadOfYear,
-    ClassTeacher,
+    ClassTeacherOrTutor,
     OfficeStaff,
-    TrustAttendanceOfficer,
+    TrustAttendanceImprovementOfficer,
     TrustIt,
     Auditor,
 ];
 /// Who reads pupils' registers and attendance.
 const REGISTER_READERS: &[Role] = &[
     Headteacher,
-    DecisionDelegate,
+    DelegatedStaff,
     SeniorAttendanceLead,
     HeadOfYear,
-    ClassTeacher,
+    ClassTeacherOrTutor,
     OfficeStaff,
-    TrustAttendanceOfficer,
+    TrustAttendanceImprovementOfficer,
     Auditor,
 ];
 /// Who takes or sends registers.
@@ -96,25 +97,25 @@ const REGISTER_TAKERS: &[Role] = &[
     Headteacher,
     SeniorAttendanceLead,
     HeadOfYear,
-    ClassTeacher,
+    ClassTeacherOrTutor,
     OfficeStaff,
     MisVendor,
 ];
 /// Who changes a mark already in the register.
 const MARK_AMENDERS: &[Role] = &[
     Headteacher,
-    DecisionDelegate,
+    DelegatedStaff,
     SeniorAttendanceLead,
     OfficeStaff,
 ];
 /// Who decides whether an absence is authorised: the headteacher and their delegates.
-const DECIDERS: &[Role] = &[Headteacher, DecisionDelegate];
+const DECIDERS: &[Role] = &[Headteacher, DelegatedStaff];
 /// Who records what parents report and what lesson checks find.
 const REPORTERS: &[Role] = &[
     Headteacher,
     SeniorAttendanceLead,
     HeadOfYear,
-    ClassTeacher,
+    ClassTeacherOrTutor,
     OfficeStaff,
 ];
 /// Who reads families' contact details.
@@ -123,7 +124,7 @@ const CONTACT_READERS: &[Role] = &[
     SeniorAttendanceLead,
     HeadOfYear,
     OfficeStaff,
-    TrustAttendanceOfficer,
+    TrustAttendanceImprovementOfficer,
     Auditor,
 ];
 /// Who keeps families' contact details.
@@ -139,10 +140,10 @@ const CALENDAR_WRITERS: &[Role] = &[
 /// Who reads casework.
 const CASE_READERS: &[Role] = &[
     Headteacher,
-    DecisionDelegate,
+    DelegatedStaff,
     SeniorAttendanceLead,
     HeadOfYear,
-    TrustAttendanceOfficer,
+    TrustAttendanceImprovementOfficer,
     Auditor,
 ];
 /// Who works cases.
@@ -150,7 +151,7 @@ const CASE_WORKERS: &[Role] = &[
     Headteacher,
     SeniorAttendanceLead,
     HeadOfYear,
-    TrustAttendanceOfficer,
+    TrustAttendanceImprovementOfficer,
 ];
 /// Who reads contact with families: messages, first-day tasks and letters.
 const FAMILY_CONTACT_READERS: &[Role] = &[
@@ -158,40 +159,44 @@ const FAMILY_CONTACT_READERS: &[Role] = &[
     SeniorAttendanceLead,
     HeadOfYear,
     OfficeStaff,
-    TrustAttendanceOfficer,
+    TrustAttendanceImprovementOfficer,
     Auditor,
 ];
 /// Who contacts families.
 const FAMILY_CONTACTERS: &[Role] = &[Headteacher, SeniorAttendanceLead, HeadOfYear, OfficeStaff];
 /// Who writes trust-wide settings: policies, ladders and templates.
-const TRUST_SETTINGS: &[Role] = &[TrustAttendanceOfficer, TrustIt];
+const TRUST_SETTINGS: &[Role] = &[TrustAttendanceImprovementOfficer, TrustIt];
 /// Who refers pupils to the local authority.
-const REFERRERS: &[Role] = &[Headteacher, SeniorAttendanceLead, TrustAttendanceOfficer];
+const REFERRERS: &[Role] = &[
+    Headteacher,
+    SeniorAttendanceLead,
+    TrustAttendanceImprovementOfficer,
+];
 /// Who reads referrals: the referrers, the auditor and the local authority they were sent to.
 const REFERRAL_READERS: &[Role] = &[
     Headteacher,
     SeniorAttendanceLead,
-    TrustAttendanceOfficer,
-    LocalAuthorityOfficer,
+    TrustAttendanceImprovementOfficer,
+    LocalAuthorityAttendanceOfficer,
     Auditor,
 ];
 /// Who records the local authority's answer.
 const OUTCOME_RECORDERS: &[Role] = &[
     SeniorAttendanceLead,
-    TrustAttendanceOfficer,
-    LocalAuthorityOfficer,
+    TrustAttendanceImprovementOfficer,
+    LocalAuthorityAttendanceOfficer,
 ];
 /// Who sends packs and follows their delivery.
 const DELIVERERS: &[Role] = &[
     Headteacher,
     SeniorAttendanceLead,
-    TrustAttendanceOfficer,
+    TrustAttendanceImprovementOfficer,
     TrustIt,
 ];
 /// Who reads delivery, connector and write-back records.
 const OPERATIONS_READERS: &[Role] = &[
     SeniorAttendanceLead,
-    TrustAttendanceOfficer,
+    TrustAttendanceImprovementOfficer,
     TrustIt,
     Auditor,
 ];
@@ -206,23 +211,28 @@ const FILE_IMPORTERS: &[Role] = &[SeniorAttendanceLead, OfficeStaff, TrustIt, Mi
 /// The trust's own oversight of figures across schools.
 const ATTENDANCE_READERS: &[Role] = &[
     Headteacher,
-    DecisionDelegate,
+    DelegatedStaff,
     SeniorAttendanceLead,
     HeadOfYear,
-    ClassTeacher,
+    ClassTeacherOrTutor,
     OfficeStaff,
-    TrustAttendanceOfficer,
+    TrustAttendanceImprovementOfficer,
     Auditor,
 ];
 /// Who gives rewards.
-const REWARDERS: &[Role] = &[Headteacher, SeniorAttendanceLead, HeadOfYear, ClassTeacher];
+const REWARDERS: &[Role] = &[
+    Headteacher,
+    SeniorAttendanceLead,
+    HeadOfYear,
+    ClassTeacherOrTutor,
+];
 /// Who checks in with a pupil returning to school.
 const CHECK_IN: &[Role] = &[
     Headteacher,
     SeniorAttendanceLead,
     HeadOfYear,
-    ClassTeacher,
-    TrustAttendanceOfficer,
+    ClassTeacherOrTutor,
+    TrustAttendanceImprovementOfficer,
 ];
 /// Readers of the audit log: the auditor, and trust IT, who runs the systems that keep it.
 const AUDIT_READERS: &[Role] = &[TrustIt, Auditor];
@@ -280,12 +290,12 @@ pub const RULES: &[Rule] = &[
         PupilRead,
         &[
             Headteacher,
-            DecisionDelegate,
+            DelegatedStaff,
             SeniorAttendanceLead,
             HeadOfYear,
-            ClassTeacher,
+            ClassTeacherOrTutor,
             OfficeStaff,
-            TrustAttendanceOfficer,
+            TrustAttendanceImprovementOfficer,
             MisVendor,
             Auditor,
         ],
@@ -425,7 +435,7 @@ pub const RULES: &[Rule] = &[
     rule(
         "rollcall.policy.v1.PolicyService/CheckAggregates",
         Reference,
-        &[TrustAttendanceOfficer, TrustIt, Auditor],
+        &[TrustAttendanceImprovementOfficer, TrustIt, Auditor],
     ),
     // Cases.
     rule(
@@ -581,7 +591,11 @@ pub const RULES: &[Rule] = &[
     rule(
         "rollcall.cases.v1.CasesService/ReviewLetter",
         Write,
-        &[Headteacher, SeniorAttendanceLead, TrustAttendanceOfficer],
+        &[
+            Headteacher,
+            SeniorAttendanceLead,
+            TrustAttendanceImprovementOfficer,
+        ],
     ),
     rule(
         "rollcall.cases.v1.CasesService/GetLetterDocument",
@@ -592,6 +606,11 @@ pub const RULES: &[Rule] = &[
         "rollcall.cases.v1.CasesService/GetReferralEvidence",
         PupilRead,
         CASE_READERS,
+    ),
+    rule(
+        "rollcall.cases.v1.CasesService/ApplyCaseRetention",
+        Write,
+        OPERATORS,
     ),
     // Referrals.
     rule(
@@ -817,7 +836,7 @@ mod tests {
     fn the_local_authority_sees_only_referrals() {
         for rule in RULES
             .iter()
-            .filter(|rule| rule.allows(Role::LocalAuthorityOfficer))
+            .filter(|rule| rule.allows(Role::LocalAuthorityAttendanceOfficer))
         {
             assert!(
                 rule.access == Access::Reference || rule.method.contains("ReferralsService/"),
@@ -836,7 +855,7 @@ mod tests {
             .collect();
         assert_eq!(
             deciders,
-            vec![Role::Headteacher, Role::DecisionDelegate, Role::Service]
+            vec![Role::Headteacher, Role::DelegatedStaff, Role::Service]
         );
     }
 

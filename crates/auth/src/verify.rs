@@ -379,9 +379,9 @@ impl TokenVerifier {
                 )));
             }
         };
-        if roles.contains(&Role::LocalAuthorityOfficer) && local_authority.is_none() {
+        if roles.contains(&Role::LocalAuthorityAttendanceOfficer) && local_authority.is_none() {
             return Err(Refusal::PermissionDenied(format!(
-                "the token for {subject} holds local_authority_officer but no {:?} claim: the \
+                "the token for {subject} holds local_authority_attendance_officer but no {:?} claim: the \
                  identity provider must say which authority the officer works for",
                 names.local_authority
             )));

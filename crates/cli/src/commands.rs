@@ -119,6 +119,10 @@ enum Command {
     /// Decisions written back to schools' MIS: list jobs, show one, retry a failed one.
     #[command(subcommand)]
     Writeback(WritebackCommand),
+    /// Remove register sessions older than six years and closed cases past their retention
+    /// period.
+    #[command(subcommand)]
+    Retention(crate::retention::RetentionCommand),
     /// The audit log: who changed or read which records, or was rejected, when and from where.
     /// `verify` checks that nothing in it was changed.
     Audit(crate::audit::AuditArgs),
@@ -168,6 +172,14 @@ struct ServeArgs {
     /// everything. Only a loopback --listen address is accepted.
     #[arg(long)]
     dev: bool,
+    /// Years a closed case is kept after its last event before case retention removes it.
+    #[arg(
+        long,
+        env = "ROLLCALL_CASE_RETENTION_YEARS",
+        default_value_t = rollcall_cases::DEFAULT_CASE_RETENTION_YEARS,
+        value_parser = clap::value_parser!(u32).range(1..=100)
+    )]
+    case_retention_years: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -277,6 +289,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delivery(command) => ClientCommand::Delivery(command),
         Command::Connector(command) => ClientCommand::Connector(command),
         Command::Writeback(command) => ClientCommand::Writeback(command),
+        Command::Retention(command) => ClientCommand::Retention(command),
         Command::Audit(args) => ClientCommand::Audit(args),
     };
 
@@ -348,6 +361,9 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         ClientCommand::Writeback(command) => {
             crate::writeback::run(&clients, command, &mut out).await
         }
+        ClientCommand::Retention(command) => {
+            crate::retention::run(&clients, command, &mut out).await
+        }
         ClientCommand::Audit(args) => crate::audit::run(&clients, args, &mut out).await,
     }
 }
@@ -373,6 +389,7 @@ enum ClientCommand {
     Delivery(DeliveryCommand),
     Connector(ConnectorCommand),
     Writeback(WritebackCommand),
+    Retention(crate::retention::RetentionCommand),
     Audit(crate::audit::AuditArgs),
 }
 
@@ -384,6 +401,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     telemetry::init(format, "info,sqlx=warn");
     let mut config = ServerConfig::new(args.listen, args.data_dir, args.database_url.as_deref())?;
+    config.case_retention_years = args.case_retention_years;
     config.authentication = match (&args.auth, args.dev) {
         (Some(path), _) => Authentication::Tokens(rollcall_auth::TokenSettings::from_file(path)?),
         (None, true) => Authentication::Development,

@@ -18,6 +18,7 @@ mod pupil;
 mod referrals;
 mod report_output;
 mod reports;
+mod retention;
 pub mod server;
 mod statistics;
 mod text;

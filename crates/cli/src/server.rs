@@ -60,6 +60,8 @@ pub struct ServerConfig {
     pub connectors: ConnectorsConfig,
     /// How callers are authenticated.
     pub authentication: Authentication,
+    /// Years a closed case is kept after its last event.
+    pub case_retention_years: u32,
 }
 
 /// How `rollcall serve` authenticates callers.
@@ -88,6 +90,7 @@ impl ServerConfig {
             delivery: DeliveryConfig::default(),
             connectors: ConnectorsConfig::default(),
             authentication: Authentication::Development,
+            case_retention_years: rollcall_cases::DEFAULT_CASE_RETENTION_YEARS,
         })
     }
 }
@@ -213,7 +216,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         config.messaging.clone(),
         config.print_dir.clone(),
     )
-    .await?;
+    .await?
+    .with_retention_years(config.case_retention_years)?;
     // Only the default key is created on first start: a configured key that is missing is a
     // mistake, and a new key would sign packs the local authority cannot confirm.
     let signing_key = match &config.referrals.signing_key_file {

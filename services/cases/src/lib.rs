@@ -12,6 +12,7 @@ mod incidents;
 mod messaging;
 mod plans;
 mod reintegration;
+mod retention;
 mod school_days;
 mod service;
 
@@ -19,6 +20,7 @@ pub use messaging::{
     DeliveryConfig, EmailConfig, FirstDayConfig, LettersConfig, MessagingConfig, SmsConfig,
     SmtpSecurity,
 };
+pub use retention::DEFAULT_CASE_RETENTION_YEARS;
 pub use service::Cases;
 
 use rollcall_runtime::storage::Migrations;

@@ -3,15 +3,16 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use rollcall_api::cases::v1::cases_service_server::{CasesService, CasesServiceServer};
 use rollcall_api::cases::v1::{
-    Case, CaseStatus, CloseCaseRequest, CloseCaseResponse, CreatePlanRequest, CreatePlanResponse,
-    CreateReintegrationRequest, CreateReintegrationResponse, DeescalateCaseRequest,
-    DeescalateCaseResponse, EscalateCaseRequest, EscalateCaseResponse, GetCaseTimelineRequest,
-    GetCaseTimelineResponse, GetSyncStateRequest, GetSyncStateResponse, KeepCaseOpenRequest,
-    KeepCaseOpenResponse, ListCasesRequest, ListCasesResponse, ListGivenRewardsRequest,
-    ListGivenRewardsResponse, ListLaddersRequest, ListLaddersResponse, ListOverdueReviewsRequest,
-    ListOverdueReviewsResponse, ListPlansRequest, ListPlansResponse, ListReintegrationsRequest,
-    ListReintegrationsResponse, ListTruancyIncidentsRequest, ListTruancyIncidentsResponse,
-    LoadLadderRequest, LoadLadderResponse, OpenCaseRequest, OpenCaseResponse, RecordActionRequest,
+    ApplyCaseRetentionRequest, ApplyCaseRetentionResponse, Case, CaseStatus, CloseCaseRequest,
+    CloseCaseResponse, CreatePlanRequest, CreatePlanResponse, CreateReintegrationRequest,
+    CreateReintegrationResponse, DeescalateCaseRequest, DeescalateCaseResponse,
+    EscalateCaseRequest, EscalateCaseResponse, GetCaseTimelineRequest, GetCaseTimelineResponse,
+    GetSyncStateRequest, GetSyncStateResponse, KeepCaseOpenRequest, KeepCaseOpenResponse,
+    ListCasesRequest, ListCasesResponse, ListGivenRewardsRequest, ListGivenRewardsResponse,
+    ListLaddersRequest, ListLaddersResponse, ListOverdueReviewsRequest, ListOverdueReviewsResponse,
+    ListPlansRequest, ListPlansResponse, ListReintegrationsRequest, ListReintegrationsResponse,
+    ListTruancyIncidentsRequest, ListTruancyIncidentsResponse, LoadLadderRequest,
+    LoadLadderResponse, OpenCaseRequest, OpenCaseResponse, RecordActionRequest,
     RecordActionResponse, RecordCheckInRequest, RecordCheckInResponse, RecordRewardRequest,
     RecordRewardResponse, RecordTruancyIncidentRequest, RecordTruancyIncidentResponse,
     ReviewPlanRequest, ReviewPlanResponse,
@@ -30,6 +31,7 @@ use rollcall_api::convert::timestamp;
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::types::v1::Phase as PbPhase;
+use rollcall_auth::{Caller, caller};
 use rollcall_domain::Phase;
 use rollcall_domain::session::parse_date;
 use rollcall_runtime::grpc::{MAX_MESSAGE_BYTES, invalid_argument, laestab, storage_error};
@@ -55,6 +57,8 @@ pub struct Cases {
     pub(crate) messaging: MessagingConfig,
     /// Wakes the letter worker when the follower records a letter job.
     letter_wake: std::sync::Arc<tokio::sync::Notify>,
+    /// Years a closed case is kept after its last event.
+    retention_years: u32,
 }
 
 impl Cases {
@@ -85,7 +89,20 @@ impl Cases {
             outbox,
             messaging,
             letter_wake: std::sync::Arc::default(),
+            retention_years: crate::retention::DEFAULT_CASE_RETENTION_YEARS,
         })
+    }
+
+    /// Keeps closed cases for `years` after their last event; at least one year.
+    pub fn with_retention_years(mut self, years: u32) -> anyhow::Result<Self> {
+        if years == 0 {
+            anyhow::bail!(
+                "the case retention period is 0 years, which would remove cases as soon as \
+                 they close: give at least 1"
+            );
+        }
+        self.retention_years = years;
+        Ok(self)
     }
 
     /// First-day contact over this service's storage and registers client.
@@ -129,12 +146,41 @@ impl Cases {
         )
     }
 
+    /// Allows the caller when they may see the pupil and school of the record `id` that
+    /// `owner` finds. An unknown id is allowed here, so the call fails with NOT_FOUND.
+    async fn check_owner(&self, caller: &Caller, owner: Owner, id: &str) -> Result<(), Status> {
+        let sql = match owner {
+            Owner::Case => "SELECT laestab, upn FROM cases WHERE id = $1",
+            Owner::Plan => "SELECT laestab, upn FROM plans WHERE id = $1",
+            Owner::Reintegration => {
+                "SELECT c.laestab, c.upn FROM reintegrations r JOIN cases c ON c.id = r.case_id \
+                 WHERE r.id = $1"
+            }
+            Owner::ContactTask => "SELECT laestab, upn FROM contact_tasks WHERE id = $1",
+            Owner::Message => "SELECT laestab, upn FROM messages WHERE id = $1",
+        };
+        let row: Option<(String, String)> = with_db!(&self.db, |pool| {
+            sqlx::query_as(sql)
+                .bind(id.trim())
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(|e| storage_error("reading whose record this is", e))?;
+        match row {
+            Some((laestab, upn)) => caller.pupil(&upn, &laestab),
+            None => Ok(()),
+        }
+    }
+
     /// Applies one of the staff changes to a case and returns the updated case.
     async fn apply<R: Into<casework::ChangeInput>>(
         &self,
         request: Request<R>,
         change: casework::Change,
+        case_id: &str,
     ) -> Result<Case, Status> {
+        self.check_owner(&caller(&request)?, Owner::Case, case_id)
+            .await?;
         let row = casework::change(
             &self.db,
             &self.registers,
@@ -151,6 +197,16 @@ impl Cases {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
+}
+
+/// The kinds of record whose pupil and school a call's id leads to.
+#[derive(Debug, Clone, Copy)]
+enum Owner {
+    Case,
+    Plan,
+    Reintegration,
+    ContactTask,
+    Message,
 }
 
 /// The columns of `cases` read into a [`CaseRow`].
@@ -223,11 +279,15 @@ impl CasesService for Cases {
         &self,
         request: Request<ListCasesRequest>,
     ) -> Result<Response<ListCasesResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let laestab = if request.laestab.trim().is_empty() {
+            caller.trust("Listing cases")?;
             String::new()
         } else {
-            laestab("laestab", &request.laestab)?
+            let school = laestab("laestab", &request.laestab)?;
+            caller.school(&school)?;
+            school
         };
         let (first_status, second_status) = match CaseStatus::try_from(request.status) {
             Ok(CaseStatus::Open) => ("open", "open"),
@@ -262,6 +322,7 @@ impl CasesService for Cases {
         } else {
             String::new()
         };
+        caller.read_pupils(rows.iter().map(|row| row.upn.as_str()));
         Ok(Response::new(ListCasesResponse {
             cases: rows.into_iter().map(CaseRow::into_proto).collect(),
             next_page_token,
@@ -272,6 +333,8 @@ impl CasesService for Cases {
         &self,
         request: Request<OpenCaseRequest>,
     ) -> Result<Response<OpenCaseResponse>, Status> {
+        let school = laestab("laestab", &request.get_ref().laestab)?;
+        caller(&request)?.pupil(request.get_ref().upn.trim(), &school)?;
         let row = casework::open(&self.db, &self.registers, request.into_inner()).await?;
         Ok(Response::new(OpenCaseResponse {
             r#case: Some(row.into_proto()),
@@ -282,7 +345,10 @@ impl CasesService for Cases {
         &self,
         request: Request<EscalateCaseRequest>,
     ) -> Result<Response<EscalateCaseResponse>, Status> {
-        let row = self.apply(request, casework::Change::Escalate).await?;
+        let case_id = request.get_ref().case_id.clone();
+        let row = self
+            .apply(request, casework::Change::Escalate, &case_id)
+            .await?;
         Ok(Response::new(EscalateCaseResponse { r#case: Some(row) }))
     }
 
@@ -290,7 +356,10 @@ impl CasesService for Cases {
         &self,
         request: Request<DeescalateCaseRequest>,
     ) -> Result<Response<DeescalateCaseResponse>, Status> {
-        let row = self.apply(request, casework::Change::Deescalate).await?;
+        let case_id = request.get_ref().case_id.clone();
+        let row = self
+            .apply(request, casework::Change::Deescalate, &case_id)
+            .await?;
         Ok(Response::new(DeescalateCaseResponse { r#case: Some(row) }))
     }
 
@@ -298,7 +367,10 @@ impl CasesService for Cases {
         &self,
         request: Request<KeepCaseOpenRequest>,
     ) -> Result<Response<KeepCaseOpenResponse>, Status> {
-        let row = self.apply(request, casework::Change::KeepOpen).await?;
+        let case_id = request.get_ref().case_id.clone();
+        let row = self
+            .apply(request, casework::Change::KeepOpen, &case_id)
+            .await?;
         Ok(Response::new(KeepCaseOpenResponse { r#case: Some(row) }))
     }
 
@@ -306,7 +378,10 @@ impl CasesService for Cases {
         &self,
         request: Request<CloseCaseRequest>,
     ) -> Result<Response<CloseCaseResponse>, Status> {
-        let row = self.apply(request, casework::Change::Close).await?;
+        let case_id = request.get_ref().case_id.clone();
+        let row = self
+            .apply(request, casework::Change::Close, &case_id)
+            .await?;
         Ok(Response::new(CloseCaseResponse { r#case: Some(row) }))
     }
 
@@ -314,6 +389,8 @@ impl CasesService for Cases {
         &self,
         request: Request<RecordActionRequest>,
     ) -> Result<Response<RecordActionResponse>, Status> {
+        self.check_owner(&caller(&request)?, Owner::Case, &request.get_ref().case_id)
+            .await?;
         casework::record_action(&self.db, &self.registers, request.into_inner())
             .await
             .map(Response::new)
@@ -323,11 +400,14 @@ impl CasesService for Cases {
         &self,
         request: Request<ListOverdueReviewsRequest>,
     ) -> Result<Response<ListOverdueReviewsResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let school = if request.laestab.trim().is_empty() {
+            caller.trust("Listing overdue reviews")?;
             String::new()
         } else {
             let school = laestab("laestab", &request.laestab)?;
+            caller.school(&school)?;
             self.registers
                 .clone()
                 .get_school(rollcall_api::registers::v1::GetSchoolRequest {
@@ -351,6 +431,8 @@ impl CasesService for Cases {
         &self,
         request: Request<GetCaseTimelineRequest>,
     ) -> Result<Response<GetCaseTimelineResponse>, Status> {
+        self.check_owner(&caller(&request)?, Owner::Case, &request.get_ref().case_id)
+            .await?;
         casework::timeline(&self.db, request.into_inner().case_id.trim())
             .await
             .map(Response::new)
@@ -379,6 +461,8 @@ impl CasesService for Cases {
         &self,
         request: Request<CreatePlanRequest>,
     ) -> Result<Response<CreatePlanResponse>, Status> {
+        self.check_owner(&caller(&request)?, Owner::Case, &request.get_ref().case_id)
+            .await?;
         let plan = plans::create(&self.db, &self.policy, request.into_inner()).await?;
         Ok(Response::new(CreatePlanResponse { plan: Some(plan) }))
     }
@@ -387,6 +471,8 @@ impl CasesService for Cases {
         &self,
         request: Request<ReviewPlanRequest>,
     ) -> Result<Response<ReviewPlanResponse>, Status> {
+        self.check_owner(&caller(&request)?, Owner::Plan, &request.get_ref().plan_id)
+            .await?;
         let plan = plans::review(&self.db, &self.policy, request.into_inner()).await?;
         Ok(Response::new(ReviewPlanResponse { plan: Some(plan) }))
     }
@@ -395,6 +481,13 @@ impl CasesService for Cases {
         &self,
         request: Request<ListPlansRequest>,
     ) -> Result<Response<ListPlansResponse>, Status> {
+        let caller = caller(&request)?;
+        let named = request.get_ref().laestab.trim();
+        if named.is_empty() {
+            caller.trust("Listing plans")?;
+        } else {
+            caller.pupil(request.get_ref().upn.trim(), &laestab("laestab", named)?)?;
+        }
         let plans = plans::list(&self.db, request.into_inner()).await?;
         Ok(Response::new(ListPlansResponse { plans }))
     }
@@ -403,6 +496,7 @@ impl CasesService for Cases {
         &self,
         request: Request<RecordTruancyIncidentRequest>,
     ) -> Result<Response<RecordTruancyIncidentResponse>, Status> {
+        caller(&request)?.school(&laestab("laestab", &request.get_ref().laestab)?)?;
         incidents::record_incident(&self.db, &self.registers, request.into_inner())
             .await
             .map(Response::new)
@@ -412,7 +506,8 @@ impl CasesService for Cases {
         &self,
         request: Request<ListTruancyIncidentsRequest>,
     ) -> Result<Response<ListTruancyIncidentsResponse>, Status> {
-        let school = laestab("laestab", &request.into_inner().laestab)?;
+        let school = laestab("laestab", &request.get_ref().laestab)?;
+        caller(&request)?.school(&school)?;
         let incidents = incidents::incidents(&self.db, &school).await?;
         let flags = incidents::flags(&self.registers, &school).await?;
         let flags_not_dealt_with = flags
@@ -430,6 +525,8 @@ impl CasesService for Cases {
         &self,
         request: Request<RecordRewardRequest>,
     ) -> Result<Response<RecordRewardResponse>, Status> {
+        let school = laestab("laestab", &request.get_ref().laestab)?;
+        caller(&request)?.pupil(request.get_ref().upn.trim(), &school)?;
         incidents::record_reward(&self.db, request.into_inner())
             .await
             .map(Response::new)
@@ -439,7 +536,8 @@ impl CasesService for Cases {
         &self,
         request: Request<ListGivenRewardsRequest>,
     ) -> Result<Response<ListGivenRewardsResponse>, Status> {
-        let school = laestab("laestab", &request.into_inner().laestab)?;
+        let school = laestab("laestab", &request.get_ref().laestab)?;
+        caller(&request)?.school(&school)?;
         let rewards = incidents::given_rewards(&self.db, &school).await?;
         Ok(Response::new(ListGivenRewardsResponse { rewards }))
     }
@@ -448,6 +546,8 @@ impl CasesService for Cases {
         &self,
         request: Request<CreateReintegrationRequest>,
     ) -> Result<Response<CreateReintegrationResponse>, Status> {
+        self.check_owner(&caller(&request)?, Owner::Case, &request.get_ref().case_id)
+            .await?;
         let reintegration = reintegration::create(&self.db, request.into_inner()).await?;
         Ok(Response::new(CreateReintegrationResponse {
             reintegration: Some(reintegration),
@@ -458,6 +558,9 @@ impl CasesService for Cases {
         &self,
         request: Request<RecordCheckInRequest>,
     ) -> Result<Response<RecordCheckInResponse>, Status> {
+        let id = request.get_ref().reintegration_id.clone();
+        self.check_owner(&caller(&request)?, Owner::Reintegration, &id)
+            .await?;
         let reintegration = reintegration::check_in(&self.db, request.into_inner()).await?;
         Ok(Response::new(RecordCheckInResponse {
             reintegration: Some(reintegration),
@@ -468,6 +571,8 @@ impl CasesService for Cases {
         &self,
         request: Request<ListReintegrationsRequest>,
     ) -> Result<Response<ListReintegrationsResponse>, Status> {
+        self.check_owner(&caller(&request)?, Owner::Case, &request.get_ref().case_id)
+            .await?;
         let reintegrations =
             reintegration::list(&self.db, request.into_inner().case_id.trim()).await?;
         Ok(Response::new(ListReintegrationsResponse { reintegrations }))
@@ -493,6 +598,7 @@ impl CasesService for Cases {
         &self,
         request: Request<RunFirstDayContactRequest>,
     ) -> Result<Response<RunFirstDayContactResponse>, Status> {
+        caller(&request)?.school(&laestab("laestab", &request.get_ref().laestab)?)?;
         self.run_first_day_contact_rpc(request.into_inner())
             .await
             .map(Response::new)
@@ -502,6 +608,7 @@ impl CasesService for Cases {
         &self,
         request: Request<ListContactTasksRequest>,
     ) -> Result<Response<ListContactTasksResponse>, Status> {
+        caller(&request)?.school(&laestab("laestab", &request.get_ref().laestab)?)?;
         self.list_contact_tasks_rpc(request.into_inner())
             .await
             .map(Response::new)
@@ -511,6 +618,9 @@ impl CasesService for Cases {
         &self,
         request: Request<CompleteContactTaskRequest>,
     ) -> Result<Response<CompleteContactTaskResponse>, Status> {
+        let id = request.get_ref().task_id.clone();
+        self.check_owner(&caller(&request)?, Owner::ContactTask, &id)
+            .await?;
         self.complete_contact_task_rpc(request.into_inner())
             .await
             .map(Response::new)
@@ -520,6 +630,16 @@ impl CasesService for Cases {
         &self,
         request: Request<ListMessagesRequest>,
     ) -> Result<Response<ListMessagesResponse>, Status> {
+        let caller = caller(&request)?;
+        let asked = request.get_ref();
+        if !asked.laestab.trim().is_empty() {
+            caller.pupil(asked.upn.trim(), &laestab("laestab", &asked.laestab)?)?;
+        } else if !asked.case_id.trim().is_empty() {
+            self.check_owner(&caller, Owner::Case, &asked.case_id)
+                .await?;
+        } else {
+            caller.trust("Listing messages")?;
+        }
         self.list_messages_rpc(request.into_inner())
             .await
             .map(Response::new)
@@ -529,6 +649,9 @@ impl CasesService for Cases {
         &self,
         request: Request<ResendMessageRequest>,
     ) -> Result<Response<ResendMessageResponse>, Status> {
+        let id = request.get_ref().message_id.clone();
+        self.check_owner(&caller(&request)?, Owner::Message, &id)
+            .await?;
         self.resend_message_rpc(request.into_inner())
             .await
             .map(Response::new)
@@ -554,6 +677,8 @@ impl CasesService for Cases {
         &self,
         request: Request<CreateLetterRequest>,
     ) -> Result<Response<CreateLetterResponse>, Status> {
+        self.check_owner(&caller(&request)?, Owner::Case, &request.get_ref().case_id)
+            .await?;
         self.create_letter_rpc(request.into_inner())
             .await
             .map(Response::new)
@@ -563,6 +688,9 @@ impl CasesService for Cases {
         &self,
         request: Request<ReviewLetterRequest>,
     ) -> Result<Response<ReviewLetterResponse>, Status> {
+        let id = request.get_ref().message_id.clone();
+        self.check_owner(&caller(&request)?, Owner::Message, &id)
+            .await?;
         self.review_letter_rpc(request.into_inner())
             .await
             .map(Response::new)
@@ -572,6 +700,9 @@ impl CasesService for Cases {
         &self,
         request: Request<GetLetterDocumentRequest>,
     ) -> Result<Response<GetLetterDocumentResponse>, Status> {
+        let id = request.get_ref().message_id.clone();
+        self.check_owner(&caller(&request)?, Owner::Message, &id)
+            .await?;
         self.get_letter_document_rpc(request.into_inner())
             .await
             .map(Response::new)
@@ -581,11 +712,30 @@ impl CasesService for Cases {
         &self,
         request: Request<GetReferralEvidenceRequest>,
     ) -> Result<Response<GetReferralEvidenceResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let upn =
             required("upn", &request.upn, "the pupil's UPN is required")?.to_ascii_uppercase();
         let laestab = laestab("laestab", &request.laestab)?;
+        caller.pupil(&upn, &laestab)?;
         crate::evidence::gather(&self.db, &upn, &laestab)
+            .await
+            .map(Response::new)
+    }
+
+    async fn apply_case_retention(
+        &self,
+        request: Request<ApplyCaseRetentionRequest>,
+    ) -> Result<Response<ApplyCaseRetentionResponse>, Status> {
+        caller(&request)?.trust("Applying case retention")?;
+        let request = request.into_inner();
+        let as_of = if request.as_of.trim().is_empty() {
+            Utc::now().date_naive()
+        } else {
+            parse_date(&request.as_of)
+                .map_err(|error| invalid_argument("as_of", &request.as_of, error.problem()))?
+        };
+        crate::retention::apply(&self.db, as_of, self.retention_years, request.dry_run)
             .await
             .map(Response::new)
     }

@@ -21,7 +21,10 @@ use rollcall_api::registers::v1::{
     import_register_request::Item,
 };
 use rollcall_api::types::v1::MarkSource;
-use rollcall_runtime::grpc::{MAX_MESSAGE_BYTES, invalid_argument, storage_error, upstream_error};
+use rollcall_auth::{Caller, caller};
+use rollcall_runtime::grpc::{
+    MAX_MESSAGE_BYTES, invalid_argument, laestab, storage_error, upstream_error,
+};
 use rollcall_runtime::{Db, with_db};
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
@@ -147,12 +150,36 @@ impl MisAdapter {
     }
 }
 
+impl MisAdapter {
+    /// Allows the caller when they may see the school of the record `id` in `table`
+    /// (`deliveries`, `referral deliveries` for a referral's, or `writeback_jobs`). An unknown id is allowed here, so the call fails
+    /// with NOT_FOUND.
+    async fn check_owner(&self, caller: &Caller, table: &str, id: &str) -> Result<(), Status> {
+        let sql = match table {
+            "deliveries" => "SELECT laestab FROM deliveries WHERE id = $1",
+            "referral deliveries" => {
+                "SELECT laestab FROM deliveries WHERE referral_id = $1 LIMIT 1"
+            }
+            _ => "SELECT laestab FROM writeback_jobs WHERE id = $1",
+        };
+        let school: Option<String> = with_db!(&self.db, |pool| {
+            sqlx::query_scalar(sql).bind(id).fetch_optional(pool).await
+        })
+        .map_err(|e| storage_error("reading whose record this is", e))?;
+        match school {
+            Some(school) => caller.school(&school),
+            None => Ok(()),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl MisAdapterService for MisAdapter {
     async fn import_ctf(
         &self,
         request: Request<ImportCtfRequest>,
     ) -> Result<Response<ImportCtfResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let file_name = if request.file_name.trim().is_empty() {
             "unnamed file".to_owned()
@@ -167,6 +194,7 @@ impl MisAdapterService for MisAdapter {
             invalid_argument("content", &file_name, error.message)
         })?;
         let laestab = prepared.school.laestab.clone();
+        caller.school(&laestab)?;
         let pupil_count = i32::try_from(prepared.pupils.len()).unwrap_or(i32::MAX);
         let imported_by = if request.imported_by.trim().is_empty() {
             "mis-adapter".to_owned()
@@ -270,6 +298,12 @@ impl MisAdapterService for MisAdapter {
         &self,
         request: Request<DeliverReferralPackRequest>,
     ) -> Result<Response<DeliverReferralPackResponse>, Status> {
+        let caller = caller(&request)?;
+        if request.get_ref().laestab.trim().is_empty() {
+            caller.trust("Delivering a pack without naming the school")?;
+        } else {
+            caller.school(&laestab("laestab", &request.get_ref().laestab)?)?;
+        }
         self.deliveries
             .deliver_referral_pack(request.into_inner())
             .await
@@ -280,16 +314,31 @@ impl MisAdapterService for MisAdapter {
         &self,
         request: Request<ListDeliveriesRequest>,
     ) -> Result<Response<ListDeliveriesResponse>, Status> {
-        self.deliveries
+        let caller = caller(&request)?;
+        let referral = request.get_ref().referral_id.trim().to_owned();
+        if !referral.is_empty() {
+            self.check_owner(&caller, "referral deliveries", &referral)
+                .await?;
+        }
+        let mut response = self
+            .deliveries
             .list_deliveries(request.into_inner())
-            .await
-            .map(Response::new)
+            .await?;
+        if let Some(visible) = caller.visible_schools() {
+            response
+                .deliveries
+                .retain(|delivery| visible.contains(&delivery.laestab));
+        }
+        Ok(Response::new(response))
     }
 
     async fn retry_delivery(
         &self,
         request: Request<RetryDeliveryRequest>,
     ) -> Result<Response<RetryDeliveryResponse>, Status> {
+        let id = request.get_ref().delivery_id.trim().to_owned();
+        self.check_owner(&caller(&request)?, "deliveries", &id)
+            .await?;
         self.deliveries
             .retry_delivery(request.into_inner())
             .await
@@ -297,18 +346,26 @@ impl MisAdapterService for MisAdapter {
     }
     async fn list_connectors(
         &self,
-        _request: Request<ListConnectorsRequest>,
+        request: Request<ListConnectorsRequest>,
     ) -> Result<Response<ListConnectorsResponse>, Status> {
-        match &self.connectors {
-            Some(connectors) => connectors.list_connectors().await.map(Response::new),
-            None => Ok(Response::new(ListConnectorsResponse::default())),
+        let caller = caller(&request)?;
+        let mut response = match &self.connectors {
+            Some(connectors) => connectors.list_connectors().await?,
+            None => ListConnectorsResponse::default(),
+        };
+        if let Some(visible) = caller.visible_schools() {
+            response
+                .connectors
+                .retain(|connector| visible.contains(&connector.laestab));
         }
+        Ok(Response::new(response))
     }
 
     async fn run_connector(
         &self,
         request: Request<RunConnectorRequest>,
     ) -> Result<Response<RunConnectorResponse>, Status> {
+        caller(&request)?.school(&laestab("laestab", &request.get_ref().laestab)?)?;
         let request = request.into_inner();
         self.connectors(&request.laestab)?
             .run_connector(request)
@@ -320,6 +377,7 @@ impl MisAdapterService for MisAdapter {
         &self,
         request: Request<ListConnectorRunsRequest>,
     ) -> Result<Response<ListConnectorRunsResponse>, Status> {
+        caller(&request)?.school(&laestab("laestab", &request.get_ref().laestab)?)?;
         let request = request.into_inner();
         self.connectors(&request.laestab)?
             .list_connector_runs(request)
@@ -331,6 +389,7 @@ impl MisAdapterService for MisAdapter {
         &self,
         request: Request<ListConnectorDeletionsRequest>,
     ) -> Result<Response<ListConnectorDeletionsResponse>, Status> {
+        caller(&request)?.school(&laestab("laestab", &request.get_ref().laestab)?)?;
         let request = request.into_inner();
         self.connectors(&request.laestab)?
             .list_connector_deletions(request)
@@ -342,6 +401,12 @@ impl MisAdapterService for MisAdapter {
         &self,
         request: Request<ListWritebackJobsRequest>,
     ) -> Result<Response<ListWritebackJobsResponse>, Status> {
+        let caller = caller(&request)?;
+        if request.get_ref().laestab.trim().is_empty() {
+            caller.trust("Listing write-back jobs")?;
+        } else {
+            caller.school(&laestab("laestab", &request.get_ref().laestab)?)?;
+        }
         crate::writeback::rpc::list_jobs(&self.db, request.into_inner())
             .await
             .map(Response::new)
@@ -351,6 +416,9 @@ impl MisAdapterService for MisAdapter {
         &self,
         request: Request<GetWritebackJobRequest>,
     ) -> Result<Response<GetWritebackJobResponse>, Status> {
+        let id = request.get_ref().job_id.trim().to_owned();
+        self.check_owner(&caller(&request)?, "writeback_jobs", &id)
+            .await?;
         crate::writeback::rpc::get_job(&self.db, request.into_inner())
             .await
             .map(Response::new)
@@ -360,6 +428,9 @@ impl MisAdapterService for MisAdapter {
         &self,
         request: Request<RetryWritebackJobRequest>,
     ) -> Result<Response<RetryWritebackJobResponse>, Status> {
+        let id = request.get_ref().job_id.trim().to_owned();
+        self.check_owner(&caller(&request)?, "writeback_jobs", &id)
+            .await?;
         let response = crate::writeback::rpc::retry_job(&self.db, request.into_inner()).await?;
         if let Some(connectors) = &self.connectors {
             connectors.wake_writeback();

@@ -23,6 +23,7 @@ use rollcall_api::policy::v1::{
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{GetPupilRequest, GetSchoolRequest};
 use rollcall_api::types::v1::{Phase as PbPhase, Session as PbSession};
+use rollcall_auth::{Credential, Role, caller};
 use rollcall_domain::policy::ThresholdEvaluation;
 use rollcall_domain::policy::notices::notice_terms;
 use rollcall_domain::session::parse_date;
@@ -471,11 +472,13 @@ impl PolicyService for Policy {
         &self,
         request: Request<GetPolicyRequest>,
     ) -> Result<Response<GetPolicyResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let school = if request.laestab.trim().is_empty() {
             String::new()
         } else {
             let school = laestab("laestab", &request.laestab)?;
+            caller.school(&school)?;
             self.school_exists(&school).await?;
             school
         };
@@ -516,8 +519,10 @@ impl PolicyService for Policy {
         &self,
         request: Request<AssignPolicyRequest>,
     ) -> Result<Response<AssignPolicyResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let school = laestab("laestab", &request.laestab)?;
+        caller.school(&school)?;
         let from = parse_date(&request.from_date)
             .map_err(|error| invalid_argument("from_date", &request.from_date, error.problem()))?;
 
@@ -562,7 +567,8 @@ impl PolicyService for Policy {
         &self,
         request: Request<ListPolicyAssignmentsRequest>,
     ) -> Result<Response<ListPolicyAssignmentsResponse>, Status> {
-        let school = laestab("laestab", &request.into_inner().laestab)?;
+        let school = laestab("laestab", &request.get_ref().laestab)?;
+        caller(&request)?.school(&school)?;
         let assignments = policies::assignments(&self.db, &school).await?;
         Ok(Response::new(ListPolicyAssignmentsResponse {
             assignments: assignments.into_iter().map(assignment_to_proto).collect(),
@@ -574,7 +580,28 @@ impl PolicyService for Policy {
         &self,
         request: Request<DecideAbsenceRequest>,
     ) -> Result<Response<DecideAbsenceResponse>, Status> {
-        crate::decide::decide(&self.db, &self.registers, request.into_inner())
+        let school = laestab("laestab", &request.get_ref().laestab)?;
+        let upn = request.get_ref().upn.trim().to_ascii_uppercase();
+        let caller = caller(&request)?;
+        caller.pupil(&upn, &school)?;
+        let mut request = request.into_inner();
+        // A person signed in decides in the role their token gives them, not one they name.
+        if let Credential::Token { .. } = caller.principal().credential {
+            let held = if caller.principal().roles.contains(&Role::Headteacher) {
+                "headteacher"
+            } else {
+                "delegated_staff"
+            };
+            let named = request.decider_role.trim().to_ascii_lowercase();
+            if !named.is_empty() && named != held {
+                return Err(Status::permission_denied(format!(
+                    "{} decides as {held}, not {named}: leave decider_role empty or give {held}",
+                    caller.principal().subject
+                )));
+            }
+            request.decider_role = held.to_owned();
+        }
+        crate::decide::decide(&self.db, &self.registers, request)
             .await
             .map(Response::new)
     }
@@ -583,8 +610,10 @@ impl PolicyService for Policy {
         &self,
         request: Request<GetSchoolAttendanceRequest>,
     ) -> Result<Response<GetSchoolAttendanceResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let laestab = laestab("laestab", &request.laestab)?;
+        caller.school(&laestab)?;
         let mut registers = self.registers.clone();
         let (school, as_of) = school_and_as_of(&mut registers, &laestab, &request.as_of).await?;
         let Some(as_of) = as_of else {
@@ -634,6 +663,7 @@ impl PolicyService for Policy {
         &self,
         request: Request<GetPupilAttendanceRequest>,
     ) -> Result<Response<GetPupilAttendanceResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let upn = request.upn.trim().to_ascii_uppercase();
         if upn.is_empty() {
@@ -656,6 +686,7 @@ impl PolicyService for Policy {
         } else {
             laestab("laestab", &request.laestab)?
         };
+        caller.pupil(&upn, &laestab)?;
         let (school, as_of) = school_and_as_of(&mut registers, &laestab, &request.as_of).await?;
         let as_of = as_of.ok_or_else(|| {
             failed_precondition(format!(
@@ -695,6 +726,7 @@ impl PolicyService for Policy {
         &self,
         request: Request<WatchTriggersRequest>,
     ) -> Result<Response<Self::WatchTriggersStream>, Status> {
+        caller(&request)?.trust("Following every school's triggers")?;
         let mut cursor = request.into_inner().cursor;
         if cursor < 0 {
             return Err(invalid_argument(
@@ -752,6 +784,14 @@ impl PolicyService for Policy {
         &self,
         request: Request<GetAttendanceStatisticsRequest>,
     ) -> Result<Response<GetAttendanceStatisticsResponse>, Status> {
+        let caller = caller(&request)?;
+        let named = request.get_ref().laestab.trim();
+        if named.is_empty() {
+            caller.trust("Statistics")?;
+        } else {
+            caller.school(&laestab("laestab", named)?)?;
+        }
+        caller.read_pupils([request.get_ref().upn.trim()]);
         crate::statistics::statistics(&self.db, &self.registers, request.into_inner())
             .await
             .map(Response::new)
@@ -761,8 +801,10 @@ impl PolicyService for Policy {
         &self,
         request: Request<GetPenaltyNoticeTermsRequest>,
     ) -> Result<Response<GetPenaltyNoticeTermsResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let school = laestab("laestab", &request.laestab)?;
+        caller.school(&school)?;
         self.school_exists(&school).await?;
         let on = parse_date(&request.on_date)
             .map_err(|error| invalid_argument("on_date", &request.on_date, error.problem()))?;
@@ -806,6 +848,7 @@ impl PolicyService for Policy {
         &self,
         request: Request<ListRewardsRequest>,
     ) -> Result<Response<ListRewardsResponse>, Status> {
+        caller(&request)?.school(&laestab("laestab", &request.get_ref().laestab)?)?;
         crate::rewards::list(&self.db, &self.registers, request.into_inner())
             .await
             .map(Response::new)
@@ -815,6 +858,7 @@ impl PolicyService for Policy {
         &self,
         request: Request<CheckAggregatesRequest>,
     ) -> Result<Response<CheckAggregatesResponse>, Status> {
+        caller(&request)?.school(&laestab("laestab", &request.get_ref().laestab)?)?;
         crate::aggregates::check(&self.db, &self.registers, request.into_inner())
             .await
             .map(Response::new)

@@ -21,6 +21,7 @@ use rollcall_api::referrals::v1::{
     RecordReferralOutcomeResponse, Referral, SubmitReferralRequest, SubmitReferralResponse,
 };
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
+use rollcall_auth::{Caller, caller};
 use rollcall_domain::outcomes::{IssuedNotice, Outcome, ReferralStatus, apply_outcome};
 use rollcall_domain::referrals::{
     OVERRIDE_ROLES, ReferralKind, Submission, check_prerequisites, decide_submission,
@@ -288,13 +289,16 @@ impl ReferralsService for Referrals {
         &self,
         request: Request<BuildReferralPackRequest>,
     ) -> Result<Response<BuildReferralPackResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let upn = required("upn", &request.upn, "a UPN is required")?.to_ascii_uppercase();
         let school = if request.laestab.trim().is_empty() {
+            caller.trust("Building a pack without naming the school")?;
             String::new()
         } else {
             laestab("laestab", &request.laestab)?
         };
+        caller.pupil(&upn, &school)?;
         let row = match records::open_penalty_notice(&self.db, &upn, &school).await? {
             Some(row) => row,
             None => {
@@ -350,7 +354,15 @@ impl ReferralsService for Referrals {
         &self,
         request: Request<CreateReferralRequest>,
     ) -> Result<Response<CreateReferralResponse>, Status> {
+        let caller = caller(&request)?;
+        let asked = request.get_ref();
+        if asked.laestab.trim().is_empty() {
+            caller.trust("Creating a referral without naming the school")?;
+        } else {
+            caller.pupil(asked.upn.trim(), &laestab("laestab", &asked.laestab)?)?;
+        }
         let row = self.create(request.into_inner()).await?;
+        check_referral(&caller, &row)?;
         Ok(Response::new(CreateReferralResponse {
             referral: Some(self.to_proto(row).await?),
         }))
@@ -360,8 +372,10 @@ impl ReferralsService for Referrals {
         &self,
         request: Request<GetReferralRequest>,
     ) -> Result<Response<GetReferralResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let mut row = self.requested_referral(&request.id).await?;
+        check_referral(&caller, &row)?;
         if row.status() == ReferralStatus::Draft {
             let (gathered, checks) = self.check(&row).await?;
             let case_id = gathered
@@ -381,11 +395,20 @@ impl ReferralsService for Referrals {
         &self,
         request: Request<ListReferralsRequest>,
     ) -> Result<Response<ListReferralsResponse>, Status> {
+        let caller = caller(&request)?;
+        let authority_only = caller.is_local_authority_only();
         let request = request.into_inner();
         let school = if request.laestab.trim().is_empty() {
+            if !authority_only {
+                caller.trust("Listing referrals")?;
+            }
             String::new()
         } else {
-            laestab("laestab", &request.laestab)?
+            let school = laestab("laestab", &request.laestab)?;
+            if !authority_only {
+                caller.school(&school)?;
+            }
+            school
         };
         let kind = if request.kind.trim().is_empty() {
             String::new()
@@ -432,6 +455,12 @@ impl ReferralsService for Referrals {
         } else {
             String::new()
         };
+        if authority_only {
+            // An officer sees the referrals sent to their authority, and no drafts. The page
+            // token above still moves on by the last referral read.
+            rows.retain(|row| check_referral(&caller, row).is_ok());
+        }
+        caller.read_pupils(rows.iter().map(|row| row.upn.as_str()));
         let mut referrals = Vec::with_capacity(rows.len());
         for row in rows {
             referrals.push(self.to_proto(row).await?);
@@ -446,6 +475,7 @@ impl ReferralsService for Referrals {
         &self,
         request: Request<SubmitReferralRequest>,
     ) -> Result<Response<SubmitReferralResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let submitted_by = required(
             "submitted_by",
@@ -453,6 +483,7 @@ impl ReferralsService for Referrals {
             "give the name of the person submitting",
         )?;
         let row = self.requested_referral(&request.id).await?;
+        check_referral(&caller, &row)?;
         if row.status() != ReferralStatus::Draft {
             return Err(already_submitted(&row));
         }
@@ -580,8 +611,10 @@ impl ReferralsService for Referrals {
         &self,
         request: Request<RecordReferralOutcomeRequest>,
     ) -> Result<Response<RecordReferralOutcomeResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let row = self.requested_referral(&request.id).await?;
+        check_referral(&caller, &row)?;
         if records::outcome_request_seen(&self.db, request.request_id.trim()).await? {
             return Ok(Response::new(RecordReferralOutcomeResponse {
                 referral: Some(self.to_proto(row).await?),
@@ -691,8 +724,10 @@ impl ReferralsService for Referrals {
         &self,
         request: Request<GetReferralPackRequest>,
     ) -> Result<Response<GetReferralPackResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let row = self.requested_referral(&request.id).await?;
+        check_referral(&caller, &row)?;
         let (file_name, zip) = if row.status() == ReferralStatus::Draft {
             let (gathered, checks) = self.check(&row).await?;
             let (pack_id, built) = self
@@ -710,6 +745,23 @@ impl ReferralsService for Referrals {
             manifest_json,
         }))
     }
+}
+
+/// Allows school staff the referrals of their schools' pupils, and a local authority officer
+/// the referrals sent to their authority: those of schools whose LAESTAB starts with the
+/// authority's number, once submitted.
+fn check_referral(caller: &Caller, row: &ReferralRow) -> Result<(), Status> {
+    if caller.is_local_authority_only() {
+        if row.status() == ReferralStatus::Draft {
+            return Err(Status::permission_denied(format!(
+                "referral {} is a draft the school has not sent to the local authority",
+                row.reference
+            )));
+        }
+        caller.read_pupils([row.upn.as_str()]);
+        return caller.local_authority(row.laestab.get(..3).unwrap_or_default());
+    }
+    caller.pupil(&row.upn, &row.laestab)
 }
 
 impl Referrals {

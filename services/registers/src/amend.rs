@@ -97,6 +97,11 @@ impl Amendment {
     pub(crate) fn upn(&self) -> &str {
         &self.upn
     }
+
+    /// Returns the session date.
+    pub(crate) fn date(&self) -> NaiveDate {
+        self.date
+    }
 }
 
 /// Records the amendment as a new version in one transaction.

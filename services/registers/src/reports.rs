@@ -92,13 +92,13 @@ const CHANNELS: [(ReportChannel, &str); 5] = [
 pub(crate) struct NewReport {
     request_id: String,
     laestab: Option<String>,
-    upn: String,
+    pub(crate) upn: String,
     channel: &'static str,
     reported_by: String,
     relationship: String,
     reason: String,
     reported_at: DateTime<Utc>,
-    first: SessionDate,
+    pub(crate) first: SessionDate,
     last: SessionDate,
 }
 

@@ -24,6 +24,7 @@ use rollcall_api::registers::v1::{
     UnresolvedMark, WatchMarksRequest, WatchMarksResponse, import_register_request::Item,
 };
 use rollcall_api::types::v1::Session as PbSession;
+use rollcall_auth::{Caller, caller};
 use rollcall_domain::calendar::SchoolCalendar;
 use rollcall_domain::{MarkSource, Session};
 use rollcall_runtime::grpc::{
@@ -76,6 +77,48 @@ impl Registers {
     }
 
     /// Reads a school's calendar, or fails with FAILED_PRECONDITION when it has none.
+    /// Allows a caller who sees the whole trust, or one of the schools the pupil has been on
+    /// roll at. Anyone else is refused in the same words whether or not the UPN is known.
+    async fn check_pupil(&self, caller: &Caller, upn: &str) -> Result<(), Status> {
+        caller.read_pupils([upn]);
+        let Some(visible) = caller.visible_schools() else {
+            return Ok(());
+        };
+        let enrolments = store::enrolments_of(&self.db, upn)
+            .await
+            .map_err(|e| storage_error("reading enrolments", e))?;
+        match enrolments.iter().find(|e| visible.contains(&e.laestab)) {
+            Some(enrolment) => caller.school(&enrolment.laestab),
+            None => {
+                tracing::warn!(subject = %caller.principal().subject, upn, "Refused a pupil of schools the caller is not granted");
+                Err(Status::permission_denied(format!(
+                    "UPN {upn} has not been on roll at a school granted to {}",
+                    caller.principal().subject
+                )))
+            }
+        }
+    }
+
+    /// Allows the caller when they may see the school the pupil was on roll at on `date`
+    /// (`laestab`, when the request names it).
+    async fn check_pupil_on(
+        &self,
+        caller: &Caller,
+        upn: &str,
+        laestab: &str,
+        date: chrono::NaiveDate,
+    ) -> Result<(), Status> {
+        let school = store::school_on_roll(&self.db, upn, laestab, date)
+            .await
+            .map_err(|e| storage_error("reading enrolments", e))?;
+        match school {
+            Some(school) => caller.pupil(upn, &school),
+            // The change itself fails with the reason; the school named, if any, is checked.
+            None if !laestab.is_empty() => caller.pupil(upn, laestab),
+            None => self.check_pupil(caller, upn).await,
+        }
+    }
+
     async fn calendar_of(&self, school: &str) -> Result<SchoolCalendar, Status> {
         let store_error = |error| storage_error("reading a calendar", error);
         let rows = with_db!(&self.db, |pool| {
@@ -151,6 +194,7 @@ impl RegistersService for Registers {
         &self,
         request: Request<Streaming<ImportRegisterRequest>>,
     ) -> Result<Response<ImportRegisterResponse>, Status> {
+        let caller = caller(&request)?;
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(ImportRegisterRequest {
@@ -164,11 +208,19 @@ impl RegistersService for Registers {
                 ));
             }
         };
+        // The school is checked before the rest of the stream is read.
+        let named = header
+            .school
+            .as_ref()
+            .map(|school| school.laestab.clone())
+            .unwrap_or_default();
+        caller.school(&laestab("header.school.laestab", &named)?)?;
         let import = import::read_request(header, &mut stream).await.inspect_err(|status| {
             tracing::warn!(code = ?status.code(), message = status.message(), "Import rejected; nothing stored");
         })?;
         let request_id = import.request_id().to_owned();
         let school = import.laestab().to_owned();
+        caller.school(&school)?;
         tracing::info!(%request_id, laestab = %school, "Import started");
         let response = match import::apply(&self.db, &import).await {
             Ok(response) => response,
@@ -204,9 +256,11 @@ impl RegistersService for Registers {
         &self,
         request: Request<SetCalendarRequest>,
     ) -> Result<Response<SetCalendarResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let message = request.calendar.unwrap_or_default();
         let school = laestab("calendar.laestab", &message.laestab)?;
+        caller.school(&school)?;
         let calendar = calendar::from_proto(&message)?;
         if request.changed_by.trim().is_empty() {
             return Err(invalid_argument(
@@ -240,6 +294,7 @@ impl RegistersService for Registers {
         request: Request<GetCalendarRequest>,
     ) -> Result<Response<GetCalendarResponse>, Status> {
         let school = laestab("laestab", &request.get_ref().laestab)?;
+        caller(&request)?.school(&school)?;
         let calendar = self.calendar_of(&school).await.map_err(|status| {
             if status.code() == tonic::Code::FailedPrecondition {
                 not_found("calendar of school", &school)
@@ -257,6 +312,7 @@ impl RegistersService for Registers {
         request: Request<GetSchoolRequest>,
     ) -> Result<Response<GetSchoolResponse>, Status> {
         let laestab = laestab("laestab", &request.get_ref().laestab)?;
+        caller(&request)?.school(&laestab)?;
         let row = store::school(&self.db, &laestab)
             .await
             .map_err(|e| storage_error("reading a school", e))?
@@ -270,6 +326,7 @@ impl RegistersService for Registers {
         &self,
         request: Request<ListSchoolsRequest>,
     ) -> Result<Response<ListSchoolsResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let limit = page_size(request.page_size, 100, 1_000);
         let mut rows = store::schools_after(&self.db, &request.page_token, limit + 1)
@@ -281,8 +338,15 @@ impl RegistersService for Registers {
         } else {
             String::new()
         };
+        // A caller granted some schools sees only those; the page token still moves on by
+        // the last school read, so paging works the same.
+        let visible = caller.visible_schools();
         Ok(Response::new(ListSchoolsResponse {
-            schools: rows.into_iter().map(school_to_proto).collect(),
+            schools: rows
+                .into_iter()
+                .filter(|row| visible.is_none_or(|schools| schools.contains(&row.laestab)))
+                .map(school_to_proto)
+                .collect(),
             next_page_token,
         }))
     }
@@ -291,8 +355,10 @@ impl RegistersService for Registers {
         &self,
         request: Request<ListPupilsRequest>,
     ) -> Result<Response<ListPupilsResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let laestab = laestab("laestab", &request.laestab)?;
+        caller.school(&laestab)?;
         let on_roll = optional_date("on_roll_date", &request.on_roll_date)?;
         let limit = page_size(request.page_size, 500, 5_000);
         let mut rows =
@@ -322,6 +388,7 @@ impl RegistersService for Registers {
         if upn.is_empty() {
             return Err(invalid_argument("upn", "", "a UPN is required"));
         }
+        self.check_pupil(&caller(&request)?, &upn).await?;
         let pupil = store::pupil(&self.db, &upn)
             .await
             .map_err(|e| storage_error("reading a pupil", e))?
@@ -338,8 +405,10 @@ impl RegistersService for Registers {
         &self,
         request: Request<GetSessionRegisterRequest>,
     ) -> Result<Response<GetSessionRegisterResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let school = laestab("laestab", &request.laestab)?;
+        caller.school(&school)?;
         let date = required_date("date", &request.date)?;
         let session = session("session", request.session)?;
         let group = |value: &str| Some(value.trim().to_owned()).filter(|group| !group.is_empty());
@@ -355,6 +424,9 @@ impl RegistersService for Registers {
         &self,
         request: Request<RecordLeavingRequest>,
     ) -> Result<Response<RecordLeavingResponse>, Status> {
+        let school = laestab("laestab", &request.get_ref().laestab)?;
+        let upn = request.get_ref().upn.trim().to_ascii_uppercase();
+        caller(&request)?.pupil(&upn, &school)?;
         let enrolment = roll::record_leaving(&self.db, request.get_ref()).await?;
         tracing::info!(upn = %request.get_ref().upn.trim(), laestab = %enrolment.laestab, leaving_date = %enrolment.leaving_date, "Leaving recorded");
         Ok(Response::new(RecordLeavingResponse {
@@ -366,6 +438,7 @@ impl RegistersService for Registers {
         &self,
         request: Request<ApplyRetentionRequest>,
     ) -> Result<Response<ApplyRetentionResponse>, Status> {
+        caller(&request)?.trust("Applying retention")?;
         let request = request.into_inner();
         let as_of = optional_date("as_of", &request.as_of)?
             .unwrap_or_else(|| chrono::Utc::now().date_naive());
@@ -377,12 +450,15 @@ impl RegistersService for Registers {
         &self,
         request: Request<ListMarksRequest>,
     ) -> Result<Response<ListMarksResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let laestab = laestab("laestab", &request.laestab)?;
+        caller.school(&laestab)?;
         let from = optional_date("from_date", &request.from_date)?.unwrap_or(NO_EARLIER);
         let to = optional_date("to_date", &request.to_date)?.unwrap_or(NO_LATER);
         let after = parse_mark_token(&request.page_token)?;
         let upn = request.upn.trim().to_ascii_uppercase();
+        caller.read_pupils([upn.as_str()]);
         let filter = MarkFilter {
             laestab,
             upn: (!upn.is_empty()).then_some(upn),
@@ -413,6 +489,13 @@ impl RegistersService for Registers {
         request: Request<AmendMarkRequest>,
     ) -> Result<Response<AmendMarkResponse>, Status> {
         let amendment = Amendment::check(request.get_ref())?;
+        self.check_pupil_on(
+            &caller(&request)?,
+            amendment.upn(),
+            request.get_ref().laestab.trim(),
+            amendment.date(),
+        )
+        .await?;
         let outcome = amend::apply(&self.db, &amendment).await?;
         if outcome.unchanged {
             tracing::info!(
@@ -435,8 +518,17 @@ impl RegistersService for Registers {
         &self,
         request: Request<RecordAbsenceReportRequest>,
     ) -> Result<Response<RecordAbsenceReportResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
-        let report = NewReport::check(&request.request_id, &request.report.unwrap_or_default())?;
+        let message = request.report.unwrap_or_default();
+        let report = NewReport::check(&request.request_id, &message)?;
+        self.check_pupil_on(
+            &caller,
+            &report.upn,
+            message.laestab.trim(),
+            report.first.date,
+        )
+        .await?;
         let (stored, created) = reports::record(&self.db, &report).await?;
         // The reporter's name and the reason stay out of the log: they are personal details.
         tracing::info!(report = %stored.id, upn = %stored.upn, laestab = %stored.laestab, created, "Absence report recorded");
@@ -449,9 +541,11 @@ impl RegistersService for Registers {
         &self,
         request: Request<ListAbsenceReportsRequest>,
     ) -> Result<Response<ListAbsenceReportsResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let school = laestab("laestab", &request.laestab)?;
         let upn = request.upn.trim().to_ascii_uppercase();
+        caller.pupil(&upn, &school)?;
         let rows = reports::list(&self.db, &school, &upn)
             .await
             .map_err(|e| storage_error("listing absence reports", e))?;
@@ -466,6 +560,8 @@ impl RegistersService for Registers {
         &self,
         request: Request<RecordLessonCheckRequest>,
     ) -> Result<Response<RecordLessonCheckResponse>, Status> {
+        let school = laestab("laestab", &request.get_ref().laestab)?;
+        caller(&request)?.school(&school)?;
         let check = LessonCheck::check(request.get_ref())?;
         let response = lessons::record(&self.db, &check).await?;
         for flag in &response.flags {
@@ -479,8 +575,10 @@ impl RegistersService for Registers {
         &self,
         request: Request<ListTruancyFlagsRequest>,
     ) -> Result<Response<ListTruancyFlagsResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let school = laestab("laestab", &request.laestab)?;
+        caller.school(&school)?;
         let from = optional_date("from_date", &request.from_date)?.unwrap_or(NO_EARLIER);
         let to = optional_date("to_date", &request.to_date)?.unwrap_or(NO_LATER);
         let rows = lessons::flags(&self.db, &school, from, to)
@@ -497,6 +595,7 @@ impl RegistersService for Registers {
         &self,
         request: Request<ListMarkVersionsRequest>,
     ) -> Result<Response<ListMarkVersionsResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let upn = request.upn.trim().to_ascii_uppercase();
         if upn.is_empty() {
@@ -509,6 +608,8 @@ impl RegistersService for Registers {
         };
         let date = required_date("date", &request.date)?;
         let session = session("session", request.session)?;
+        self.check_pupil_on(&caller, &upn, school.as_deref().unwrap_or_default(), date)
+            .await?;
         let versions = store::versions(&self.db, &upn, school.as_deref(), date, session.as_str())
             .await
             .map_err(|e| storage_error("listing mark versions", e))?;
@@ -543,8 +644,10 @@ impl RegistersService for Registers {
         &self,
         request: Request<ListMissingMarksRequest>,
     ) -> Result<Response<ListMissingMarksResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let school = laestab("laestab", &request.laestab)?;
+        caller.school(&school)?;
         let date = required_date("date", &request.date)?;
         let as_of = match &request.as_of {
             Some(at) => from_timestamp(at).ok_or_else(|| {
@@ -585,8 +688,10 @@ impl RegistersService for Registers {
         &self,
         request: Request<ListUnresolvedMarksRequest>,
     ) -> Result<Response<ListUnresolvedMarksResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let school = laestab("laestab", &request.laestab)?;
+        caller.school(&school)?;
         let calendar = self.calendar_of(&school).await?;
         let as_of = match optional_date("as_of", &request.as_of)? {
             Some(date) => date,
@@ -632,7 +737,12 @@ impl RegistersService for Registers {
         &self,
         request: Request<SetPupilContactsRequest>,
     ) -> Result<Response<SetPupilContactsResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
+        for pupil in &request.pupils {
+            self.check_pupil(&caller, &pupil.upn.trim().to_ascii_uppercase())
+                .await?;
+        }
         let (pupils, contacts) = contacts::replace(&self.db, &request.pupils).await?;
         tracing::info!(pupils, contacts, "Pupil contacts replaced");
         Ok(Response::new(SetPupilContactsResponse { pupils, contacts }))
@@ -646,6 +756,7 @@ impl RegistersService for Registers {
         if upn.is_empty() {
             return Err(invalid_argument("upn", "", "a UPN is required"));
         }
+        self.check_pupil(&caller(&request)?, &upn).await?;
         store::pupil(&self.db, &upn)
             .await
             .map_err(|e| storage_error("reading a pupil", e))?
@@ -665,11 +776,15 @@ impl RegistersService for Registers {
         &self,
         request: Request<WatchMarksRequest>,
     ) -> Result<Response<Self::WatchMarksStream>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let school = if request.laestab.trim().is_empty() {
+            caller.trust("Following every school's marks")?;
             String::new()
         } else {
-            laestab("laestab", &request.laestab)?
+            let school = laestab("laestab", &request.laestab)?;
+            caller.school(&school)?;
+            school
         };
         if request.cursor < 0 {
             return Err(invalid_argument(

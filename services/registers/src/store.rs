@@ -101,6 +101,29 @@ pub(crate) async fn enrolments_of(db: &Db, upn: &str) -> Result<Vec<EnrolmentRow
     })
 }
 
+/// The school the pupil was on roll at on `date`: `laestab` itself if given and the pupil was
+/// on roll there, else the school of their latest admission on or before the date.
+pub(crate) async fn school_on_roll(
+    db: &Db,
+    upn: &str,
+    laestab: &str,
+    date: chrono::NaiveDate,
+) -> Result<Option<String>, sqlx::Error> {
+    with_db!(db, |pool| {
+        sqlx::query_scalar(
+            "SELECT laestab FROM enrolments \
+             WHERE upn = $1 AND ($2 = '' OR laestab = $2) \
+               AND admission_date <= $3 AND (leaving_date IS NULL OR leaving_date >= $3) \
+             ORDER BY admission_date DESC LIMIT 1",
+        )
+        .bind(upn)
+        .bind(laestab)
+        .bind(date)
+        .fetch_optional(pool)
+        .await
+    })
+}
+
 /// Pupils with an enrolment at the school (on roll on `on_roll`, if given), after `after_upn`
 /// in UPN order, each with that enrolment.
 pub(crate) async fn pupils_at(

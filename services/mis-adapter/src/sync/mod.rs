@@ -28,6 +28,7 @@ use rollcall_api::registers::v1::{
     School, SetCalendarRequest, import_register_request::Item,
 };
 use rollcall_api::types::v1::{MarkSource, Phase};
+use rollcall_auth::{Caller, caller};
 use rollcall_runtime::Db;
 use rollcall_runtime::grpc::{
     MAX_MESSAGE_BYTES, invalid_argument, laestab, storage_error, upstream_error,
@@ -482,11 +483,28 @@ impl MisSync {
     /// Applies one batch of a stream.
     async fn stream_batch(
         &self,
+        caller: &Caller,
         index: i32,
         request: StreamSyncRequest,
     ) -> Result<StreamSyncResponse, Status> {
         use stream_sync_request::Batch;
         use stream_sync_response::Result as BatchResult;
+        let school = match &request.batch {
+            Some(Batch::Pupils(batch)) => laestab("laestab", &batch.laestab)?,
+            Some(Batch::Marks(batch)) => laestab("laestab", &batch.laestab)?,
+            Some(Batch::Calendar(batch)) => laestab(
+                "calendar.laestab",
+                &batch
+                    .calendar
+                    .as_ref()
+                    .map(|calendar| calendar.laestab.clone())
+                    .unwrap_or_default(),
+            )?,
+            None => String::new(),
+        };
+        if !school.is_empty() {
+            caller.school(&school)?;
+        }
         let result = match request.batch {
             Some(Batch::Pupils(batch)) => BatchResult::Pupils(self.sync_pupils_batch(batch).await?),
             Some(Batch::Calendar(batch)) => {
@@ -613,6 +631,7 @@ impl MisSyncService for MisSync {
         &self,
         request: Request<SyncPupilsRequest>,
     ) -> Result<Response<SyncPupilsResponse>, Status> {
+        caller(&request)?.school(&laestab("laestab", &request.get_ref().laestab)?)?;
         self.sync_pupils_batch(request.into_inner())
             .await
             .map(Response::new)
@@ -622,6 +641,13 @@ impl MisSyncService for MisSync {
         &self,
         request: Request<SyncCalendarRequest>,
     ) -> Result<Response<SyncCalendarResponse>, Status> {
+        let school = request
+            .get_ref()
+            .calendar
+            .as_ref()
+            .map(|calendar| calendar.laestab.clone())
+            .unwrap_or_default();
+        caller(&request)?.school(&laestab("calendar.laestab", &school)?)?;
         self.sync_calendar_batch(request.into_inner())
             .await
             .map(Response::new)
@@ -631,6 +657,7 @@ impl MisSyncService for MisSync {
         &self,
         request: Request<SyncMarksRequest>,
     ) -> Result<Response<SyncMarksResponse>, Status> {
+        caller(&request)?.school(&laestab("laestab", &request.get_ref().laestab)?)?;
         self.sync_marks_batch(request.into_inner())
             .await
             .map(Response::new)
@@ -642,6 +669,7 @@ impl MisSyncService for MisSync {
         &self,
         request: Request<Streaming<StreamSyncRequest>>,
     ) -> Result<Response<Self::StreamSyncStream>, Status> {
+        let caller = caller(&request)?;
         let mut incoming = request.into_inner();
         let service = self.clone();
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
@@ -656,16 +684,17 @@ impl MisSyncService for MisSync {
                     }
                     Some(Ok(message)) => message,
                 };
-                let result = service
-                    .stream_batch(index, message)
-                    .await
-                    .map_err(|status| {
-                        Status::with_details(
-                            status.code(),
-                            format!("batch {index}: {}", status.message()),
-                            status.details().to_vec().into(),
-                        )
-                    });
+                let result =
+                    service
+                        .stream_batch(&caller, index, message)
+                        .await
+                        .map_err(|status| {
+                            Status::with_details(
+                                status.code(),
+                                format!("batch {index}: {}", status.message()),
+                                status.details().to_vec().into(),
+                            )
+                        });
                 let failed = result.is_err();
                 if let Err(status) = &result {
                     tracing::warn!(batch = index, code = ?status.code(), message = status.message(), "Sync stream ended by a rejected batch");
@@ -685,8 +714,10 @@ impl MisSyncService for MisSync {
         &self,
         request: Request<ListPupilIdsRequest>,
     ) -> Result<Response<ListPupilIdsResponse>, Status> {
+        let caller = caller(&request)?;
         let request = request.into_inner();
         let school = laestab("laestab", &request.laestab)?;
+        caller.school(&school)?;
         let page_size = match request.page_size {
             0 => 1_000,
             size if (1..=10_000).contains(&size) => i64::from(size),
