@@ -15,7 +15,8 @@ use rollcall_api::client::{Channel, Credentials};
 use rollcall_api::registers::v1::import_register_request::Item;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{
-    Calendar, ImportHeader, ImportRegisterRequest, RegisterTimes, School, SetCalendarRequest, Term,
+    Calendar, GetPupilRequest, ImportHeader, ImportRegisterRequest, RegisterTimes, School,
+    SetCalendarRequest, Term,
 };
 use rollcall_api::types::v1::{MarkSource, Phase};
 use rollcall_audit::AuditStore;
@@ -264,6 +265,18 @@ async fn calls_are_recorded_and_listed(work: &Path, database_url: Option<&str>) 
         .await
         .expect_err("no token");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
+    // A read of a pupil who was never on roll at the head of year's school, which the
+    // registers service rejects after noting the pupil.
+    let head_of_year = idp
+        .token("hoy-9", &["head_of_year"], &[SCHOOL])
+        .expect("token");
+    let status = registers(&running, Some(&head_of_year))
+        .await
+        .get_pupil(GetPupilRequest { upn: upn(3) })
+        .await
+        .expect_err("a pupil of no granted school");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     let after = Utc::now();
 
     let auditor = token_file(
@@ -281,7 +294,11 @@ async fn calls_are_recorded_and_listed(work: &Path, database_url: Option<&str>) 
     assert_eq!(write["method"], SET_CALENDAR);
     assert_eq!(write["access"], "write");
     assert_eq!(write["outcome"], "OK");
+    assert_eq!(write["schools"], json!([SCHOOL]));
+    assert_eq!(write["pupils"], json!([]));
     assert_when_and_where(write, before, after);
+    let events = audit_json(&url, &auditor, &["--school", SCHOOL, "--user", "o-1"]).await;
+    assert_eq!(events.len(), 1, "{events:?}");
 
     // The rejected calls.
     let events = audit_json(&url, &auditor, &["--user", "t-9"]).await;
@@ -289,6 +306,7 @@ async fn calls_are_recorded_and_listed(work: &Path, database_url: Option<&str>) 
     assert_eq!(events[0]["roles"], json!(["class_teacher_or_tutor"]));
     assert_eq!(events[0]["method"], SET_CALENDAR);
     assert_eq!(events[0]["outcome"], "PERMISSION_DENIED");
+    assert_eq!(events[0]["schools"], json!([]));
     assert_when_and_where(&events[0], before, after);
 
     let events = audit_json(&url, &auditor, &["--user", "lead-7"]).await;
@@ -313,6 +331,26 @@ async fn calls_are_recorded_and_listed(work: &Path, database_url: Option<&str>) 
     assert!(
         ids.windows(2).all(|pair| pair[0] > pair[1]),
         "not newest first: {ids:?}"
+    );
+
+    // The rejected read, by pupil. The auditor's list of every event above returned it, so
+    // that read of the log names the pupil too.
+    let events = audit_json(&url, &auditor, &["--upn", &upn(3)]).await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    let read = &events[1];
+    assert_eq!(read["subject"], "hoy-9");
+    assert_eq!(
+        read["method"],
+        "rollcall.registers.v1.RegistersService/GetPupil"
+    );
+    assert_eq!(read["access"], "pupil_read");
+    assert_eq!(read["outcome"], "PERMISSION_DENIED");
+    assert_eq!(read["pupils"], json!([upn(3)]));
+    assert_when_and_where(read, before, after);
+    assert_eq!(events[0]["subject"], "aud-1");
+    assert_eq!(
+        events[0]["method"],
+        "rollcall.audit.v1.AuditService/ListAuditEvents"
     );
 
     // The same write as a table.
