@@ -13,6 +13,7 @@ const PROTO_FILES: &[&str] = &[
     "rollcall/referrals/v1/referrals.proto",
     "rollcall/mis_adapter/v1/mis_adapter.proto",
     "rollcall/mis_adapter/v1/sync.proto",
+    "rollcall/audit/v1/audit.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

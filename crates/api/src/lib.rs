@@ -65,6 +65,14 @@ pub mod mis_adapter {
     }
 }
 
+/// The audit log.
+pub mod audit {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("rollcall.audit.v1");
+    }
+}
+
 pub mod client;
 pub mod convert;
 pub mod school_days;

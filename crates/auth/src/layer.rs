@@ -118,7 +118,22 @@ where
                         reason = refusal.message(),
                         "Refused an unauthenticated call"
                     );
-                    return Ok(refusal.into_status().into_http());
+                    let status = refusal.into_status();
+                    if audit.is_some() {
+                        // NOTE: every rejected call is written to the audit log, including calls
+                        // with no valid token. A flood of them grows the log, so limit request
+                        // rates in front of the server.
+                        let subject = authenticator.rejected_subject(header.as_deref());
+                        let record = Record {
+                            rule,
+                            peer: &peer,
+                            subject: &subject,
+                            roles: String::new(),
+                            caller: None,
+                        };
+                        record.write(audit.as_deref(), status.code()).await;
+                    }
+                    return Ok(status.into_http());
                 }
             };
             if !principal.roles.iter().any(|role| rule.allows(*role)) {
@@ -138,7 +153,8 @@ where
                 let record = Record {
                     rule,
                     peer: &peer,
-                    principal: Some(&principal),
+                    subject: &principal.subject,
+                    roles: principal.role_names(),
                     caller: None,
                 };
                 record.write(audit.as_deref(), status.code()).await;
@@ -147,19 +163,20 @@ where
             let caller = Caller::new(principal.clone());
             request.extensions_mut().insert(caller.clone());
             let response = inner.call(request).await?;
-            if audited(rule, &principal) {
-                // A call that fails in its handler carries its status in the headers; a
-                // call that succeeds carries it in the trailers, after the body.
-                let code = response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.parse::<i32>().ok())
-                    .map_or(Code::Ok, Code::from_i32);
+            // A call that fails in its handler carries its status in the headers; a call that
+            // succeeds carries it in the trailers, after the body.
+            let code = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.parse::<i32>().ok())
+                .map_or(Code::Ok, Code::from_i32);
+            if audited(rule, &principal, code) {
                 let record = Record {
                     rule,
                     peer: &peer,
-                    principal: Some(&principal),
+                    subject: &principal.subject,
+                    roles: principal.role_names(),
                     caller: Some(&caller),
                 };
                 record.write(audit.as_deref(), code).await;
@@ -169,11 +186,15 @@ where
     }
 }
 
-/// True for calls the audit log keeps: every change, and every read of pupils' records by a
-/// person. Calls between rollcall's own services are audited where they entered rollcall.
-fn audited(rule: &Rule, principal: &Principal) -> bool {
+/// True for calls the audit log keeps: every change, every read of pupils' records by a
+/// person, and every call a handler rejected for its caller's identity or grants. Calls
+/// between rollcall's own services are audited where they entered rollcall.
+fn audited(rule: &Rule, principal: &Principal, code: Code) -> bool {
     if principal.credential == crate::principal::Credential::Internal {
         return false;
+    }
+    if matches!(code, Code::PermissionDenied | Code::Unauthenticated) {
+        return true;
     }
     match rule.access {
         Access::Write => true,
@@ -186,7 +207,12 @@ fn audited(rule: &Rule, principal: &Principal) -> bool {
 struct Record<'a> {
     rule: &'static Rule,
     peer: &'a str,
-    principal: Option<&'a Principal>,
+    /// The caller's subject; empty when the caller could not be identified.
+    subject: &'a str,
+    /// The caller's roles, comma-separated; empty when the caller could not be identified.
+    roles: String,
+    /// The caller as handlers saw it, with what the call touched; `None` for a call rejected
+    /// before its handler ran.
     caller: Option<&'a Caller>,
 }
 
@@ -196,14 +222,8 @@ impl Record<'_> {
         let touched = self.caller.map(Caller::touched).unwrap_or_default();
         let event = AuditEvent {
             at: Utc::now(),
-            subject: self
-                .principal
-                .map(|p| p.subject.clone())
-                .unwrap_or_default(),
-            roles: self
-                .principal
-                .map(Principal::role_names)
-                .unwrap_or_default(),
+            subject: self.subject.to_owned(),
+            roles: self.roles,
             method: self.rule.method.to_owned(),
             access: self.rule.access.as_str().to_owned(),
             peer: self.peer.to_owned(),
@@ -241,5 +261,44 @@ pub(crate) fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "UNAVAILABLE",
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::rule_for;
+
+    fn rule(method: &str) -> &'static Rule {
+        rule_for(&format!("/{method}")).expect("a rule")
+    }
+
+    #[test]
+    fn writes_and_pupil_reads_by_people_are_audited() {
+        let person = Principal::development();
+        let write = rule("rollcall.registers.v1.RegistersService/SetCalendar");
+        let read = rule("rollcall.registers.v1.RegistersService/GetPupil");
+        let reference = rule("rollcall.registers.v1.RegistersService/GetCalendar");
+        assert!(audited(write, &person, Code::Ok));
+        assert!(audited(write, &person, Code::InvalidArgument));
+        assert!(audited(read, &person, Code::Ok));
+        assert!(!audited(reference, &person, Code::Ok));
+        assert!(!audited(reference, &person, Code::NotFound));
+    }
+
+    #[test]
+    fn rejections_by_handlers_are_audited_for_every_access() {
+        let person = Principal::development();
+        let reference = rule("rollcall.registers.v1.RegistersService/GetCalendar");
+        assert!(audited(reference, &person, Code::PermissionDenied));
+        assert!(audited(reference, &person, Code::Unauthenticated));
+    }
+
+    #[test]
+    fn calls_between_services_are_not_audited() {
+        let service = Principal::internal();
+        let write = rule("rollcall.registers.v1.RegistersService/SetCalendar");
+        assert!(!audited(write, &service, Code::Ok));
+        assert!(!audited(write, &service, Code::PermissionDenied));
     }
 }

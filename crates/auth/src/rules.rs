@@ -236,6 +236,8 @@ const CHECK_IN: &[Role] = &[
     ClassTeacherOrTutor,
     TrustAttendanceImprovementOfficer,
 ];
+/// Readers of the audit log: the auditor, and trust IT, who runs the systems that keep it.
+const AUDIT_READERS: &[Role] = &[TrustIt, Auditor];
 
 const fn rule(method: &'static str, access: Access, roles: &'static [Role]) -> Rule {
     Rule {
@@ -739,6 +741,17 @@ pub const RULES: &[Rule] = &[
         PupilRead,
         SYNC_CLIENTS,
     ),
+    // Audit log. Its events name pupils, so a list is a read of pupils' records.
+    rule(
+        "rollcall.audit.v1.AuditService/ListAuditEvents",
+        PupilRead,
+        AUDIT_READERS,
+    ),
+    rule(
+        "rollcall.audit.v1.AuditService/VerifyAuditLog",
+        Reference,
+        AUDIT_READERS,
+    ),
 ];
 
 /// Calls anyone may make without a token: health checks and the reflection service, which
@@ -810,6 +823,23 @@ mod tests {
                 !rule.allows(Role::Auditor),
                 "the auditor may call {}",
                 rule.method
+            );
+        }
+    }
+
+    #[test]
+    fn audit_log_is_for_auditor_and_trust_it() {
+        for method in ["ListAuditEvents", "VerifyAuditLog"] {
+            let path = format!("/rollcall.audit.v1.AuditService/{method}");
+            let rule = rule_for(&path).expect("a rule");
+            let readers: Vec<_> = Role::ALL
+                .into_iter()
+                .filter(|role| rule.allows(*role))
+                .collect();
+            assert_eq!(
+                readers,
+                vec![Role::TrustIt, Role::Auditor, Role::Service],
+                "{method}"
             );
         }
     }

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use rollcall_api::audit::v1::audit_service_client::AuditServiceClient;
 use rollcall_api::cases::v1::cases_service_client::CasesServiceClient;
 use rollcall_api::client::{Channel, Credentials};
 use rollcall_api::mis_adapter::v1::mis_adapter_service_client::MisAdapterServiceClient;
@@ -22,6 +23,7 @@ pub(crate) struct Clients {
     pub(crate) referrals: ReferralsServiceClient<Channel>,
     pub(crate) mis_adapter: MisAdapterServiceClient<Channel>,
     pub(crate) mis_sync: MisSyncServiceClient<Channel>,
+    pub(crate) audit: AuditServiceClient<Channel>,
 }
 
 impl Clients {
@@ -63,9 +65,10 @@ impl Clients {
             mis_adapter: MisAdapterServiceClient::new(channel.clone())
                 .max_encoding_message_size(MAX_MESSAGE_BYTES)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            mis_sync: MisSyncServiceClient::new(channel)
+            mis_sync: MisSyncServiceClient::new(channel.clone())
                 .max_encoding_message_size(MAX_MESSAGE_BYTES)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            audit: AuditServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES),
         })
     }
 

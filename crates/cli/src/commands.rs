@@ -123,6 +123,9 @@ enum Command {
     /// period.
     #[command(subcommand)]
     Retention(crate::retention::RetentionCommand),
+    /// The audit log: who changed or read which records, or was rejected, when and from where.
+    /// `verify` checks that nothing in it was changed.
+    Audit(crate::audit::AuditArgs),
     /// Run the whole main job on a generated trust in a fresh folder.
     Demo(crate::demo::DemoArgs),
 }
@@ -287,6 +290,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Connector(command) => ClientCommand::Connector(command),
         Command::Writeback(command) => ClientCommand::Writeback(command),
         Command::Retention(command) => ClientCommand::Retention(command),
+        Command::Audit(args) => ClientCommand::Audit(args),
     };
 
     telemetry::init(LogFormat::Text, "warn,sqlx=error");
@@ -360,6 +364,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         ClientCommand::Retention(command) => {
             crate::retention::run(&clients, command, &mut out).await
         }
+        ClientCommand::Audit(args) => crate::audit::run(&clients, args, &mut out).await,
     }
 }
 
@@ -385,6 +390,7 @@ enum ClientCommand {
     Connector(ConnectorCommand),
     Writeback(WritebackCommand),
     Retention(crate::retention::RetentionCommand),
+    Audit(crate::audit::AuditArgs),
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

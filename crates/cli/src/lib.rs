@@ -1,6 +1,7 @@
 //! The `rollcall` command: the embedded server (`rollcall serve`) and a command-line client of
 //! a running server for imports, reports, cases and referral packs.
 
+mod audit;
 mod calendar;
 mod casework;
 mod client;

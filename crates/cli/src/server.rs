@@ -1,6 +1,6 @@
-//! The embedded server: the five services in one process on one port, with gRPC health and
-//! reflection. The services reach each other through their gRPC clients on that same port,
-//! never through each other's tables.
+//! The embedded server: the five services and the audit log in one process on one port, with
+//! gRPC health and reflection. The services reach each other through their gRPC clients on
+//! that same port, never through each other's tables.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use rollcall_api::audit::v1::audit_service_server::AuditServiceServer;
 use rollcall_api::cases::v1::cases_service_server::CasesServiceServer;
 use rollcall_api::client::Credentials;
 use rollcall_api::mis_adapter::v1::mis_adapter_service_server::MisAdapterServiceServer;
@@ -16,6 +17,7 @@ use rollcall_api::mis_adapter::v1::mis_sync_service_server::MisSyncServiceServer
 use rollcall_api::policy::v1::policy_service_server::PolicyServiceServer;
 use rollcall_api::referrals::v1::referrals_service_server::ReferralsServiceServer;
 use rollcall_api::registers::v1::registers_service_server::RegistersServiceServer;
+use rollcall_audit::{Audit, AuditStore};
 use rollcall_auth::{AuthLayer, Authenticator, InternalKey, Mode, TokenSettings, TokenVerifier};
 use rollcall_cases::{Cases, MessagingConfig};
 use rollcall_mis_adapter::{ConnectorsConfig, DeliveryConfig, MisAdapter, MisSync};
@@ -177,6 +179,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let cases_db = connect(&config.storage, rollcall_cases::MIGRATIONS).await?;
     let referrals_db = connect(&config.storage, rollcall_referrals::MIGRATIONS).await?;
     let adapter_db = connect(&config.storage, rollcall_mis_adapter::MIGRATIONS).await?;
+    let audit_db = connect(&config.storage, rollcall_audit::MIGRATIONS).await?;
     tracing::info!("Storage ready and migrated");
 
     // The services call each other with a key made for this process, whatever the mode.
@@ -200,6 +203,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         }
     };
     let authenticator = Arc::new(Authenticator::new(mode, internal));
+    // Every mode records audit events; with --dev their subject is "dev".
+    let audit_store = AuditStore::new(audit_db);
+    let audit = Audit::new(audit_store.clone());
     let (stop_signal, stopping) = rollcall_runtime::shutdown::stop_signal();
     let registers = Registers::new(registers_db, stopping.clone()).await?;
     let policy = Policy::new(policy_db, channel.clone(), channel.clone(), stopping).await?;
@@ -257,7 +263,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     // service once the server below starts accepting.
     followers.extend(adapter.start_connectors().await?);
     let router = Server::builder()
-        .layer(AuthLayer::new(authenticator))
+        .layer(AuthLayer::new(authenticator).with_audit(Arc::new(audit_store)))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
@@ -266,7 +272,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .add_service(cases.into_server())
         .add_service(referrals.into_server())
         .add_service(adapter.into_server())
-        .add_service(sync.into_server());
+        .add_service(sync.into_server())
+        .add_service(audit.into_server());
 
     let (shutdown, shutdown_signal) = oneshot::channel::<()>();
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -287,6 +294,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         <ReferralsServiceServer<Referrals> as NamedService>::NAME,
         <MisAdapterServiceServer<MisAdapter> as NamedService>::NAME,
         <MisSyncServiceServer<MisSync> as NamedService>::NAME,
+        <AuditServiceServer<Audit> as NamedService>::NAME,
     ] {
         health
             .set_service_status(name, tonic_health::ServingStatus::Serving)
