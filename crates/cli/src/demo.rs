@@ -186,7 +186,7 @@ async fn run_against(
          records why. Import contacts with `rollcall contacts import` (docs/messaging.md)."
     );
     println!(
-        "To explore further, serve these databases with `rollcall serve --data-dir {}`",
+        "To explore further, serve these databases with `rollcall serve --dev --data-dir {}`",
         dir.join("data").display()
     );
     Ok(())
