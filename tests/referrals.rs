@@ -521,6 +521,28 @@ async fn referrals(database_url: Option<&str>) {
     assert_eq!(manifest["referral"]["reference"], reference.as_str());
     assert_eq!(manifest["pupil"]["upn"], upn(1).as_str());
     assert_eq!(manifest["parents"][0]["name"], "Parent Of1");
+    // The local authority gets who the pupil is and nothing more about them: no special
+    // needs, free school meals, class, address or contacts of their own.
+    let pupil_keys: Vec<&str> = manifest["pupil"]
+        .as_object()
+        .expect("pupil object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        pupil_keys,
+        [
+            "date_of_birth",
+            "forename",
+            "sex",
+            "surname",
+            "upn",
+            "year_group"
+        ]
+    );
+    for parent in manifest["parents"].as_array().expect("parents") {
+        assert_eq!(parent["parental_responsibility"], true, "{parent}");
+    }
     assert_eq!(manifest["figures"]["unauthorised_absence_sessions"], 16);
     assert_eq!(
         manifest["threshold_sessions"].as_array().map(Vec::len),
