@@ -19,7 +19,7 @@ impl Credentials {
         Credentials(None)
     }
 
-    /// Sends `authorization: Bearer <token>`. Fails when the token holds characters a header
+    /// Sends `authorization: Bearer <token>`. Fails when the token contains characters a header
     /// cannot carry.
     pub fn bearer(token: &str) -> Result<Self, InvalidToken> {
         let token = token.trim();
@@ -66,7 +66,7 @@ impl Interceptor for Credentials {
     }
 }
 
-/// A token that is empty or holds characters an HTTP header cannot carry.
+/// A token that is empty or contains characters an HTTP header cannot carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidToken;
 

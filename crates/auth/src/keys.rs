@@ -114,7 +114,7 @@ async fn read(source: &KeySource, client: &reqwest::Client) -> anyhow::Result<Jw
                 .with_context(|| format!("cannot fetch the key set from {url}"))?;
             let status = response.status();
             if !status.is_success() {
-                bail!("the key set address {url} answered {status}: check jwks_url");
+                bail!("the key set address {url} returned {status}: check jwks_url");
             }
             response
                 .bytes()
@@ -126,7 +126,7 @@ async fn read(source: &KeySource, client: &reqwest::Client) -> anyhow::Result<Jw
     parse(&bytes).with_context(|| format!("invalid key set from {source}"))
 }
 
-/// Parses a JSON Web Key Set and checks it holds at least one signing key.
+/// Parses a JSON Web Key Set and checks it contains at least one signing key.
 pub(crate) fn parse(bytes: &[u8]) -> anyhow::Result<JwkSet> {
     let keys: JwkSet = serde_json::from_slice(bytes).context(
         "expected a JSON Web Key Set: an object with a \"keys\" list, as the identity provider \
@@ -138,7 +138,7 @@ pub(crate) fn parse(bytes: &[u8]) -> anyhow::Result<JwkSet> {
         .filter(|key| !matches!(key.common.public_key_use, Some(PublicKeyUse::Encryption)))
         .count();
     if signing == 0 {
-        bail!("the key set holds no signing keys");
+        bail!("the key set contains no signing keys");
     }
     Ok(keys)
 }

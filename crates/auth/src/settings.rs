@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-/// The most clock skew the settings accept, in seconds.
+/// The maximum clock skew the settings accept, in seconds.
 pub(crate) const MAX_CLOCK_SKEW_SECONDS: u64 = 300;
 
 /// Token settings.

@@ -1,4 +1,4 @@
-//! Turns a request's `authorization` header into a [`Principal`], or says why it cannot.
+//! Turns a request's `authorization` header into a [`Principal`], or returns why it cannot.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -67,7 +67,7 @@ pub struct ServerConfig {
 /// How `rollcall serve` authenticates callers.
 #[derive(Debug, Clone)]
 pub enum Authentication {
-    /// Nobody is checked; every caller may do everything. Loopback addresses only.
+    /// No caller is checked, so every caller may do everything. Loopback addresses only.
     Development,
     /// Bearer tokens from the trust's identity provider.
     Tokens(TokenSettings),

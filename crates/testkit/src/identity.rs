@@ -228,7 +228,7 @@ impl KeySetServer {
         Ok(())
     }
 
-    /// How many requests the server has answered.
+    /// Returns how many requests the server has served.
     pub fn requests(&self) -> usize {
         self.requests.lock().map(|count| *count).unwrap_or_default()
     }
