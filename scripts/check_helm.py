@@ -350,6 +350,35 @@ def check_deployment(deployment, values, failures):
             )
     failures.check(argument(args, "--auth") is not None, f"{owner}: no --auth")
 
+    # The certificate, its key and the trusted CAs must be files of mounted volumes.
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mount_paths = {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+    tls_secret = volumes.get("tls", {}).get("secret", {}).get("secretName")
+    expected_secret = (
+        values["services"][component]["tls"]["secretName"]
+        or f"{deployment['metadata']['name']}-tls"
+    )
+    failures.check(
+        tls_secret == expected_secret,
+        f"{owner}: mounts TLS Secret {tls_secret!r}, expected {expected_secret!r}",
+    )
+    bundle = values["tls"]["caBundle"]
+    ca_volume, ca_file = (
+        ("ca-bundle", bundle["key"]) if bundle["configMapName"] else ("tls", "ca.crt")
+    )
+    expected_files = {
+        "--tls-cert": ("tls", "tls.crt"),
+        "--tls-key": ("tls", "tls.key"),
+        "--tls-ca": (ca_volume, ca_file),
+        "--tls-client-ca": (ca_volume, ca_file),
+    }
+    for flag, (volume, file) in expected_files.items():
+        expected_path = f"{mount_paths.get(volume, '(not mounted)')}/{file}"
+        failures.check(
+            argument(args, flag) == expected_path,
+            f"{owner}: {flag} is {argument(args, flag)!r}, expected {expected_path!r}",
+        )
+
     autoscaled = values["services"][component]["autoscaling"]["enabled"]
     failures.check(
         ("replicas" in deployment["spec"]) != autoscaled,
