@@ -28,6 +28,10 @@ HOOK_ANNOTATIONS = {
     "helm.sh/hook": "pre-install,pre-upgrade",
     "helm.sh/hook-delete-policy": "before-hook-creation,hook-succeeded",
 }
+# The folder and file name of the database server's CA that database.tls.enabled mounts. The
+# URL in the database Secret names the file by this path, so it must not move.
+DATABASE_CA_DIR = "/etc/rollcall/db-ca"
+DATABASE_CA_FILE = "ca.crt"
 STANDARD_LABELS = (
     "app.kubernetes.io/name",
     "app.kubernetes.io/instance",
@@ -105,6 +109,50 @@ BAD_VALUES = [
         "cert-manager without an issuer",
         {"tls": {"certManager": {"enabled": True}}},
         "/tls/certManager/issuerRef/name",
+    ),
+    (
+        SCHEMA,
+        "database CA Secret name with capitals",
+        {"database": {"tls": {"enabled": True, "caSecretName": "Postgres-CA"}}},
+        "/database/tls/caSecretName",
+    ),
+    (
+        SCHEMA,
+        "empty database CA key",
+        {"database": {"tls": {"enabled": True, "caSecretName": "postgres-ca", "caKey": ""}}},
+        "/database/tls/caKey",
+    ),
+    (
+        SCHEMA,
+        "database TLS switch not a boolean",
+        {"database": {"tls": {"enabled": "yes"}}},
+        "/database/tls/enabled",
+    ),
+    (
+        TEMPLATE,
+        "database TLS with an empty CA Secret name",
+        {"database": {"tls": {"enabled": True, "caSecretName": ""}}},
+        "database.tls.caSecretName",
+    ),
+    (
+        TEMPLATE,
+        "database CA from both a Secret and a ConfigMap",
+        {
+            "database": {
+                "tls": {
+                    "enabled": True,
+                    "caSecretName": "postgres-ca",
+                    "caConfigMapName": "postgres-ca",
+                }
+            }
+        },
+        "database.tls.caConfigMapName",
+    ),
+    (
+        TEMPLATE,
+        "database CA named with database TLS off",
+        {"database": {"tls": {"enabled": False, "caConfigMapName": "postgres-ca"}}},
+        "database.tls.caConfigMapName",
     ),
     (
         TEMPLATE,
@@ -297,6 +345,63 @@ def check_pod(owner, spec, failures):
         )
 
 
+def check_database_ca(owner, spec, values, failures):
+    """With database.tls.enabled, check that every container mounts the database server's CA
+    read-only at DATABASE_CA_DIR, as DATABASE_CA_FILE, from the Secret or ConfigMap the values
+    name. Without it, check that nothing is mounted there."""
+    tls = values["database"]["tls"]
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    for container in spec["containers"]:
+        where = f"{owner} container {container['name']}"
+        mounts = [m for m in container.get("volumeMounts", []) if m["mountPath"] == DATABASE_CA_DIR]
+        if not tls["enabled"]:
+            failures.check(
+                not mounts,
+                f"{where}: mounts {DATABASE_CA_DIR} although database.tls.enabled is false",
+            )
+            continue
+        if len(mounts) != 1:
+            failures.check(
+                False,
+                f"{where}: {len(mounts)} volumes are mounted at {DATABASE_CA_DIR}, expected "
+                "the database CA alone",
+            )
+            continue
+        mount = mounts[0]
+        failures.check(
+            mount.get("readOnly") is True, f"{where}: the database CA is not mounted read-only"
+        )
+        failures.check(
+            "subPath" not in mount,
+            f"{where}: the database CA is mounted with a subPath, which kubelet never updates",
+        )
+        volume = volumes.get(mount["name"], {})
+        if tls["caSecretName"]:
+            kind, expected = "Secret", tls["caSecretName"]
+            source = volume.get("secret", {})
+            found = source.get("secretName")
+        else:
+            kind, expected = "ConfigMap", tls["caConfigMapName"]
+            source = volume.get("configMap", {})
+            found = source.get("name")
+        failures.check(
+            found == expected,
+            f"{where}: the database CA volume {mount['name']!r} is not {kind} {expected!r}",
+        )
+        expected_items = [{"key": tls["caKey"], "path": DATABASE_CA_FILE}]
+        failures.check(
+            source.get("items") == expected_items,
+            f"{where}: the database CA volume's items are {source.get('items')!r}, "
+            f"expected {expected_items!r}",
+        )
+
+    if not tls["enabled"]:
+        failures.check(
+            "db-ca" not in volumes,
+            f"{owner}: has a db-ca volume although database.tls.enabled is false",
+        )
+
+
 def argument(args, flag):
     """Return the value that follows a flag in a container's arguments, or None."""
     return args[args.index(flag) + 1] if flag in args else None
@@ -440,6 +545,7 @@ def check_manifests(manifests, values, failures):
 
     for owner, spec in pod_specs(manifests):
         check_pod(owner, spec, failures)
+        check_database_ca(owner, spec, values, failures)
     for deployment in by_kind.get("Deployment", []):
         check_deployment(deployment, values, failures)
 
@@ -681,6 +787,13 @@ def main():
         "services": {"referrals": {"autoscaling": {"enabled": False}, "replicas": 3}}
     }
     check_good(args.chart, "referrals without an autoscaler", without_autoscaling, failures)
+    # everything-on-values.yaml takes the database CA from a Secret.
+    database_ca_from_config_map = {
+        "database": {
+            "tls": {"enabled": True, "caConfigMapName": "postgres-ca", "caKey": "root.crt"}
+        }
+    }
+    check_good(args.chart, "database CA from a ConfigMap", database_ca_from_config_map, failures)
     check_checksums(args.chart, chart_defaults(args.chart), failures)
 
     before = len(failures.messages)

@@ -178,6 +178,39 @@ The database URL from its Secret, as the ROLLCALL_DATABASE_URL variable.
 {{- end -}}
 
 {{/*
+The mount of the database server's CA certificate, for the services and the migration Job
+when database.tls.enabled. The URL in the database Secret names the file by this path, so
+the path is fixed: /etc/rollcall/db-ca/ca.crt.
+*/}}
+{{- define "rollcall.databaseCaVolumeMount" -}}
+- name: db-ca
+  mountPath: /etc/rollcall/db-ca
+  readOnly: true
+{{- end -}}
+
+{{/*
+The volume of rollcall.databaseCaVolumeMount: the key database.tls.caKey of the Secret or the
+ConfigMap, as the file ca.crt.
+*/}}
+{{- define "rollcall.databaseCaVolume" -}}
+{{- $tls := .Values.database.tls -}}
+- name: db-ca
+  {{- if $tls.caSecretName }}
+  secret:
+    secretName: {{ $tls.caSecretName }}
+    {{- /* 0440: readable by the pod's fsGroup only, as the chart's other Secrets. */}}
+    defaultMode: 288
+  {{- else }}
+  configMap:
+    name: {{ $tls.caConfigMapName }}
+    defaultMode: 292
+  {{- end }}
+    items:
+      - key: {{ $tls.caKey }}
+        path: ca.crt
+{{- end -}}
+
+{{/*
 NetworkPolicy egress rules to DNS and to PostgreSQL, shared by the services and the migration
 Job.
 */}}
