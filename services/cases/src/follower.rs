@@ -186,6 +186,17 @@ async fn apply(
     let started_on = parse_date(&trigger.as_of).unwrap_or_else(|_| now.date_naive());
     with_db!(db, |pool| {
         let mut tx = pool.begin_write(CASES_LOCK_KEY).await?;
+        // Another replica of this service may have applied the trigger already: the cursor
+        // read under the write lock tells, so each trigger is applied once.
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT cursor FROM sync_state WHERE feed = $1")
+                .bind(TRIGGER_FEED)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if applied.is_some_and(|applied| applied >= cursor) {
+            tracing::debug!(trigger = %trigger.id, cursor, "Trigger already applied by another replica");
+            return Ok(false);
+        }
         // A trigger raised before the policy service applied a UPN change names the replaced
         // UPN, so it acts on the UPN that replaced it.
         let replaced: Vec<(String, String)> =
@@ -409,6 +420,53 @@ mod tests {
         assert_eq!(decide(&raised, None), None, "no case is opened for it");
         let withdrawn = trigger(TriggerKind::LadderStage, TriggerState::Withdrawn);
         assert_eq!(decide(&withdrawn, live("open")), None);
+    }
+
+    #[tokio::test]
+    async fn a_trigger_applies_once_across_replicas() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let storage = rollcall_runtime::StorageConfig::Sqlite {
+            data_dir: dir.path().to_path_buf(),
+        };
+        let db = rollcall_runtime::storage::connect(&storage, crate::MIGRATIONS)
+            .await
+            .expect("storage");
+        let raised = Trigger {
+            upn: "A123456789012".into(),
+            laestab: "9192001".into(),
+            as_of: "2025-09-12".into(),
+            ..trigger(TriggerKind::PersistentAbsence, TriggerState::Raised)
+        };
+        let days = crate::school_days::SchoolDays::default();
+        apply(&db, &raised, &days, 1).await.expect("case opened");
+        // A later ladder stage notes the live case each time it is applied, so applying it
+        // twice would show as a second note.
+        let stage = Trigger {
+            id: "trg-0000000002".into(),
+            ladder_stage: "head-of-year-meeting".into(),
+            ..Trigger {
+                kind: TriggerKind::LadderStage as i32,
+                ..raised.clone()
+            }
+        };
+        let count = || async {
+            with_db!(&db, |pool| {
+                sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM case_events")
+                    .fetch_one(pool)
+                    .await
+            })
+            .expect("count")
+        };
+        apply(&db, &stage, &days, 2).await.expect("first replica");
+        let once = count().await;
+        // A second replica that reads the same trigger later finds it applied.
+        apply(&db, &stage, &days, 2).await.expect("second replica");
+        assert_eq!(count().await, once, "the trigger was applied twice");
+        // An older trigger read late by a lagging replica changes nothing either.
+        apply(&db, &raised, &days, 1)
+            .await
+            .expect("lagging replica");
+        assert_eq!(count().await, once, "an older trigger was applied again");
     }
 
     #[test]
