@@ -75,18 +75,37 @@ fn ctf() -> String {
     )
 }
 
-fn rollcall(server: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rollcall"))
-        .arg("--server")
-        .arg(server)
-        .args(args)
-        .output()
-        .expect("the rollcall binary runs")
+/// Where the `rollcall` commands find the services, and the token they send.
+#[derive(Debug, Clone)]
+struct Target {
+    /// Options that name the server or servers, such as `--server URL`.
+    options: Vec<String>,
+    /// The access token, sent through ROLLCALL_TOKEN.
+    token: Option<String>,
 }
 
-fn build_pack(server: &str, upn: &str, out: &Path) -> Output {
+impl Target {
+    fn server(url: &str) -> Self {
+        Target {
+            options: vec!["--server".to_owned(), url.to_owned()],
+            token: None,
+        }
+    }
+}
+
+fn rollcall(target: &Target, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rollcall"));
+    command.args(&target.options).args(args);
+    match &target.token {
+        Some(token) => command.env("ROLLCALL_TOKEN", token),
+        None => command.env_remove("ROLLCALL_TOKEN"),
+    };
+    command.output().expect("the rollcall binary runs")
+}
+
+fn build_pack(target: &Target, upn: &str, out: &Path) -> Output {
     let out = out.to_str().expect("UTF-8 path");
-    rollcall(server, &["referral", "pack", "--upn", upn, "--out", out])
+    rollcall(target, &["referral", "pack", "--upn", upn, "--out", out])
 }
 
 fn stdout_json(output: &Output) -> Value {
@@ -100,11 +119,11 @@ fn stdout_json(output: &Output) -> Value {
 
 /// Amends pupil A's illness on Thursday morning to present, which takes A from exactly 10%
 /// absence to 5%: the persistent-absence trigger is withdrawn and A's case goes up for review.
-fn check_amendment(url: &str, work: &Path) {
+fn check_amendment(target: &Target, work: &Path) {
     let session = ["--upn", &upn(1), "--date", "2025-09-11", "--session", "AM"];
     // X is for pupils not of compulsory school age; pupil A is 12.
     let x_mark = rollcall(
-        url,
+        target,
         &[
             &["marks", "amend"][..],
             &session,
@@ -125,7 +144,7 @@ fn check_amendment(url: &str, work: &Path) {
     assert!(String::from_utf8_lossy(&x_mark.stderr).contains("compulsory school age"));
 
     let no_reason = rollcall(
-        url,
+        target,
         &[
             &["marks", "amend"][..],
             &session,
@@ -146,7 +165,7 @@ fn check_amendment(url: &str, work: &Path) {
     assert!(String::from_utf8_lossy(&no_reason.stderr).contains("reason"));
 
     let amended = rollcall(
-        url,
+        target,
         &[
             &["marks", "amend"][..],
             &session,
@@ -171,7 +190,7 @@ fn check_amendment(url: &str, work: &Path) {
     assert!(String::from_utf8_lossy(&amended.stdout).contains("from I to /"));
 
     let history = stdout_json(&rollcall(
-        url,
+        target,
         &[&["marks", "history"][..], &session, &["--json"]].concat(),
     ));
     let versions = history.as_array().expect("array");
@@ -199,14 +218,14 @@ fn check_amendment(url: &str, work: &Path) {
         ctf().replace("2025-09-12T16:00:00", "2025-09-12T17:00:00"),
     )
     .expect("write");
-    let reimport = rollcall(url, &["import", "ctf", export.to_str().expect("utf-8")]);
+    let reimport = rollcall(target, &["import", "ctf", export.to_str().expect("utf-8")]);
     assert!(
         reimport.status.success(),
         "{}",
         String::from_utf8_lossy(&reimport.stderr)
     );
     let history = stdout_json(&rollcall(
-        url,
+        target,
         &[&["marks", "history"][..], &session, &["--json"]].concat(),
     ));
     let versions = history.as_array().expect("array");
@@ -219,7 +238,7 @@ fn check_amendment(url: &str, work: &Path) {
     assert_eq!(versions[1]["effective"], true);
 
     let report = stdout_json(&rollcall(
-        url,
+        target,
         &["report", "attendance", "--school", "9192001", "--json"],
     ));
     let pupil_a = report
@@ -232,7 +251,7 @@ fn check_amendment(url: &str, work: &Path) {
     assert_eq!(pupil_a["persistent_absence"], false);
 
     let cases = stdout_json(&rollcall(
-        url,
+        target,
         &["cases", "list", "--school", "9192001", "--json"],
     ));
     let case_a = cases
@@ -247,7 +266,7 @@ fn check_amendment(url: &str, work: &Path) {
     // After review, staff keep the case open.
     let case_id = case_a["id"].as_str().expect("id").to_owned();
     let kept = rollcall(
-        url,
+        target,
         &[
             "case",
             "keep-open",
@@ -269,7 +288,7 @@ fn check_amendment(url: &str, work: &Path) {
         String::from_utf8_lossy(&kept.stderr)
     );
     let cases = stdout_json(&rollcall(
-        url,
+        target,
         &["cases", "list", "--school", "9192001", "--json"],
     ));
     let status = cases
@@ -283,11 +302,11 @@ fn check_amendment(url: &str, work: &Path) {
 
 /// Sets the school's calendar with Friday 12 September as an INSET day: the eight marks on it
 /// get # versions, and the figures leave that day out.
-fn check_calendar(url: &str, work: &Path) {
+fn check_calendar(target: &Target, work: &Path) {
     let bad = work.join("bad-calendar.json");
     std::fs::write(&bad, r#"{"time_zone": "Europe/London", "holidays": []}"#).expect("write");
     let output = rollcall(
-        url,
+        target,
         &[
             "calendar",
             "set",
@@ -316,7 +335,7 @@ fn check_calendar(url: &str, work: &Path) {
     });
     std::fs::write(&file, calendar.to_string()).expect("write");
     let output = rollcall(
-        url,
+        target,
         &[
             "calendar",
             "set",
@@ -341,13 +360,16 @@ fn check_calendar(url: &str, work: &Path) {
         "{stdout}"
     );
 
-    let shown = stdout_json(&rollcall(url, &["calendar", "show", "--school", "9192001"]));
+    let shown = stdout_json(&rollcall(
+        target,
+        &["calendar", "show", "--school", "9192001"],
+    ));
     assert_eq!(shown["closures"][0]["date"], "2025-09-12");
     assert_eq!(shown["am"]["closes"], "09:00");
 
     // Pupil C was present on Friday: 16 possible sessions, 1 attended, 15 unauthorised.
     let report = stdout_json(&rollcall(
-        url,
+        target,
         &["report", "attendance", "--school", "9192001", "--json"],
     ));
     let pupil_c = report
@@ -370,22 +392,32 @@ async fn run_main_job(database_url: Option<String>, work: &Path) {
     )
     .expect("config");
     let running = server::start(config).await.expect("server starts");
-    let url = running.url();
-    let work = work.to_path_buf();
+    let result = run_checks(Target::server(&running.url()), work).await;
+    running.stop().await.expect("server stops");
+    if let Err(error) = result {
+        std::panic::resume_unwind(error.into_panic());
+    }
+}
 
+/// Runs the main job's commands against `target`; the error is a failed check's panic.
+async fn run_checks(target: Target, work: &Path) -> Result<(), tokio::task::JoinError> {
+    let work = work.to_path_buf();
     let checks = tokio::task::spawn_blocking(move || {
         // A truncated file is rejected with its name, and nothing from it is stored.
         let full = ctf();
         let truncated = work.join("truncated.xml");
         std::fs::write(&truncated, &full[..full.len() / 2]).expect("write");
-        let output = rollcall(&url, &["import", "ctf", truncated.to_str().expect("utf-8")]);
+        let output = rollcall(
+            &target,
+            &["import", "ctf", truncated.to_str().expect("utf-8")],
+        );
         assert!(!output.status.success());
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains("truncated.xml"), "{stderr}");
 
         let file = work.join("test-academy.xml");
         std::fs::write(&file, &full).expect("write");
-        let output = rollcall(&url, &["import", "ctf", file.to_str().expect("utf-8")]);
+        let output = rollcall(&target, &["import", "ctf", file.to_str().expect("utf-8")]);
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success(),
@@ -399,11 +431,11 @@ async fn run_main_job(database_url: Option<String>, work: &Path) {
         );
 
         // Importing the same file again changes nothing.
-        let again = rollcall(&url, &["import", "ctf", file.to_str().expect("utf-8")]);
+        let again = rollcall(&target, &["import", "ctf", file.to_str().expect("utf-8")]);
         assert!(String::from_utf8_lossy(&again.stdout).contains("already imported"));
 
         let report = stdout_json(&rollcall(
-            &url,
+            &target,
             &["report", "attendance", "--school", "9192001", "--json"],
         ));
         let rows = report.as_array().expect("array");
@@ -430,11 +462,11 @@ async fn run_main_job(database_url: Option<String>, work: &Path) {
             assert_eq!(row["severe_absence"], severe, "{upn}");
         }
 
-        let table = rollcall(&url, &["report", "attendance", "--school", "9192001"]);
+        let table = rollcall(&target, &["report", "attendance", "--school", "9192001"]);
         assert!(String::from_utf8_lossy(&table.stdout).contains("16.7"));
 
         let cases = stdout_json(&rollcall(
-            &url,
+            &target,
             &["cases", "list", "--school", "9192001", "--json"],
         ));
         let mut case_upns: Vec<String> = cases
@@ -454,13 +486,13 @@ async fn run_main_job(database_url: Option<String>, work: &Path) {
 
         // No pack for a pupil below the threshold, and no file written.
         let not_due = work.join("not-due.zip");
-        let output = build_pack(&url, &upn(4), &not_due);
+        let output = build_pack(&target, &upn(4), &not_due);
         assert!(!output.status.success());
         assert!(String::from_utf8_lossy(&output.stderr).contains("threshold"));
         assert!(!not_due.exists());
 
         let pack_path = work.join("pack.zip");
-        let output = build_pack(&url, &upn(3), &pack_path);
+        let output = build_pack(&target, &upn(3), &pack_path);
         assert!(
             output.status.success(),
             "{}",
@@ -507,14 +539,10 @@ async fn run_main_job(database_url: Option<String>, work: &Path) {
         let extract = rollcall_ctf::read(&extract).expect("the extract is a valid CTF");
         assert_eq!(extract.pupils[0].upn, upn(3));
 
-        check_amendment(&url, &work);
-        check_calendar(&url, &work);
+        check_amendment(&target, &work);
+        check_calendar(&target, &work);
     });
-    let result = checks.await;
-    running.stop().await.expect("server stops");
-    if let Err(error) = result {
-        std::panic::resume_unwind(error.into_panic());
-    }
+    checks.await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -531,4 +559,322 @@ async fn main_job_on_postgres() {
     let url = server.create_database().await.expect("database");
     let work = tempfile::tempdir().expect("temp dir");
     run_main_job(Some(url), work.path()).await;
+}
+
+/// A `rollcall serve` process of the distributed mode, stopped when dropped.
+struct ServiceProcess {
+    name: &'static str,
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl ServiceProcess {
+    /// Asks the process to stop as Kubernetes does, with SIGTERM, and returns its exit status.
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM {}", self.name);
+        let exit = self.child.wait().expect("the process ends");
+        // Forget the child so that the drop below does not kill it again.
+        self.child = Command::new("true").spawn().expect("true runs");
+        exit
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Free loopback ports, found by binding and releasing them.
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().expect("address").port())
+        .collect()
+}
+
+/// Waits until the plain-text health port at `port` reports every service of the process
+/// serving.
+async fn wait_until_serving(process: &ServiceProcess, port: u16) {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .expect("endpoint");
+        if let Ok(channel) = endpoint.connect().await {
+            let status = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            if let Ok(response) = status
+                && response.into_inner().status == 1
+            {
+                return;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} did not start serving: {}",
+            process.name,
+            process.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// The main job against the five services in five processes on PostgreSQL, each serving TLS,
+/// calling the others over mutual TLS, and checking callers' bearer tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn main_job_on_five_processes_over_tls() {
+    let postgres = rollcall_testkit::postgres()
+        .await
+        .expect("PostgreSQL for the tests");
+    let database_url = postgres.create_database().await.expect("database");
+    let work = tempfile::tempdir().expect("temp dir");
+    let path = |name: &str| work.path().join(name).to_str().expect("UTF-8").to_owned();
+
+    let ca = rollcall_testkit::tls::TestCa::new("rollcall test services CA").expect("CA");
+    std::fs::write(path("ca.crt"), ca.pem()).expect("write CA");
+    let idp = rollcall_testkit::identity::IdentityProvider::new(
+        "https://login.example.org/trust",
+        "rollcall",
+    )
+    .expect("identity provider");
+    idp.write_jwks(&work.path().join("jwks.json"))
+        .expect("write keys");
+    std::fs::write(
+        path("auth.toml"),
+        idp.settings_with_file(&work.path().join("jwks.json")),
+    )
+    .expect("write settings");
+
+    // The migrations run once before the services start, as the chart's migration job does.
+    let migrate = Command::new(env!("CARGO_BIN_EXE_rollcall"))
+        .args(["migrate", "--json", "--database-url", &database_url])
+        .output()
+        .expect("rollcall migrate runs");
+    let migrated = stdout_json(&migrate);
+    assert_eq!(migrated["services"].as_array().map(Vec::len), Some(6));
+
+    let services = [
+        ("registers", "registers,audit"),
+        ("policy", "policy"),
+        ("cases", "cases"),
+        ("referrals", "referrals"),
+        ("mis-adapter", "mis-adapter"),
+    ];
+    let ports = free_ports(services.len() * 2);
+    let url = |index: usize| format!("https://localhost:{}", ports[index]);
+    let addresses = vec![
+        "--registers-url".to_owned(),
+        url(0),
+        "--policy-url".to_owned(),
+        url(1),
+        "--cases-url".to_owned(),
+        url(2),
+        "--referrals-url".to_owned(),
+        url(3),
+        "--mis-adapter-url".to_owned(),
+        url(4),
+        "--audit-url".to_owned(),
+        url(0),
+        "--tls-ca".to_owned(),
+        path("ca.crt"),
+    ];
+    let mut processes = Vec::new();
+    for (index, (name, only)) in services.into_iter().enumerate() {
+        let certificate = ca
+            .issue(&format!("rollcall-{name}"), &[name])
+            .expect("certificate");
+        let (cert, key) = certificate.write(work.path(), name).expect("write");
+        let log = work.path().join(format!("{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_rollcall"))
+            .args(&addresses)
+            .args(["serve", "--only", only, "--database-url", &database_url])
+            .args(["--listen", &format!("127.0.0.1:{}", ports[index])])
+            .args([
+                "--health-listen",
+                &format!("127.0.0.1:{}", ports[services.len() + index]),
+            ])
+            .args(["--data-dir", &path(name), "--auth", &path("auth.toml")])
+            .args(["--tls-cert", cert.to_str().expect("UTF-8")])
+            .args(["--tls-key", key.to_str().expect("UTF-8")])
+            .args(["--tls-client-ca", &path("ca.crt")])
+            .env("RUST_LOG", "info,sqlx=warn")
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("rollcall serve starts");
+        processes.push(ServiceProcess { name, child, log });
+    }
+    for (index, process) in processes.iter().enumerate() {
+        wait_until_serving(process, ports[services.len() + index]).await;
+    }
+
+    let token = idp
+        .token(
+            "staff-0001",
+            &[
+                "headteacher",
+                "senior_attendance_lead",
+                "office_staff",
+                "trust_attendance_improvement_officer",
+                "trust_it",
+                "mis_vendor",
+                "auditor",
+            ],
+            &["9192001"],
+        )
+        .expect("token");
+    let target = Target {
+        options: addresses,
+        token: Some(token),
+    };
+    let result = run_checks(target.clone(), work.path()).await;
+    if let Err(error) = result {
+        for process in &processes {
+            eprintln!("--- {} ---\n{}", process.name, process.log());
+        }
+        std::panic::resume_unwind(error.into_panic());
+    }
+
+    // With --auth and no key shared between the processes, the services reached each other
+    // only by their client certificates. The person's import is in the audit log.
+    let audit = stdout_json(&rollcall(
+        &target,
+        &["audit", "--user", "staff-0001", "--json"],
+    ));
+    let events = audit.as_array().expect("array");
+    assert!(
+        events.iter().any(|event| event["method"]
+            .as_str()
+            .is_some_and(|method| method.contains("ImportCtf"))),
+        "{audit}"
+    );
+
+    // A plain-text call to a TLS listener fails, and so does a call without a token.
+    let plain = Target::server(&format!("http://127.0.0.1:{}", ports[0]));
+    assert!(
+        !rollcall(&plain, &["calendar", "show", "--school", "9192001"])
+            .status
+            .success()
+    );
+    let no_token = Target {
+        token: None,
+        ..target.clone()
+    };
+    let refused = rollcall(&no_token, &["calendar", "show", "--school", "9192001"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("no bearer token"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // SIGTERM drains each process, which then exits cleanly.
+    for process in processes {
+        let name = process.name;
+        let log_path = process.log.clone();
+        let status = process.terminate();
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        assert!(status.success(), "{name} exited with {status}: {log}");
+        assert!(log.contains("NOT_SERVING"), "{name}: {log}");
+        assert!(log.contains("rollcall stopped"), "{name}: {log}");
+    }
+}
+
+/// Stopping the server ends a change-feed stream cleanly, and a client that resumes from the
+/// last cursor it processed, on the restarted server, gets every remaining mark exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feed_stream_resumes_after_restart() {
+    use rollcall_api::mis_adapter::v1::ImportCtfRequest;
+    use rollcall_api::mis_adapter::v1::mis_adapter_service_client::MisAdapterServiceClient;
+    use rollcall_api::registers::v1::WatchMarksRequest;
+    use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
+
+    let work = tempfile::tempdir().expect("temp dir");
+    let config = || {
+        ServerConfig::new(
+            "127.0.0.1:0".parse().expect("address"),
+            work.path().join("data"),
+            None,
+        )
+        .expect("config")
+    };
+    let connect = |url: String| async move {
+        tonic::transport::Endpoint::from_shared(url)
+            .expect("URL")
+            .connect()
+            .await
+            .expect("connect")
+    };
+    let running = server::start(config()).await.expect("server starts");
+    let channel = connect(running.url()).await;
+    let head = MisAdapterServiceClient::new(channel.clone())
+        .import_ctf(ImportCtfRequest {
+            file_name: "test-academy.xml".to_owned(),
+            content: ctf().into_bytes(),
+            imported_by: "test".to_owned(),
+            dry_run: false,
+        })
+        .await
+        .expect("import")
+        .into_inner()
+        .feed_cursor;
+    assert!(head > 10, "feed head {head}");
+
+    let mut stream = RegistersServiceClient::new(channel)
+        .watch_marks(WatchMarksRequest {
+            cursor: 0,
+            laestab: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let message = stream.message().await.expect("message").expect("a mark");
+        seen.push(message.cursor);
+    }
+    let stopping = tokio::spawn(running.stop());
+    // The messages already sent may still arrive; then the stream ends without an error.
+    while let Some(message) = stream.message().await.expect("a clean end") {
+        seen.push(message.cursor);
+    }
+    stopping.await.expect("task").expect("server stops");
+    let resume_from = *seen.last().expect("a cursor");
+
+    let running = server::start(config()).await.expect("server restarts");
+    let mut stream = RegistersServiceClient::new(connect(running.url()).await)
+        .watch_marks(WatchMarksRequest {
+            cursor: resume_from,
+            laestab: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    while *seen.last().expect("a cursor") < head {
+        let message = stream.message().await.expect("message").expect("a mark");
+        seen.push(message.cursor);
+    }
+    let mut unique = seen.clone();
+    unique.dedup();
+    assert_eq!(unique, seen, "a mark came twice");
+    assert!(seen.windows(2).all(|pair| pair[0] < pair[1]), "{seen:?}");
+    assert_eq!(seen.len() as i64, head, "a mark is missing: {seen:?}");
+    running.stop().await.expect("server stops");
 }

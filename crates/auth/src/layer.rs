@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tonic::body::Body;
-use tonic::transport::server::TcpConnectInfo;
 
 use chrono::Utc;
 use tonic::Code;
@@ -90,12 +89,7 @@ where
             if is_open(&path) {
                 return inner.call(request).await;
             }
-            let peer = request
-                .extensions()
-                .get::<TcpConnectInfo>()
-                .and_then(|info| info.remote_addr())
-                .map(|addr| addr.to_string())
-                .unwrap_or_default();
+            let peer = crate::certificate::peer_address(&request);
             let Some(rule) = rule_for(&path) else {
                 tracing::warn!(method = %path, peer, "Refused a call with no access rule");
                 return Ok(Refusal::PermissionDenied(format!(
@@ -109,7 +103,14 @@ where
                 .headers()
                 .get(http::header::AUTHORIZATION)
                 .map(|value| value.to_str().unwrap_or_default().to_owned());
-            let principal = match authenticator.authenticate(header.as_deref()).await {
+            // A client certificate the TLS layer verified against the services' CA identifies
+            // another rollcall process; everyone else proves who they are with a token.
+            let service = crate::certificate::service_principal(&request);
+            let authenticated = match service {
+                Some(principal) => Ok(principal),
+                None => authenticator.authenticate(header.as_deref()).await,
+            };
+            let principal = match authenticated {
                 Ok(principal) => principal,
                 Err(refusal) => {
                     tracing::warn!(
@@ -190,7 +191,7 @@ where
 /// person, and every call a handler rejected for its caller's identity or grants. Calls
 /// between rollcall's own services are audited where they entered rollcall.
 fn audited(rule: &Rule, principal: &Principal, code: Code) -> bool {
-    if principal.credential == crate::principal::Credential::Internal {
+    if principal.is_service() {
         return false;
     }
     if matches!(code, Code::PermissionDenied | Code::Unauthenticated) {

@@ -8,6 +8,7 @@
 
 pub mod audit;
 mod caller;
+mod certificate;
 mod keys;
 mod layer;
 mod principal;

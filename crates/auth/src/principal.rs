@@ -36,6 +36,9 @@ pub enum Credential {
     Development,
     /// Another rollcall service of this deployment.
     Internal,
+    /// Another rollcall service in another process, by the client certificate it presented,
+    /// which the services' CA signed.
+    ServiceCertificate,
 }
 
 /// An authenticated caller. Handlers find it in the request's extensions.
@@ -63,6 +66,25 @@ impl Principal {
             local_authority: None,
             credential: Credential::Internal,
         }
+    }
+
+    /// The identity of another rollcall process, named by its client certificate.
+    pub fn service_certificate(name: String) -> Self {
+        Principal {
+            subject: name,
+            roles: BTreeSet::from([Role::Service]),
+            schools: Schools::Trust,
+            local_authority: None,
+            credential: Credential::ServiceCertificate,
+        }
+    }
+
+    /// True for rollcall's own services, in this process or another.
+    pub fn is_service(&self) -> bool {
+        matches!(
+            self.credential,
+            Credential::Internal | Credential::ServiceCertificate
+        )
     }
 
     /// The identity every caller gets with `--dev`: every role, the services' own included,

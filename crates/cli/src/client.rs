@@ -1,5 +1,7 @@
 //! Clients of a running server, and the wait for figures and cases to catch up with an import.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -11,6 +13,7 @@ use rollcall_api::mis_adapter::v1::mis_sync_service_client::MisSyncServiceClient
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
 use rollcall_api::referrals::v1::referrals_service_client::ReferralsServiceClient;
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
+use rollcall_runtime::ServiceName;
 use rollcall_runtime::grpc::MAX_MESSAGE_BYTES;
 use tonic::transport::Endpoint;
 
@@ -26,49 +29,66 @@ pub(crate) struct Clients {
     pub(crate) audit: AuditServiceClient<Channel>,
 }
 
+/// Where the client commands find the services: one server for all of them, or, against a
+/// distributed installation, an address per service.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Addresses {
+    /// The server that hosts every service without an address of its own.
+    pub(crate) server: String,
+    /// Addresses of single services, overriding `server`.
+    pub(crate) services: BTreeMap<ServiceName, String>,
+    /// The CA that signed the servers' certificates, for `https://` addresses.
+    pub(crate) tls_ca: Option<PathBuf>,
+}
+
+impl Addresses {
+    /// One server for every service, over plain HTTP/2 or with the public web authorities.
+    pub(crate) fn single(server: &str) -> Self {
+        Addresses {
+            server: server.to_owned(),
+            ..Addresses::default()
+        }
+    }
+
+    fn url(&self, service: ServiceName) -> &str {
+        self.services
+            .get(&service)
+            .map_or(self.server.as_str(), String::as_str)
+    }
+}
+
 impl Clients {
-    /// Connects to the server at `url`, sending `credentials` with every call.
-    pub(crate) async fn connect(url: &str, credentials: Credentials) -> anyhow::Result<Self> {
-        if url.starts_with("https://") {
-            bail!(
-                "invalid server URL {url:?}: rollcall serve does not offer TLS yet, so an https:// \
-                 address would not be encrypted; use http:// on a trusted network or a TLS proxy"
-            );
+    /// Connects to the servers `addresses` names, sending `credentials` with every call.
+    pub(crate) async fn connect(
+        addresses: &Addresses,
+        credentials: Credentials,
+    ) -> anyhow::Result<Self> {
+        let mut channels: BTreeMap<&str, Channel> = BTreeMap::new();
+        for service in ServiceName::ALL {
+            let url = addresses.url(service);
+            if !channels.contains_key(url) {
+                let channel = connect_one(url, addresses.tls_ca.as_deref()).await?;
+                channels.insert(url, credentials.clone().attach(channel));
+            }
         }
-        if !url.starts_with("http://") {
-            bail!(
-                "invalid server URL {url:?}: start it with http://, for example \
-                 http://127.0.0.1:50051"
-            );
-        }
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .with_context(|| {
-                format!("invalid server URL {url:?}: expected e.g. http://127.0.0.1:50051")
-            })?
-            .connect_timeout(Duration::from_secs(10));
-        let channel = endpoint.connect().await.with_context(|| {
-            format!(
-                "cannot reach a rollcall server at {url}: start one with `rollcall serve`, or \
-                 point --server (or ROLLCALL_SERVER) at a running one"
-            )
-        })?;
-        let channel = credentials.attach(channel);
+        let channel = |service: ServiceName| channels[addresses.url(service)].clone();
         Ok(Self {
-            registers: RegistersServiceClient::new(channel.clone())
+            registers: RegistersServiceClient::new(channel(ServiceName::Registers))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            policy: PolicyServiceClient::new(channel.clone())
+            policy: PolicyServiceClient::new(channel(ServiceName::Policy))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            cases: CasesServiceClient::new(channel.clone())
+            cases: CasesServiceClient::new(channel(ServiceName::Cases))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            referrals: ReferralsServiceClient::new(channel.clone())
+            referrals: ReferralsServiceClient::new(channel(ServiceName::Referrals))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            mis_adapter: MisAdapterServiceClient::new(channel.clone())
+            mis_adapter: MisAdapterServiceClient::new(channel(ServiceName::MisAdapter))
                 .max_encoding_message_size(MAX_MESSAGE_BYTES)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            mis_sync: MisSyncServiceClient::new(channel.clone())
+            mis_sync: MisSyncServiceClient::new(channel(ServiceName::MisAdapter))
                 .max_encoding_message_size(MAX_MESSAGE_BYTES)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            audit: AuditServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            audit: AuditServiceClient::new(channel(ServiceName::Audit))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
         })
     }
 
@@ -123,4 +143,40 @@ impl Clients {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Connects to one server, over TLS when its address starts with `https://`.
+async fn connect_one(
+    url: &str,
+    tls_ca: Option<&Path>,
+) -> anyhow::Result<tonic::transport::Channel> {
+    let tls = url.starts_with("https://");
+    if !tls && !url.starts_with("http://") {
+        bail!(
+            "invalid server URL {url:?}: start it with http:// or https://, for example \
+             http://127.0.0.1:50051"
+        );
+    }
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .with_context(|| {
+            format!("invalid server URL {url:?}: expected e.g. http://127.0.0.1:50051")
+        })?
+        .connect_timeout(Duration::from_secs(10));
+    if tls {
+        endpoint = endpoint
+            .tls_config(rollcall_runtime::tls::client_config(tls_ca)?)
+            .with_context(|| format!("cannot set up TLS for {url}"))?;
+    }
+    endpoint.connect().await.with_context(|| {
+        let hint = if tls {
+            "; if its certificate is signed by the trust's own CA, give that CA with --tls-ca \
+             (or ROLLCALL_TLS_CA)"
+        } else {
+            ""
+        };
+        format!(
+            "cannot reach a rollcall server at {url}: start one with `rollcall serve`, or \
+             point --server (or ROLLCALL_SERVER) at a running one{hint}"
+        )
+    })
 }

@@ -1,5 +1,6 @@
 //! The command line: options, subcommands and their output.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,11 +17,13 @@ use rollcall_api::mis_adapter::v1::ImportCtfRequest;
 use rollcall_api::policy::v1::GetSchoolAttendanceRequest;
 use rollcall_api::registers::v1::GetSchoolRequest;
 use rollcall_runtime::telemetry::{self, LogFormat};
+use rollcall_runtime::tls::TlsFiles;
+use rollcall_runtime::{ServiceName, StorageConfig};
 use serde_json::json;
 
 use crate::calendar::CalendarCommand;
 use crate::casework::{CaseCommand, LadderCommand};
-use crate::client::Clients;
+use crate::client::{Addresses, Clients};
 use crate::connector::ConnectorCommand;
 use crate::contacts::ContactsCommand;
 use crate::delivery::DeliveryCommand;
@@ -51,14 +54,65 @@ pub struct Cli {
     #[arg(long, global = true, env = "ROLLCALL_TOKEN_FILE")]
     token_file: Option<PathBuf>,
 
+    /// The CA certificate (PEM) that signed the servers' certificates, for https:// addresses.
+    /// Without it, the public web authorities are trusted. `serve` trusts it when calling the
+    /// services of other processes.
+    #[arg(long, global = true, env = "ROLLCALL_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+
+    #[command(flatten)]
+    services: ServiceAddresses,
+
     #[command(subcommand)]
     command: Command,
 }
 
+/// The addresses of single services. The client commands use them instead of --server for
+/// those services; `serve --only` calls the services it does not host at them.
+#[derive(Debug, Args, Default)]
+struct ServiceAddresses {
+    /// The address of the registers service, e.g. https://registers.rollcall.svc:50051.
+    #[arg(long, global = true, env = "ROLLCALL_REGISTERS_URL")]
+    registers_url: Option<String>,
+    /// The address of the policy service.
+    #[arg(long, global = true, env = "ROLLCALL_POLICY_URL")]
+    policy_url: Option<String>,
+    /// The address of the cases service.
+    #[arg(long, global = true, env = "ROLLCALL_CASES_URL")]
+    cases_url: Option<String>,
+    /// The address of the referrals service.
+    #[arg(long, global = true, env = "ROLLCALL_REFERRALS_URL")]
+    referrals_url: Option<String>,
+    /// The address of the MIS adapter service, which also serves the MIS sync API.
+    #[arg(long, global = true, env = "ROLLCALL_MIS_ADAPTER_URL")]
+    mis_adapter_url: Option<String>,
+    /// The address of the audit log service.
+    #[arg(long, global = true, env = "ROLLCALL_AUDIT_URL")]
+    audit_url: Option<String>,
+}
+
+impl ServiceAddresses {
+    fn by_service(&self) -> BTreeMap<ServiceName, String> {
+        [
+            (ServiceName::Registers, &self.registers_url),
+            (ServiceName::Policy, &self.policy_url),
+            (ServiceName::Cases, &self.cases_url),
+            (ServiceName::Referrals, &self.referrals_url),
+            (ServiceName::MisAdapter, &self.mis_adapter_url),
+            (ServiceName::Audit, &self.audit_url),
+        ]
+        .into_iter()
+        .filter_map(|(name, url)| url.clone().map(|url| (name, url)))
+        .collect()
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the five services in one process on one port.
+    /// Run the five services in one process on one port, or with --only some of them.
     Serve(ServeArgs),
+    /// Apply the database migrations of every service, or of those --only names, and exit.
+    Migrate(MigrateArgs),
     /// Import files from a school's management information system.
     #[command(subcommand)]
     Import(ImportCommand),
@@ -180,6 +234,44 @@ struct ServeArgs {
         value_parser = clap::value_parser!(u32).range(1..=100)
     )]
     case_retention_years: u32,
+    /// Host only these services (comma-separated: registers, policy, cases, referrals,
+    /// mis-adapter, audit) and call the others at their --<service>-url addresses. Without
+    /// it, every service runs in this process.
+    #[arg(long, env = "ROLLCALL_ONLY", value_delimiter = ',')]
+    only: Vec<ServiceName>,
+    /// The server's certificate chain (PEM). With --tls-key, the listener serves TLS, and the
+    /// certificate is also presented when calling the services of other processes.
+    #[arg(long, env = "ROLLCALL_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "ROLLCALL_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// The CA certificate (PEM) that signs the client certificates of rollcall's own services.
+    /// A caller presenting one is taken to be another rollcall service, so this CA must issue
+    /// certificates to nothing else.
+    #[arg(long, env = "ROLLCALL_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
+    /// A second address, in plain text, that serves only gRPC health checks, for probes that
+    /// cannot speak TLS, such as Kubernetes' own.
+    #[arg(long, env = "ROLLCALL_HEALTH_LISTEN")]
+    health_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    /// Folder for the SQLite databases, used when --database-url is not given.
+    #[arg(long, env = "ROLLCALL_DATA_DIR", default_value = "./rollcall-data")]
+    data_dir: PathBuf,
+    /// PostgreSQL URL (postgres://user:password@host/database) to use instead of SQLite.
+    #[arg(long, env = "ROLLCALL_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Migrate only these services (comma-separated, as for `serve --only`). The audit log is
+    /// always migrated, because every service writes to it.
+    #[arg(long, env = "ROLLCALL_ONLY", value_delimiter = ',')]
+    only: Vec<ServiceName>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -246,7 +338,8 @@ pub(crate) const SYNC_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = match cli.command {
-        Command::Serve(args) => return serve(args).await,
+        Command::Serve(args) => return serve(args, cli.tls_ca, cli.services).await,
+        Command::Migrate(args) => return migrate(args).await,
         Command::Pack(command) => {
             let stdout = std::io::stdout();
             let valid = crate::referrals::run_pack(command, &mut stdout.lock())?;
@@ -295,7 +388,12 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
 
     telemetry::init(LogFormat::Text, "warn,sqlx=error");
     let credentials = credentials(cli.token_file.as_deref())?;
-    let clients = Clients::connect(&cli.server, credentials).await?;
+    let addresses = Addresses {
+        server: cli.server,
+        services: cli.services.by_service(),
+        tls_ca: cli.tls_ca,
+    };
+    let clients = Clients::connect(&addresses, credentials).await?;
     let mut out = std::io::stdout().lock();
     match client {
         ClientCommand::Import(ImportCommand::Ctf { files, by, dry_run }) => {
@@ -393,7 +491,11 @@ enum ClientCommand {
     Audit(crate::audit::AuditArgs),
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(
+    args: ServeArgs,
+    tls_ca: Option<PathBuf>,
+    services: ServiceAddresses,
+) -> anyhow::Result<()> {
     let format = if args.log_format == "json" {
         LogFormat::Json
     } else {
@@ -402,6 +504,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::init(format, "info,sqlx=warn");
     let mut config = ServerConfig::new(args.listen, args.data_dir, args.database_url.as_deref())?;
     config.case_retention_years = args.case_retention_years;
+    config.only = args.only.iter().copied().collect();
+    config.peer_urls = services.by_service();
+    config.health_listen = args.health_listen;
+    config.tls = TlsFiles {
+        cert: args.tls_cert,
+        key: args.tls_key,
+        client_ca: args.tls_client_ca,
+        ca: tls_ca,
+    };
     config.authentication = match (&args.auth, args.dev) {
         (Some(path), _) => Authentication::Tokens(rollcall_auth::TokenSettings::from_file(path)?),
         (None, true) => Authentication::Development,
@@ -432,6 +543,51 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         result = running.wait() => result,
     }
+}
+
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    telemetry::init(LogFormat::Text, "warn,sqlx=error");
+    let storage = StorageConfig::from_options(args.database_url.as_deref(), args.data_dir)?;
+    let mut only: BTreeSet<ServiceName> = args.only.iter().copied().collect();
+    if only.is_empty() {
+        only = ServiceName::ALL.into_iter().collect();
+    }
+    only.insert(ServiceName::Audit);
+    let mut migrated = Vec::new();
+    for service in only {
+        let migrations = match service {
+            ServiceName::Registers => rollcall_registers::MIGRATIONS,
+            ServiceName::Policy => rollcall_policy::MIGRATIONS,
+            ServiceName::Cases => rollcall_cases::MIGRATIONS,
+            ServiceName::Referrals => rollcall_referrals::MIGRATIONS,
+            ServiceName::MisAdapter => rollcall_mis_adapter::MIGRATIONS,
+            ServiceName::Audit => rollcall_audit::MIGRATIONS,
+        };
+        let db = rollcall_runtime::storage::connect(&storage, migrations).await?;
+        let version = rollcall_runtime::storage::latest_version(&db).await?;
+        db.close().await;
+        migrated.push((service, version));
+    }
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let services: Vec<serde_json::Value> = migrated
+            .iter()
+            .map(|(service, version)| {
+                serde_json::json!({ "service": service.as_str(), "version": version })
+            })
+            .collect();
+        let report = serde_json::json!({
+            "storage": storage.describe(),
+            "services": services,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        writeln!(out, "Migrated {}:", storage.describe())?;
+        for (service, version) in &migrated {
+            writeln!(out, "  {service:<12} at migration {version}")?;
+        }
+    }
+    Ok(())
 }
 
 /// The credential the client commands send: the token in `token_file`, else ROLLCALL_TOKEN,

@@ -78,7 +78,8 @@ async fn run_against(
     trust: &rollcall_synthetic::Trust,
     files: &[PathBuf],
 ) -> anyhow::Result<()> {
-    let clients = Clients::connect(url, Credentials::none()).await?;
+    let clients =
+        Clients::connect(&crate::client::Addresses::single(url), Credentials::none()).await?;
     println!("Importing {} Common Transfer Files...", files.len());
     let mut stdout = std::io::stdout();
     import_ctf(&clients, files, "rollcall demo", false, &mut stdout).await?;

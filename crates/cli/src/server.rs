@@ -1,12 +1,13 @@
-//! The embedded server: the five services and the audit log in one process on one port, with
-//! gRPC health and reflection. The services reach each other through their gRPC clients on
-//! that same port, never through each other's tables.
+//! The server: the five services and the audit log in one process on one port (the embedded
+//! mode), or the services `--only` names with the others' addresses configured (the
+//! distributed mode), with gRPC health and reflection. The services reach each other through
+//! their gRPC clients, never through each other's tables.
 
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use rollcall_api::audit::v1::audit_service_server::AuditServiceServer;
@@ -26,15 +27,19 @@ use rollcall_referrals::{
     Referrals, ReferralsConfig, load_or_create_signing_key, read_signing_key,
 };
 use rollcall_registers::Registers;
-use rollcall_runtime::StorageConfig;
 use rollcall_runtime::shutdown::StopSignal;
 use rollcall_runtime::storage::connect;
+use rollcall_runtime::tls::{Tls, TlsFiles};
+use rollcall_runtime::{Peers, ServiceName, StorageConfig};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 /// How long [`RunningServer::stop`] waits for open connections to finish.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,6 +67,15 @@ pub struct ServerConfig {
     pub authentication: Authentication,
     /// Years a closed case is kept after its last event.
     pub case_retention_years: u32,
+    /// The services this process hosts; empty for all of them (the embedded mode).
+    pub only: BTreeSet<ServiceName>,
+    /// The addresses of the services other processes host.
+    pub peer_urls: BTreeMap<ServiceName, String>,
+    /// The certificate, key and CAs for TLS; none for plain HTTP/2.
+    pub tls: TlsFiles,
+    /// A second, plain-text address that serves only gRPC health checks, for probes that
+    /// cannot speak TLS (such as Kubernetes' own).
+    pub health_listen: Option<SocketAddr>,
 }
 
 /// How `rollcall serve` authenticates callers.
@@ -91,7 +105,20 @@ impl ServerConfig {
             connectors: ConnectorsConfig::default(),
             authentication: Authentication::Development,
             case_retention_years: rollcall_cases::DEFAULT_CASE_RETENTION_YEARS,
+            only: BTreeSet::new(),
+            peer_urls: BTreeMap::new(),
+            tls: TlsFiles::default(),
+            health_listen: None,
         })
+    }
+
+    /// Returns the services this process hosts.
+    pub fn hosted(&self) -> BTreeSet<ServiceName> {
+        if self.only.is_empty() {
+            ServiceName::ALL.into_iter().collect()
+        } else {
+            self.only.clone()
+        }
     }
 }
 
@@ -100,39 +127,62 @@ impl ServerConfig {
 pub struct RunningServer {
     /// The address it listens on.
     pub addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
+    /// The plain-text health address, when one was asked for.
+    pub health_addr: Option<SocketAddr>,
+    tls: bool,
+    health: HealthReporter,
+    health_names: Vec<&'static str>,
+    close: watch::Sender<bool>,
     stop_signal: StopSignal,
-    task: JoinHandle<anyhow::Result<()>>,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     followers: Vec<JoinHandle<()>>,
 }
 
 impl RunningServer {
     /// Returns the URL a client uses to reach the server.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops the server and waits for it to finish.
     ///
-    /// Change-feed streams end first, so their clients can resume from their last cursor. Other
-    /// requests in flight then have [`DRAIN_TIMEOUT`] to finish, after which the server stops
+    /// Health turns NOT_SERVING first, so load balancers and probes stop sending new calls.
+    /// Change-feed streams then end, so their clients can resume from their last cursor. Other
+    /// requests in flight have [`DRAIN_TIMEOUT`] to finish, after which the server stops
     /// anyway.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        for name in &self.health_names {
+            self.health
+                .set_service_status(*name, ServingStatus::NotServing)
+                .await;
+        }
+        tracing::info!(
+            drain_timeout_secs = DRAIN_TIMEOUT.as_secs(),
+            "Health is NOT_SERVING; ending streams and draining requests in flight"
+        );
         for follower in &self.followers {
             follower.abort();
         }
         self.stop_signal.stop();
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.task).await {
-            Ok(result) => result.context("the server task failed")?,
+        self.close.send_replace(true);
+        let tasks = std::mem::take(&mut self.tasks);
+        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
+        match tokio::time::timeout(DRAIN_TIMEOUT, join_all(tasks)).await {
+            Ok(results) => {
+                for result in results {
+                    result.context("the server task failed")??;
+                }
+                Ok(())
+            }
             Err(_) => {
                 tracing::warn!(
                     timeout_secs = DRAIN_TIMEOUT.as_secs(),
                     "Connections still open after the drain timeout; closing them"
                 );
-                self.task.abort();
+                for abort in aborts {
+                    abort.abort();
+                }
                 Ok(())
             }
         }
@@ -140,52 +190,220 @@ impl RunningServer {
 
     /// Waits until the server stops by itself, which happens only on an error.
     pub async fn wait(&mut self) -> anyhow::Result<()> {
-        (&mut self.task).await.context("the server task failed")?
+        let (result, index) = first_finished(&mut self.tasks).await;
+        self.tasks.remove(index);
+        result.context("the server task failed")?
     }
 }
 
-/// Binds the address, connects and migrates storage for every service, and starts serving.
-pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
-    if matches!(config.authentication, Authentication::Development)
-        && !config.listen.ip().is_loopback()
-    {
+/// Waits for every task, in order.
+async fn join_all(
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+) -> Vec<Result<anyhow::Result<()>, tokio::task::JoinError>> {
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        results.push(task.await);
+    }
+    results
+}
+
+/// Waits for the first of `tasks` to finish, returning its result and position.
+async fn first_finished(
+    tasks: &mut [JoinHandle<anyhow::Result<()>>],
+) -> (Result<anyhow::Result<()>, tokio::task::JoinError>, usize) {
+    std::future::poll_fn(|cx| {
+        for (index, task) in tasks.iter_mut().enumerate() {
+            if let std::task::Poll::Ready(result) = std::pin::Pin::new(task).poll(cx) {
+                return std::task::Poll::Ready((result, index));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Checks the settings that depend on each other before anything is bound or connected.
+fn check(config: &ServerConfig, hosted: &BTreeSet<ServiceName>, tls: &Tls) -> anyhow::Result<()> {
+    let development = matches!(config.authentication, Authentication::Development);
+    if development && !config.listen.ip().is_loopback() {
         bail!(
             "--dev serves without authentication, so it listens only on a loopback address such \
              as 127.0.0.1, not {}: give token settings with --auth to serve other machines",
             config.listen
         );
     }
-    let listener = TcpListener::bind(config.listen).await.with_context(|| {
-        format!(
-            "cannot listen on {}: is another server using it? Choose another with --listen",
-            config.listen
-        )
-    })?;
+    if let Some(health) = config.health_listen
+        && health.ip() != config.listen.ip()
+        && development
+        && !health.ip().is_loopback()
+    {
+        bail!(
+            "--dev listens only on loopback addresses, not --health-listen {health}: use \
+             127.0.0.1"
+        );
+    }
+    for service in hosted {
+        for peer in service.calls() {
+            if hosted.contains(peer) {
+                continue;
+            }
+            let Some(url) = config.peer_urls.get(peer) else {
+                bail!(
+                    "the {service} service calls the {peer} service, which this process does not \
+                     host: give its address with {} (or {}), or add {peer} to --only",
+                    peer.url_option(),
+                    peer_env(*peer)
+                );
+            };
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                bail!(
+                    "invalid {} {url:?}: give an address such as https://{peer}:50051",
+                    peer.url_option()
+                );
+            }
+            if !development && !url.starts_with("https://") {
+                bail!(
+                    "invalid {} {url:?}: with --auth, services in other processes are called \
+                     over TLS, so the address must start with https://",
+                    peer.url_option()
+                );
+            }
+        }
+    }
+    let distributed = hosted.len() < ServiceName::ALL.len();
+    if distributed && !development && !tls.accepts_service_certificates() {
+        bail!(
+            "--only runs some services in this process and the others elsewhere; with --auth \
+             they prove to each other who they are with client certificates, so give \
+             --tls-cert, --tls-key and --tls-client-ca (see docs/security.md)"
+        );
+    }
+    Ok(())
+}
+
+/// Returns the environment variable that gives `peer`'s address.
+fn peer_env(peer: ServiceName) -> String {
+    format!(
+        "ROLLCALL_{}_URL",
+        peer.as_str().to_uppercase().replace('-', "_")
+    )
+}
+
+async fn bind(addr: SocketAddr, option: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr}: is another server using it? Choose another with {option}")
+    })
+}
+
+/// Binds the addresses, connects and migrates storage for the services this process hosts,
+/// and starts serving.
+pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
+    let hosted = config.hosted();
+    let tls = config.tls.load()?;
+    check(&config, &hosted, &tls)?;
+    let hosts = |name: ServiceName| hosted.contains(&name);
+
+    let listener = bind(config.listen, "--listen").await?;
     let addr = listener.local_addr()?;
-    let self_url = if addr.ip().is_unspecified() {
-        format!("http://127.0.0.1:{}", addr.port())
-    } else {
-        format!("http://{addr}")
+    let health_listener = match config.health_listen {
+        Some(health) => Some(bind(health, "--health-listen").await?),
+        None => None,
     };
-    tracing::info!(%addr, storage = %config.storage.describe(), "Starting rollcall");
+    let health_addr = match &health_listener {
+        Some(listener) => Some(listener.local_addr()?),
+        None => None,
+    };
+    // The services hosted here call each other over plain HTTP/2 on loopback when the main
+    // listener serves TLS, whose certificate names the host other machines know, not
+    // 127.0.0.1. That listener checks callers exactly as the main one does.
+    let internal_listener = if tls.serves_tls() {
+        Some(bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), "--listen").await?)
+    } else {
+        None
+    };
+    let self_url = match &internal_listener {
+        Some(listener) => format!("http://{}", listener.local_addr()?),
+        None if addr.ip().is_unspecified() => format!("http://127.0.0.1:{}", addr.port()),
+        None => format!("http://{addr}"),
+    };
+    let names: Vec<&str> = hosted.iter().map(|name| name.as_str()).collect();
+    tracing::info!(
+        %addr,
+        services = %names.join(","),
+        tls = tls.serves_tls(),
+        mutual_tls = tls.accepts_service_certificates(),
+        storage = %config.storage.describe(),
+        "Starting rollcall"
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .set_service_status("", ServingStatus::NotServing)
         .await;
 
-    let registers_db = connect(&config.storage, rollcall_registers::MIGRATIONS).await?;
-    let policy_db = connect(&config.storage, rollcall_policy::MIGRATIONS).await?;
-    let cases_db = connect(&config.storage, rollcall_cases::MIGRATIONS).await?;
-    let referrals_db = connect(&config.storage, rollcall_referrals::MIGRATIONS).await?;
-    let adapter_db = connect(&config.storage, rollcall_mis_adapter::MIGRATIONS).await?;
+    // Every process writes the audit events of the calls it serves to the one audit log.
     let audit_db = connect(&config.storage, rollcall_audit::MIGRATIONS).await?;
+    let registers_db = if hosts(ServiceName::Registers) {
+        Some(connect(&config.storage, rollcall_registers::MIGRATIONS).await?)
+    } else {
+        None
+    };
+    let policy_db = if hosts(ServiceName::Policy) {
+        Some(connect(&config.storage, rollcall_policy::MIGRATIONS).await?)
+    } else {
+        None
+    };
+    let cases_db = if hosts(ServiceName::Cases) {
+        Some(connect(&config.storage, rollcall_cases::MIGRATIONS).await?)
+    } else {
+        None
+    };
+    let referrals_db = if hosts(ServiceName::Referrals) {
+        Some(connect(&config.storage, rollcall_referrals::MIGRATIONS).await?)
+    } else {
+        None
+    };
+    let adapter_db = if hosts(ServiceName::MisAdapter) {
+        Some(connect(&config.storage, rollcall_mis_adapter::MIGRATIONS).await?)
+    } else {
+        None
+    };
     tracing::info!("Storage ready and migrated");
 
-    // The services call each other with a key made for this process, whatever the mode.
+    // Services in this process call each other with a key made for this process, whatever
+    // the mode. Services in other processes are called over TLS with this server's
+    // certificate as the client certificate, which identifies it.
     let internal = InternalKey::generate()?;
-    let channel =
+    let local =
         rollcall_runtime::grpc::channel(&self_url, Credentials::header(&internal.header_value())?)?;
+    let peer = |name: ServiceName| -> anyhow::Result<rollcall_api::client::Channel> {
+        match config.peer_urls.get(&name) {
+            Some(url) if !hosts(name) => {
+                rollcall_runtime::grpc::channel_with_tls(url, Credentials::none(), &tls)
+            }
+            // A service this process neither hosts nor calls is never reached, so the local
+            // channel is used in its place.
+            _ => Ok(local.clone()),
+        }
+    };
+    let peers = Peers {
+        registers: peer(ServiceName::Registers)?,
+        policy: peer(ServiceName::Policy)?,
+        cases: peer(ServiceName::Cases)?,
+        referrals: peer(ServiceName::Referrals)?,
+        mis_adapter: peer(ServiceName::MisAdapter)?,
+    };
+    let called: BTreeSet<ServiceName> = hosted
+        .iter()
+        .flat_map(|service| service.calls().iter().copied())
+        .filter(|peer| !hosts(*peer))
+        .collect();
+    for name in called {
+        if let Some(url) = config.peer_urls.get(&name) {
+            tracing::info!(service = %name, %url, "Calling a service in another process");
+        }
+    }
+
     let mut followers = Vec::new();
     let mode = match &config.authentication {
         Authentication::Development => {
@@ -205,107 +423,157 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let authenticator = Arc::new(Authenticator::new(mode, internal));
     // Every mode records audit events; with --dev their subject is "dev".
     let audit_store = AuditStore::new(audit_db);
-    let audit = Audit::new(audit_store.clone());
     let (stop_signal, stopping) = rollcall_runtime::shutdown::stop_signal();
-    let registers = Registers::new(registers_db, stopping.clone()).await?;
-    let policy = Policy::new(policy_db, channel.clone(), channel.clone(), stopping).await?;
-    let cases = Cases::new(
-        cases_db,
-        channel.clone(),
-        channel.clone(),
-        config.messaging.clone(),
-        config.print_dir.clone(),
-    )
-    .await?
-    .with_retention_years(config.case_retention_years)?;
-    // Only the default key is created on first start: a configured key that is missing is a
-    // mistake, and a new key would sign packs the local authority cannot confirm.
-    let signing_key = match &config.referrals.signing_key_file {
-        Some(path) => read_signing_key(path)?,
-        None => load_or_create_signing_key(&config.default_signing_key)?,
-    };
-    let referrals = Referrals::new(
-        referrals_db,
-        channel.clone(),
-        config.referrals.clone(),
-        signing_key,
-    );
-    let sync = MisSync::new(adapter_db.clone(), channel.clone());
-    let adapter = MisAdapter::new(adapter_db, channel.clone())
-        .with_delivery(config.delivery.clone())?
-        .with_connectors(config.connectors.clone())?;
 
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(rollcall_api::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
+    let mut routes = RoutesBuilder::default();
+    routes.add_service(health_service.clone());
     // Both versions of the reflection protocol, because older grpcurl releases ask for
     // v1alpha only.
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .context("cannot build the reflection service")?;
-    let reflection = reflection()
-        .build_v1()
-        .context("cannot build the reflection service")?;
+    routes.add_service(
+        reflection()
+            .build_v1alpha()
+            .context("cannot build the reflection service")?,
+    );
+    routes.add_service(
+        reflection()
+            .build_v1()
+            .context("cannot build the reflection service")?,
+    );
+    let mut health_names = vec![""];
 
-    followers.extend([
-        policy.start_follower(),
-        cases.start_follower(),
-        policy.start_upn_follower(),
-        cases.start_upn_follower(),
-        referrals.start_upn_follower(),
-        adapter.start_upn_follower(),
-    ]);
-    followers.extend(cases.start_messaging());
-    followers.push(adapter.start_delivery());
-    // The listener is bound already, so a connector run that starts now reaches the sync
-    // service once the server below starts accepting.
-    followers.extend(adapter.start_connectors().await?);
-    let router = Server::builder()
-        .layer(AuthLayer::new(authenticator).with_audit(Arc::new(audit_store)))
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(reflection_v1alpha)
-        .add_service(registers.into_server())
-        .add_service(policy.into_server())
-        .add_service(cases.into_server())
-        .add_service(referrals.into_server())
-        .add_service(adapter.into_server())
-        .add_service(sync.into_server())
-        .add_service(audit.into_server());
+    if let Some(db) = registers_db {
+        let registers = Registers::new(db, stopping.clone()).await?;
+        routes.add_service(registers.into_server());
+        health_names.push(<RegistersServiceServer<Registers> as NamedService>::NAME);
+    }
+    if let Some(db) = policy_db {
+        let policy = Policy::new(
+            db,
+            peers.registers.clone(),
+            peers.cases.clone(),
+            stopping.clone(),
+        )
+        .await?;
+        followers.extend([policy.start_follower(), policy.start_upn_follower()]);
+        routes.add_service(policy.into_server());
+        health_names.push(<PolicyServiceServer<Policy> as NamedService>::NAME);
+    }
+    if let Some(db) = cases_db {
+        let cases = Cases::new(
+            db,
+            peers.policy.clone(),
+            peers.registers.clone(),
+            config.messaging.clone(),
+            config.print_dir.clone(),
+        )
+        .await?
+        .with_retention_years(config.case_retention_years)?;
+        followers.extend([cases.start_follower(), cases.start_upn_follower()]);
+        followers.extend(cases.start_messaging());
+        routes.add_service(cases.into_server());
+        health_names.push(<CasesServiceServer<Cases> as NamedService>::NAME);
+    }
+    if let Some(db) = referrals_db {
+        // Only the default key is created on first start: a configured key that is missing
+        // is a mistake, and a new key would sign packs the local authority cannot confirm.
+        let signing_key = match &config.referrals.signing_key_file {
+            Some(path) => read_signing_key(path)?,
+            None => load_or_create_signing_key(&config.default_signing_key)?,
+        };
+        let referrals = Referrals::new(db, &peers, config.referrals.clone(), signing_key);
+        followers.push(referrals.start_upn_follower());
+        routes.add_service(referrals.into_server());
+        health_names.push(<ReferralsServiceServer<Referrals> as NamedService>::NAME);
+    }
+    if let Some(db) = adapter_db {
+        let sync = MisSync::new(db.clone(), peers.registers.clone());
+        // Connectors apply what they read through the MIS sync service of this process.
+        let adapter = MisAdapter::new(db, peers.registers.clone(), local.clone())
+            .with_delivery(config.delivery.clone())?
+            .with_connectors(config.connectors.clone())?;
+        followers.push(adapter.start_upn_follower());
+        followers.push(adapter.start_delivery());
+        // The listeners are bound already, so a connector run that starts now reaches the
+        // sync service once the servers below start accepting.
+        followers.extend(adapter.start_connectors().await?);
+        routes.add_service(adapter.into_server());
+        routes.add_service(sync.into_server());
+        health_names.push(<MisAdapterServiceServer<MisAdapter> as NamedService>::NAME);
+        health_names.push(<MisSyncServiceServer<MisSync> as NamedService>::NAME);
+    }
+    if hosts(ServiceName::Audit) {
+        routes.add_service(Audit::new(audit_store.clone()).into_server());
+        health_names.push(<AuditServiceServer<Audit> as NamedService>::NAME);
+    }
+    let routes = routes.routes();
+    let auth_layer = AuthLayer::new(authenticator).with_audit(Arc::new(audit_store));
 
-    let (shutdown, shutdown_signal) = oneshot::channel::<()>();
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let task = tokio::spawn(async move {
-        router
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = shutdown_signal.await;
-            })
-            .await
-            .context("the gRPC server failed")
-    });
+    let (close, closed) = watch::channel(false);
+    let wait_for_close = |mut closed: watch::Receiver<bool>| async move {
+        // An error means the sender is gone, which also means stopping.
+        let _ = closed.wait_for(|close| *close).await;
+    };
+    let mut tasks = Vec::new();
+    let mut server = Server::builder();
+    if let Some(server_tls) = tls.server_config() {
+        server = server
+            .tls_config(server_tls)
+            .context("cannot set up TLS with --tls-cert and --tls-key")?;
+    }
+    let main = server
+        .layer(auth_layer.clone())
+        .add_routes(routes.clone())
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            wait_for_close(closed.clone()),
+        );
+    tasks.push(tokio::spawn(async move {
+        main.await.context("the gRPC server failed")
+    }));
+    if let Some(listener) = internal_listener {
+        let internal = Server::builder()
+            .layer(auth_layer)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                wait_for_close(closed.clone()),
+            );
+        tasks.push(tokio::spawn(async move {
+            internal.await.context("the internal gRPC listener failed")
+        }));
+    }
+    if let Some(listener) = health_listener {
+        let probes = Server::builder()
+            .add_service(health_service)
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener),
+                wait_for_close(closed.clone()),
+            );
+        tasks.push(tokio::spawn(async move {
+            probes.await.context("the health listener failed")
+        }));
+    }
 
-    for name in [
-        "",
-        <RegistersServiceServer<Registers> as NamedService>::NAME,
-        <PolicyServiceServer<Policy> as NamedService>::NAME,
-        <CasesServiceServer<Cases> as NamedService>::NAME,
-        <ReferralsServiceServer<Referrals> as NamedService>::NAME,
-        <MisAdapterServiceServer<MisAdapter> as NamedService>::NAME,
-        <MisSyncServiceServer<MisSync> as NamedService>::NAME,
-        <AuditServiceServer<Audit> as NamedService>::NAME,
-    ] {
+    for name in &health_names {
         health
-            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .set_service_status(*name, ServingStatus::Serving)
             .await;
     }
-    tracing::info!(%addr, "rollcall is serving");
+    tracing::info!(%addr, ?health_addr, "rollcall is serving");
     Ok(RunningServer {
         addr,
-        shutdown: Some(shutdown),
+        health_addr,
+        tls: tls.serves_tls(),
+        health,
+        health_names,
+        close,
         stop_signal,
-        task,
+        tasks,
         followers,
     })
 }

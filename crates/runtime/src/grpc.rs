@@ -74,3 +74,22 @@ pub fn laestab(field: &str, value: &str) -> Result<String, Status> {
         )
     })
 }
+
+/// Creates a lazily connecting channel to another rollcall service, over TLS with `tls` when
+/// the address starts with `https://`.
+pub fn channel_with_tls(
+    url: &str,
+    credentials: Credentials,
+    tls: &crate::tls::Tls,
+) -> anyhow::Result<Channel> {
+    if !url.starts_with("https://") {
+        return channel(url, credentials);
+    }
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|error| anyhow::anyhow!("invalid service address {url:?}: {error}"))?
+        .tls_config(tls.client_config())
+        .map_err(|error| anyhow::anyhow!("cannot set up TLS for {url}: {error}"))?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true);
+    Ok(credentials.attach(endpoint.connect_lazy()))
+}

@@ -2,8 +2,11 @@
 //! mapping of errors to gRPC statuses.
 
 pub mod grpc;
+pub mod services;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;
 
+pub use services::{Peers, ServiceName};
 pub use storage::{Db, StorageConfig, WriteTransaction};

@@ -211,12 +211,36 @@ async fn create_schema(base: &PgConnectOptions, schema: &str, url: &str) -> anyh
         .map_err(|error| anyhow::anyhow!("cannot connect to {}: {error}", redact_url(url)))?;
     // The schema name is one of the fixed service names, never user input.
     let statement = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+    if let Err(error) = sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
         .execute(&mut connection)
         .await
-        .map_err(|error| anyhow::anyhow!("cannot create schema {schema}: {error}"))?;
+    {
+        // Two processes starting at once may both try to create it; the loser's error is
+        // harmless once the schema is there.
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.schemata WHERE schema_name = $1)",
+        )
+        .bind(schema)
+        .fetch_one(&mut connection)
+        .await
+        .unwrap_or(false);
+        if !exists {
+            anyhow::bail!("cannot create schema {schema}: {error}");
+        }
+    }
     connection.close().await.ok();
     Ok(())
+}
+
+/// The version of the latest migration applied to `db`, or 0 when none is.
+pub async fn latest_version(db: &Db) -> anyhow::Result<i64> {
+    let version: Option<i64> = with_db!(db, |pool| {
+        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await
+    })
+    .map_err(|error| anyhow::anyhow!("cannot read the applied migrations: {error}"))?;
+    Ok(version.unwrap_or(0))
 }
 
 impl Db {

@@ -26,7 +26,7 @@ pub mod la;
 pub mod sms;
 pub mod smtp;
 mod throwaway;
-mod tls;
+pub mod tls;
 mod url;
 
 use std::collections::hash_map::RandomState;

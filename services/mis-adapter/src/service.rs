@@ -47,10 +47,10 @@ pub struct MisAdapter {
 }
 
 impl MisAdapter {
-    /// Creates the service over its storage and a channel to the other services (the
-    /// registers, and the MIS sync service that connectors apply what they read through),
-    /// with no delivery destination and no connector.
-    pub fn new(db: Db, registers: Channel) -> Self {
+    /// Creates the service over its storage, a channel to the registers, and a channel to the
+    /// MIS sync service that connectors apply what they read through, with no delivery
+    /// destination and no connector.
+    pub fn new(db: Db, registers: Channel, sync: Channel) -> Self {
         Self {
             deliveries: Deliveries {
                 db: db.clone(),
@@ -62,7 +62,7 @@ impl MisAdapter {
             registers: RegistersServiceClient::new(registers.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            channel: registers,
+            channel: sync,
             connectors: None,
         }
     }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use chrono::{DateTime, NaiveDate, Utc};
 use rollcall_api::cases::v1::GetLetterDocumentRequest;
 use rollcall_api::cases::v1::cases_service_client::CasesServiceClient;
-use rollcall_api::client::Channel;
 use rollcall_api::mis_adapter::v1::DeliverReferralPackRequest;
 use rollcall_api::mis_adapter::v1::mis_adapter_service_client::MisAdapterServiceClient;
 use rollcall_api::policy::v1::GetPenaltyNoticeTermsRequest;
@@ -28,10 +27,10 @@ use rollcall_domain::referrals::{
 };
 use rollcall_domain::session::{academic_year_of, parse_date};
 use rollcall_pack::SigningKey;
-use rollcall_runtime::Db;
 use rollcall_runtime::grpc::{
     MAX_MESSAGE_BYTES, failed_precondition, invalid_argument, laestab, upstream_error,
 };
+use rollcall_runtime::{Db, Peers};
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
@@ -63,17 +62,17 @@ impl std::fmt::Debug for Referrals {
 
 impl Referrals {
     /// Creates the service over its storage, its settings, the key packs are signed with, and
-    /// one channel to the registers, policy, cases and mis-adapter services.
-    pub fn new(db: Db, channel: Channel, config: ReferralsConfig, key: SigningKey) -> Self {
+    /// channels to the registers, policy, cases and mis-adapter services.
+    pub fn new(db: Db, peers: &Peers, config: ReferralsConfig, key: SigningKey) -> Self {
         Self {
             db,
             upstream: Upstream {
-                registers: RegistersServiceClient::new(channel.clone())
+                registers: RegistersServiceClient::new(peers.registers.clone())
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
-                policy: PolicyServiceClient::new(channel.clone()),
-                cases: CasesServiceClient::new(channel.clone())
+                policy: PolicyServiceClient::new(peers.policy.clone()),
+                cases: CasesServiceClient::new(peers.cases.clone())
                     .max_decoding_message_size(MAX_MESSAGE_BYTES),
-                adapter: MisAdapterServiceClient::new(channel)
+                adapter: MisAdapterServiceClient::new(peers.mis_adapter.clone())
                     .max_encoding_message_size(MAX_MESSAGE_BYTES),
             },
             config: Arc::new(config),
