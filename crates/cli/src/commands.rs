@@ -180,6 +180,11 @@ struct ServeArgs {
         value_parser = clap::value_parser!(u32).range(1..=100)
     )]
     case_retention_years: u32,
+    /// OTLP/gRPC address of an OpenTelemetry collector to send spans and metrics to, for
+    /// example http://127.0.0.1:4317. Without it nothing is exported. The service name is
+    /// OTEL_SERVICE_NAME, or rollcall.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -399,7 +404,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         LogFormat::Text
     };
-    telemetry::init(format, "info,sqlx=warn");
+    let export = args
+        .otlp_endpoint
+        .as_deref()
+        .filter(|endpoint| !endpoint.trim().is_empty())
+        .map(|endpoint| telemetry::OtlpExport::new(endpoint, telemetry::DEFAULT_SERVICE_NAME));
+    telemetry::init_with_export(format, "info,sqlx=warn", export.as_ref())?;
     let mut config = ServerConfig::new(args.listen, args.data_dir, args.database_url.as_deref())?;
     config.case_retention_years = args.case_retention_years;
     config.authentication = match (&args.auth, args.dev) {

@@ -125,8 +125,10 @@ impl RunningServer {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.task).await {
-            Ok(result) => result.context("the server task failed")?,
+        let stopped = match tokio::time::timeout(DRAIN_TIMEOUT, &mut self.task).await {
+            Ok(result) => result
+                .context("the server task failed")
+                .and_then(|served| served),
             Err(_) => {
                 tracing::warn!(
                     timeout_secs = DRAIN_TIMEOUT.as_secs(),
@@ -135,7 +137,9 @@ impl RunningServer {
                 self.task.abort();
                 Ok(())
             }
-        }
+        };
+        rollcall_runtime::telemetry::flush().await;
+        stopped
     }
 
     /// Waits until the server stops by itself, which happens only on an error.
@@ -263,6 +267,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     // service once the server below starts accepting.
     followers.extend(adapter.start_connectors().await?);
     let router = Server::builder()
+        .layer(rollcall_runtime::telemetry::GrpcTelemetryLayer::new())
         .layer(AuthLayer::new(authenticator).with_audit(Arc::new(audit_store)))
         .add_service(health_service)
         .add_service(reflection)
