@@ -5,7 +5,8 @@
 //! background (the policy follower's evaluation, the cases follower opening a case, the letter
 //! worker) joins it. No import touches the referrals service, because a person creates and submits a
 //! referral. A referral's submission is another trace, through all five services, which the
-//! delivery worker joins.
+//! delivery worker joins. A connector run and a staff amendment written back to the MIS are
+//! checked the same way.
 
 mod common;
 
@@ -15,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rollcall_domain::Upn;
+use rollcall_testkit::broker::{BrokerMark, BrokerSchool, BrokerServer, BrokerStudent};
 use rollcall_testkit::otlp::{OtlpReceiver, ReceivedSpan};
 
 /// How long the tests wait for a server to start, or for spans and metrics to arrive. Generous,
@@ -433,6 +435,131 @@ async fn import_and_referral_are_traced_across_services() {
         }
     }
     drop(serve);
+}
+
+#[tokio::test]
+async fn connector_run_and_write_back_are_traced() {
+    const SCHOOL_ID: &str = "A1930499544";
+    const TOKEN: &str = "broker-token-for-the-tests";
+    let day = |day| chrono::NaiveDate::from_ymd_opt(2026, 11, day).expect("a November date");
+    let work = tempfile::tempdir().expect("temp dir");
+    let receiver = OtlpReceiver::start().await.expect("OTLP receiver");
+    let broker = BrokerServer::start(TOKEN).await.expect("broker");
+    broker.add_school(BrokerSchool::secondary(SCHOOL_ID, LAESTAB, "Test Academy"));
+    // The MIS's marks are taken before write-back is turned on, as in a real first pull.
+    broker.shift_clock(chrono::TimeDelta::hours(-3));
+    for serial in [1, 2] {
+        let student = format!("A10000{serial:02}");
+        broker.put_student(
+            SCHOOL_ID,
+            BrokerStudent::new(&student, &upn(serial), "Pupil", &format!("Number {serial}")),
+        );
+        for session in ["AM", "PM"] {
+            broker.put_mark(
+                SCHOOL_ID,
+                BrokerMark {
+                    student_id: student.clone(),
+                    date: day(2),
+                    session: session.to_owned(),
+                    code: "/".to_owned(),
+                    minutes_late: None,
+                    comment: None,
+                },
+            );
+        }
+    }
+    broker.shift_clock(chrono::TimeDelta::zero());
+    let token_file = work.path().join("broker-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
+    let ca_file = work.path().join("broker-ca.pem");
+    std::fs::write(&ca_file, broker.ca_pem()).expect("CA file");
+    let connectors = work.path().join("connectors.toml");
+    std::fs::write(
+        &connectors,
+        format!(
+            "[[school]]\nlaestab = \"{LAESTAB}\"\nbase_url = \"{}\"\nschool_id = \"{SCHOOL_ID}\"\n\
+             token_file = {:?}\nca_file = {:?}\npoll_interval_seconds = 0\nwrite_back = true\n\n\
+             [writeback]\npoll_seconds = 0.05\n",
+            broker.base_url(),
+            token_file.display().to_string(),
+            ca_file.display().to_string(),
+        ),
+    )
+    .expect("connector settings");
+    let endpoint = receiver.endpoint();
+    let serve = Serve::start(
+        work.path(),
+        &[
+            "--otlp-endpoint",
+            &endpoint,
+            "--connectors",
+            connectors.to_str().expect("UTF-8 path"),
+        ],
+        &FAST_EXPORT,
+    );
+
+    // A run started by a person joins the trace of their call, down to the registers.
+    common::cli(&serve.url, &["connector", "run", LAESTAB]).await;
+    let run_root = "rollcall.mis_adapter.v1.MisAdapterService/RunConnector";
+    let run_trace = wait_for("the connector run's trace", || {
+        let trace_id = root_trace_id(&receiver, run_root)?;
+        let spans = trace(&receiver, &trace_id);
+        names(&spans)
+            .contains("policy.evaluate_marks")
+            .then_some(spans)
+    })
+    .await;
+    assert_connected(&run_trace, run_root);
+    let names_in_run = names(&run_trace);
+    assert!(
+        names_in_run.contains("rollcall.registers.v1.RegistersService/ImportRegister"),
+        "{names_in_run:?}"
+    );
+
+    // A staff amendment is written back to the MIS by a worker that joins its trace.
+    common::cli(
+        &serve.url,
+        &[
+            "marks",
+            "amend",
+            "--upn",
+            &upn(1),
+            "--date",
+            &day(2).to_string(),
+            "--session",
+            "AM",
+            "--code",
+            "L",
+            "--minutes-late",
+            "12",
+            "--reason",
+            "Arrived on the late bus",
+            "--by",
+            "J Smith",
+            "--position",
+            "Attendance officer",
+            "--school",
+            LAESTAB,
+        ],
+    )
+    .await;
+    let amend_root = "rollcall.registers.v1.RegistersService/AmendMark";
+    let amend_trace = wait_for("the amendment's write-back in its trace", || {
+        let trace_id = root_trace_id(&receiver, amend_root)?;
+        let spans = trace(&receiver, &trace_id);
+        names(&spans)
+            .contains("mis_adapter.write_back")
+            .then_some(spans)
+    })
+    .await;
+    assert_connected(&amend_trace, amend_root);
+    let touched = services(&amend_trace);
+    for service in ["registers", "policy", "mis_adapter"] {
+        assert!(
+            touched.contains(service),
+            "{service} missing from {touched:?}"
+        );
+    }
 }
 
 #[tokio::test]
