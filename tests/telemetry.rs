@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use rollcall_domain::Upn;
 use rollcall_testkit::broker::{BrokerMark, BrokerSchool, BrokerServer, BrokerStudent};
 use rollcall_testkit::otlp::{OtlpReceiver, ReceivedSpan};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 /// How long the tests wait for a server to start, or for spans and metrics to arrive. Generous,
 /// because CI machines are shared.
@@ -379,6 +381,18 @@ async fn import_and_referral_are_traced_across_services() {
 
     // A call that fails, to count an error.
     common::cli_error(&url, &["cases", "list", "--school", "9999999"]).await;
+    // A health check, which is counted but gets no span.
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .expect("valid URL")
+        .connect()
+        .await
+        .expect("connect");
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health check");
 
     let metric = |name: &'static str| receiver.counter_total(name);
     let ingested = wait_for("rollcall.marks.ingested", || {
@@ -422,6 +436,22 @@ async fn import_and_referral_are_traced_across_services() {
     })
     .await;
     assert!(not_found.1 >= 1.0);
+    wait_for("a health check in rollcall.rpc.requests", || {
+        receiver
+            .counter_points("rollcall.rpc.requests")
+            .into_iter()
+            .find(|(attributes, _)| {
+                attributes
+                    .iter()
+                    .any(|(key, value)| key == "rpc.service" && value == "grpc.health.v1.Health")
+            })
+    })
+    .await;
+    let health_spans: Vec<String> = names(&receiver.spans())
+        .into_iter()
+        .filter(|name| name.starts_with("grpc.health.v1.Health/"))
+        .collect();
+    assert!(health_spans.is_empty(), "{health_spans:?}");
 
     // Metric attributes name schools, never pupils.
     for name in receiver.metric_names() {

@@ -27,9 +27,12 @@ use super::{SPAN_TARGET, exporting};
 /// does not serve, so that made-up paths cannot add metric series.
 const OTHER: &str = "_OTHER";
 
+/// The gRPC health service, whose calls get no span.
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+
 /// Services other than rollcall's own that `rollcall serve` serves.
 const STANDARD_SERVICES: [&str; 3] = [
-    "grpc.health.v1.Health",
+    HEALTH_SERVICE,
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
 ];
@@ -53,9 +56,9 @@ impl<S> tower::Layer<S> for GrpcTelemetryLayer {
     }
 }
 
-/// Starts a server span for each request, records its gRPC status, and counts it in
-/// `rollcall.rpc.requests`, `rollcall.rpc.duration` and `rollcall.rpc.errors`. Without an
-/// OTLP export it passes requests straight through.
+/// Starts a server span for each request except health checks, records its gRPC status, and
+/// counts every request in `rollcall.rpc.requests`, `rollcall.rpc.duration` and
+/// `rollcall.rpc.errors`. Without an OTLP export it passes requests straight through.
 #[derive(Debug, Clone)]
 pub struct GrpcTelemetry<S> {
     inner: S,
@@ -83,6 +86,17 @@ where
             return Box::pin(self.inner.call(request));
         }
         let method = Method::from_path(request.uri().path());
+        if method.service == HEALTH_SERVICE {
+            // Load balancers and orchestrators check health every few seconds, and a trace
+            // of each check would bury the others. The checks are still counted.
+            let started = Instant::now();
+            let response = self.inner.call(request);
+            return Box::pin(async move {
+                let result = response.await;
+                method.count(status_code(&result), started.elapsed().as_secs_f64());
+                result
+            });
+        }
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.extract(&HeaderExtractor(request.headers()))
         });
@@ -104,18 +118,7 @@ where
         Box::pin(
             async move {
                 let result = response.await;
-                // A call that fails carries its status in the response headers. A call that
-                // succeeds carries it in the trailers, after the body, which this layer does
-                // not wait for.
-                let code = match &result {
-                    Ok(response) => response
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|value| value.to_str().ok())
-                        .and_then(|value| value.parse::<i32>().ok())
-                        .map_or(Code::Ok, Code::from_i32),
-                    Err(_) => Code::Unknown,
-                };
+                let code = status_code(&result);
                 recorded.record("rpc.grpc.status_code", code as i32);
                 if is_server_error(code) {
                     recorded.record("otel.status_code", "ERROR");
@@ -170,6 +173,21 @@ impl Method {
         if code != Code::Ok {
             instruments.rpc_errors.add(1, &attributes);
         }
+    }
+}
+
+/// Returns the gRPC status of a response. A call that fails carries its status in the
+/// response headers. A call that succeeds carries it in the trailers, after the body, which
+/// this layer does not wait for.
+fn status_code<R, E>(result: &Result<http::Response<R>, E>) -> Code {
+    match result {
+        Ok(response) => response
+            .headers()
+            .get("grpc-status")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<i32>().ok())
+            .map_or(Code::Ok, Code::from_i32),
+        Err(_) => Code::Unknown,
     }
 }
 
