@@ -1,9 +1,12 @@
-//! The tower layer that gives every incoming gRPC request a server span and its metrics.
+//! The tower layer that gives each incoming gRPC request, other than a health check, a server
+//! span, and counts every request in the RPC metrics.
 //!
 //! The span is named `<package.Service>/<Method>` and is the child of the W3C `traceparent`
 //! and `tracestate` in the request's metadata, so calls between rollcall's services form one
-//! trace. It ends when the response's headers are ready: for a unary or client-streaming call
-//! that is when the handler returns, and for a server-streaming call when the stream starts.
+//! trace. The status and duration are taken when the response's headers are ready: for a unary
+//! or client-streaming call that is when the handler returns, and for a server-streaming call
+//! when the stream starts. The span ends then too, unless a task that the handler started keeps
+//! it, as StreamSync's does.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -139,7 +142,7 @@ struct Method {
     name: String,
     service: String,
     method: String,
-    /// Whether rollcall serves the method; an unknown one is counted under [`OTHER`].
+    /// Whether rollcall serves the method. An unknown one is counted under [`OTHER`].
     known: bool,
 }
 
