@@ -1,5 +1,6 @@
 //! Data minimisation: a full run of the main job against `rollcall serve` with detailed JSON
-//! logs, whose log must not hold a single pupil's name or date of birth.
+//! logs and spans exported to a local OTLP receiver. Neither the log nor the spans may hold a
+//! single pupil's name or date of birth.
 
 mod common;
 
@@ -17,6 +18,25 @@ impl Drop for Serve {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Stops `rollcall serve` with SIGTERM, as a service manager does, so that it exports its last
+/// spans, and waits for it to exit.
+fn terminate(mut serve: Serve) {
+    let pid = serve.0.id().to_string();
+    let signalled = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(signalled.success(), "cannot signal rollcall serve");
+    let started = Instant::now();
+    while serve.0.try_wait().expect("process status").is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "rollcall serve did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -59,12 +79,18 @@ async fn logs_of_a_full_run_carry_no_names_or_dates_of_birth() {
         .port();
     let url = format!("http://127.0.0.1:{port}");
     let log = work.path().join("serve.log");
+    let receiver = rollcall_testkit::otlp::OtlpReceiver::start()
+        .await
+        .expect("OTLP receiver");
     let child = Command::new(env!("CARGO_BIN_EXE_rollcall"))
         .args(["serve", "--dev", "--log-format", "json", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
         .arg("--data-dir")
         .arg(work.path().join("data"))
+        .arg("--otlp-endpoint")
+        .arg(receiver.endpoint())
         .env("RUST_LOG", "debug,sqlx=warn,h2=info,hyper=info,tower=info")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
@@ -179,7 +205,7 @@ async fn logs_of_a_full_run_carry_no_names_or_dates_of_birth() {
         ],
     )
     .await;
-    drop(serve);
+    terminate(serve);
 
     let text = std::fs::read_to_string(&log).expect("log");
     let lines = text.lines().count();
@@ -198,5 +224,26 @@ async fn logs_of_a_full_run_carry_no_names_or_dates_of_birth() {
     assert!(
         leaks.is_empty(),
         "the log holds personal details: {leaks:?}"
+    );
+
+    // The spans, as the collector received them: names, attributes, events and links.
+    let spans = receiver.spans();
+    assert!(
+        spans.len() > 50,
+        "only {} spans were exported, so the search proves little",
+        spans.len()
+    );
+    let exported: String = spans
+        .iter()
+        .map(|span| format!("{:?}\n", span.span))
+        .collect();
+    assert!(exported.contains("ImportCtf"), "{exported}");
+    let leaks: Vec<&String> = personal
+        .iter()
+        .filter(|detail| exported.contains(detail.as_str()))
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "the exported spans hold personal details: {leaks:?}"
     );
 }

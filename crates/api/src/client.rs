@@ -1,11 +1,11 @@
 //! The channel every rollcall client uses: a gRPC channel that attaches the caller's
-//! credential to each call.
+//! credential and the current trace context to each call.
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 
-/// A gRPC channel that sends [`Credentials`] with every call.
+/// A gRPC channel that sends [`Credentials`], and the current trace context, with every call.
 pub type Channel = InterceptedService<tonic::transport::Channel, Credentials>;
 
 /// The `authorization` header a client sends, if any. Its `Debug` output never shows the
@@ -53,6 +53,10 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Interceptor for Credentials {
+    /// Adds the `authorization` header, and the W3C `traceparent` and `tracestate` of the
+    /// current span, so that the called service's span joins the caller's trace. The trace
+    /// context is added only where a process installed a propagator, as `rollcall serve` does
+    /// when it exports spans.
     fn call(
         &mut self,
         mut request: tonic::Request<()>,
@@ -62,7 +66,24 @@ impl Interceptor for Credentials {
                 .metadata_mut()
                 .insert("authorization", value.clone());
         }
+        opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.inject(&mut MetadataInjector(request.metadata_mut()));
+        });
         Ok(request)
+    }
+}
+
+/// Writes trace context into gRPC metadata. A value that metadata cannot carry is left out.
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl opentelemetry::propagation::Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        let Ok(key) = tonic::metadata::MetadataKey::from_bytes(key.as_bytes()) else {
+            return;
+        };
+        if let Ok(value) = value.parse() {
+            self.0.insert(key, value);
+        }
     }
 }
 

@@ -255,6 +255,11 @@ struct ServeArgs {
     /// cannot speak TLS, such as Kubernetes' own.
     #[arg(long, env = "ROLLCALL_HEALTH_LISTEN")]
     health_listen: Option<SocketAddr>,
+    /// OTLP/gRPC address of an OpenTelemetry collector to send spans and metrics to, for
+    /// example http://127.0.0.1:4317. Without it nothing is exported. The service name is
+    /// OTEL_SERVICE_NAME, or rollcall (rollcall-registers and the like with --only).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -501,7 +506,19 @@ async fn serve(
     } else {
         LogFormat::Text
     };
-    telemetry::init(format, "info,sqlx=warn");
+    let export = args
+        .otlp_endpoint
+        .as_deref()
+        .filter(|endpoint| !endpoint.trim().is_empty())
+        .map(|endpoint| {
+            // In distributed mode each process reports under the first service it hosts.
+            let service_name = match args.only.first() {
+                Some(service) => format!("{}-{service}", telemetry::DEFAULT_SERVICE_NAME),
+                None => telemetry::DEFAULT_SERVICE_NAME.to_owned(),
+            };
+            telemetry::OtlpExport::new(endpoint, &service_name)
+        });
+    telemetry::init_with_export(format, "info,sqlx=warn", export.as_ref())?;
     let mut config = ServerConfig::new(args.listen, args.data_dir, args.database_url.as_deref())?;
     config.case_retention_years = args.case_retention_years;
     config.only = args.only.iter().copied().collect();

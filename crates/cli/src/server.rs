@@ -133,6 +133,8 @@ pub struct RunningServer {
     health: HealthReporter,
     health_names: Vec<&'static str>,
     close: watch::Sender<bool>,
+    health_close: watch::Sender<bool>,
+    health_task: Option<JoinHandle<anyhow::Result<()>>>,
     stop_signal: StopSignal,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     followers: Vec<JoinHandle<()>>,
@@ -168,13 +170,12 @@ impl RunningServer {
         self.close.send_replace(true);
         let tasks = std::mem::take(&mut self.tasks);
         let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
-        match tokio::time::timeout(DRAIN_TIMEOUT, join_all(tasks)).await {
-            Ok(results) => {
-                for result in results {
-                    result.context("the server task failed")??;
-                }
-                Ok(())
-            }
+        let stopped = match tokio::time::timeout(DRAIN_TIMEOUT, join_all(tasks)).await {
+            Ok(results) => results.into_iter().try_for_each(|result| {
+                result
+                    .context("the server task failed")
+                    .and_then(|served| served)
+            }),
             Err(_) => {
                 tracing::warn!(
                     timeout_secs = DRAIN_TIMEOUT.as_secs(),
@@ -185,7 +186,19 @@ impl RunningServer {
                 }
                 Ok(())
             }
+        };
+        // The probes' port closes last. A probe watching health holds its stream open, so
+        // the port gets a moment to close before it is closed anyway.
+        self.health_close.send_replace(true);
+        if let Some(mut task) = self.health_task.take()
+            && tokio::time::timeout(Duration::from_secs(1), &mut task)
+                .await
+                .is_err()
+        {
+            task.abort();
         }
+        rollcall_runtime::telemetry::flush().await;
+        stopped
     }
 
     /// Waits until the server stops by itself, which happens only on an error.
@@ -326,6 +339,19 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         None if addr.ip().is_unspecified() => format!("http://127.0.0.1:{}", addr.port()),
         None => format!("http://{addr}"),
     };
+    // The certificate and key are checked against each other here, before storage is
+    // touched, so a mismatch stops the start at once.
+    let mut main_server = Server::builder();
+    if let Some(server_tls) = tls.server_config() {
+        main_server = main_server.tls_config(server_tls).with_context(|| {
+            format!(
+                "cannot set up TLS with --tls-cert {} and --tls-key {}: check that the key \
+                 belongs to the certificate",
+                display_path(config.tls.cert.as_deref()),
+                display_path(config.tls.key.as_deref())
+            )
+        })?;
+    }
     let names: Vec<&str> = hosted.iter().map(|name| name.as_str()).collect();
     tracing::info!(
         %addr,
@@ -340,6 +366,20 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     health
         .set_service_status("", ServingStatus::NotServing)
         .await;
+    // The probes' port answers NOT_SERVING while storage is connected and migrated, and
+    // stays open while the server drains, so that probes see the state rather than a
+    // refused connection.
+    let (health_close, health_closed) = watch::channel(false);
+    let health_task = health_listener.map(|listener| {
+        let mut closed = health_closed;
+        let probes = Server::builder()
+            .add_service(health_service.clone())
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+                // An error means the sender is gone, which also means stopping.
+                let _ = closed.wait_for(|close| *close).await;
+            });
+        tokio::spawn(async move { probes.await.context("the health listener failed") })
+    });
 
     // Every process writes the audit events of the calls it serves to the one audit log.
     let audit_db = connect(&config.storage, rollcall_audit::MIGRATIONS).await?;
@@ -519,13 +559,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         let _ = closed.wait_for(|close| *close).await;
     };
     let mut tasks = Vec::new();
-    let mut server = Server::builder();
-    if let Some(server_tls) = tls.server_config() {
-        server = server
-            .tls_config(server_tls)
-            .context("cannot set up TLS with --tls-cert and --tls-key")?;
-    }
-    let main = server
+    let main = main_server
+        .layer(rollcall_runtime::telemetry::GrpcTelemetryLayer::new())
         .layer(auth_layer.clone())
         .add_routes(routes.clone())
         .serve_with_incoming_shutdown(
@@ -537,6 +572,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     }));
     if let Some(listener) = internal_listener {
         let internal = Server::builder()
+            .layer(rollcall_runtime::telemetry::GrpcTelemetryLayer::new())
             .layer(auth_layer)
             .add_routes(routes)
             .serve_with_incoming_shutdown(
@@ -545,17 +581,6 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             );
         tasks.push(tokio::spawn(async move {
             internal.await.context("the internal gRPC listener failed")
-        }));
-    }
-    if let Some(listener) = health_listener {
-        let probes = Server::builder()
-            .add_service(health_service)
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener),
-                wait_for_close(closed.clone()),
-            );
-        tasks.push(tokio::spawn(async move {
-            probes.await.context("the health listener failed")
         }));
     }
 
@@ -572,8 +597,14 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         health,
         health_names,
         close,
+        health_close,
+        health_task,
         stop_signal,
         tasks,
         followers,
     })
+}
+
+fn display_path(path: Option<&std::path::Path>) -> String {
+    path.map_or_else(String::new, |path| path.display().to_string())
 }

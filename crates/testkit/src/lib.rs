@@ -1,6 +1,7 @@
 //! Test support for rollcall: real PostgreSQL databases and SQLite directories for tests, and
 //! local stand-ins for the third parties rollcall talks to (a mail server, an SMS provider, a
-//! local authority's HTTPS server that receives referral packs, and an MIS data broker).
+//! local authority's HTTPS server that receives referral packs, an MIS data broker, and an
+//! OpenTelemetry collector).
 //!
 //! [`postgres`] returns a server, and [`PostgresServer::create_database`] gives each test its
 //! own empty database on it:
@@ -23,6 +24,7 @@ mod binaries;
 pub mod broker;
 pub mod identity;
 pub mod la;
+pub mod otlp;
 pub mod sms;
 pub mod smtp;
 mod throwaway;

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use rollcall_api::client::Channel;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use crate::upn_changes::resolve;
 use crate::{CASES_LOCK_KEY, TRIGGER_FEED};
@@ -73,19 +74,49 @@ async fn follow(
         .into_inner();
     while let Some(message) = stream.message().await? {
         if let Some(trigger) = message.trigger {
-            // Review dates count the school's days; only a new case needs them.
-            let days = if trigger.state == TriggerState::Raised as i32 {
-                crate::school_days::of_school(registers, &trigger.laestab).await?
-            } else {
-                crate::school_days::SchoolDays::default()
-            };
-            if apply(db, &trigger, &days, message.cursor).await? {
+            let span = rollcall_runtime::telemetry::background_span(
+                "cases.apply_trigger",
+                Some(message.traceparent.as_str()).filter(|parent| !parent.is_empty()),
+            );
+            rollcall_runtime::telemetry::set_attribute(&span, "rollcall.trigger_id", &trigger.id);
+            let applied = follow_trigger(db, registers, &trigger, message.cursor)
+                .instrument(span)
+                .await?;
+            if applied.opened {
+                rollcall_runtime::telemetry::metrics::case_opened(&trigger.laestab);
+            }
+            if applied.letter_job {
                 wake.notify_one();
             }
         }
         processed.send_replace(message.cursor);
     }
     Ok(())
+}
+
+/// Applies one trigger from the feed.
+async fn follow_trigger(
+    db: &Db,
+    registers: &RegistersServiceClient<Channel>,
+    trigger: &Trigger,
+    cursor: i64,
+) -> anyhow::Result<Applied> {
+    // Review dates count the school's days; only a new case needs them.
+    let days = if trigger.state == TriggerState::Raised as i32 {
+        crate::school_days::of_school(registers, &trigger.laestab).await?
+    } else {
+        crate::school_days::SchoolDays::default()
+    };
+    Ok(apply(db, trigger, &days, cursor).await?)
+}
+
+/// What applying a trigger did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Applied {
+    /// A case was opened.
+    opened: bool,
+    /// A job to write an automatic letter was recorded.
+    letter_job: bool,
 }
 
 /// The change a trigger makes to the pupil's live case for the concern.
@@ -179,8 +210,9 @@ async fn apply(
     trigger: &Trigger,
     days: &crate::school_days::SchoolDays,
     cursor: i64,
-) -> Result<bool, sqlx::Error> {
+) -> Result<Applied, sqlx::Error> {
     let now = Utc::now();
+    let traceparent = rollcall_runtime::telemetry::current_traceparent();
     let phase = phase_from_proto(trigger.phase).unwrap_or(Phase::Secondary);
     let (ladder, ladder_version) = ladder_for(db, trigger).await?;
     let started_on = parse_date(&trigger.as_of).unwrap_or_else(|_| now.date_naive());
@@ -195,7 +227,7 @@ async fn apply(
                 .await?;
         if applied.is_some_and(|applied| applied >= cursor) {
             tracing::debug!(trigger = %trigger.id, cursor, "Trigger already applied by another replica");
-            return Ok(false);
+            return Ok(Applied::default());
         }
         // A trigger raised before the policy service applied a UPN change names the replaced
         // UPN, so it acts on the UPN that replaced it.
@@ -343,7 +375,8 @@ async fn apply(
             if let Some((case_id,)) = target {
                 sqlx::query(
                     "INSERT INTO letter_jobs (id, case_id, template, letter_date, status, \
-                     next_attempt_at, created_at) VALUES ($1, $2, $3, $4, 'pending', $5, $5) \
+                     next_attempt_at, created_at, traceparent) \
+                     VALUES ($1, $2, $3, $4, 'pending', $5, $5, $6) \
                      ON CONFLICT (id) DO NOTHING",
                 )
                 .bind(format!("auto:{}", trigger.id))
@@ -351,6 +384,7 @@ async fn apply(
                 .bind(template)
                 .bind(started_on)
                 .bind(now)
+                .bind(&traceparent)
                 .execute(&mut *tx)
                 .await?;
                 letter_job = true;
@@ -367,7 +401,7 @@ async fn apply(
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(letter_job)
+        Ok(Applied { opened, letter_job })
     })
 }
 

@@ -20,6 +20,7 @@ use rollcall_runtime::storage::WriteTransaction;
 use rollcall_runtime::{Db, with_db};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use crate::TRIGGER_LOCK_KEY;
 use crate::figures::{
@@ -35,6 +36,9 @@ pub(crate) const REGISTERS_FEED: &str = "registers.marks";
 const BATCH: usize = 50_000;
 /// How long the follower waits for more marks before evaluating what it has.
 const SETTLE: Duration = Duration::from_millis(250);
+/// Links from an evaluation's span to the requests whose marks it evaluates, at most. A
+/// batch from many small imports links to the first ones only.
+const MAX_LINKS: usize = 32;
 
 /// The kind of threshold a trigger is about, as stored and streamed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +188,7 @@ async fn follow(
         let mut count = 0usize;
         let mut next = Some(first);
         while let Some(message) = next.take() {
+            batch.add_traceparent(message.traceparent);
             if let Some(mark) = message.mark {
                 batch.add(mark, message.effective);
             }
@@ -199,6 +204,7 @@ async fn follow(
             }
         }
         let schools = batch.affected.len();
+        let span = batch.span();
         evaluate(
             db,
             &mut registers,
@@ -208,6 +214,7 @@ async fn follow(
             None,
             trigger_head,
         )
+        .instrument(span)
         .await?;
         tracing::info!(
             cursor = last_cursor,
@@ -234,9 +241,31 @@ struct EffectiveMark {
 struct Batch {
     marks: Vec<EffectiveMark>,
     affected: BTreeMap<String, BTreeSet<String>>,
+    /// The W3C traceparents of the requests that stored the batch's versions, in feed order.
+    /// One request's versions are contiguous in the feed, so each appears once.
+    traceparents: Vec<String>,
 }
 
 impl Batch {
+    fn add_traceparent(&mut self, traceparent: String) {
+        if !traceparent.is_empty() && self.traceparents.last() != Some(&traceparent) {
+            self.traceparents.push(traceparent);
+        }
+    }
+
+    /// Returns the span of the batch's evaluation: a child of the first request that stored its
+    /// versions, and linked to the others, at most [`MAX_LINKS`] of them.
+    fn span(&self) -> tracing::Span {
+        let span = rollcall_runtime::telemetry::background_span(
+            "policy.evaluate_marks",
+            self.traceparents.first().map(String::as_str),
+        );
+        for traceparent in self.traceparents.iter().skip(1).take(MAX_LINKS) {
+            rollcall_runtime::telemetry::link_traceparent(&span, traceparent);
+        }
+        span
+    }
+
     fn add(&mut self, mark: Mark, effective: bool) {
         let (Ok(date), Some(session)) = (parse_date(&mark.date), session_from_proto(mark.session))
         else {
@@ -273,8 +302,8 @@ pub(crate) async fn evaluate_school(
     trigger_head: &watch::Sender<i64>,
 ) -> anyhow::Result<TriggerCounts> {
     let batch = Batch {
-        marks: Vec::new(),
         affected: BTreeMap::from([(laestab.to_owned(), BTreeSet::new())]),
+        ..Batch::default()
     };
     evaluate(db, registers, cases, &batch, None, None, trigger_head).await
 }
@@ -290,11 +319,11 @@ pub(crate) async fn evaluate_after_upn_change(
     trigger_head: &watch::Sender<i64>,
 ) -> anyhow::Result<TriggerCounts> {
     let batch = Batch {
-        marks: Vec::new(),
         affected: schools
             .iter()
             .map(|laestab| (laestab.clone(), BTreeSet::from([change.to.clone()])))
             .collect(),
+        ..Batch::default()
     };
     evaluate(
         db,
@@ -520,6 +549,7 @@ async fn evaluate(
     }
 
     let now = Utc::now();
+    let traceparent = rollcall_runtime::telemetry::current_traceparent();
     let head = with_db!(db, |pool| {
         let mut tx = pool.begin_write(TRIGGER_LOCK_KEY).await?;
         if let Some(change) = change {
@@ -668,6 +698,8 @@ async fn evaluate(
                 .fetch_one(&mut *tx)
                 .await?;
         let mut counts = TriggerCounts::default();
+        // (school, kind, state) of each trigger recorded, counted once the transaction commits.
+        let mut recorded: Vec<(String, &'static str, &'static str)> = Vec::new();
         for evaluation in &evaluations {
             let previous: Option<PupilStatus> = sqlx::query_as(
                 "SELECT persistent_absence, severe_absence, penalty_warning, unexplained_overdue, \
@@ -683,7 +715,7 @@ async fn evaluate(
             let after = &evaluation.status;
             let policy = evaluation.policy;
             // (kind, raised, clause, ladder stage) for every change.
-            let mut changes: Vec<(&str, bool, String, String)> = Kind::ALL
+            let mut changes: Vec<(&'static str, bool, String, String)> = Kind::ALL
                 .into_iter()
                 .filter(|kind| before.get(*kind) != after.get(*kind))
                 .map(|kind| {
@@ -723,8 +755,8 @@ async fn evaluate(
                 let id = format!("trg-{next:010}");
                 sqlx::query(
                     "INSERT INTO triggers (sequence, id, kind, state, laestab, upn, year_group, phase, \
-                     policy_id, clause, as_of, figures, created_at, ladder_stage) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                     policy_id, clause, as_of, figures, created_at, ladder_stage, traceparent) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                 )
                 .bind(next)
                 .bind(&id)
@@ -740,8 +772,10 @@ async fn evaluate(
                 .bind(&evaluation.figures_json)
                 .bind(now)
                 .bind(&stage)
+                .bind(&traceparent)
                 .execute(&mut *tx)
                 .await?;
+                recorded.push((evaluation.laestab.clone(), kind, state));
                 tracing::info!(trigger = %id, kind, state, upn = %evaluation.pupil.upn, laestab = %evaluation.laestab, "Trigger recorded");
             }
             sqlx::query(
@@ -781,9 +815,12 @@ async fn evaluate(
             .await?;
         }
         tx.commit().await?;
-        Ok::<(i64, TriggerCounts), sqlx::Error>((next, counts))
+        Ok::<_, sqlx::Error>((next, counts, recorded))
     })?;
-    let (head, counts) = head;
+    let (head, counts, recorded) = head;
+    for (laestab, kind, state) in &recorded {
+        rollcall_runtime::telemetry::metrics::policy_trigger(laestab, kind, state);
+    }
     trigger_head.send_if_modified(|current| {
         if head > *current {
             *current = head;

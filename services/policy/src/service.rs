@@ -233,6 +233,9 @@ struct TriggerRow {
     figures: String,
     created_at: DateTime<Utc>,
     ladder_stage: String,
+    /// The W3C traceparent of the evaluation that recorded the trigger, when spans were
+    /// exported.
+    traceparent: Option<String>,
 }
 
 impl TriggerRow {
@@ -294,7 +297,8 @@ async fn triggers_after(db: &Db, cursor: i64, limit: i64) -> Result<Vec<TriggerR
     with_db!(db, |pool| {
         sqlx::query_as(
             "SELECT sequence, id, kind, state, laestab, upn, year_group, phase, policy_id, clause, \
-             as_of, figures, created_at, ladder_stage FROM triggers WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+             as_of, figures, created_at, ladder_stage, traceparent FROM triggers WHERE sequence > $1 \
+             ORDER BY sequence LIMIT $2",
         )
         .bind(cursor)
         .bind(limit)
@@ -768,9 +772,11 @@ impl PolicyService for Policy {
                     cursor = row.sequence;
                     let policy = version_on(&versions, &row.policy_id, row.as_of)
                         .map_or_else(DomainPolicy::trust_2021, |found| found.policy.clone());
+                    let traceparent = row.traceparent.clone().unwrap_or_default();
                     let message = WatchTriggersResponse {
                         trigger: Some(row.into_proto(&policy)),
                         cursor,
+                        traceparent,
                     };
                     if sender.send(Ok(message)).await.is_err() {
                         return;

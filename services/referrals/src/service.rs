@@ -209,6 +209,7 @@ impl Referrals {
             prerequisites = checks.len(),
             "Referral created"
         );
+        rollcall_runtime::telemetry::metrics::referral_created(&school);
         records::get(&self.db, &id).await
     }
 
@@ -569,6 +570,7 @@ impl ReferralsService for Referrals {
             );
         }
         tracing::info!(referral = %row.id, pack = %pack_id, %sha256, "Referral submitted");
+        rollcall_runtime::telemetry::metrics::referral_submitted(&row.laestab);
 
         let delivery = self
             .upstream

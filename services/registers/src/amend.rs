@@ -253,8 +253,8 @@ pub(crate) async fn apply(db: &Db, amendment: &Amendment) -> Result<Outcome, Sta
         sqlx::query(
             "INSERT INTO marks (sequence, laestab, upn, session_date, session, code, minutes_late, \
              source, source_name, reason, recorded_by, recorded_by_position, recorded_at, \
-             received_at, effective_when_stored, absence_report_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, TRUE, $14)",
+             received_at, effective_when_stored, absence_report_id, traceparent) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, TRUE, $14, $15)",
         )
         .bind(sequence)
         .bind(&school)
@@ -270,6 +270,7 @@ pub(crate) async fn apply(db: &Db, amendment: &Amendment) -> Result<Outcome, Sta
         .bind(&amendment.position)
         .bind(now)
         .bind(&amendment.absence_report_id)
+        .bind(rollcall_runtime::telemetry::current_traceparent())
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;

@@ -382,6 +382,7 @@ pub(crate) async fn replace(
             .await
             .map_err(store_error)?;
         let mut marks_closed = 0;
+        let traceparent = rollcall_runtime::telemetry::current_traceparent();
         for closure in calendar
             .closures()
             .iter()
@@ -405,8 +406,9 @@ pub(crate) async fn replace(
                 sqlx::query(
                     "INSERT INTO marks (sequence, laestab, upn, session_date, session, code, \
                      minutes_late, source, source_name, reason, recorded_by, recorded_by_position, \
-                     recorded_at, received_at, effective_when_stored) \
-                     VALUES ($1, $2, $3, $4, $5, '#', 0, $10, 'calendar', $6, $7, $8, $9, $9, TRUE)",
+                     recorded_at, received_at, effective_when_stored, traceparent) \
+                     VALUES ($1, $2, $3, $4, $5, '#', 0, $10, 'calendar', $6, $7, $8, $9, $9, TRUE, \
+                     $11)",
                 )
                 .bind(sequence)
                 .bind(laestab)
@@ -418,6 +420,7 @@ pub(crate) async fn replace(
                 .bind(position)
                 .bind(now)
                 .bind(source.as_str())
+                .bind(&traceparent)
                 .execute(&mut *tx)
                 .await
                 .map_err(store_error)?;

@@ -32,7 +32,7 @@ use crate::FEED_LOCK_KEY;
 use crate::calendar::{self, load_calendar_rows};
 use crate::convert::{fsm_as_str, phase_as_str, registration_as_str, sen_as_str};
 
-/// Rows per multi-row statement. Sixteen columns a row stays well inside SQLite's limit of
+/// Rows per multi-row statement. Seventeen columns a row stays well inside SQLite's limit of
 /// 32,766 bound parameters and PostgreSQL's 65,535.
 const CHUNK: usize = 1_000;
 
@@ -1569,11 +1569,12 @@ pub(crate) async fn apply(
         }
 
         let imported = format!("Imported from {}", request.source_name);
+        let traceparent = rollcall_runtime::telemetry::current_traceparent();
         for chunk in plan.versions.chunks(CHUNK) {
             let mut insert = QueryBuilder::new(
                 "INSERT INTO marks (sequence, laestab, upn, session_date, session, code, \
                  minutes_late, source, source_name, reason, recorded_by, recorded_by_position, \
-                 recorded_at, received_at, effective_when_stored, arrived_at) ",
+                 recorded_at, received_at, effective_when_stored, arrived_at, traceparent) ",
             );
             insert.push_values(chunk, |mut row, version| {
                 let mark = version.mark;
@@ -1596,7 +1597,8 @@ pub(crate) async fn apply(
                     .push_bind(mark.recorded_at)
                     .push_bind(now)
                     .push_bind(version.effective)
-                    .push_bind(mark.arrived_at);
+                    .push_bind(mark.arrived_at)
+                    .push_bind(traceparent.clone());
             });
             insert
                 .build()

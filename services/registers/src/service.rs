@@ -234,6 +234,10 @@ impl RegistersService for Registers {
         };
         if response.marks_recorded > 0 && !response.dry_run && !response.already_applied {
             self.feed_head.send_replace(response.feed_cursor);
+            rollcall_runtime::telemetry::metrics::marks_ingested(
+                &school,
+                u64::try_from(response.marks_recorded).unwrap_or_default(),
+            );
         }
         let rejected = response
             .items
@@ -870,12 +874,13 @@ impl RegistersService for Registers {
                 };
                 let caught_up = (rows.len() as i64) < FEED_BATCH;
                 for row in rows {
-                    cursor = row.sequence;
-                    let effective = row.effective_when_stored;
+                    cursor = row.mark.sequence;
+                    let effective = row.mark.effective_when_stored;
                     let message = WatchMarksResponse {
-                        mark: Some(row.into_proto()),
+                        mark: Some(row.mark.into_proto()),
                         effective,
                         cursor,
+                        traceparent: row.traceparent.unwrap_or_default(),
                     };
                     if sender.send(Ok(message)).await.is_err() {
                         tracing::info!(cursor, "WatchMarks stream closed by the client");

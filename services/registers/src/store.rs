@@ -243,16 +243,25 @@ pub(crate) async fn effective_marks(
     })
 }
 
+/// A mark version as the change feed sends it.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct FeedRow {
+    #[sqlx(flatten)]
+    pub(crate) mark: MarkRow,
+    /// The W3C traceparent of the request that stored the version, when spans were exported.
+    pub(crate) traceparent: Option<String>,
+}
+
 /// Mark versions after `cursor` in feed order, for one school or all.
 pub(crate) async fn feed_after(
     db: &Db,
     cursor: i64,
     laestab: &str,
     limit: i64,
-) -> Result<Vec<MarkRow>, sqlx::Error> {
+) -> Result<Vec<FeedRow>, sqlx::Error> {
     with_db!(db, |pool| {
         sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {MARK_COLUMNS} FROM marks m \
+            "SELECT {MARK_COLUMNS}, m.traceparent FROM marks m \
              WHERE m.sequence > $1 AND ($2 = '' OR m.laestab = $2) \
              ORDER BY m.sequence LIMIT $3"
         )))

@@ -26,6 +26,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tonic::{Code, Status};
+use tracing::Instrument as _;
 
 use crate::CASES_LOCK_KEY;
 use crate::fields::storage;
@@ -449,7 +450,19 @@ impl FirstDay {
                 };
                 for at in due_sessions(&calendar, now, minutes_after_close) {
                     if !swept(&self.db, &school.laestab, at).await? {
+                        // Each school's session is a trace of its own, which the messages it
+                        // queues join.
+                        let span = rollcall_runtime::telemetry::background_span(
+                            "cases.first_day_contact",
+                            None,
+                        );
+                        rollcall_runtime::telemetry::set_attribute(
+                            &span,
+                            rollcall_runtime::telemetry::metrics::SCHOOL_ATTRIBUTE,
+                            &school.laestab,
+                        );
                         self.run(&school.laestab, at.date, at.session, false)
+                            .instrument(span)
                             .await?;
                     }
                 }

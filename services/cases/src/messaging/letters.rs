@@ -24,6 +24,7 @@ use rollcall_api::client::Channel;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tonic::{Code, Status};
+use tracing::Instrument as _;
 
 use crate::messaging::config::DeliveryConfig;
 use crate::messaging::outbox::retry_delay;
@@ -578,6 +579,8 @@ struct LetterJob {
     upn: String,
     stage: String,
     case_status: String,
+    /// The W3C traceparent of the work that asked for the letter, when spans were exported.
+    traceparent: Option<String>,
 }
 
 /// Writes the threshold letters that triggers asked for. It runs apart from the trigger
@@ -615,7 +618,7 @@ impl LetterWorker {
         with_db!(&self.db, |pool| {
             sqlx::query_as(
                 "SELECT j.id, j.case_id, j.template, j.letter_date, j.attempts, c.laestab, c.upn, \
-                 c.stage, c.status AS case_status FROM letter_jobs j \
+                 c.stage, c.status AS case_status, j.traceparent FROM letter_jobs j \
                  JOIN cases c ON c.id = j.case_id \
                  WHERE j.status = 'pending' AND j.next_attempt_at <= $1 \
                  ORDER BY j.next_attempt_at, j.id LIMIT 1",
@@ -629,52 +632,63 @@ impl LetterWorker {
     /// Writes every letter that is due.
     pub(crate) async fn run_once(&self) -> anyhow::Result<()> {
         while let Some(job) = self.next_job().await? {
-            if job.case_status == "closed" {
-                self.give_up(&job, "the case was closed before the letter was written")
-                    .await?;
-                continue;
+            let span = rollcall_runtime::telemetry::background_span(
+                "cases.write_letter",
+                job.traceparent.as_deref(),
+            );
+            rollcall_runtime::telemetry::set_attribute(&span, "rollcall.case_id", &job.case_id);
+            self.write(job).instrument(span).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes one letter, or schedules its retry, or gives it up.
+    async fn write(&self, job: LetterJob) -> anyhow::Result<()> {
+        if job.case_status == "closed" {
+            self.give_up(&job, "the case was closed before the letter was written")
+                .await?;
+            return Ok(());
+        }
+        let request = LetterRequest {
+            key: job.id.clone(),
+            case_id: job.case_id.clone(),
+            laestab: job.laestab.clone(),
+            upn: job.upn.clone(),
+            stage: job.stage.clone(),
+            template: job.template.clone(),
+            letter_date: job.letter_date,
+            created_by: "rollcall".to_owned(),
+            automatic: true,
+        };
+        match prepare(&self.db, &self.registers, &self.policy, &request).await {
+            Ok(prepared) => {
+                store(&self.db, &request, &prepared, Some(&job.id)).await?;
+                self.outbox_wake.notify_one();
             }
-            let request = LetterRequest {
-                key: job.id.clone(),
-                case_id: job.case_id.clone(),
-                laestab: job.laestab.clone(),
-                upn: job.upn.clone(),
-                stage: job.stage.clone(),
-                template: job.template.clone(),
-                letter_date: job.letter_date,
-                created_by: "rollcall".to_owned(),
-                automatic: true,
-            };
-            match prepare(&self.db, &self.registers, &self.policy, &request).await {
-                Ok(prepared) => {
-                    store(&self.db, &request, &prepared, Some(&job.id)).await?;
-                    self.outbox_wake.notify_one();
+            Err(status) if is_transient(status.code()) => {
+                let attempt = job.attempts + 1;
+                if attempt as u32 >= self.delivery.max_attempts {
+                    self.give_up(&job, status.message()).await?;
+                    return Ok(());
                 }
-                Err(status) if is_transient(status.code()) => {
-                    let attempt = job.attempts + 1;
-                    if attempt as u32 >= self.delivery.max_attempts {
-                        self.give_up(&job, status.message()).await?;
-                        continue;
-                    }
-                    let delay = retry_delay(&self.delivery, attempt as u32);
-                    tracing::warn!(job = %job.id, case = %job.case_id, attempt, error = %status.message(), "Letter not written; retrying");
-                    let due = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-                    with_db!(&self.db, |pool| {
-                        sqlx::query(
-                            "UPDATE letter_jobs SET attempts = $1, next_attempt_at = $2, \
-                             last_error = $3 WHERE id = $4",
-                        )
-                        .bind(attempt)
-                        .bind(due)
-                        .bind(status.message())
-                        .bind(&job.id)
-                        .execute(pool)
-                        .await
-                        .map(|_| ())
-                    })?;
-                }
-                Err(status) => self.give_up(&job, status.message()).await?,
+                let delay = retry_delay(&self.delivery, attempt as u32);
+                tracing::warn!(job = %job.id, case = %job.case_id, attempt, error = %status.message(), "Letter not written; retrying");
+                let due = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                with_db!(&self.db, |pool| {
+                    sqlx::query(
+                        "UPDATE letter_jobs SET attempts = $1, next_attempt_at = $2, \
+                         last_error = $3 WHERE id = $4",
+                    )
+                    .bind(attempt)
+                    .bind(due)
+                    .bind(status.message())
+                    .bind(&job.id)
+                    .execute(pool)
+                    .await
+                    .map(|_| ())
+                })?;
             }
+            Err(status) => self.give_up(&job, status.message()).await?,
         }
         Ok(())
     }

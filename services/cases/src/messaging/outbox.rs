@@ -15,6 +15,7 @@ use rollcall_runtime::storage::WriteTransaction;
 use rollcall_runtime::{Db, with_db};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use crate::CASES_LOCK_KEY;
 use crate::messaging::channels::{Channels, Outgoing, SendError};
@@ -33,6 +34,8 @@ struct Claimed {
     document: Option<Vec<u8>>,
     attempts: i32,
     attempt_base: i32,
+    /// The W3C traceparent of the work that wrote the message, when spans were exported.
+    traceparent: Option<String>,
 }
 
 /// The outbox's settings and handles.
@@ -69,7 +72,12 @@ impl Outbox {
     pub(crate) async fn run_once(&self) -> Result<(), sqlx::Error> {
         self.recover_interrupted().await?;
         while let Some(message) = self.claim_next().await? {
-            self.deliver(message).await?;
+            let span = rollcall_runtime::telemetry::background_span(
+                "cases.send_message",
+                message.traceparent.as_deref(),
+            );
+            rollcall_runtime::telemetry::set_attribute(&span, "rollcall.message_id", &message.id);
+            self.deliver(message).instrument(span).await?;
         }
         Ok(())
     }
@@ -99,7 +107,7 @@ impl Outbox {
             .await?;
             let claimed: Claimed = sqlx::query_as(
                 "SELECT id, laestab, channel, recipient_name, recipient_address, subject, body, \
-                 document, attempts, attempt_base FROM messages WHERE id = $1",
+                 document, attempts, attempt_base, traceparent FROM messages WHERE id = $1",
             )
             .bind(&id)
             .fetch_one(&mut *tx)

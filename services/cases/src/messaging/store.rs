@@ -192,13 +192,14 @@ where
         .await?;
     let id = format!("msg-{:08}", count + 1);
     let reasons = message.review_reasons.join("\n");
+    let traceparent = rollcall_runtime::telemetry::current_traceparent();
     sqlx::query(
         "INSERT INTO messages (id, dedupe_key, laestab, upn, case_id, task_id, purpose, channel, \
          recipient_priority, recipient_name, recipient_address, template, template_version, \
          subject, body, document, status, review_reasons, next_attempt_at, created_by, \
-         created_at) \
+         created_at, traceparent) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-         $18, $19, $20, $19)",
+         $18, $19, $20, $19, $21)",
     )
     .bind(id.as_str())
     .bind(message.dedupe_key.as_str())
@@ -220,6 +221,7 @@ where
     .bind(reasons.as_str())
     .bind(now)
     .bind(message.created_by.as_str())
+    .bind(traceparent.as_deref())
     .execute(&mut **tx)
     .await?;
     Ok(Some(id))

@@ -27,6 +27,7 @@ use rollcall_runtime::Db;
 use rollcall_runtime::grpc::MAX_MESSAGE_BYTES;
 use tokio::task::JoinHandle;
 use tonic::Status;
+use tracing::Instrument as _;
 
 pub use config::{BrokerRetryConfig, ConnectorsConfig, SchoolConnectorConfig, WritebackConfig};
 
@@ -170,6 +171,14 @@ impl Connectors {
                 };
                 tokio::time::sleep(wait).await;
                 let _running = school.running.lock().await;
+                // A scheduled run is a trace of its own, which the sync calls it makes join.
+                let span =
+                    rollcall_runtime::telemetry::background_span("mis_adapter.connector_run", None);
+                rollcall_runtime::telemetry::set_attribute(
+                    &span,
+                    rollcall_runtime::telemetry::metrics::SCHOOL_ATTRIBUTE,
+                    &laestab,
+                );
                 match run::run_school(
                     &connectors.db,
                     &school,
@@ -177,6 +186,7 @@ impl Connectors {
                     SCHEDULED,
                     false,
                 )
+                .instrument(span)
                 .await
                 {
                     Ok(_) => {}

@@ -90,6 +90,7 @@ pub(crate) async fn queue(
     destinations: &[(String, &'static str)],
     now: DateTime<Utc>,
 ) -> Result<Vec<(String, Queued)>, sqlx::Error> {
+    let traceparent = rollcall_runtime::telemetry::current_traceparent();
     with_db!(db, |pool| {
         let mut tx = pool.begin_write(MIS_ADAPTER_LOCK_KEY).await?;
         let size = i64::try_from(pack.pack.len()).unwrap_or(i64::MAX);
@@ -142,8 +143,8 @@ pub(crate) async fn queue(
                     sqlx::query(
                         "INSERT INTO deliveries (id, referral_id, pack_id, laestab, file_name, \
                          sha256, destination, destination_kind, status, next_attempt_at, \
-                         created_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $10)",
+                         created_at, updated_at, traceparent) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $10, $11)",
                     )
                     .bind(&id)
                     .bind(pack.referral_id)
@@ -155,6 +156,7 @@ pub(crate) async fn queue(
                     .bind(*kind)
                     .bind(QUEUED)
                     .bind(now)
+                    .bind(&traceparent)
                     .execute(&mut *tx)
                     .await?;
                     (id, Queued::New)

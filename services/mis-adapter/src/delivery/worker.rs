@@ -16,6 +16,7 @@ use rollcall_runtime::storage::WriteTransaction;
 use rollcall_runtime::{Db, with_db};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use crate::MIS_ADAPTER_LOCK_KEY;
 use crate::delivery::config::{DeliveryConfig, RetryConfig};
@@ -35,6 +36,8 @@ struct Claimed {
     attempts: i32,
     attempt_base: i32,
     pack: Vec<u8>,
+    /// The W3C traceparent of the request that queued the delivery, when spans were exported.
+    traceparent: Option<String>,
 }
 
 /// The worker's settings and handles.
@@ -111,7 +114,16 @@ impl Worker {
     pub(crate) async fn run_once(&self) -> Result<(), sqlx::Error> {
         self.recover_interrupted().await?;
         while let Some(claimed) = self.claim_next().await? {
-            self.deliver(claimed).await?;
+            let span = rollcall_runtime::telemetry::background_span(
+                "mis_adapter.deliver_pack",
+                claimed.0.traceparent.as_deref(),
+            );
+            rollcall_runtime::telemetry::set_attribute(
+                &span,
+                "rollcall.delivery_id",
+                &claimed.0.id,
+            );
+            self.deliver(claimed).instrument(span).await?;
         }
         Ok(())
     }
@@ -165,7 +177,7 @@ impl Worker {
             .await?;
             let claimed: Claimed = sqlx::query_as(
                 "SELECT d.id, d.referral_id, d.pack_id, d.laestab, d.file_name, d.sha256, \
-                 d.destination, d.attempts, d.attempt_base, p.pack \
+                 d.destination, d.attempts, d.attempt_base, p.pack, d.traceparent \
                  FROM deliveries d JOIN delivery_packs p ON p.sha256 = d.sha256 WHERE d.id = $1",
             )
             .bind(&id)

@@ -37,6 +37,7 @@ use rollcall_runtime::grpc::{
 use sha2::{Digest, Sha256};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 pub(crate) use rows::MAX_ROWS;
 
@@ -757,6 +758,9 @@ impl MisSyncService for MisSync {
         let mut incoming = request.into_inner();
         let service = self.clone();
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        // The batches are applied in a task of their own, which keeps the call's span so that
+        // their calls to the registers join the call's trace.
+        let span = tracing::Span::current();
         tokio::spawn(async move {
             let mut index = 0_i32;
             loop {
@@ -788,7 +792,7 @@ impl MisSyncService for MisSync {
                 }
                 index += 1;
             }
-        });
+        }.instrument(span));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(receiver),
         )))

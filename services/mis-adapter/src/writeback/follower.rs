@@ -167,6 +167,7 @@ impl Follower {
             source: source.to_owned(),
             recorded_by: mark.recorded_by.clone(),
             recorded_at,
+            traceparent: Some(message.traceparent.clone()).filter(|parent| !parent.is_empty()),
         })
     }
 }

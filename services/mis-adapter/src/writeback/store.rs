@@ -50,6 +50,9 @@ pub(crate) struct Decision {
     pub(crate) source: String,
     pub(crate) recorded_by: String,
     pub(crate) recorded_at: DateTime<Utc>,
+    /// The W3C traceparent of the request that stored the mark version, when spans were
+    /// exported.
+    pub(crate) traceparent: Option<String>,
 }
 
 /// Queues decisions and moves the cursor past them, in one transaction. A decision already
@@ -74,7 +77,8 @@ pub(crate) async fn queue_decisions(
             sqlx::query(
                 "INSERT INTO writeback_items (sequence, laestab, upn, session_date, session, \
                  code, minutes_late, comment, source, recorded_by, recorded_at, status, \
-                 updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 updated_at, traceparent) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
                  ON CONFLICT (sequence) DO NOTHING",
             )
             .bind(decision.sequence)
@@ -90,6 +94,7 @@ pub(crate) async fn queue_decisions(
             .bind(decision.recorded_at)
             .bind(QUEUED)
             .bind(now)
+            .bind(&decision.traceparent)
             .execute(&mut *tx)
             .await?;
         }

@@ -18,6 +18,7 @@ use rollcall_runtime::{Db, with_db};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use crate::MIS_ADAPTER_LOCK_KEY;
 use crate::connector::client::{AttemptError, BrokerError, RequestCounts};
@@ -28,6 +29,9 @@ use crate::delivery::worker::retry_delay;
 use crate::writeback::store::{
     self, ACCEPTED, COMPLETED, FAILED, ItemRow, QUEUED, REJECTED, RETRYING, SENDING, SENT,
 };
+
+/// Links from a job's span to the requests whose decisions it sends, at most.
+const MAX_LINKS: usize = 32;
 
 /// A claimed job.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -119,9 +123,43 @@ impl Worker {
             tracing::info!(job = %job, "Write-back job created");
         }
         while let Some(claimed) = self.claim_next().await? {
-            self.send(claimed).await?;
+            let span = self.job_span(&claimed.0).await;
+            self.send(claimed).instrument(span).await?;
         }
         Ok(())
+    }
+
+    /// Returns the span of a job's attempt: a child of the request that stored the job's first
+    /// decision, and linked to those of the others, at most [`MAX_LINKS`] of them.
+    async fn job_span(&self, job: &Claimed) -> tracing::Span {
+        if !rollcall_runtime::telemetry::exporting() {
+            return tracing::Span::none();
+        }
+        let parents: Vec<(String,)> = with_db!(&self.db, |pool| {
+            sqlx::query_as(
+                "SELECT traceparent FROM writeback_items \
+                 WHERE job_id = $1 AND traceparent IS NOT NULL ORDER BY sequence LIMIT $2",
+            )
+            .bind(&job.id)
+            .bind(MAX_LINKS as i64 + 1)
+            .fetch_all(pool)
+            .await
+        })
+        .unwrap_or_else(|error| {
+            tracing::warn!(job = %job.id, %error, "Failed to read a write-back job's trace context, so its span starts a new trace");
+            Vec::new()
+        });
+        let mut parents: Vec<String> = parents.into_iter().map(|(parent,)| parent).collect();
+        parents.dedup();
+        let span = rollcall_runtime::telemetry::background_span(
+            "mis_adapter.write_back",
+            parents.first().map(String::as_str),
+        );
+        for parent in parents.iter().skip(1) {
+            rollcall_runtime::telemetry::link_traceparent(&span, parent);
+        }
+        rollcall_runtime::telemetry::set_attribute(&span, "rollcall.writeback_job_id", &job.id);
+        span
     }
 
     async fn next_due(&self) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
