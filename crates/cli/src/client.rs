@@ -1,7 +1,7 @@
 //! Clients of a running server, and the wait for figures and cases to catch up with an import.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -29,7 +29,7 @@ pub(crate) struct Clients {
     pub(crate) audit: AuditServiceClient<Channel>,
 }
 
-/// Where the client commands find the services: one server for all of them, or, against a
+/// The addresses the client commands call: one server for all the services, or, against a
 /// distributed installation, an address per service.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Addresses {
@@ -42,7 +42,8 @@ pub(crate) struct Addresses {
 }
 
 impl Addresses {
-    /// One server for every service, over plain HTTP/2 or with the public web authorities.
+    /// Returns addresses that name one server for every service, trusting the public web
+    /// authorities for `https://`.
     pub(crate) fn single(server: &str) -> Self {
         Addresses {
             server: server.to_owned(),
@@ -66,10 +67,19 @@ impl Clients {
         let mut channels: BTreeMap<&str, Channel> = BTreeMap::new();
         for service in ServiceName::ALL {
             let url = addresses.url(service);
-            if !channels.contains_key(url) {
-                let channel = connect_one(url, addresses.tls_ca.as_deref()).await?;
-                channels.insert(url, credentials.clone().attach(channel));
+            if channels.contains_key(url) {
+                continue;
             }
+            let served: Vec<ServiceName> = ServiceName::ALL
+                .into_iter()
+                .filter(|other| addresses.url(*other) == url)
+                .collect();
+            // With per-service addresses, --server is only a fallback: it is reached when a
+            // command first calls a service it hosts, so a command that needs none of them
+            // works without it.
+            let lazy = !addresses.services.is_empty() && url == addresses.server;
+            let channel = connect_one(url, &served, addresses, lazy).await?;
+            channels.insert(url, credentials.clone().attach(channel));
         }
         let channel = |service: ServiceName| channels[addresses.url(service)].clone();
         Ok(Self {
@@ -145,38 +155,69 @@ impl Clients {
     }
 }
 
-/// Connects to one server, over TLS when its address starts with `https://`.
+/// Connects to the server at `url`, which hosts `served`, over TLS when its address starts
+/// with `https://`. A lazy channel connects on its first call.
 async fn connect_one(
     url: &str,
-    tls_ca: Option<&Path>,
+    served: &[ServiceName],
+    addresses: &Addresses,
+    lazy: bool,
 ) -> anyhow::Result<tonic::transport::Channel> {
+    let option = if url == addresses.server {
+        "--server (or ROLLCALL_SERVER)".to_owned()
+    } else {
+        let options: Vec<String> = served.iter().map(|service| service.url_option()).collect();
+        options.join(", ")
+    };
     let tls = url.starts_with("https://");
     if !tls && !url.starts_with("http://") {
         bail!(
-            "invalid server URL {url:?}: start it with http:// or https://, for example \
-             http://127.0.0.1:50051"
+            "invalid address {url:?} in {option}: start it with http:// or https://, for \
+             example http://127.0.0.1:50051"
         );
     }
     let mut endpoint = Endpoint::from_shared(url.to_owned())
         .with_context(|| {
-            format!("invalid server URL {url:?}: expected e.g. http://127.0.0.1:50051")
+            format!("invalid address {url:?} in {option}: expected e.g. http://127.0.0.1:50051")
         })?
         .connect_timeout(Duration::from_secs(10));
     if tls {
         endpoint = endpoint
-            .tls_config(rollcall_runtime::tls::client_config(tls_ca)?)
+            .tls_config(rollcall_runtime::tls::client_config(
+                addresses.tls_ca.as_deref(),
+            )?)
             .with_context(|| format!("cannot set up TLS for {url}"))?;
     }
-    endpoint.connect().await.with_context(|| {
-        let hint = if tls {
-            "; if its certificate is signed by the trust's own CA, give that CA with --tls-ca \
-             (or ROLLCALL_TLS_CA)"
+    if lazy {
+        return Ok(endpoint.connect_lazy());
+    }
+    endpoint.connect().await.map_err(|error| {
+        let cause = root_cause(&error);
+        let hint = if cause.contains("InvalidContentType") {
+            "; the server speaks plain HTTP/2, so use http:// in place of https://".to_owned()
+        } else if cause.contains("UnknownIssuer") || cause.contains("certificate") {
+            "; the server's certificate is not trusted: give the CA that signed it with \
+             --tls-ca (or ROLLCALL_TLS_CA)"
+                .to_owned()
+        } else if !tls {
+            "; if the server serves TLS, use https://".to_owned()
         } else {
-            ""
+            String::new()
         };
-        format!(
-            "cannot reach a rollcall server at {url}: start one with `rollcall serve`, or \
-             point --server (or ROLLCALL_SERVER) at a running one{hint}"
+        let names: Vec<&str> = served.iter().map(|service| service.as_str()).collect();
+        anyhow::anyhow!(
+            "cannot reach the rollcall server for {} at {url}: {cause}. Start one with \
+             `rollcall serve`, or correct {option}{hint}",
+            names.join(", ")
         )
     })
+}
+
+/// Returns the innermost message of an error, which names the actual failure.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
 }

@@ -54,9 +54,33 @@ pub fn main() -> ExitCode {
             ExitCode::from(csv_import::EXIT_ROWS_REJECTED)
         }
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", describe(&error));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Formats an error with its causes. A gRPC status without a message, such as the one a
+/// server returns for a service it does not host, is described by its code.
+fn describe(error: &anyhow::Error) -> String {
+    let status = error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<tonic::Status>());
+    match status {
+        Some(status) if status.message().is_empty() => {
+            let hint = match status.code() {
+                tonic::Code::Unimplemented => {
+                    ": the server at this address does not host the service the command calls; \
+                     check --server, or the --<service>-url option for that service"
+                }
+                _ => "",
+            };
+            format!(
+                "the server answered {:?} with no message{hint}",
+                status.code()
+            )
+        }
+        _ => format!("{error:#}"),
     }
 }
 
