@@ -648,6 +648,9 @@ async fn main_job_on_five_processes_over_tls() {
     let work = tempfile::tempdir().expect("temp dir");
     let path = |name: &str| work.path().join(name).to_str().expect("UTF-8").to_owned();
 
+    let receiver = rollcall_testkit::otlp::OtlpReceiver::start()
+        .await
+        .expect("OTLP receiver");
     let ca = rollcall_testkit::tls::TestCa::new("rollcall test services CA").expect("CA");
     std::fs::write(path("ca.crt"), ca.pem()).expect("write CA");
     let idp = rollcall_testkit::identity::IdentityProvider::new(
@@ -715,6 +718,9 @@ async fn main_job_on_five_processes_over_tls() {
             .args(["--tls-cert", cert.to_str().expect("UTF-8")])
             .args(["--tls-key", key.to_str().expect("UTF-8")])
             .args(["--tls-client-ca", &path("ca.crt")])
+            .args(["--otlp-endpoint", &receiver.endpoint()])
+            .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+            .env_remove("OTEL_SERVICE_NAME")
             .env("RUST_LOG", "info,sqlx=warn")
             .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
@@ -765,6 +771,73 @@ async fn main_job_on_five_processes_over_tls() {
             .is_some_and(|method| method.contains("ImportCtf"))),
         "{audit}"
     );
+
+    // One import is one connected trace across the processes it reaches: the MIS adapter,
+    // the registers, policy and cases. Referral packs bring in the fifth.
+    let import_root = "rollcall.mis_adapter.v1.MisAdapterService/ImportCtf";
+    let expected: std::collections::BTreeSet<String> = [
+        "rollcall-mis-adapter",
+        "rollcall-registers",
+        "rollcall-policy",
+        "rollcall-cases",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let import_trace = loop {
+        let spans = receiver.spans();
+        let found = spans
+            .iter()
+            .filter(|span| span.span.name == import_root && span.parent_span_id().is_empty())
+            .map(|root| {
+                let trace: Vec<_> = spans
+                    .iter()
+                    .filter(|span| span.trace_id() == root.trace_id())
+                    .cloned()
+                    .collect();
+                trace
+            })
+            .find(|trace| {
+                let names: std::collections::BTreeSet<String> =
+                    trace.iter().map(|span| span.service_name.clone()).collect();
+                names.is_superset(&expected)
+            });
+        if let Some(trace) = found {
+            break trace;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no import trace reached {expected:?}; services seen: {:?}",
+            spans
+                .iter()
+                .map(|span| span.service_name.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    };
+    let ids: std::collections::HashSet<String> =
+        import_trace.iter().map(|span| span.span_id()).collect();
+    let roots = import_trace
+        .iter()
+        .filter(|span| span.parent_span_id().is_empty())
+        .count();
+    assert_eq!(roots, 1, "the import trace has one root");
+    for span in &import_trace {
+        let parent = span.parent_span_id();
+        assert!(
+            parent.is_empty() || ids.contains(&parent),
+            "span {} of {} has a parent outside the trace",
+            span.span.name,
+            span.service_name
+        );
+    }
+    let reporting: std::collections::BTreeSet<String> = receiver
+        .spans()
+        .iter()
+        .map(|span| span.service_name.clone())
+        .collect();
+    assert!(reporting.contains("rollcall-referrals"), "{reporting:?}");
 
     // A plain-text call to a TLS listener fails, and so does a call without a token.
     let plain = Target::server(&format!("http://127.0.0.1:{}", ports[0]));
