@@ -135,7 +135,7 @@ impl Authenticator {
             (Mode::Tokens(_), None) => Err(unauthenticated(
                 "no bearer token: send the header `authorization: Bearer <token>` with a token \
                  from the trust's identity provider (the rollcall commands read it from \
-                 --token-file or ROLLCALL_TOKEN_FILE)",
+                 --token-file, ROLLCALL_TOKEN_FILE or ROLLCALL_TOKEN)",
             )),
             (Mode::Tokens(verifier), Some(token)) => verifier.verify(token).await,
         }

@@ -433,6 +433,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         referrals: peer(ServiceName::Referrals)?,
         mis_adapter: peer(ServiceName::MisAdapter)?,
     };
+    for (name, url) in &config.peer_urls {
+        if hosts(*name) {
+            tracing::info!(service = %name, %url, "The service runs in this process, so its address option is not used");
+        }
+    }
     let called: BTreeSet<ServiceName> = hosted
         .iter()
         .flat_map(|service| service.calls().iter().copied())
@@ -589,7 +594,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             .set_service_status(*name, ServingStatus::Serving)
             .await;
     }
-    tracing::info!(%addr, ?health_addr, "rollcall is serving");
+    match health_addr {
+        Some(health_addr) => tracing::info!(%addr, %health_addr, "rollcall is serving"),
+        None => tracing::info!(%addr, "rollcall is serving"),
+    }
     Ok(RunningServer {
         addr,
         health_addr,

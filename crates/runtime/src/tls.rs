@@ -147,13 +147,13 @@ fn read_pem(path: &Path, option: &str, label: &str) -> anyhow::Result<Vec<u8>> {
     });
     if !holds_label {
         anyhow::bail!(
-            "{option} file {} holds no PEM block of type {label}: give the {} in PEM form \
-             (it starts with -----BEGIN {label}-----)",
+            "{option} file {} contains no PEM block of type {label}: give the {}",
             path.display(),
             if label == "CERTIFICATE" {
-                "certificate"
+                "certificate in PEM form (it starts with -----BEGIN CERTIFICATE-----)"
             } else {
-                "private key"
+                "private key in PEM form (it starts with -----BEGIN PRIVATE KEY-----, \
+                 -----BEGIN RSA PRIVATE KEY----- or -----BEGIN EC PRIVATE KEY-----)"
             }
         );
     }
