@@ -375,3 +375,71 @@ fn migrate_applies_every_migration_once() {
         .collect();
     assert_eq!(names, ["cases", "audit"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_peer_ca_is_logged_at_start() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let (_, files) = certificates(work.path());
+    let mut config = ServerConfig::new(
+        "127.0.0.1:0".parse().expect("address"),
+        work.path().join("registers"),
+        None,
+    )
+    .expect("config");
+    config.tls = files.clone();
+    config.only = [
+        rollcall_runtime::ServiceName::Registers,
+        rollcall_runtime::ServiceName::Audit,
+    ]
+    .into_iter()
+    .collect();
+    let registers = server::start(config).await.expect("registers start");
+    let registers_url = format!("https://localhost:{}", registers.addr.port());
+
+    // The MIS adapter trusts another CA, so its calls to the registers fail the TLS check.
+    let stranger = TestCa::new("another CA").expect("CA");
+    std::fs::write(work.path().join("other-ca.crt"), stranger.pem()).expect("write");
+    let log_path = work.path().join("adapter.log");
+    let data = work.path().join("adapter");
+    let mut adapter = Command::new(env!("CARGO_BIN_EXE_rollcall"))
+        .args(["--registers-url", &registers_url])
+        .args([
+            "--tls-ca",
+            work.path().join("other-ca.crt").to_str().expect("UTF-8"),
+        ])
+        .args([
+            "serve",
+            "--dev",
+            "--only",
+            "mis-adapter",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--data-dir", data.to_str().expect("UTF-8")])
+        .args([
+            "--tls-cert",
+            files.cert.as_ref().expect("cert").to_str().expect("UTF-8"),
+        ])
+        .args([
+            "--tls-key",
+            files.key.as_ref().expect("key").to_str().expect("UTF-8"),
+        ])
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log_path).expect("log"))
+        .spawn()
+        .expect("rollcall serve starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.contains("Cannot reach the service") || std::time::Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let _ = adapter.kill();
+    let _ = adapter.wait();
+    registers.stop().await.expect("registers stop");
+    assert!(log.contains("Cannot reach the service over TLS"), "{log}");
+    assert!(log.contains("--tls-ca"), "{log}");
+    assert!(log.contains(&registers_url), "{log}");
+}

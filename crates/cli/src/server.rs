@@ -443,13 +443,15 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .flat_map(|service| service.calls().iter().copied())
         .filter(|peer| !hosts(*peer))
         .collect();
+    let mut followers = Vec::new();
     for name in called {
         if let Some(url) = config.peer_urls.get(&name) {
             tracing::info!(service = %name, %url, "Calling a service in another process");
+            let channel = rollcall_runtime::grpc::channel_with_tls(url, Credentials::none(), &tls)?;
+            followers.push(tokio::spawn(check_peer(name, url.clone(), channel)));
         }
     }
 
-    let mut followers = Vec::new();
     let mode = match &config.authentication {
         Authentication::Development => {
             tracing::warn!(
@@ -611,6 +613,57 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         tasks,
         followers,
     })
+}
+
+/// Checks that another service answers its health check, and logs what is wrong when it does
+/// not, so that a wrong address or CA shows at start rather than only as retries later. A
+/// service that is still starting gets a minute.
+async fn check_peer(service: ServiceName, url: String, channel: rollcall_api::client::Channel) {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    const ATTEMPTS: u32 = 12;
+    let mut client = HealthClient::new(channel);
+    let mut last_error = String::new();
+    for attempt in 1..=ATTEMPTS {
+        let request = HealthCheckRequest {
+            service: String::new(),
+        };
+        match tokio::time::timeout(Duration::from_secs(5), client.check(request)).await {
+            Ok(Ok(_)) => {
+                tracing::info!(service = %service, %url, "Reached the service");
+                return;
+            }
+            Ok(Err(status)) => {
+                let mut cause: &(dyn std::error::Error + 'static) = &status;
+                while let Some(source) = cause.source() {
+                    cause = source;
+                }
+                last_error = cause.to_string();
+                // A certificate the CA does not sign stays wrong, so there is no point waiting.
+                if last_error.contains("certificate") || last_error.contains("UnknownIssuer") {
+                    tracing::warn!(
+                        service = %service,
+                        %url,
+                        error = %last_error,
+                        "Cannot reach the service over TLS: check that --tls-ca names the CA \
+                         that signed its certificate"
+                    );
+                    return;
+                }
+            }
+            Err(_) => last_error = "no answer within 5 s".to_owned(),
+        }
+        tracing::debug!(service = %service, %url, attempt, error = %last_error, "Service not reached yet; retrying");
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    tracing::warn!(
+        service = %service,
+        %url,
+        option = %service.url_option(),
+        error = %last_error,
+        "Cannot reach the service after a minute: check its address and that it is running"
+    );
 }
 
 fn display_path(path: Option<&std::path::Path>) -> String {
