@@ -615,8 +615,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     })
 }
 
-/// Checks that another service answers its health check, and logs what is wrong when it does
-/// not, so that a wrong address or CA shows at start rather than only as retries later. A
+/// Checks that another service responds to its health check, and logs what is wrong when it
+/// does not, so that a wrong address or CA shows at start rather than only as retries later. A
 /// service that is still starting gets a minute.
 async fn check_peer(service: ServiceName, url: String, channel: rollcall_api::client::Channel) {
     use tonic_health::pb::HealthCheckRequest;
