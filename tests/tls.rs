@@ -192,8 +192,8 @@ async fn client_ca_certificate_is_accepted() {
         .await
         .expect("mutual TLS");
     // The server runs in development mode here, so the test shows only that a client
-    // certificate is accepted and the call goes through; tests/main_job.rs runs the services
-    // with tokens, where nothing but the certificate lets them call each other.
+    // certificate is accepted and the call goes through. tests/main_job.rs runs the services
+    // with tokens, where only the certificate lets them call each other.
     let missing = RegistersServiceClient::new(channel)
         .get_school(GetSchoolRequest {
             laestab: "9192001".to_owned(),

@@ -68,7 +68,7 @@ impl Principal {
         }
     }
 
-    /// The identity of another rollcall process, named by its client certificate.
+    /// Returns the identity of another rollcall process, named by its client certificate.
     pub fn service_certificate(name: String) -> Self {
         Principal {
             subject: name,

@@ -187,7 +187,7 @@ impl RunningServer {
                 Ok(())
             }
         };
-        // The probes' port closes last. A probe watching health holds its stream open, so
+        // The probes' port closes last. A probe watching health keeps its stream open, so
         // the port gets a moment to close before it is closed anyway.
         self.health_close.send_replace(true);
         if let Some(mut task) = self.health_task.take()
@@ -366,7 +366,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     health
         .set_service_status("", ServingStatus::NotServing)
         .await;
-    // The probes' port answers NOT_SERVING while storage is connected and migrated, and
+    // The probes' port reports NOT_SERVING while storage is connected and migrated, and
     // stays open while the server drains, so that probes see the state rather than a
     // refused connection.
     let (health_close, health_closed) = watch::channel(false);

@@ -34,7 +34,7 @@ impl ServiceName {
         ServiceName::Audit,
     ];
 
-    /// The name used on the command line and in settings.
+    /// Returns the name used on the command line and in settings.
     pub fn as_str(self) -> &'static str {
         match self {
             ServiceName::Registers => "registers",
@@ -46,7 +46,7 @@ impl ServiceName {
         }
     }
 
-    /// The other services this one calls.
+    /// Returns the other services this one calls.
     pub fn calls(self) -> &'static [ServiceName] {
         match self {
             ServiceName::Registers | ServiceName::Audit => &[],
@@ -62,7 +62,7 @@ impl ServiceName {
         }
     }
 
-    /// The command-line option that gives this service's address to the others.
+    /// Returns the command-line option that gives this service's address to the others.
     pub fn url_option(self) -> String {
         format!("--{}-url", self.as_str())
     }
@@ -109,7 +109,7 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// The same channel for every service, as in the embedded server.
+    /// Uses the same channel for every service, as in the embedded server.
     pub fn all(channel: Channel) -> Self {
         Peers {
             registers: channel.clone(),

@@ -92,7 +92,7 @@ impl Tls {
         self.client_ca.is_some()
     }
 
-    /// The listener's TLS settings, if it serves TLS. Clients without a certificate are still
+    /// Returns the listener's TLS settings, if it serves TLS. Clients without a certificate are still
     /// accepted: people and MIS systems prove who they are with bearer tokens.
     pub fn server_config(&self) -> Option<ServerTlsConfig> {
         let identity = self.identity.clone()?;
@@ -103,7 +103,7 @@ impl Tls {
         Some(config)
     }
 
-    /// The TLS settings for calling another service at an `https://` address: the configured
+    /// Returns the TLS settings for calling another service at an `https://` address: the configured
     /// CA (or the public web authorities), presenting this server's certificate.
     pub fn client_config(&self) -> ClientTlsConfig {
         let mut config = ClientTlsConfig::new();
@@ -118,7 +118,7 @@ impl Tls {
     }
 }
 
-/// The TLS settings a client command uses for an `https://` server: the CA in `ca_file`, or
+/// Returns the TLS settings a client command uses for an `https://` server: the CA in `ca_file`, or
 /// the public web authorities.
 pub fn client_config(ca_file: Option<&Path>) -> anyhow::Result<ClientTlsConfig> {
     Ok(match ca_file {
@@ -165,7 +165,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_key_without_a_certificate_is_refused() {
+    fn tls_key_without_certificate_is_rejected() {
         let files = TlsFiles {
             key: Some(PathBuf::from("server.key")),
             ..TlsFiles::default()
@@ -175,7 +175,7 @@ mod tests {
     }
 
     #[test]
-    fn a_file_that_is_not_pem_is_named() {
+    fn tls_file_not_pem_is_named() {
         let dir = tempfile::tempdir().expect("temporary folder");
         let cert = dir.path().join("server.crt");
         std::fs::write(&cert, "not a certificate").expect("write");
@@ -190,7 +190,7 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_ca_file_is_named() {
+    fn tls_missing_ca_file_is_named() {
         let files = TlsFiles {
             ca: Some(PathBuf::from("/nonexistent/ca.crt")),
             ..TlsFiles::default()

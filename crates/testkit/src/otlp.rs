@@ -165,7 +165,7 @@ impl OtlpReceiver {
 
     /// Returns the latest export's value of a counter named `name`, summed over its attribute
     /// sets, or `None` before it is first exported. Counters are cumulative, so the latest
-    /// export holds the total.
+    /// export contains the total.
     pub fn counter_total(&self, name: &str) -> Option<f64> {
         self.latest(name).and_then(|metric| match metric.data? {
             metric::Data::Sum(sum) => Some(sum.data_points.iter().map(number).sum()),
@@ -214,7 +214,7 @@ impl OtlpReceiver {
         names
     }
 
-    /// Returns the metric named `name` from the latest export that holds it.
+    /// Returns the metric named `name` from the latest export that contains it.
     fn latest(&self, name: &str) -> Option<Metric> {
         let received = self.store.lock();
         received

@@ -50,7 +50,7 @@ impl TestCa {
         })
     }
 
-    /// The CA's certificate, PEM.
+    /// Returns the CA's certificate, PEM.
     pub fn pem(&self) -> &str {
         &self.pem
     }

@@ -110,7 +110,7 @@ async fn follow_trigger(
     Ok(apply(db, trigger, &days, cursor).await?)
 }
 
-/// What applying a trigger did.
+/// The outcome of applying a trigger.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Applied {
     /// A case was opened.
@@ -219,7 +219,7 @@ async fn apply(
     with_db!(db, |pool| {
         let mut tx = pool.begin_write(CASES_LOCK_KEY).await?;
         // Another replica of this service may have applied the trigger already: the cursor
-        // read under the write lock tells, so each trigger is applied once.
+        // read under the write lock shows it, so each trigger is applied once.
         let applied: Option<i64> =
             sqlx::query_scalar("SELECT cursor FROM sync_state WHERE feed = $1")
                 .bind(TRIGGER_FEED)
@@ -457,7 +457,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_trigger_applies_once_across_replicas() {
+    async fn follower_applies_trigger_once() {
         let dir = tempfile::tempdir().expect("temporary folder");
         let storage = rollcall_runtime::StorageConfig::Sqlite {
             data_dir: dir.path().to_path_buf(),
