@@ -623,9 +623,76 @@ async fn unreachable_collector_does_not_stop_serving() {
     assert!(again.contains(&upn(2)), "{again}");
 }
 
+#[tokio::test]
+async fn collector_over_mutual_tls_receives_spans() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let ca = rollcall_testkit::tls::TestCa::new("rollcall test CA").expect("CA");
+    let ca_file = work.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("write CA");
+    let collector = ca
+        .issue("otel-collector", &[])
+        .expect("collector certificate");
+    let (cert, key) = ca
+        .issue("rollcall", &[])
+        .expect("server certificate")
+        .write(work.path(), "server")
+        .expect("write certificate");
+    let receiver = OtlpReceiver::start_tls(&collector.cert_pem, &collector.key_pem, ca.pem())
+        .await
+        .expect("OTLP receiver");
+    let endpoint = receiver.endpoint();
+    assert!(endpoint.starts_with("https://"), "{endpoint}");
+    let serve = Serve::start(
+        work.path(),
+        &[
+            "--otlp-endpoint",
+            &endpoint,
+            "--tls-ca",
+            ca_file.to_str().expect("UTF-8 path"),
+            "--tls-cert",
+            cert.to_str().expect("UTF-8 path"),
+            "--tls-key",
+            key.to_str().expect("UTF-8 path"),
+        ],
+        &FAST_EXPORT,
+    );
+    let url = serve.url.replace("http://", "https://");
+
+    let file = work.path().join("test-academy.xml");
+    std::fs::write(&file, ctf()).expect("write");
+    let ca_arg = ca_file.to_str().expect("UTF-8 path");
+    common::cli(
+        &url,
+        &[
+            "--tls-ca",
+            ca_arg,
+            "import",
+            "ctf",
+            file.to_str().expect("UTF-8"),
+        ],
+    )
+    .await;
+
+    // The collector accepts only callers with a certificate from the CA, so spans arriving
+    // show that rollcall trusted the collector through --tls-ca and presented --tls-cert.
+    let trace_id = wait_for("the import's spans over TLS", || {
+        root_trace_id(
+            &receiver,
+            "rollcall.mis_adapter.v1.MisAdapterService/ImportCtf",
+        )
+    })
+    .await;
+    assert!(!trace(&receiver, &trace_id).is_empty());
+    assert!(
+        !serve.log_text().contains("OTLP export failed"),
+        "{}",
+        serve.log_text()
+    );
+}
+
 #[test]
 fn serve_rejects_invalid_otlp_endpoint() {
-    for endpoint in ["collector:4317", "https://collector.example:4317"] {
+    for endpoint in ["collector:4317", "grpc://127.0.0.1:4317"] {
         let output = Command::new(env!("CARGO_BIN_EXE_rollcall"))
             .args([
                 "serve",

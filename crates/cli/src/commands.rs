@@ -256,8 +256,10 @@ struct ServeArgs {
     #[arg(long, env = "ROLLCALL_HEALTH_LISTEN")]
     health_listen: Option<SocketAddr>,
     /// OTLP/gRPC address of an OpenTelemetry collector to send spans and metrics to, for
-    /// example http://127.0.0.1:4317. Without it nothing is exported. The service name is
-    /// OTEL_SERVICE_NAME, or rollcall (rollcall-registers and the like with --only).
+    /// example http://127.0.0.1:4317. An https:// collector is trusted through --tls-ca, and
+    /// sees this server's --tls-cert when it requests a client certificate. Without it nothing
+    /// is exported. The service name is OTEL_SERVICE_NAME, or rollcall (rollcall-registers and
+    /// the like with --only).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
 }
@@ -506,30 +508,40 @@ async fn serve(
     } else {
         LogFormat::Text
     };
-    let export = args
+    let tls = TlsFiles {
+        cert: args.tls_cert,
+        key: args.tls_key,
+        client_ca: args.tls_client_ca,
+        ca: tls_ca,
+    };
+    let export = match args
         .otlp_endpoint
         .as_deref()
         .filter(|endpoint| !endpoint.trim().is_empty())
-        .map(|endpoint| {
+    {
+        Some(endpoint) => {
             // In distributed mode each process reports under the first service it hosts.
             let service_name = match args.only.first() {
                 Some(service) => format!("{}-{service}", telemetry::DEFAULT_SERVICE_NAME),
                 None => telemetry::DEFAULT_SERVICE_NAME.to_owned(),
             };
-            telemetry::OtlpExport::new(endpoint, &service_name)
-        });
+            let mut export = telemetry::OtlpExport::new(endpoint, &service_name);
+            if export.endpoint.starts_with("https://") {
+                // The collector is reached like the other services: trusting --tls-ca, and
+                // presenting this server's certificate when it has one.
+                export.tls = Some(tls.load()?.client_config());
+            }
+            Some(export)
+        }
+        None => None,
+    };
     telemetry::init_with_export(format, "info,sqlx=warn", export.as_ref())?;
     let mut config = ServerConfig::new(args.listen, args.data_dir, args.database_url.as_deref())?;
     config.case_retention_years = args.case_retention_years;
     config.only = args.only.iter().copied().collect();
     config.peer_urls = services.by_service();
     config.health_listen = args.health_listen;
-    config.tls = TlsFiles {
-        cert: args.tls_cert,
-        key: args.tls_key,
-        client_ca: args.tls_client_ca,
-        ca: tls_ca,
-    };
+    config.tls = tls;
     config.authentication = match (&args.auth, args.dev) {
         (Some(path), _) => Authentication::Tokens(rollcall_auth::TokenSettings::from_file(path)?),
         (None, true) => Authentication::Development,

@@ -21,6 +21,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{Metric, metric, number_data_point};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio::sync::oneshot;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 /// One span as received, with the `service.name` of the process that sent it.
 #[derive(Debug, Clone)]
@@ -116,23 +117,53 @@ impl MetricsService for Store {
 pub struct OtlpReceiver {
     addr: SocketAddr,
     store: Store,
+    tls: bool,
     shutdown: Option<oneshot::Sender<()>>,
 }
 
 impl OtlpReceiver {
-    /// Starts the receiver on the current tokio runtime.
+    /// Starts the receiver on the current tokio runtime, in plain text.
     ///
     /// # Errors
     ///
     /// Fails when no port of 127.0.0.1 can be bound.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::serve(None).await
+    }
+
+    /// Starts the receiver serving TLS with `cert_pem` and `key_pem`. It accepts only callers
+    /// whose client certificate chains to `client_ca_pem`, as a collector in a cluster with
+    /// mutual TLS does.
+    ///
+    /// # Errors
+    ///
+    /// Fails when no port of 127.0.0.1 can be bound.
+    pub async fn start_tls(
+        cert_pem: &str,
+        key_pem: &str,
+        client_ca_pem: &str,
+    ) -> anyhow::Result<Self> {
+        let config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(cert_pem, key_pem))
+            .client_ca_root(Certificate::from_pem(client_ca_pem));
+        Self::serve(Some(config)).await
+    }
+
+    async fn serve(tls: Option<ServerTlsConfig>) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .context("cannot bind the OTLP receiver to 127.0.0.1")?;
         let addr = listener.local_addr()?;
         let store = Store::default();
         let (shutdown, stopped) = oneshot::channel::<()>();
-        let router = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        let serves_tls = tls.is_some();
+        if let Some(tls) = tls {
+            builder = builder
+                .tls_config(tls)
+                .context("invalid TLS settings for the OTLP receiver")?;
+        }
+        let router = builder
             .add_service(TraceServiceServer::new(store.clone()))
             .add_service(MetricsServiceServer::new(store.clone()));
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
@@ -149,13 +180,18 @@ impl OtlpReceiver {
         Ok(OtlpReceiver {
             addr,
             store,
+            tls: serves_tls,
             shutdown: Some(shutdown),
         })
     }
 
     /// Returns the URL to give `--otlp-endpoint`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.tls {
+            format!("https://{}", self.addr)
+        } else {
+            format!("http://{}", self.addr)
+        }
     }
 
     /// Returns every span received so far.

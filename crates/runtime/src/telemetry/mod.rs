@@ -15,11 +15,12 @@ use std::sync::OnceLock;
 
 use anyhow::{Context as _, bail};
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tonic::transport::ClientTlsConfig;
 use tracing::Level;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
@@ -48,12 +49,16 @@ pub enum LogFormat {
 }
 
 /// The collector that spans and metrics are sent to, and the service name they carry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct OtlpExport {
-    /// The collector's OTLP/gRPC address, for example `http://127.0.0.1:4317`.
+    /// The collector's OTLP/gRPC address, for example `http://127.0.0.1:4317`, or
+    /// `https://collector.monitoring.svc:4317` with [`OtlpExport::tls`] set.
     pub endpoint: String,
     /// The `service.name` resource attribute, for example `rollcall` or `rollcall-registers`.
     pub service_name: String,
+    /// The TLS settings for an `https://` endpoint: the CA that signed the collector's
+    /// certificate, and the certificate to present when the collector requests one.
+    pub tls: Option<ClientTlsConfig>,
 }
 
 impl OtlpExport {
@@ -68,6 +73,7 @@ impl OtlpExport {
         OtlpExport {
             endpoint: endpoint.trim().to_owned(),
             service_name,
+            tls: None,
         }
     }
 }
@@ -175,27 +181,29 @@ pub fn init_with_export(
 /// Builds the tracer and meter providers that export to `export.endpoint`.
 fn build_providers(export: &OtlpExport) -> anyhow::Result<Providers> {
     let endpoint = export.endpoint.as_str();
-    if endpoint.starts_with("https://") {
-        // NOTE: the workspace builds tonic without TLS, so the exporter cannot reach an
-        // HTTPS collector. Run a collector on the same host or network instead.
-        bail!(
-            "invalid OTLP endpoint {endpoint:?}: TLS to the collector is not supported; give the \
-             plain gRPC address of a nearby collector, for example http://127.0.0.1:4317"
-        );
-    }
-    if !endpoint.starts_with("http://") {
-        bail!(
-            "invalid OTLP endpoint {endpoint:?}: expected an http:// URL of a collector's \
-             OTLP/gRPC port, for example http://127.0.0.1:4317"
-        );
-    }
+    let tls = match (endpoint.starts_with("https://"), &export.tls) {
+        (true, Some(tls)) => Some(tls.clone()),
+        (true, None) => bail!(
+            "invalid OTLP endpoint {endpoint:?}: no TLS settings were given for an https:// \
+             collector; give --tls-ca with the CA that signed the collector's certificate"
+        ),
+        (false, _) if endpoint.starts_with("http://") => None,
+        (false, _) => bail!(
+            "invalid OTLP endpoint {endpoint:?}: expected the http:// or https:// URL of a \
+             collector's OTLP/gRPC port, for example http://127.0.0.1:4317"
+        ),
+    };
     let resource = Resource::builder()
         .with_service_name(export.service_name.clone())
         .build();
 
-    let spans = opentelemetry_otlp::SpanExporter::builder()
+    let mut spans = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
-        .with_endpoint(endpoint)
+        .with_endpoint(endpoint);
+    if let Some(tls) = &tls {
+        spans = spans.with_tls_config(tls.clone());
+    }
+    let spans = spans
         .build()
         .with_context(|| format!("cannot build the OTLP span exporter for {endpoint}"))?;
     let tracer = SdkTracerProvider::builder()
@@ -203,9 +211,13 @@ fn build_providers(export: &OtlpExport) -> anyhow::Result<Providers> {
         .with_resource(resource.clone())
         .build();
 
-    let metrics = opentelemetry_otlp::MetricExporter::builder()
+    let mut metrics = opentelemetry_otlp::MetricExporter::builder()
         .with_tonic()
-        .with_endpoint(endpoint)
+        .with_endpoint(endpoint);
+    if let Some(tls) = tls {
+        metrics = metrics.with_tls_config(tls);
+    }
+    let metrics = metrics
         .build()
         .with_context(|| format!("cannot build the OTLP metric exporter for {endpoint}"))?;
     // The interval is OTEL_METRIC_EXPORT_INTERVAL in milliseconds, 60 seconds by default.
