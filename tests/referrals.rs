@@ -485,6 +485,53 @@ async fn referrals(database_url: Option<&str>) {
         "the pupil's pack is the one submitted"
     );
 
+    // A mark in the pack's period changes after submission: the referral records it, so
+    // the school can tell the local authority. A change for a pupil without a submitted
+    // referral records nothing.
+    assert_eq!(submitted["evidence_change_count"], 0, "{submitted:#}");
+    for pupil in [upn(2), upn(1)] {
+        cli(
+            &url,
+            &[
+                "marks",
+                "amend",
+                "--upn",
+                &pupil,
+                "--date",
+                DAYS[9],
+                "--session",
+                "AM",
+                "--code",
+                "L",
+                "--reason",
+                "Arrived late; register corrected",
+                "--by",
+                "A Clerk",
+                "--position",
+                "Attendance officer",
+            ],
+        )
+        .await;
+    }
+    let mut changed = Value::Null;
+    for _ in 0..600 {
+        changed = json(&cli(&url, &["referral", "show", &reference, "--json"]).await);
+        if changed["evidence_change_count"] != 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(changed["evidence_change_count"], 1, "{changed:#}");
+    let change = &changed["evidence_changes"][0];
+    assert_eq!(change["date"], DAYS[9]);
+    assert_eq!(change["session"], "AM");
+    assert_eq!(change["code"], "L");
+    let shown = cli(&url, &["referral", "show", &reference]).await;
+    assert!(
+        shown.contains("1 mark(s) in the pack's period changed after submission"),
+        "{shown}"
+    );
+
     // The local authority receives that pack once, however often it is handed over.
     let referral_id = submitted["id"].as_str().expect("id").to_owned();
     wait_for_delivery(&url, &referral_id).await;

@@ -3,10 +3,9 @@
 //! One CTF import is one trace. The MIS adapter's ImportCtf span is its root and the
 //! registers' ImportRegister span its child. The work the change feed carries on in the
 //! background (the policy follower's evaluation, the cases follower opening a case, the letter
-//! worker) joins it. No import touches the referrals service, because a person creates and submits a
-//! referral. A referral's submission is another trace, through all five services, which the
-//! delivery worker joins. A connector run and a staff amendment written back to the MIS are
-//! checked the same way.
+//! worker, the referrals service checking submitted packs' marks) joins it. A referral's
+//! submission is another trace, through all five services, which the delivery worker joins. A
+//! connector run and a staff amendment written back to the MIS are checked the same way.
 
 mod common;
 
@@ -271,6 +270,7 @@ async fn import_and_referral_are_traced_across_services() {
             "policy.evaluate_marks",
             "cases.apply_trigger",
             "cases.write_letter",
+            "referrals.check_evidence",
         ]
         .iter()
         .all(|name| names.contains(*name))
@@ -285,6 +285,7 @@ async fn import_and_referral_are_traced_across_services() {
         if name.ends_with("/ImportRegister")
             || name.starts_with("policy.evaluate_marks")
             || name.starts_with("cases.")
+            || name.starts_with("referrals.check_evidence")
         {
             assert_eq!(
                 span.trace_id(),
@@ -294,7 +295,7 @@ async fn import_and_referral_are_traced_across_services() {
         }
     }
     let touched = services(&import_trace);
-    for service in ["mis_adapter", "registers", "policy", "cases"] {
+    for service in ["mis_adapter", "registers", "policy", "cases", "referrals"] {
         assert!(
             touched.contains(service),
             "{service} missing from {touched:?}"

@@ -233,6 +233,10 @@ fn time_text(at: Option<&prost_types::Timestamp>) -> String {
         .unwrap_or_default()
 }
 
+fn session_text(value: i32) -> &'static str {
+    rollcall_api::convert::session_from_proto(value).map_or("", rollcall_domain::Session::as_str)
+}
+
 fn referral_json(referral: &Referral) -> Value {
     json!({
         "id": referral.id,
@@ -264,6 +268,14 @@ fn referral_json(referral: &Referral) -> Value {
             "date": outcome.on_date,
             "recorded_by": outcome.recorded_by,
             "note": outcome.note,
+        })).collect::<Vec<_>>(),
+        "evidence_change_count": referral.evidence_change_count,
+        "evidence_changes": referral.evidence_changes.iter().map(|change| json!({
+            "date": change.date,
+            "session": session_text(change.session),
+            "code": change.code,
+            "sequence": change.sequence,
+            "noticed_at": time_text(change.noticed_at.as_ref()),
         })).collect::<Vec<_>>(),
         "notice": referral.notice.as_ref().map(|notice| json!({
             "issued_on": notice.issued_on,
@@ -340,6 +352,35 @@ fn print_referral(out: &mut impl Write, referral: &Referral) -> anyhow::Result<(
                 String::new()
             } else {
                 format!(": {}", outcome.note)
+            }
+        )?;
+    }
+    if referral.evidence_change_count > 0 {
+        let shown: Vec<String> = referral
+            .evidence_changes
+            .iter()
+            .map(|change| {
+                format!(
+                    "{} {} now {}",
+                    change.date,
+                    session_text(change.session),
+                    change.code
+                )
+            })
+            .collect();
+        let more = usize::try_from(referral.evidence_change_count)
+            .unwrap_or(0)
+            .saturating_sub(shown.len());
+        writeln!(
+            out,
+            "WARNING: {} mark(s) in the pack's period changed after submission: {}{}. Tell the \
+             local authority, and see each session's history with `rollcall marks history`.",
+            referral.evidence_change_count,
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
             }
         )?;
     }

@@ -533,7 +533,10 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             None => load_or_create_signing_key(&config.default_signing_key)?,
         };
         let referrals = Referrals::new(db, &peers, config.referrals.clone(), signing_key);
-        followers.push(referrals.start_upn_follower());
+        followers.extend([
+            referrals.start_upn_follower(),
+            referrals.start_evidence_follower(),
+        ]);
         routes.add_service(referrals.into_server());
         health_names.push(<ReferralsServiceServer<Referrals> as NamedService>::NAME);
     }

@@ -71,6 +71,15 @@ pub(crate) struct Gathered {
 }
 
 impl Gathered {
+    /// Returns the attendance period the figures and marks cover, when the policy service
+    /// gave one that reads as dates.
+    pub(crate) fn period(&self) -> Option<(NaiveDate, NaiveDate)> {
+        let period = self.attendance.period.as_ref()?;
+        let from = NaiveDate::parse_from_str(&period.from_date, "%Y-%m-%d").ok()?;
+        let to = NaiveDate::parse_from_str(&period.to_date, "%Y-%m-%d").ok()?;
+        Some((from, to))
+    }
+
     /// Returns the letters sent to the parents that have a PDF filed.
     pub(crate) fn letters_with_documents(&self) -> impl Iterator<Item = &SentLetter> {
         self.evidence

@@ -9,6 +9,7 @@
 //! always be produced again. Pack format version 1 is described in `docs/referral-pack.md`.
 
 mod config;
+mod evidence;
 mod facts;
 mod keys;
 mod pack;

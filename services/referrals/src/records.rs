@@ -4,9 +4,11 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use rollcall_api::convert::timestamp;
 use rollcall_api::referrals::v1::{
-    PenaltyNotice, PrerequisiteCheck as PbCheck, Referral, ReferralOutcome, ReferralOutcomeKind,
-    ReferralOverride, ReferralStatus as PbStatus,
+    EvidenceChange, PenaltyNotice, PrerequisiteCheck as PbCheck, Referral, ReferralOutcome,
+    ReferralOutcomeKind, ReferralOverride, ReferralStatus as PbStatus,
 };
+use rollcall_api::types::v1::Session as PbSession;
+use rollcall_domain::Session;
 use rollcall_domain::outcomes::{IssuedNotice, Outcome, ReferralStatus};
 use rollcall_domain::referrals::PrerequisiteCheck;
 use rollcall_runtime::grpc::storage_error;
@@ -27,7 +29,7 @@ const REFERRAL_COLUMNS: &str = "id, reference, kind, laestab, upn, case_id, stat
 
 /// The condition of an open referral: not final, and not a statutory return already accepted.
 /// The unique index `referrals_one_open` and `upn_changes::open` have the same condition.
-const OPEN: &str = "status NOT IN ('paid', 'prosecution', 'withdrawn') AND NOT (status = \
+pub(crate) const OPEN: &str = "status NOT IN ('paid', 'prosecution', 'withdrawn') AND NOT (status = \
      'accepted' AND kind IN ('unauthorised_absence_return', 'sickness_return', \
      'new_pupil_return', 'deletion_return'))";
 
@@ -85,6 +87,26 @@ pub(crate) struct ReferralRow {
     pub(crate) paid_on: Option<NaiveDate>,
 }
 
+/// Marks that changed after a referral's submission, the first [`EVIDENCE_CHANGES_SHOWN`] of
+/// them, with how many there are in all.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EvidenceChanges {
+    pub(crate) first: Vec<EvidenceChangeRow>,
+    pub(crate) count: i64,
+}
+
+/// Evidence changes returned with a referral, at most.
+pub(crate) const EVIDENCE_CHANGES_SHOWN: i64 = 100;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct EvidenceChangeRow {
+    pub(crate) sequence: i64,
+    pub(crate) session_date: NaiveDate,
+    pub(crate) session: String,
+    pub(crate) code: String,
+    pub(crate) noticed_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub(crate) struct OutcomeRow {
     pub(crate) outcome: String,
@@ -136,7 +158,12 @@ impl ReferralRow {
             .is_some_and(|notice| notice.position_on(today).overdue)
     }
 
-    pub(crate) fn into_proto(self, outcomes: Vec<OutcomeRow>, today: NaiveDate) -> Referral {
+    pub(crate) fn into_proto(
+        self,
+        outcomes: Vec<OutcomeRow>,
+        evidence: EvidenceChanges,
+        today: NaiveDate,
+    ) -> Referral {
         let notice = self.notice().map(|notice| {
             let position = notice.position_on(self.paid_on.unwrap_or(today));
             let due_by = |days: u32| {
@@ -216,6 +243,22 @@ impl ReferralRow {
             notice,
             policy_id: self.policy_id,
             as_of: self.as_of.to_string(),
+            evidence_changes: evidence
+                .first
+                .into_iter()
+                .map(|row| EvidenceChange {
+                    date: row.session_date.to_string(),
+                    session: row
+                        .session
+                        .parse::<Session>()
+                        .map_or(PbSession::Unspecified, PbSession::from)
+                        .into(),
+                    code: row.code,
+                    sequence: row.sequence,
+                    noticed_at: Some(timestamp(row.noticed_at)),
+                })
+                .collect(),
+            evidence_change_count: i32::try_from(evidence.count).unwrap_or(i32::MAX),
         }
     }
 }
@@ -301,6 +344,28 @@ pub(crate) async fn outcomes_of(db: &Db, id: &str) -> Result<Vec<OutcomeRow>, St
         .await
     })
     .map_err(storage("reading a referral's outcomes"))
+}
+
+/// Returns the marks that changed after a referral's submission, oldest first.
+pub(crate) async fn evidence_changes_of(db: &Db, id: &str) -> Result<EvidenceChanges, Status> {
+    with_db!(db, |pool| async {
+        let first = sqlx::query_as(
+            "SELECT sequence, session_date, session, code, noticed_at FROM evidence_changes \
+             WHERE referral_id = $1 ORDER BY sequence LIMIT $2",
+        )
+        .bind(id)
+        .bind(EVIDENCE_CHANGES_SHOWN)
+        .fetch_all(pool)
+        .await?;
+        let count: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM evidence_changes WHERE referral_id = $1")
+                .bind(id)
+                .fetch_one(pool)
+                .await?;
+        Ok(EvidenceChanges { first, count })
+    }
+    .await)
+    .map_err(storage("reading a referral's evidence changes"))
 }
 
 /// Finds the referral a client request created, when the request was sent before.
@@ -469,6 +534,11 @@ pub(crate) struct Submission<'a> {
     pub(crate) pack_sha256: &'a str,
     pub(crate) pack: &'a [u8],
     pub(crate) clause: &'a str,
+    /// The feed position of the newest mark in the pack, from which later changes to the
+    /// pack's marks are followed; `None` when the pack has no marks.
+    pub(crate) evidence_sequence: Option<i64>,
+    /// The attendance period of the pack's figures and marks, when the policy service gave one.
+    pub(crate) period: Option<(NaiveDate, NaiveDate)>,
 }
 
 /// Marks a draft submitted and keeps its pack, in one transaction. Returns false, storing
@@ -489,7 +559,8 @@ pub(crate) async fn submit(
         let updated = sqlx::query(
             "UPDATE referrals SET status = 'submitted', submitted_by = $2, submitted_at = $3, \
              override_by = $4, override_role = $5, override_reason = $6, prerequisites = $7, \
-             case_id = $8, pack_id = $9, pack_sha256 = $10, updated_at = $3 \
+             case_id = $8, pack_id = $9, pack_sha256 = $10, updated_at = $3, \
+             evidence_sequence = $11, period_from = $12, period_to = $13 \
              WHERE id = $1 AND status = 'draft'",
         )
         .bind(submission.id)
@@ -510,6 +581,9 @@ pub(crate) async fn submit(
         .bind(submission.case_id)
         .bind(submission.pack_id)
         .bind(submission.pack_sha256)
+        .bind(submission.evidence_sequence)
+        .bind(submission.period.map(|(from, _)| from))
+        .bind(submission.period.map(|(_, to)| to))
         .execute(&mut *tx)
         .await
         .map_err(storage("submitting a referral"))?

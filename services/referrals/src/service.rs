@@ -85,6 +85,11 @@ impl Referrals {
         crate::upn_changes::spawn(self.db.clone(), self.upstream.registers.clone())
     }
 
+    /// Starts the follower that records marks changed after a referral's submission.
+    pub fn start_evidence_follower(&self) -> tokio::task::JoinHandle<()> {
+        crate::evidence::spawn(self.db.clone(), self.upstream.registers.clone())
+    }
+
     /// Wraps the service in its tonic server.
     pub fn into_server(self) -> ReferralsServiceServer<Self> {
         ReferralsServiceServer::new(self)
@@ -94,7 +99,8 @@ impl Referrals {
 
     async fn to_proto(&self, row: ReferralRow) -> Result<Referral, Status> {
         let outcomes = records::outcomes_of(&self.db, &row.id).await?;
-        Ok(row.into_proto(outcomes, today()))
+        let evidence = records::evidence_changes_of(&self.db, &row.id).await?;
+        Ok(row.into_proto(outcomes, evidence, today()))
     }
 
     /// Gathers the facts for a stored referral and checks its prerequisites as of today.
@@ -554,6 +560,8 @@ impl ReferralsService for Referrals {
                 pack_sha256: &sha256,
                 pack: &built.zip,
                 clause: &clause,
+                evidence_sequence: gathered.marks.iter().map(|mark| mark.sequence).max(),
+                period: gathered.period(),
             },
         )
         .await?;
