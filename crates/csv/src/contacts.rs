@@ -4,7 +4,10 @@
 use std::io::Read;
 
 use anyhow::{Context, bail};
+use csv::StringRecord;
 use serde::Deserialize;
+
+use crate::lines::{Lines, position_line};
 
 /// The columns of a contacts file, in the order `rollcall contacts import` documents.
 pub const COLUMNS: [&str; 10] = [
@@ -85,7 +88,7 @@ fn yes_no(value: &str) -> Option<bool> {
 /// Reads every row of a contacts file, named `name` in messages, and checks each one, so that
 /// a file with any invalid row is rejected before anything is sent.
 pub fn read_contacts(name: &str, source: impl Read) -> anyhow::Result<Vec<ContactRow>> {
-    let mut reader = csv::Reader::from_reader(source);
+    let mut reader = csv::Reader::from_reader(Lines::new(source));
     let headers = reader
         .headers()
         .with_context(|| format!("cannot read the header row of {name}"))?
@@ -99,10 +102,21 @@ pub fn read_contacts(name: &str, source: impl Read) -> anyhow::Result<Vec<Contac
         }
     }
     let mut rows = Vec::new();
-    for (index, record) in reader.deserialize::<ContactRecord>().enumerate() {
-        // Line 1 is the header.
-        let line = index + 2;
-        let record = record.with_context(|| format!("invalid row at line {line} of {name}"))?;
+    let mut fields = StringRecord::new();
+    loop {
+        let read = reader.read_record(&mut fields);
+        let position = match &read {
+            Ok(_) => fields.position().cloned(),
+            Err(error) => error.position().cloned(),
+        };
+        let line = position_line(&mut reader, position.as_ref());
+        let line = usize::try_from(line).unwrap_or(usize::MAX);
+        if !read.with_context(|| format!("invalid row at line {line} of {name}"))? {
+            break;
+        }
+        let record: ContactRecord = fields
+            .deserialize(Some(&headers))
+            .with_context(|| format!("invalid row at line {line} of {name}"))?;
         let priority: i32 = record.priority.trim().parse().map_err(|_| {
             anyhow::anyhow!(
                 "invalid priority {:?} at line {line}: give a whole number, 1 for the first contact",

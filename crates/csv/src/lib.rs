@@ -3,6 +3,7 @@
 //! sends nothing; `rollcall import csv` and `rollcall contacts import` send what it returns.
 
 pub mod contacts;
+pub mod lines;
 pub mod plan;
 pub mod profile;
 pub mod rows;

@@ -11,6 +11,7 @@ use chrono::NaiveDate;
 use rollcall_domain::Session;
 use sha2::{Digest, Sha256};
 
+use crate::lines::Lines;
 use crate::profile::{HeadingMatch, Profile, SessionColumns, normalise_heading};
 
 /// The kind of data a file contains.
@@ -115,9 +116,12 @@ pub struct FilePlan {
 }
 
 /// Returns the CSV reader every file is read with: a header row, and rows of any length, so
-/// that a short or long row is rejected with its line rather than stopping the file.
-pub fn csv_reader<R: Read>(source: R) -> csv::Reader<R> {
-    csv::ReaderBuilder::new().flexible(true).from_reader(source)
+/// that a short or long row is rejected with its line rather than stopping the file. Give
+/// [`record_line`](crate::lines::record_line) each record it reads for the record's line.
+pub fn csv_reader<R: Read>(source: R) -> csv::Reader<Lines<R>> {
+    csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(Lines::new(source))
 }
 
 /// Checks one file against the profile and returns its plan, or the reason it is refused.
@@ -154,7 +158,7 @@ pub fn plan_bytes(name: &str, bytes: &[u8], profile: &Profile) -> anyhow::Result
 fn plan_headings<R: Read>(
     name: String,
     path: PathBuf,
-    mut reader: csv::Reader<R>,
+    mut reader: csv::Reader<Lines<R>>,
     profile: &Profile,
     sha256: String,
     size: u64,

@@ -537,15 +537,12 @@ mod tests {
         let folder = tempfile::tempdir().expect("temporary folder");
         let profile = Profile::load(profile).expect("profile");
         let plan = plan(folder.path(), text, &profile);
-        let mut reader = csv::ReaderBuilder::new()
-            .flexible(true)
-            .from_path(&plan.path)
-            .expect("reader");
+        let mut reader = crate::plan::csv_reader(std::fs::File::open(&plan.path).expect("file"));
         let mut rows = RowReader::new(&plan, &profile);
         let mut out = Vec::new();
         let mut record = StringRecord::new();
         while reader.read_record(&mut record).expect("record") {
-            let line = record.position().expect("position").line();
+            let line = crate::lines::record_line(&mut reader, &record);
             out.extend(rows.read(&record, line));
         }
         out

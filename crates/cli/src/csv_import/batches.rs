@@ -8,6 +8,7 @@ use rollcall_api::mis_adapter::v1::{
     StreamSyncRequest, SyncMark, SyncMarksRequest, SyncPupil, SyncPupilsRequest,
 };
 use rollcall_api::types::v1::Session as PbSession;
+use rollcall_csv::lines::record_line;
 use rollcall_csv::plan::csv_reader;
 use rollcall_csv::rows::{Mark, Pupil};
 use sha2::{Digest, Sha256};
@@ -276,7 +277,7 @@ fn read_file(mut sender: BatchSender<'_>, offset: u64) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot read {} at line {line}", plan.name));
             }
         }
-        let line = record.position().map_or(0, csv::Position::line);
+        let line = record_line(&mut reader, &record);
         if record.iter().any(|cell| !cell.trim().is_empty()) {
             count += 1;
         }
