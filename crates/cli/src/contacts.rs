@@ -4,13 +4,13 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Subcommand;
 use comfy_table::{Table, presets};
 use rollcall_api::registers::v1::{
     Contact, ContactChannel, ListPupilContactsRequest, PupilContacts, SetPupilContactsRequest,
 };
-use serde::Deserialize;
+use rollcall_csv::contacts::Channel;
 use serde_json::json;
 
 use crate::client::Clients;
@@ -36,119 +36,33 @@ pub(crate) enum ContactsCommand {
     },
 }
 
-/// The columns of a contacts file, in the order `contacts import` documents.
-const COLUMNS: [&str; 10] = [
-    "upn",
-    "priority",
-    "name",
-    "relationship",
-    "parental_responsibility",
-    "email",
-    "mobile",
-    "address",
-    "postcode",
-    "preferred_channel",
-];
-
-#[derive(Debug, Deserialize)]
-struct ContactRecord {
-    upn: String,
-    priority: String,
-    name: String,
-    relationship: String,
-    parental_responsibility: String,
-    email: String,
-    mobile: String,
-    address: String,
-    postcode: String,
-    preferred_channel: String,
-}
-
-fn channel_of(value: &str) -> Option<ContactChannel> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "" => Some(ContactChannel::Unspecified),
-        "email" => Some(ContactChannel::Email),
-        "sms" | "text" => Some(ContactChannel::Sms),
-        "letter" | "post" => Some(ContactChannel::Letter),
-        _ => None,
-    }
-}
-
-fn yes_no(value: &str) -> Option<bool> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "y" | "yes" | "true" | "1" => Some(true),
-        "n" | "no" | "false" | "0" | "" => Some(false),
-        _ => None,
-    }
-}
-
-/// The contacts of a file, and the line each contact came from (UPN, priority, line).
-type ContactsFile = (Vec<PupilContacts>, Vec<(String, i32, usize)>);
-
 /// Reads a contacts file into one list per pupil, checking every row before anything is sent.
+/// Returns the lists and the line each contact came from (UPN, priority, line).
 fn read_contacts(path: &Path) -> anyhow::Result<ContactsFile> {
-    let mut reader = csv::Reader::from_path(path)
+    let file = std::fs::File::open(path)
         .with_context(|| format!("cannot read contacts file {}", path.display()))?;
-    let headers = reader
-        .headers()
-        .with_context(|| format!("cannot read the header row of {}", path.display()))?
-        .clone();
-    for column in COLUMNS {
-        if !headers.iter().any(|header| header.trim() == column) {
-            bail!(
-                "contacts file {} has no {column:?} column; the header row must name {}",
-                path.display(),
-                COLUMNS.join(", ")
-            );
-        }
-    }
+    let rows = rollcall_csv::contacts::read_contacts(&path.display().to_string(), file)?;
     let mut pupils: BTreeMap<String, Vec<Contact>> = BTreeMap::new();
     let mut lines = Vec::new();
-    for (index, record) in reader.deserialize::<ContactRecord>().enumerate() {
-        // Line 1 is the header.
-        let line = index + 2;
-        let record =
-            record.with_context(|| format!("invalid row at line {line} of {}", path.display()))?;
-        let priority: i32 = record.priority.trim().parse().map_err(|_| {
-            anyhow::anyhow!(
-                "invalid priority {:?} at line {line}: give a whole number, 1 for the first contact",
-                record.priority
-            )
-        })?;
-        let parental_responsibility = yes_no(&record.parental_responsibility).ok_or_else(|| {
-            anyhow::anyhow!(
-                "invalid parental_responsibility {:?} at line {line}: give yes or no",
-                record.parental_responsibility
-            )
-        })?;
-        let channel = channel_of(&record.preferred_channel).ok_or_else(|| {
-            anyhow::anyhow!(
-                "invalid preferred_channel {:?} at line {line}: give email, sms, letter or leave it empty",
-                record.preferred_channel
-            )
-        })?;
-        let address_lines = record
-            .address
-            .split(['\n', ';'])
-            .map(|line| line.trim().to_owned())
-            .filter(|line| !line.is_empty())
-            .collect();
-        let upn = record.upn.trim().to_ascii_uppercase();
-        lines.push((upn.clone(), priority, line));
-        pupils.entry(upn).or_default().push(Contact {
-            priority,
-            name: record.name,
-            relationship: record.relationship,
-            parental_responsibility,
-            email: record.email,
-            mobile: record.mobile,
-            address_lines,
-            postcode: record.postcode,
+    for row in rows {
+        lines.push((row.upn.clone(), row.priority, row.line));
+        let channel = match row.preferred_channel {
+            Channel::Unspecified => ContactChannel::Unspecified,
+            Channel::Email => ContactChannel::Email,
+            Channel::Sms => ContactChannel::Sms,
+            Channel::Letter => ContactChannel::Letter,
+        };
+        pupils.entry(row.upn).or_default().push(Contact {
+            priority: row.priority,
+            name: row.name,
+            relationship: row.relationship,
+            parental_responsibility: row.parental_responsibility,
+            email: row.email,
+            mobile: row.mobile,
+            address_lines: row.address_lines,
+            postcode: row.postcode,
             preferred_channel: channel as i32,
         });
-    }
-    if pupils.is_empty() {
-        bail!("contacts file {} has no rows", path.display());
     }
     let pupils = pupils
         .into_iter()
@@ -156,6 +70,9 @@ fn read_contacts(path: &Path) -> anyhow::Result<ContactsFile> {
         .collect();
     Ok((pupils, lines))
 }
+
+/// The contacts of a file, and the line each contact came from (UPN, priority, line).
+type ContactsFile = (Vec<PupilContacts>, Vec<(String, i32, usize)>);
 
 fn channel_name(value: i32) -> &'static str {
     match ContactChannel::try_from(value).unwrap_or(ContactChannel::Unspecified) {

@@ -4,7 +4,13 @@
 use anyhow::Context;
 use csv::StringRecord;
 use rollcall_api::mis_adapter::v1::stream_sync_request::Batch;
-use rollcall_api::mis_adapter::v1::{StreamSyncRequest, SyncMarksRequest, SyncPupilsRequest};
+use rollcall_api::mis_adapter::v1::{
+    StreamSyncRequest, SyncMark, SyncMarksRequest, SyncPupil, SyncPupilsRequest,
+};
+use rollcall_api::types::v1::Session as PbSession;
+use rollcall_csv::lines::record_line;
+use rollcall_csv::plan::csv_reader;
+use rollcall_csv::rows::{Mark, Pupil};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -237,10 +243,9 @@ impl BatchSender<'_> {
 
 fn read_file(mut sender: BatchSender<'_>, offset: u64) -> anyhow::Result<()> {
     let plan = sender.plan;
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_path(&plan.path)
-        .with_context(|| format!("cannot read {}", plan.name))?;
+    let file =
+        std::fs::File::open(&plan.path).with_context(|| format!("cannot read {}", plan.name))?;
+    let mut reader = csv_reader(file);
     let mut rows = RowReader::new(plan, sender.profile);
     let mut batcher = Batcher::new(BATCH_SIZE);
     let mut record = StringRecord::new();
@@ -272,7 +277,7 @@ fn read_file(mut sender: BatchSender<'_>, offset: u64) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot read {} at line {line}", plan.name));
             }
         }
-        let line = record.position().map_or(0, csv::Position::line);
+        let line = record_line(&mut reader, &record);
         if record.iter().any(|cell| !cell.trim().is_empty()) {
             count += 1;
         }
@@ -315,7 +320,7 @@ pub(crate) fn build_request(
             pupils: items
                 .into_iter()
                 .filter_map(|item| match item {
-                    Item::Pupil(pupil) => Some(pupil),
+                    Item::Pupil(pupil) => Some(sync_pupil(pupil)),
                     Item::Mark(_) => None,
                 })
                 .collect(),
@@ -328,13 +333,42 @@ pub(crate) fn build_request(
             marks: items
                 .into_iter()
                 .filter_map(|item| match item {
-                    Item::Mark(mark) => Some(mark),
+                    Item::Mark(mark) => Some(sync_mark(mark)),
                     Item::Pupil(_) => None,
                 })
                 .collect(),
         }),
     };
     StreamSyncRequest { batch: Some(batch) }
+}
+
+fn sync_pupil(pupil: Pupil) -> SyncPupil {
+    SyncPupil {
+        mis_id: pupil.mis_id,
+        upn: pupil.upn,
+        forename: pupil.forename,
+        surname: pupil.surname,
+        date_of_birth: pupil.date_of_birth,
+        sex: pupil.sex,
+        admission_date: pupil.admission_date,
+        leaving_date: pupil.leaving_date,
+        year_group: pupil.year_group,
+        class_name: pupil.class_name,
+        ..Default::default()
+    }
+}
+
+fn sync_mark(mark: Mark) -> SyncMark {
+    SyncMark {
+        mis_id: mark.mis_id,
+        upn: mark.upn,
+        date: mark.date,
+        session: PbSession::from(mark.session) as i32,
+        code: mark.code,
+        minutes_late: mark.minutes_late,
+        comment: mark.comment,
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

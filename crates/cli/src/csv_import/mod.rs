@@ -8,12 +8,8 @@
 //! profile and the batch number, so importing the same file again stores nothing twice.
 
 mod batches;
-mod plan;
-mod profile;
-mod rows;
 mod send;
 mod summary;
-mod values;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -30,6 +26,7 @@ use crate::commands::SYNC_TIMEOUT;
 use batches::BatchSettings;
 use plan::{FilePlan, Kind, plan_file};
 use profile::Profile;
+use rollcall_csv::{plan, profile, rows};
 use summary::Summary;
 
 /// The exit status of an import that finished with rejected rows.

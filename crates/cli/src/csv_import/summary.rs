@@ -298,8 +298,8 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::csv_import::plan::MarkColumns;
-    use crate::csv_import::rows::Origin;
+    use rollcall_csv::plan::MarkColumns;
+    use rollcall_csv::rows::Origin;
 
     fn marks_plan() -> FilePlan {
         FilePlan {

@@ -1,6 +1,6 @@
 //! Column profiles: which headings a CSV export has, and how to read its dates and sessions.
 //!
-//! A profile is TOML. The built-in profiles are files in `crates/cli/profiles`, and a school
+//! A profile is TOML. The built-in profiles are files in `crates/csv/profiles`, and a school
 //! whose export differs writes its own in the same form (docs/csv-import.md).
 
 use std::path::Path;
@@ -9,14 +9,14 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::values::{DateFormat, SessionSpelling};
+use crate::values::{DateFormat, SessionSpelling};
 
 /// The built-in profiles: name and TOML text.
-pub(crate) const BUILT_IN: [(&str, &str); 4] = [
-    ("rollcall", include_str!("../../profiles/rollcall.toml")),
-    ("sims", include_str!("../../profiles/sims.toml")),
-    ("arbor", include_str!("../../profiles/arbor.toml")),
-    ("bromcom", include_str!("../../profiles/bromcom.toml")),
+pub const BUILT_IN: [(&str, &str); 4] = [
+    ("rollcall", include_str!("../profiles/rollcall.toml")),
+    ("sims", include_str!("../profiles/sims.toml")),
+    ("arbor", include_str!("../profiles/arbor.toml")),
+    ("bromcom", include_str!("../profiles/bromcom.toml")),
 ];
 
 /// A profile as written in TOML.
@@ -50,22 +50,22 @@ impl Default for SessionsText {
 /// and class, so those two alone are optional in a file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct PupilHeadings {
-    pub(crate) mis_id: String,
-    pub(crate) upn: String,
-    pub(crate) forename: String,
-    pub(crate) surname: String,
-    pub(crate) date_of_birth: String,
-    pub(crate) admission_date: String,
-    pub(crate) sex: String,
-    pub(crate) year_group: String,
-    pub(crate) leaving_date: Option<String>,
-    pub(crate) class: Option<String>,
+pub struct PupilHeadings {
+    pub mis_id: String,
+    pub upn: String,
+    pub forename: String,
+    pub surname: String,
+    pub date_of_birth: String,
+    pub admission_date: String,
+    pub sex: String,
+    pub year_group: String,
+    pub leaving_date: Option<String>,
+    pub class: Option<String>,
 }
 
 impl PupilHeadings {
     /// Returns each field with its heading, required fields first.
-    pub(crate) fn fields(&self) -> Vec<(&'static str, Option<&str>, bool)> {
+    pub fn fields(&self) -> Vec<(&'static str, Option<&str>, bool)> {
         vec![
             ("mis_id", Some(self.mis_id.as_str()), true),
             ("upn", Some(self.upn.as_str()), true),
@@ -84,7 +84,7 @@ impl PupilHeadings {
 /// The layout of the sessions in a marks export.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum Shape {
+pub enum Shape {
     /// One row per pupil and session.
     #[default]
     Long,
@@ -109,18 +109,18 @@ struct MarksText {
 
 /// The headings of a marks export.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct MarkHeadings {
+pub struct MarkHeadings {
     /// The pupil's MIS id; a file needs this or `upn`.
-    pub(crate) mis_id: Option<String>,
+    pub mis_id: Option<String>,
     /// The pupil's UPN.
-    pub(crate) upn: Option<String>,
+    pub upn: Option<String>,
     /// The columns that carry the sessions.
-    pub(crate) sessions: SessionColumns,
+    pub sessions: SessionColumns,
 }
 
 /// The columns of a marks export that carry its sessions.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum SessionColumns {
+pub enum SessionColumns {
     /// One row per pupil and session, with these headings.
     Long {
         date: String,
@@ -135,8 +135,8 @@ pub(crate) enum SessionColumns {
 
 /// The heading pattern of a session column in the wide shape, such as `{date} {session}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SessionHeading {
-    pub(crate) pattern: String,
+pub struct SessionHeading {
+    pub pattern: String,
     prefix: String,
     separator: String,
     suffix: String,
@@ -145,7 +145,7 @@ pub(crate) struct SessionHeading {
 
 /// The kind of a heading under a wide profile's session heading pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum HeadingMatch {
+pub enum HeadingMatch {
     /// A session column.
     Session(chrono::NaiveDate, rollcall_domain::Session),
     /// Shaped like a session column, but its date or session cannot be read.
@@ -190,7 +190,7 @@ impl SessionHeading {
 
     /// Classifies a heading: a session column, a malformed one, or another column. Literal
     /// text matches without regard to ASCII letter case.
-    pub(crate) fn classify(
+    pub fn classify(
         &self,
         heading: &str,
         dates: &DateFormat,
@@ -241,22 +241,22 @@ impl SessionHeading {
 
 /// A checked profile.
 #[derive(Debug, Clone)]
-pub(crate) struct Profile {
+pub struct Profile {
     /// The built-in name, or the path of the profile file.
-    pub(crate) name: String,
-    pub(crate) dates: DateFormat,
-    pub(crate) sessions: SessionSpelling,
-    pub(crate) pupils: Option<PupilHeadings>,
-    pub(crate) marks: Option<MarkHeadings>,
+    pub name: String,
+    pub dates: DateFormat,
+    pub sessions: SessionSpelling,
+    pub pupils: Option<PupilHeadings>,
+    pub marks: Option<MarkHeadings>,
     /// The first 16 hex digits of the SHA-256 of the profile's settings, without comments or
     /// layout, so that editing a comment keeps the idempotency keys of earlier imports.
-    pub(crate) fingerprint: String,
+    pub fingerprint: String,
 }
 
 impl Profile {
     /// Loads a built-in profile by name, or a profile file by path. A value that names no
     /// built-in profile is taken as a path.
-    pub(crate) fn load(value: &str) -> anyhow::Result<Self> {
+    pub fn load(value: &str) -> anyhow::Result<Self> {
         if let Some((name, text)) = BUILT_IN.iter().find(|(name, _)| *name == value) {
             return Self::parse(name, text).with_context(|| format!("built-in profile {name}"));
         }
@@ -274,7 +274,7 @@ impl Profile {
     }
 
     /// Parses and checks a profile's TOML text.
-    pub(crate) fn parse(name: &str, text: &str) -> anyhow::Result<Self> {
+    pub fn parse(name: &str, text: &str) -> anyhow::Result<Self> {
         let parsed: ProfileText = toml::from_str(text)?;
         let dates = DateFormat::parse(&parsed.date_format).map_err(anyhow::Error::msg)?;
         let sessions = SessionSpelling::new(&parsed.sessions.am, &parsed.sessions.pm)
@@ -304,7 +304,7 @@ impl Profile {
 }
 
 /// Lists the built-in profile names for messages: `rollcall, sims, arbor or bromcom`.
-pub(crate) fn built_in_names() -> String {
+pub fn built_in_names() -> String {
     let names: Vec<&str> = BUILT_IN.iter().map(|(name, _)| *name).collect();
     match names.split_last() {
         Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
@@ -372,7 +372,7 @@ fn read_marks(text: &MarksText) -> anyhow::Result<MarkHeadings> {
 
 impl MarkHeadings {
     /// Returns each field with its heading. The wide shape has only the pupil's fields.
-    pub(crate) fn fields(&self) -> Vec<(&'static str, Option<&str>)> {
+    pub fn fields(&self) -> Vec<(&'static str, Option<&str>)> {
         let mut fields = vec![
             ("mis_id", self.mis_id.as_deref()),
             ("upn", self.upn.as_deref()),
@@ -423,7 +423,7 @@ fn check_headings<'a>(
 
 /// Returns a heading in the form headings are compared: without a byte order mark or
 /// surrounding spaces, in lower case.
-pub(crate) fn normalise_heading(heading: &str) -> String {
+pub fn normalise_heading(heading: &str) -> String {
     heading.trim_start_matches('\u{feff}').trim().to_lowercase()
 }
 

@@ -11,11 +11,12 @@ use chrono::NaiveDate;
 use rollcall_domain::Session;
 use sha2::{Digest, Sha256};
 
-use super::profile::{HeadingMatch, Profile, SessionColumns, normalise_heading};
+use crate::lines::Lines;
+use crate::profile::{HeadingMatch, Profile, SessionColumns, normalise_heading};
 
 /// The kind of data a file contains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Kind {
+pub enum Kind {
     /// Pupils on roll, one row each.
     Pupils,
     /// Session marks.
@@ -24,7 +25,7 @@ pub(crate) enum Kind {
 
 impl Kind {
     /// Returns `pupils` or `marks`, as the summary and its JSON name the kind.
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Pupils => "pupils",
             Self::Marks => "marks",
@@ -40,30 +41,30 @@ impl fmt::Display for Kind {
 
 /// The column positions of a pupils file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct PupilColumns {
-    pub(crate) mis_id: usize,
-    pub(crate) upn: usize,
-    pub(crate) forename: usize,
-    pub(crate) surname: usize,
-    pub(crate) date_of_birth: usize,
-    pub(crate) admission_date: usize,
-    pub(crate) sex: usize,
-    pub(crate) year_group: usize,
-    pub(crate) leaving_date: Option<usize>,
-    pub(crate) class: Option<usize>,
+pub struct PupilColumns {
+    pub mis_id: usize,
+    pub upn: usize,
+    pub forename: usize,
+    pub surname: usize,
+    pub date_of_birth: usize,
+    pub admission_date: usize,
+    pub sex: usize,
+    pub year_group: usize,
+    pub leaving_date: Option<usize>,
+    pub class: Option<usize>,
 }
 
 /// The column positions of a marks file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct MarkColumns {
-    pub(crate) mis_id: Option<usize>,
-    pub(crate) upn: Option<usize>,
-    pub(crate) cells: MarkCells,
+pub struct MarkColumns {
+    pub mis_id: Option<usize>,
+    pub upn: Option<usize>,
+    pub cells: MarkCells,
 }
 
 /// The columns of a marks file that carry its sessions.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum MarkCells {
+pub enum MarkCells {
     /// One row per pupil and session.
     Long {
         date: usize,
@@ -78,21 +79,21 @@ pub(crate) enum MarkCells {
 
 /// A session column of a wide marks file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SessionCell {
-    pub(crate) index: usize,
-    pub(crate) date: NaiveDate,
-    pub(crate) session: Session,
+pub struct SessionCell {
+    pub index: usize,
+    pub date: NaiveDate,
+    pub session: Session,
 }
 
 /// The columns of a file, by kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Layout {
+pub enum Layout {
     Pupils(PupilColumns),
     Marks(MarkColumns),
 }
 
 impl Layout {
-    pub(crate) fn kind(&self) -> Kind {
+    pub fn kind(&self) -> Kind {
         match self {
             Self::Pupils(_) => Kind::Pupils,
             Self::Marks(_) => Kind::Marks,
@@ -102,27 +103,66 @@ impl Layout {
 
 /// A file that passed the checks, ready to read.
 #[derive(Debug, Clone)]
-pub(crate) struct FilePlan {
-    pub(crate) path: PathBuf,
+pub struct FilePlan {
+    pub path: PathBuf,
     /// The path as given on the command line, for messages.
-    pub(crate) name: String,
-    pub(crate) layout: Layout,
+    pub name: String,
+    pub layout: Layout,
     /// The headings as written in the file.
-    pub(crate) headings: Vec<String>,
+    pub headings: Vec<String>,
     /// SHA-256 of the file, hex.
-    pub(crate) sha256: String,
-    pub(crate) size: u64,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// Returns the CSV reader every file is read with: a header row, and rows of any length, so
+/// that a short or long row is rejected with its line rather than stopping the file. Give
+/// [`record_line`](crate::lines::record_line) each record it reads for the record's line.
+pub fn csv_reader<R: Read>(source: R) -> csv::Reader<Lines<R>> {
+    csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(Lines::new(source))
 }
 
 /// Checks one file against the profile and returns its plan, or the reason it is refused.
-pub(crate) fn plan_file(path: &Path, profile: &Profile) -> anyhow::Result<FilePlan> {
+pub fn plan_file(path: &Path, profile: &Profile) -> anyhow::Result<FilePlan> {
     let name = path.display().to_string();
-    let (sha256, size) = hash_and_check_utf8(path)?;
+    let open = || std::fs::File::open(path).with_context(|| format!("cannot read {name}"));
+    let (sha256, size) = hash_and_check_utf8(&name, open()?)?;
+    let reader = csv_reader(open()?);
+    plan_headings(
+        name.clone(),
+        path.to_path_buf(),
+        reader,
+        profile,
+        sha256,
+        size,
+    )
+}
 
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .from_path(path)
-        .with_context(|| format!("cannot read {name}"))?;
+/// Checks the bytes of a file held in memory as [`plan_file`] checks a file, naming it
+/// `name` in messages and in the plan's path.
+pub fn plan_bytes(name: &str, bytes: &[u8], profile: &Profile) -> anyhow::Result<FilePlan> {
+    let (sha256, size) = hash_and_check_utf8(name, bytes)?;
+    plan_headings(
+        name.to_owned(),
+        PathBuf::from(name),
+        csv_reader(bytes),
+        profile,
+        sha256,
+        size,
+    )
+}
+
+/// Reads the header row and matches it against the profile.
+fn plan_headings<R: Read>(
+    name: String,
+    path: PathBuf,
+    mut reader: csv::Reader<Lines<R>>,
+    profile: &Profile,
+    sha256: String,
+    size: u64,
+) -> anyhow::Result<FilePlan> {
     let headings: Vec<String> = reader
         .headers()
         .with_context(|| format!("cannot read the header row of {name}"))?
@@ -140,7 +180,7 @@ pub(crate) fn plan_file(path: &Path, profile: &Profile) -> anyhow::Result<FilePl
         Kind::Marks => Layout::Marks(mark_columns(&name, profile, &columns)?),
     };
     Ok(FilePlan {
-        path: path.to_path_buf(),
+        path,
         name,
         layout,
         headings,
@@ -151,9 +191,7 @@ pub(crate) fn plan_file(path: &Path, profile: &Profile) -> anyhow::Result<FilePl
 
 /// Reads the whole file once to hash it and to check that it is UTF-8, so that a file saved
 /// in another encoding is refused before any of it is sent.
-fn hash_and_check_utf8(path: &Path) -> anyhow::Result<(String, u64)> {
-    let name = path.display();
-    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read {name}"))?;
+fn hash_and_check_utf8(name: &str, mut file: impl Read) -> anyhow::Result<(String, u64)> {
     let mut hasher = Sha256::new();
     let mut buffer = vec![0; 64 * 1024];
     // Bytes of a character split across two reads, carried to the next read.
@@ -657,6 +695,7 @@ mod tests {
         let mut text = vec![b'x'; 64 * 1024 - 1];
         text.extend_from_slice("ë\n".as_bytes());
         let path = write(folder.path(), "long.csv", &text);
-        assert!(hash_and_check_utf8(&path).is_ok());
+        let file = std::fs::File::open(&path).expect("file opened");
+        assert!(hash_and_check_utf8("long.csv", file).is_ok());
     }
 }

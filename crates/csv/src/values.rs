@@ -39,7 +39,7 @@ impl DatePart {
 /// A date format written with the tokens `YYYY`, `MM`, `M`, `MMM`, `DD` and `D`, such as
 /// `DD/MM/YYYY`. Every other character is a literal.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DateFormat {
+pub struct DateFormat {
     pattern: String,
     parts: Vec<DatePart>,
 }
@@ -47,7 +47,7 @@ pub(crate) struct DateFormat {
 impl DateFormat {
     /// Parses a format, checking that it names the year, month and day once each and that a
     /// one-or-two-digit field is followed by a literal, so that every date reads one way.
-    pub(crate) fn parse(pattern: &str) -> Result<Self, String> {
+    pub fn parse(pattern: &str) -> Result<Self, String> {
         let chars: Vec<char> = pattern.chars().collect();
         let mut parts = Vec::new();
         let mut index = 0;
@@ -115,7 +115,7 @@ impl DateFormat {
     }
 
     /// Writes a date in this format.
-    pub(crate) fn format(&self, date: NaiveDate) -> String {
+    pub fn format(&self, date: NaiveDate) -> String {
         let mut text = String::new();
         for part in &self.parts {
             match part {
@@ -133,7 +133,7 @@ impl DateFormat {
 
     /// Reads a date in this format. Surrounding spaces are ignored, and so is a time of day
     /// after the date (such as `00:00`), which spreadsheets add to date cells.
-    pub(crate) fn parse_date(&self, value: &str) -> Result<NaiveDate, DateError> {
+    pub fn parse_date(&self, value: &str) -> Result<NaiveDate, DateError> {
         let trimmed = strip_time(value.trim());
         let bytes = trimmed.as_bytes();
         let mut position = 0;
@@ -192,7 +192,7 @@ impl fmt::Display for DateFormat {
 
 /// The reason a value is not a date in the profile's format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DateError {
+pub enum DateError {
     /// Not written in the format.
     Format,
     /// Written in the format, but no such day exists, such as 31/02/2025.
@@ -242,14 +242,14 @@ fn take_month_name(bytes: &[u8]) -> Option<(u32, usize)> {
 /// The spellings a profile accepts for the morning and afternoon sessions, compared without
 /// regard to letter case or surrounding spaces.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SessionSpelling {
+pub struct SessionSpelling {
     am: Vec<String>,
     pm: Vec<String>,
 }
 
 impl SessionSpelling {
     /// Builds the spellings, checking that each session has one and that none is shared.
-    pub(crate) fn new(am: &[String], pm: &[String]) -> Result<Self, String> {
+    pub fn new(am: &[String], pm: &[String]) -> Result<Self, String> {
         let clean = |values: &[String]| -> Vec<String> {
             values
                 .iter()
@@ -275,7 +275,7 @@ impl SessionSpelling {
     }
 
     /// Returns the session a value spells, or `None` for an unknown spelling.
-    pub(crate) fn read(&self, value: &str) -> Option<Session> {
+    pub fn read(&self, value: &str) -> Option<Session> {
         let value = value.trim().to_lowercase();
         if self.am.contains(&value) {
             Some(Session::Am)
@@ -287,7 +287,7 @@ impl SessionSpelling {
     }
 
     /// Lists the accepted spellings for messages, such as `AM or PM`.
-    pub(crate) fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         let mut spellings: Vec<String> = self
             .am
             .iter()
@@ -305,7 +305,7 @@ impl SessionSpelling {
 
 /// Reads a pupil's sex as `M` or `F`, from M, F, Male or Female in any letter case. An empty
 /// value stays empty; `None` means the value is not one of these.
-pub(crate) fn read_sex(value: &str) -> Option<&'static str> {
+pub fn read_sex(value: &str) -> Option<&'static str> {
     match value.trim().to_ascii_lowercase().as_str() {
         "" => Some(""),
         "m" | "male" => Some("M"),
@@ -318,7 +318,7 @@ pub(crate) fn read_sex(value: &str) -> Option<&'static str> {
 /// `14`, or `X` for a pupil outside the national curriculum). Accepts the forms exports use,
 /// such as `Year 7`, `Yr 7`, `Y7`, `07`, `Reception` and `Nursery 1`. An empty value stays
 /// empty; `None` means the value is not a year group.
-pub(crate) fn read_year_group(value: &str) -> Option<String> {
+pub fn read_year_group(value: &str) -> Option<String> {
     let lower = value.trim().to_ascii_lowercase();
     if lower.is_empty() {
         return Some(String::new());
@@ -342,7 +342,7 @@ pub(crate) fn read_year_group(value: &str) -> Option<String> {
 }
 
 /// Reads minutes late: empty means 0, otherwise a whole number from 0 to 999.
-pub(crate) fn read_minutes_late(value: &str) -> Option<i32> {
+pub fn read_minutes_late(value: &str) -> Option<i32> {
     let value = value.trim();
     if value.is_empty() {
         return Some(0);

@@ -5,54 +5,86 @@ use std::collections::HashMap;
 
 use chrono::NaiveDate;
 use csv::StringRecord;
-use rollcall_api::mis_adapter::v1::{SyncMark, SyncPupil};
-use rollcall_api::types::v1::Session as PbSession;
 use rollcall_domain::Session;
 use serde::Serialize;
 
-use super::plan::{FilePlan, Layout, MarkCells, MarkColumns, PupilColumns};
-use super::profile::Profile;
-use super::values::{DateError, read_minutes_late, read_sex, read_year_group};
+use crate::plan::{FilePlan, Layout, MarkCells, MarkColumns, PupilColumns};
+use crate::profile::Profile;
+use crate::values::{DateError, read_minutes_late, read_sex, read_year_group};
 
 /// A row, or one session of a row, that was not applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(crate) struct Rejection {
+pub struct Rejection {
     /// The file, as named on the command line.
-    pub(crate) file: String,
+    pub file: String,
     /// The line of the file the row starts on; the header is line 1.
-    pub(crate) line: u64,
+    pub line: u64,
     /// The heading of the column at fault, where one is.
-    pub(crate) column: Option<String>,
+    pub column: Option<String>,
     /// The field at fault, such as `date` or `mis_id`.
-    pub(crate) field: String,
+    pub field: String,
     /// The value at fault, as written in the file or sent.
-    pub(crate) value: String,
+    pub value: String,
     /// A stable code for the reason, such as `invalid_date` or `not_on_roll`.
-    pub(crate) reason_code: String,
+    pub reason_code: String,
     /// The problem, and how to correct it.
-    pub(crate) reason: String,
+    pub reason: String,
 }
 
 /// The place in the file that a pupil or mark came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Origin {
-    pub(crate) line: u64,
+pub struct Origin {
+    pub line: u64,
     /// For a mark of a wide file, the heading of its session column.
-    pub(crate) column: Option<String>,
+    pub column: Option<String>,
+}
+
+/// A pupil of a pupils file, with its dates as YYYY-MM-DD.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pupil {
+    pub mis_id: String,
+    /// In upper case.
+    pub upn: String,
+    pub forename: String,
+    pub surname: String,
+    pub date_of_birth: String,
+    /// `M` or `F`.
+    pub sex: String,
+    pub admission_date: String,
+    /// Empty while the pupil is on roll.
+    pub leaving_date: String,
+    /// The national curriculum year group, such as `R` or `7`.
+    pub year_group: String,
+    pub class_name: String,
+}
+
+/// A session mark of a marks file, with its date as YYYY-MM-DD.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    /// The pupil's MIS id, or empty when the row gives only the UPN.
+    pub mis_id: String,
+    /// The pupil's UPN in upper case, or empty when the row gives only the MIS id.
+    pub upn: String,
+    pub date: String,
+    pub session: Session,
+    /// The attendance code in upper case.
+    pub code: String,
+    pub minutes_late: i32,
+    pub comment: String,
 }
 
 /// A pupil or a mark, ready to send.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Item {
-    Pupil(SyncPupil),
-    Mark(SyncMark),
+pub enum Item {
+    Pupil(Pupil),
+    Mark(Mark),
 }
 
 /// Reads the rows of one file, remembering what it has read so that a second row for the
 /// same MIS id, or a second mark for the same pupil and session, is rejected in favour of the
 /// first.
 #[derive(Debug)]
-pub(crate) struct RowReader<'a> {
+pub struct RowReader<'a> {
     plan: &'a FilePlan,
     profile: &'a Profile,
     pupils_by_id: HashMap<String, u64>,
@@ -60,7 +92,7 @@ pub(crate) struct RowReader<'a> {
 }
 
 impl<'a> RowReader<'a> {
-    pub(crate) fn new(plan: &'a FilePlan, profile: &'a Profile) -> Self {
+    pub fn new(plan: &'a FilePlan, profile: &'a Profile) -> Self {
         Self {
             plan,
             profile,
@@ -71,7 +103,7 @@ impl<'a> RowReader<'a> {
 
     /// Reads one record that starts on `line`: a pupil, or the marks of a row. A row of
     /// empty cells yields nothing.
-    pub(crate) fn read(
+    pub fn read(
         &mut self,
         record: &StringRecord,
         line: u64,
@@ -265,7 +297,7 @@ impl<'a> RowReader<'a> {
         }
         self.pupils_by_id.insert(mis_id.clone(), line);
 
-        let pupil = SyncPupil {
+        let pupil = Pupil {
             mis_id,
             upn,
             forename,
@@ -276,7 +308,6 @@ impl<'a> RowReader<'a> {
             leaving_date,
             year_group,
             class_name: cell(columns.class),
-            ..Default::default()
         };
         Ok((Item::Pupil(pupil), Origin { line, column: None }))
     }
@@ -361,13 +392,14 @@ impl<'a> RowReader<'a> {
                             cell.session,
                         )
                         .map(|()| {
-                            let mark = SyncMark {
+                            let mark = Mark {
                                 mis_id: mis_id.clone(),
                                 upn: upn.clone(),
                                 date: cell.date.format("%Y-%m-%d").to_string(),
-                                session: PbSession::from(cell.session) as i32,
+                                session: cell.session,
                                 code: code.to_uppercase(),
-                                ..Default::default()
+                                minutes_late: 0,
+                                comment: String::new(),
                             };
                             (
                                 Item::Mark(mark),
@@ -436,11 +468,11 @@ impl<'a> RowReader<'a> {
             ));
         };
         self.check_session(line, Some(date), mis_id, upn, day, register)?;
-        let mark = SyncMark {
+        let mark = Mark {
             mis_id: mis_id.to_owned(),
             upn: upn.to_owned(),
             date: day.format("%Y-%m-%d").to_string(),
-            session: PbSession::from(register) as i32,
+            session: register,
             code: code_text.to_uppercase(),
             minutes_late: minutes,
             comment: comment
@@ -448,7 +480,6 @@ impl<'a> RowReader<'a> {
                 .unwrap_or_default()
                 .trim()
                 .to_owned(),
-            ..SyncMark::default()
         };
         Ok((Item::Mark(mark), Origin { line, column: None }))
     }
@@ -493,7 +524,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::csv_import::plan::plan_file;
+    use crate::plan::plan_file;
 
     fn plan(folder: &Path, text: &str, profile: &Profile) -> FilePlan {
         let path = folder.join("export.csv");
@@ -506,15 +537,12 @@ mod tests {
         let folder = tempfile::tempdir().expect("temporary folder");
         let profile = Profile::load(profile).expect("profile");
         let plan = plan(folder.path(), text, &profile);
-        let mut reader = csv::ReaderBuilder::new()
-            .flexible(true)
-            .from_path(&plan.path)
-            .expect("reader");
+        let mut reader = crate::plan::csv_reader(std::fs::File::open(&plan.path).expect("file"));
         let mut rows = RowReader::new(&plan, &profile);
         let mut out = Vec::new();
         let mut record = StringRecord::new();
         while reader.read_record(&mut record).expect("record") {
-            let line = record.position().expect("position").line();
+            let line = crate::lines::record_line(&mut reader, &record);
             out.extend(rows.read(&record, line));
         }
         out
@@ -618,14 +646,14 @@ mod tests {
         };
         assert_eq!(morning.mis_id, "17");
         assert_eq!(morning.date, "2025-09-08");
-        assert_eq!(morning.session, PbSession::Am as i32);
+        assert_eq!(morning.session, Session::Am);
         assert_eq!(morning.code, "L");
         assert_eq!(morning.minutes_late, 12);
         assert_eq!(morning.comment, "Bus late");
         let Ok((Item::Mark(afternoon), origin)) = &rows[1] else {
             panic!("a mark: {rows:?}");
         };
-        assert_eq!(afternoon.session, PbSession::Pm as i32);
+        assert_eq!(afternoon.session, Session::Pm);
         assert_eq!(afternoon.minutes_late, 0);
         assert_eq!(origin.line, 3);
     }
@@ -678,10 +706,10 @@ mod tests {
                 other => panic!("a mark: {other:?}"),
             })
             .collect();
-        assert_eq!(marks[0].1, "2025-09-08 1 /");
-        assert_eq!(marks[1].1, "2025-09-08 2 \\");
+        assert_eq!(marks[0].1, "2025-09-08 AM /");
+        assert_eq!(marks[1].1, "2025-09-08 PM \\");
         assert_eq!(marks[2].0, "002");
-        assert_eq!(marks[3].1, "2025-09-09 1 C1");
+        assert_eq!(marks[3].1, "2025-09-09 AM C1");
         assert_eq!(marks[3].2, 3);
         assert_eq!(marks[3].3.as_deref(), Some("09/09/2025 AM"));
     }
