@@ -72,7 +72,7 @@ fn weekdays(count: usize) -> Vec<NaiveDate> {
 fn code_for(serial: u32, index: usize) -> &'static str {
     let absent = match serial % 5 {
         0 => index % 5 < 3,
-        1 => index % 5 == 0,
+        1 => index.is_multiple_of(5),
         _ => false,
     };
     match (absent, index % 2) {
@@ -328,7 +328,7 @@ impl Drop for ClientProcess {
     }
 }
 
-/// Waits until `condition` holds, checking every [`POLL`].
+/// Waits until `condition` is true, checking every [`POLL`].
 async fn wait_for(mut condition: impl FnMut() -> bool) {
     while !condition() {
         tokio::time::sleep(POLL).await;
@@ -453,7 +453,11 @@ async fn assert_no_duplicate_triggers_or_cases(storage: &Storage) {
     let cases = query(storage, "cases", "SELECT upn, concern FROM cases").await;
     assert!(!cases.is_empty(), "the cases service opened no case");
     let unique: BTreeSet<&Vec<String>> = cases.iter().collect();
-    assert_eq!(unique.len(), cases.len(), "a pupil has two cases for a concern");
+    assert_eq!(
+        unique.len(),
+        cases.len(),
+        "a pupil has two cases for a concern"
+    );
 }
 
 /// The figures and cases of a school as `rollcall` prints them, without what depends on
@@ -499,8 +503,8 @@ async fn outcome(target: &[String]) -> Outcome {
     }
 }
 
-/// The outcome of the import on a server that nothing disturbs, computed once per test
-/// process.
+/// Returns the outcome of the import on a server that nothing disturbs, computed once per
+/// test process.
 async fn clean_outcome() -> &'static Outcome {
     static CLEAN: OnceCell<Outcome> = OnceCell::const_new();
     CLEAN
@@ -508,11 +512,16 @@ async fn clean_outcome() -> &'static Outcome {
             let work = tempfile::tempdir().expect("temporary folder");
             let dataset = write_dataset(work.path());
             let port = free_ports(1)[0];
-            let mut server =
-                ServeProcess::start("clean", serve_args(port, work.path(), None), port, work.path());
+            let mut server = ServeProcess::start(
+                "clean",
+                serve_args(port, work.path(), None),
+                port,
+                work.path(),
+            );
             server.wait_until_serving().await;
             let target = vec!["--server".to_owned(), server.url()];
-            let import = ClientProcess::start(&target, &import_args(&dataset), work.path(), "clean");
+            let import =
+                ClientProcess::start(&target, &import_args(&dataset), work.path(), "clean");
             let (succeeded, _, stderr) = import.finish().await;
             assert!(succeeded, "the clean import failed: {stderr}");
             outcome(&target).await
@@ -573,7 +582,10 @@ async fn server_killed_during_import(database_url: Option<String>) {
     server.spawn();
     server.wait_until_serving().await;
     let (succeeded, stdout, stderr) = import.finish().await;
-    assert!(succeeded, "the import did not survive the restart: {stderr}");
+    assert!(
+        succeeded,
+        "the import did not survive the restart: {stderr}"
+    );
     assert!(stderr.contains("Retrying in"), "{stderr}");
     assert_summary_complete(&stdout);
 
@@ -638,8 +650,8 @@ async fn import_second_school_pupils(target: &[String], work: &Path) {
     );
 }
 
-/// What the test's own SyncMarks client did: the marks of every batch that got an answer,
-/// and the status codes of the attempts that failed.
+/// The record of the test's own SyncMarks client: the marks of every batch that got an OK
+/// response, and the status codes of the attempts that failed.
 #[derive(Debug, Default)]
 struct AckedBatches {
     marks: BTreeMap<SessionKey, String>,
@@ -648,8 +660,8 @@ struct AckedBatches {
 }
 
 /// Sends one SyncMarks batch per session of the second school, each under its own key, until
-/// `stop` is set. A failed batch is sent again with the same key until it is answered, as
-/// docs/mis-vendors.md tells MIS vendors to do; an answered batch is never sent again.
+/// `stop` is set. A failed batch is sent again with the same key until it succeeds, as
+/// docs/mis-vendors.md tells MIS vendors to do. A batch that succeeded is never sent again.
 async fn send_acked_batches(
     url: String,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -686,7 +698,10 @@ async fn send_acked_batches(
             let mut attempts = 0;
             loop {
                 attempts += 1;
-                assert!(attempts < 2_000, "batch {day} {session_name} never answered");
+                assert!(
+                    attempts < 2_000,
+                    "batch {day} {session_name} never answered"
+                );
                 match client.sync_marks(request.clone()).await {
                     Ok(response) => {
                         let counts = response.into_inner().counts.expect("counts");
@@ -730,11 +745,7 @@ async fn database_lost_during_ingest(fault: DatabaseFault) {
     let postgres = rollcall_testkit::owned_postgres()
         .await
         .expect("PostgreSQL of the test's own");
-    let url = postgres
-        .server()
-        .create_database()
-        .await
-        .expect("database");
+    let url = postgres.server().create_database().await.expect("database");
     let storage = Storage::Postgres(url.clone());
     let work = tempfile::tempdir().expect("temporary folder");
     let dataset = write_dataset(work.path());
@@ -767,19 +778,21 @@ async fn database_lost_during_ingest(fault: DatabaseFault) {
     }
     // Both clients must have seen the database gone before it comes back.
     wait_for(|| {
-        import.stderr().contains("Retrying in")
-            && !acked.lock().expect("lock").failures.is_empty()
+        import.stderr().contains("Retrying in") && !acked.lock().expect("lock").failures.is_empty()
     })
     .await;
     let acked_before_restart = acked.lock().expect("lock").batches;
     postgres.start().await.expect("PostgreSQL starts again");
 
-    // The server reconnects by itself: health stays or turns SERVING, and batches are
-    // answered again.
+    // The server reconnects by itself: health stays or turns SERVING, and batches
+    // succeed again.
     server.wait_until_serving().await;
     wait_for(|| acked.lock().expect("lock").batches >= acked_before_restart + 3).await;
     let (succeeded, stdout, stderr) = import.finish().await;
-    assert!(succeeded, "the import did not survive the database restart: {stderr}");
+    assert!(
+        succeeded,
+        "the import did not survive the database restart: {stderr}"
+    );
     assert_summary_complete(&stdout);
     assert!(
         stderr.contains("Retrying in") && stderr.contains("attempt 2 of"),
@@ -804,7 +817,10 @@ async fn database_lost_during_ingest(fault: DatabaseFault) {
     let log = server.log();
     assert!(log.contains("Storage error"), "{log}");
     let retried_key = acked_key_started_twice(&log);
-    assert!(retried_key.is_some(), "no batch key was logged twice: {log}");
+    assert!(
+        retried_key.is_some(),
+        "no batch key was logged twice: {log}"
+    );
     // Logs carry ids such as UPNs and keys, never names (docs/security.md).
     assert!(!log.contains("Pupil 1"), "a pupil's name is in the log");
 }
@@ -944,7 +960,12 @@ async fn feed_consumers_resume_without_gaps() {
     let dataset = write_dataset(work.path());
     let storage = Storage::Sqlite(work.path().join("data"));
     let port = free_ports(1)[0];
-    let mut server = ServeProcess::start("serve", serve_args(port, work.path(), None), port, work.path());
+    let mut server = ServeProcess::start(
+        "serve",
+        serve_args(port, work.path(), None),
+        port,
+        work.path(),
+    );
     server.wait_until_serving().await;
     let target = vec!["--server".to_owned(), server.url()];
     let import = ClientProcess::start(&target, &import_args(&dataset), work.path(), "import");
@@ -992,7 +1013,11 @@ async fn feed_consumers_resume_without_gaps() {
         marks_seen.push(message.cursor);
     }
     let expected: Vec<i64> = (1..=head).collect();
-    assert_eq!(marks_seen.len(), expected.len(), "a mark is missing or came twice");
+    assert_eq!(
+        marks_seen.len(),
+        expected.len(),
+        "a mark is missing or came twice"
+    );
     assert_eq!(marks_seen, expected);
 
     // Triggers: read a few, drop the connection, resume, and compare with one full read.

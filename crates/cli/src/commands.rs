@@ -712,7 +712,7 @@ pub(crate) async fn import_ctf(
 
 /// Sends one file to ImportCtf, and sends it again after a failure that may pass, such as a
 /// restart of the server or its database. The registers keep the file's SHA-256 as the
-/// import's request id, so a file stored before its answer was lost is not stored twice.
+/// import's request id, so a file stored before the response was lost is not stored twice.
 /// Returns the message to print when the import failed.
 async fn import_ctf_with_retries(
     clients: &Clients,
@@ -722,7 +722,12 @@ async fn import_ctf_with_retries(
     let mut delays = crate::retry::delays();
     let mut attempt = 1;
     loop {
-        let status = match clients.mis_adapter.clone().import_ctf(request.clone()).await {
+        let status = match clients
+            .mis_adapter
+            .clone()
+            .import_ctf(request.clone())
+            .await
+        {
             Ok(response) => return Ok(response.into_inner()),
             Err(status) => status,
         };

@@ -1,6 +1,6 @@
 //! Retries of import calls that failed because the server or its database was briefly out of
 //! reach. The imports send idempotency keys (or request ids derived from the file), so a call
-//! sent again after a lost answer is applied once.
+//! sent again after a lost response is applied once.
 
 use std::time::Duration;
 
@@ -11,10 +11,10 @@ use tonic::Code;
 /// one to two minutes after the first, which covers a restart of the server or its database.
 pub(crate) const MAX_ATTEMPTS: usize = 10;
 
-/// Delay before the first retry; each later delay doubles, up to [`MAX_DELAY`].
+/// Delay before the first retry. Each later delay doubles, up to [`MAX_DELAY`].
 const FIRST_DELAY: Duration = Duration::from_millis(500);
 
-/// Longest delay between two attempts.
+/// Maximum delay between two attempts, before jitter.
 const MAX_DELAY: Duration = Duration::from_secs(10);
 
 /// Returns the delays between attempts, [`MAX_ATTEMPTS`] - 1 of them. Each grows by a random
@@ -86,7 +86,10 @@ mod tests {
         assert_eq!(delays.len(), MAX_ATTEMPTS - 1);
         assert!(delays[0] >= FIRST_DELAY, "{delays:?}");
         // Jitter adds up to one more delay, so the cap is at most doubled.
-        assert!(delays.iter().all(|delay| *delay <= MAX_DELAY * 2), "{delays:?}");
+        assert!(
+            delays.iter().all(|delay| *delay <= MAX_DELAY * 2),
+            "{delays:?}"
+        );
         let total: Duration = delays.iter().sum();
         assert!(total >= Duration::from_secs(45), "{total:?}");
     }

@@ -140,7 +140,7 @@ impl OwnedPostgres {
     ///
     /// # Errors
     ///
-    /// Fails when the server does not start within about ten seconds.
+    /// Fails when the server has not started after 100 attempts, 0.1 seconds apart.
     pub async fn start(&self) -> anyhow::Result<()> {
         let server = std::sync::Arc::clone(&self.server);
         tokio::task::spawn_blocking(move || server.restart())

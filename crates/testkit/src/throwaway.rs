@@ -199,7 +199,7 @@ impl ThrowawayServer {
 
     /// Starts the stopped or killed server again on the same data directory and port. After
     /// a kill, start attempts fail until the old server processes have exited, so they are
-    /// repeated for up to ten seconds.
+    /// repeated up to [`RESTART_ATTEMPTS`] times, [`RESTART_PAUSE`] apart.
     pub(crate) fn restart(&self) -> anyhow::Result<()> {
         let log_path = self.root.join("postgres.log");
         let options = format!(

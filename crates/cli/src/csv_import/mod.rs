@@ -26,8 +26,8 @@ use rollcall_api::types::v1::Phase as PbPhase;
 use tonic::Code;
 
 use crate::client::Clients;
-use crate::retry;
 use crate::commands::SYNC_TIMEOUT;
+use crate::retry;
 use batches::BatchSettings;
 use plan::{FilePlan, Kind, plan_file};
 use profile::Profile;
