@@ -27,6 +27,8 @@ pub(crate) struct Clients {
     pub(crate) mis_adapter: MisAdapterServiceClient<Channel>,
     pub(crate) mis_sync: MisSyncServiceClient<Channel>,
     pub(crate) audit: AuditServiceClient<Channel>,
+    /// The address of the MIS adapter, which imports go to, for messages about failed imports.
+    pub(crate) mis_adapter_url: String,
 }
 
 /// The addresses the client commands call: one server for all the services, or, against a
@@ -99,6 +101,7 @@ impl Clients {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             audit: AuditServiceClient::new(channel(ServiceName::Audit))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
+            mis_adapter_url: addresses.url(ServiceName::MisAdapter).to_owned(),
         })
     }
 

@@ -667,25 +667,16 @@ pub(crate) async fn import_ctf(
                 continue;
             }
         };
-        let response = clients
-            .mis_adapter
-            .clone()
-            .import_ctf(ImportCtfRequest {
-                file_name: name.clone(),
-                content,
-                imported_by: by.to_owned(),
-                dry_run,
-            })
-            .await;
-        let response = match response {
-            Ok(response) => response.into_inner(),
-            Err(status) => {
-                progress.suspend(|| {
-                    eprintln!(
-                        "error: {}; nothing from this file was stored",
-                        status.message()
-                    );
-                });
+        let request = ImportCtfRequest {
+            file_name: name.clone(),
+            content,
+            imported_by: by.to_owned(),
+            dry_run,
+        };
+        let response = match import_ctf_with_retries(clients, request, &progress).await {
+            Ok(response) => response,
+            Err(message) => {
+                progress.suspend(|| eprintln!("error: {message}"));
                 failures += 1;
                 continue;
             }
@@ -729,6 +720,57 @@ pub(crate) async fn import_ctf(
         bail!("{failures} of {} files were not imported", files.len());
     }
     Ok(())
+}
+
+/// Sends one file to ImportCtf, and sends it again after a failure that may pass, such as a
+/// restart of the server or its database. The registers keep the file's SHA-256 as the
+/// import's request id, so a file stored before the response was lost is not stored twice.
+/// Returns the message to print when the import failed.
+async fn import_ctf_with_retries(
+    clients: &Clients,
+    request: ImportCtfRequest,
+    progress: &indicatif::ProgressBar,
+) -> Result<rollcall_api::mis_adapter::v1::ImportCtfResponse, String> {
+    let mut delays = crate::retry::delays();
+    let mut attempt = 1;
+    loop {
+        let status = match clients
+            .mis_adapter
+            .clone()
+            .import_ctf(request.clone())
+            .await
+        {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(status) => status,
+        };
+        if !crate::retry::is_transient(status.code()) {
+            return Err(format!(
+                "{}; nothing from this file was stored",
+                status.message()
+            ));
+        }
+        let Some(delay) = delays.next() else {
+            return Err(format!(
+                "{}: {} (gave up after {attempt} attempts). Check that the rollcall server at {} \
+                 is running and reaches its database, then import the file again; a file \
+                 stored before is recognised and not stored twice.",
+                request.file_name,
+                status.message(),
+                clients.mis_adapter_url
+            ));
+        };
+        attempt += 1;
+        progress.suspend(|| {
+            eprintln!(
+                "warning: {}: {}; retrying in {:.1}s (attempt {attempt} of {})",
+                request.file_name,
+                status.message(),
+                delay.as_secs_f64(),
+                crate::retry::MAX_ATTEMPTS
+            );
+        });
+        tokio::time::sleep(delay).await;
+    }
 }
 
 /// Totals of a run of `import ctf` over several files, for its closing summary.

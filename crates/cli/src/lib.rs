@@ -19,6 +19,7 @@ mod referrals;
 mod report_output;
 mod reports;
 mod retention;
+mod retry;
 pub mod server;
 mod statistics;
 mod text;

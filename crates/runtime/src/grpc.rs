@@ -31,11 +31,62 @@ pub fn failed_precondition(message: impl Into<String>) -> Status {
     Status::failed_precondition(message)
 }
 
-/// Logs a storage error with its context and returns INTERNAL without the database detail,
+/// Logs a storage error with its context and returns a status without the database detail,
 /// which may name hosts or tables.
+///
+/// A lost or refused database connection, or a database that is shutting down or starting,
+/// returns UNAVAILABLE, and a transaction that lost a conflict returns ABORTED: sending the
+/// call again after a pause may succeed. Every other error returns INTERNAL.
 pub fn storage_error(context: &str, error: sqlx::Error) -> Status {
-    tracing::error!(%error, context, "Storage error");
-    Status::internal(format!("storage error while {context}; see the server log"))
+    let code = storage_error_code(&error);
+    tracing::error!(%error, context, code = ?code, "Storage error");
+    match code {
+        Code::Unavailable => Status::unavailable(format!(
+            "the database is not reachable while {context}; send the call again after a pause"
+        )),
+        Code::Aborted => Status::aborted(format!(
+            "a concurrent change conflicted while {context}; send the call again"
+        )),
+        _ => Status::internal(format!("storage error while {context}; see the server log")),
+    }
+}
+
+/// Returns the status code for a storage error: UNAVAILABLE for connection failures, ABORTED
+/// for conflicts, INTERNAL otherwise.
+fn storage_error_code(error: &sqlx::Error) -> Code {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => Code::Unavailable,
+        sqlx::Error::Database(database)
+            if database
+                .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+                .is_some() =>
+        {
+            // SQLite reports extended result codes, whose low byte is the primary code:
+            // SQLITE_BUSY (5) and SQLITE_LOCKED (6) remain after the busy timeout ran out.
+            let primary = database
+                .code()
+                .and_then(|code| code.parse::<i32>().ok())
+                .map(|code| code & 0xff);
+            match primary {
+                Some(5 | 6) => Code::Unavailable,
+                _ => Code::Internal,
+            }
+        }
+        sqlx::Error::Database(database) => match database.code().as_deref() {
+            // PostgreSQL's SQLSTATE class 08 is a connection exception. 57P01 to 57P03 are
+            // an administrator's shutdown, a crash shutdown and a server still starting.
+            Some(code) if code.starts_with("08") => Code::Unavailable,
+            Some("57P01" | "57P02" | "57P03") => Code::Unavailable,
+            // Serialisation failure and deadlock.
+            Some("40001" | "40P01") => Code::Aborted,
+            _ => Code::Internal,
+        },
+        _ => Code::Internal,
+    }
 }
 
 /// Logs an error from another rollcall service and returns UNAVAILABLE or the same status.

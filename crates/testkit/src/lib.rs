@@ -80,6 +80,75 @@ pub async fn postgres() -> anyhow::Result<PostgresServer> {
     Ok(PostgresServer { maintenance_url })
 }
 
+/// Starts a PostgreSQL server of the test's own, which the test may stop, kill and start
+/// again, on the same data directory and port, without disturbing other tests.
+///
+/// Unlike [`postgres`], this ignores `ROLLCALL_TEST_DATABASE_URL`, because a test cannot stop
+/// a server it does not own, so it always needs the local PostgreSQL installation. Every
+/// acknowledged commit survives a stop or a kill of the server.
+///
+/// # Errors
+///
+/// Fails when the server programs are missing or the server cannot be started.
+pub async fn owned_postgres() -> anyhow::Result<OwnedPostgres> {
+    let server = tokio::task::spawn_blocking(throwaway::ThrowawayServer::start_crash_safe)
+        .await
+        .context("the PostgreSQL startup task panicked")??;
+    Ok(OwnedPostgres {
+        server: std::sync::Arc::new(server),
+    })
+}
+
+/// A PostgreSQL server that belongs to one test, stopped and removed when dropped.
+#[derive(Debug, Clone)]
+pub struct OwnedPostgres {
+    server: std::sync::Arc<throwaway::ThrowawayServer>,
+}
+
+impl OwnedPostgres {
+    /// Returns the server, for [`PostgresServer::create_database`].
+    pub fn server(&self) -> PostgresServer {
+        PostgresServer {
+            maintenance_url: self.server.maintenance_url.clone(),
+        }
+    }
+
+    /// Stops the server with PostgreSQL's fast shutdown, which ends every session and rolls
+    /// back open transactions, and waits until it has stopped.
+    ///
+    /// # Errors
+    ///
+    /// Fails when `pg_ctl stop` fails.
+    pub async fn stop_fast(&self) -> anyhow::Result<()> {
+        let server = std::sync::Arc::clone(&self.server);
+        tokio::task::spawn_blocking(move || server.stop("fast"))
+            .await
+            .context("the PostgreSQL stop task panicked")?
+    }
+
+    /// Kills the postmaster with SIGKILL, as a crash would, and returns its process id. The
+    /// server recovers from its write-ahead log at the next [`Self::start`].
+    ///
+    /// # Errors
+    ///
+    /// Fails when `postmaster.pid` cannot be read or `kill` fails.
+    pub fn kill_postmaster(&self) -> anyhow::Result<u32> {
+        self.server.kill_postmaster()
+    }
+
+    /// Starts the server again on the same data directory and port.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the server has not started after 100 attempts, 0.1 seconds apart.
+    pub async fn start(&self) -> anyhow::Result<()> {
+        let server = std::sync::Arc::clone(&self.server);
+        tokio::task::spawn_blocking(move || server.restart())
+            .await
+            .context("the PostgreSQL start task panicked")?
+    }
+}
+
 /// A PostgreSQL server that tests may create databases on.
 ///
 /// Cloning is cheap. The value contains only a URL, so dropping it never stops the server.

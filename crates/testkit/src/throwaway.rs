@@ -41,6 +41,17 @@ const LOG_TAIL_LINES: usize = 30;
 const SERVER_SETTINGS: &str = "-c listen_addresses=127.0.0.1 -c fsync=off \
      -c synchronous_commit=off -c full_page_writes=off -c max_connections=300";
 
+/// Settings for a server that tests stop and kill. A commit is written to the operating
+/// system before it is acknowledged, so it survives a kill of the server, though not a crash
+/// of the machine, since nothing is flushed to disk.
+const CRASH_SAFE_SETTINGS: &str = "-c listen_addresses=127.0.0.1 -c fsync=off \
+     -c synchronous_commit=on -c full_page_writes=off -c max_connections=100";
+
+/// Start attempts after a kill, while the killed server's processes still hold its shared
+/// memory, and the pause between them.
+const RESTART_ATTEMPTS: u32 = 100;
+const RESTART_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// The shared server, or the message of the error that stopped it from starting. A failure
 /// is kept so that every later test reports it at once instead of retrying the slow startup.
 static SHARED: OnceLock<Result<ThrowawayServer, String>> = OnceLock::new();
@@ -87,13 +98,29 @@ impl ServerUser {
 /// A running PostgreSQL server that owns its temporary directory.
 #[derive(Debug)]
 pub(crate) struct ThrowawayServer {
-    maintenance_url: String,
+    pub(crate) maintenance_url: String,
+    binaries: PgBinaries,
+    user: ServerUser,
+    root: PathBuf,
+    data_dir: PathBuf,
+    port: u16,
+    settings: &'static str,
     /// Stops the server and removes its directory when dropped or when this process exits.
     _watchdog: Watchdog,
 }
 
 impl ThrowawayServer {
     fn start() -> anyhow::Result<Self> {
+        Self::start_with(SERVER_SETTINGS)
+    }
+
+    /// Starts a server whose acknowledged commits survive [`Self::stop`] and
+    /// [`Self::kill_postmaster`].
+    pub(crate) fn start_crash_safe() -> anyhow::Result<Self> {
+        Self::start_with(CRASH_SAFE_SETTINGS)
+    }
+
+    fn start_with(settings: &'static str) -> anyhow::Result<Self> {
         let started = Instant::now();
         let binaries = find_pg_binaries()?;
         let user = if running_as_root()? {
@@ -107,7 +134,7 @@ impl ThrowawayServer {
         let watchdog = Watchdog::spawn(&root, &data_dir, &binaries, user)?;
 
         run_initdb(&binaries, user, &root, &data_dir)?;
-        let port = start_server(&binaries, user, &root, &data_dir)?;
+        let port = start_server(&binaries, user, &root, &data_dir, settings)?;
 
         tracing::info!(
             port,
@@ -117,8 +144,98 @@ impl ThrowawayServer {
         );
         Ok(Self {
             maintenance_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            binaries,
+            user,
+            root,
+            data_dir,
+            port,
+            settings,
             _watchdog: watchdog,
         })
+    }
+
+    /// Stops the server with `pg_ctl stop` in `mode` (`smart`, `fast` or `immediate`) and
+    /// waits until it has stopped.
+    pub(crate) fn stop(&self, mode: &str) -> anyhow::Result<()> {
+        let output = self
+            .user
+            .command(&self.binaries.pg_ctl, &self.root)
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["-w", "-m", mode, "stop"])
+            .output()
+            .with_context(|| format!("failed to run {}", self.binaries.pg_ctl.display()))?;
+        if !output.status.success() {
+            bail!(
+                "{} stop -m {mode} failed with {}:\n{}",
+                self.binaries.pg_ctl.display(),
+                output.status,
+                output_tail(&output)
+            );
+        }
+        Ok(())
+    }
+
+    /// Sends SIGKILL to the postmaster, whose process id is the first line of
+    /// `postmaster.pid`, and returns that id. The other server processes notice and exit.
+    pub(crate) fn kill_postmaster(&self) -> anyhow::Result<u32> {
+        let lock_file = self.data_dir.join("postmaster.pid");
+        let contents = std::fs::read_to_string(&lock_file)
+            .with_context(|| format!("failed to read {}", lock_file.display()))?;
+        let pid: u32 = contents
+            .lines()
+            .next()
+            .and_then(|line| line.trim().parse().ok())
+            .with_context(|| format!("{} has no process id", lock_file.display()))?;
+        let status = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .context("failed to run kill")?;
+        if !status.success() {
+            bail!("kill -KILL {pid} failed with {status}");
+        }
+        Ok(pid)
+    }
+
+    /// Starts the stopped or killed server again on the same data directory and port. After
+    /// a kill, start attempts fail until the old server processes have exited, so they are
+    /// repeated up to [`RESTART_ATTEMPTS`] times, [`RESTART_PAUSE`] apart.
+    pub(crate) fn restart(&self) -> anyhow::Result<()> {
+        let log_path = self.root.join("postgres.log");
+        let options = format!(
+            "-p {} -k '{}' {}",
+            self.port,
+            self.root.display(),
+            self.settings
+        );
+        let mut last_failure = String::new();
+        for _ in 0..RESTART_ATTEMPTS {
+            let log_offset = std::fs::metadata(&log_path).map_or(0, |metadata| metadata.len());
+            let output = self
+                .user
+                .command(&self.binaries.pg_ctl, &self.root)
+                .arg("-D")
+                .arg(&self.data_dir)
+                .arg("-l")
+                .arg(&log_path)
+                .args(["-w", "-o", &options, "start"])
+                .output()
+                .with_context(|| format!("failed to run {}", self.binaries.pg_ctl.display()))?;
+            if output.status.success() {
+                return Ok(());
+            }
+            last_failure = format!(
+                "{}\nserver log:\n{}",
+                output_tail(&output),
+                last_lines(&read_log_from(&log_path, log_offset), LOG_TAIL_LINES)
+            );
+            std::thread::sleep(RESTART_PAUSE);
+        }
+        bail!(
+            "PostgreSQL did not start again on port {} after {RESTART_ATTEMPTS} attempts:\n\
+             {last_failure}",
+            self.port
+        )
     }
 }
 
@@ -209,12 +326,13 @@ fn start_server(
     user: ServerUser,
     root: &Path,
     data_dir: &Path,
+    settings: &str,
 ) -> anyhow::Result<u16> {
     let log_path = root.join("postgres.log");
 
     for attempt in 1..=START_ATTEMPTS {
         let port = pick_free_port()?;
-        let options = format!("-p {port} -k '{}' {SERVER_SETTINGS}", root.display());
+        let options = format!("-p {port} -k '{}' {settings}", root.display());
         let log_offset = std::fs::metadata(&log_path).map_or(0, |metadata| metadata.len());
 
         let output = user

@@ -23,6 +23,7 @@ use tonic::Code;
 
 use crate::client::Clients;
 use crate::commands::SYNC_TIMEOUT;
+use crate::retry;
 use batches::BatchSettings;
 use plan::{FilePlan, Kind, plan_file};
 use profile::Profile;
@@ -112,11 +113,7 @@ pub(crate) async fn run(
         args.dry_run,
         &profile.fingerprint,
     );
-    let mut summary = Summary::new(args.dry_run, &laestab, &profile.name, &plans);
-    let progress = progress_bar(plans.iter().map(|plan| plan.size).sum());
-    let sent = send::send_all(clients, plans, profile, settings, &mut summary, &progress).await;
-    progress.finish_and_clear();
-    sent?;
+    let mut summary = send_with_retries(clients, &plans, &profile, &settings, &laestab).await?;
     summary.finish();
 
     if args.json {
@@ -139,6 +136,54 @@ pub(crate) async fn run(
         .into());
     }
     Ok(())
+}
+
+/// Sends every file, and sends them again from the start when the stream breaks for a reason
+/// that may pass, such as a restart of the server or its database. Batches applied before
+/// the break come back as replays of their idempotency keys, so nothing is stored twice.
+async fn send_with_retries(
+    clients: &Clients,
+    plans: &[FilePlan],
+    profile: &Profile,
+    settings: &BatchSettings,
+    laestab: &str,
+) -> anyhow::Result<Summary> {
+    let mut delays = retry::delays();
+    let mut attempt = 1;
+    loop {
+        let mut summary = Summary::new(settings.dry_run, laestab, &profile.name, plans);
+        let progress = progress_bar(plans.iter().map(|plan| plan.size).sum());
+        let sent = send::send_all(
+            clients,
+            plans.to_vec(),
+            profile.clone(),
+            settings.clone(),
+            &mut summary,
+            &progress,
+        )
+        .await;
+        progress.finish_and_clear();
+        let error = match sent {
+            Ok(()) => return Ok(summary),
+            Err(error) if retry::is_transient_error(&error) => error,
+            Err(error) => return Err(error),
+        };
+        let Some(delay) = delays.next() else {
+            bail!(
+                "{error:#}\nGave up after {attempt} attempts. Check that the rollcall server at \
+                 {} is running and reaches its database, then run the same command again.",
+                clients.mis_adapter_url
+            );
+        };
+        attempt += 1;
+        eprintln!(
+            "warning: {error:#}\nRetrying in {:.1}s (attempt {attempt} of {}); batches already \
+             stored come back as replays.",
+            delay.as_secs_f64(),
+            retry::MAX_ATTEMPTS
+        );
+        tokio::time::sleep(delay).await;
+    }
 }
 
 /// Checks every file, refusing the import when any file fails, and orders pupils files

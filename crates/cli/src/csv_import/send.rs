@@ -18,6 +18,7 @@ use super::plan::FilePlan;
 use super::profile::Profile;
 use super::summary::{BatchResult, Summary};
 use crate::client::Clients;
+use crate::retry::CallFailed;
 
 /// Batches sent ahead of their results. Enough to keep the server busy while the client
 /// reads; few enough to bound memory to a few batches.
@@ -128,7 +129,7 @@ impl SyncStream {
                 .client
                 .stream_sync(ReceiverStream::new(requests))
                 .await
-                .map_err(|status| anyhow::anyhow!("{}", status.message()))?
+                .map_err(CallFailed::from)?
                 .into_inner();
             self.responses = Some(responses);
         }
@@ -137,11 +138,19 @@ impl SyncStream {
         };
         let response = match responses.message().await {
             Ok(Some(response)) => response,
-            Ok(None) => bail!(
-                "the server ended the stream before returning the result of batch {}",
-                sent.number
-            ),
-            Err(status) => bail!("{}", status.message()),
+            // A server that stops while the stream is open ends it early, so the batch may
+            // succeed when sent again.
+            Ok(None) => {
+                return Err(CallFailed {
+                    code: tonic::Code::Unavailable,
+                    message: format!(
+                        "the server ended the stream before returning the result of batch {}",
+                        sent.number
+                    ),
+                }
+                .into());
+            }
+            Err(status) => return Err(CallFailed::from(status).into()),
         };
         if response.batch_index != self.next_index {
             bail!(
@@ -155,7 +164,8 @@ impl SyncStream {
     }
 }
 
-/// Explains a failed batch: where in the file it was, and what of the import was stored.
+/// Explains a failed batch: where in the file it was, and what of the import was stored. The
+/// status code of a failed call is kept, so that the caller can tell whether to retry.
 fn batch_failed(
     plan: &FilePlan,
     sent: &BatchSent,
@@ -175,9 +185,15 @@ fn batch_failed(
              finish, and those batches will be recognised and not stored twice."
         )
     };
-    anyhow::anyhow!(
+    let message = format!(
         "{}: batch {} (lines {first} to {last}) failed: {error:#}. {stored}",
-        plan.name,
-        sent.number
-    )
+        plan.name, sent.number
+    );
+    let code = error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<CallFailed>().map(|failed| failed.code));
+    match code {
+        Some(code) => CallFailed { code, message }.into(),
+        None => anyhow::anyhow!(message),
+    }
 }
