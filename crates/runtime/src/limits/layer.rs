@@ -41,7 +41,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Infallible>> + Send>>;
 /// The path prefix of the gRPC health service, which no limit applies to.
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 
-/// How often, at most, shed requests are logged.
+/// The shortest interval between two log lines about shed requests.
 const SHED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Returns true for a request that is not counted against `--max-concurrent-requests`.

@@ -55,12 +55,12 @@ impl MessageSizeLimit {
                 self.remaining -= skipped as u64;
                 continue;
             }
-            let wanted = PREFIX_BYTES - self.prefix_read;
-            let taken = wanted.min(bytes.len());
-            self.prefix[self.prefix_read..self.prefix_read + taken]
-                .copy_from_slice(&bytes[..taken]);
-            self.prefix_read += taken;
-            bytes = &bytes[taken..];
+            let missing = PREFIX_BYTES - self.prefix_read;
+            let copied = missing.min(bytes.len());
+            self.prefix[self.prefix_read..self.prefix_read + copied]
+                .copy_from_slice(&bytes[..copied]);
+            self.prefix_read += copied;
+            bytes = &bytes[copied..];
             if self.prefix_read == PREFIX_BYTES {
                 self.prefix_read = 0;
                 let length = u32::from_be_bytes([
