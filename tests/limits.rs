@@ -10,8 +10,8 @@ use std::time::Duration;
 use rollcall_api::mis_adapter::v1::mis_adapter_service_client::MisAdapterServiceClient;
 use rollcall_api::mis_adapter::v1::mis_sync_service_client::MisSyncServiceClient;
 use rollcall_api::mis_adapter::v1::{
-    ImportCtfRequest, StreamSyncRequest, SyncMark, SyncMarksRequest, SyncPupil,
-    SyncPupilsRequest, stream_sync_request,
+    ImportCtfRequest, StreamSyncRequest, SyncMark, SyncMarksRequest, SyncPupil, SyncPupilsRequest,
+    stream_sync_request,
 };
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{
@@ -360,7 +360,11 @@ async fn deadline_rolls_back_import() {
         .await
         .expect("database");
     let work = tempfile::tempdir().expect("temporary folder");
-    let running = start(work.path(), Some(&url), ServerLimits::default()).await;
+    let limits = ServerLimits {
+        request_timeout: Duration::from_secs(3),
+        ..ServerLimits::default()
+    };
+    let running = start(work.path(), Some(&url), limits).await;
     let mut registers = RegistersServiceClient::new(channel(&running).await);
 
     // The import's last write records its request id. A lock on that table makes the import
@@ -374,22 +378,34 @@ async fn deadline_rolls_back_import() {
         .await
         .expect("lock the imports table");
 
-    let mut request = tonic::Request::new(tokio_stream::iter(import("deadline", &[1, 2])));
-    request.set_timeout(Duration::from_secs(1));
     let status = registers
-        .import_register(request)
+        .import_register(tokio_stream::iter(import("deadline", &[1, 2])))
         .await
         .expect_err("the import cannot commit while the table is locked");
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert!(
-        status.message().contains("deadline"),
+        status.message().contains("--request-timeout"),
         "{}",
         status.message()
     );
+
+    // A client's shorter deadline stops the request too. tonic's client runs its own timer for
+    // the deadline it sends, and may end the call first with CANCELLED.
+    let mut request = tonic::Request::new(tokio_stream::iter(import("client-deadline", &[4])));
+    request.set_timeout(Duration::from_millis(500));
+    let status = registers
+        .import_register(request)
+        .await
+        .expect_err("the import cannot commit while the table is locked");
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    wait_for_in_flight(&running, 0).await;
     lock.rollback().await.expect("release the lock");
 
-    // The request id was not recorded: the same id applies a new import. It waits for the
-    // write lock the stopped import held, so it runs only once that import has rolled back.
+    // Neither request id was recorded: the same id applies a new import. It waits for the
+    // write lock the stopped imports held, so it runs only once they have rolled back.
     let response = registers
         .import_register(tokio_stream::iter(import("deadline", &[3])))
         .await
@@ -493,10 +509,7 @@ async fn overload_sheds_with_retry_advice() {
     sync.sync_pupils(pupils_batch("sync-under-load", &[3]))
         .await
         .expect("a sync batch within the limit succeeds");
-    sender
-        .send(import_pupil(4))
-        .await
-        .expect("queue a pupil");
+    sender.send(import_pupil(4)).await.expect("queue a pupil");
     drop(sender);
     held.await
         .expect("import task")
@@ -533,7 +546,8 @@ async fn request_timeout_spares_streams() {
     sender
         .send(StreamSyncRequest {
             batch: Some(stream_sync_request::Batch::Pupils(pupils_batch(
-                "late", &[1],
+                "late",
+                &[1],
             ))),
         })
         .await
@@ -561,7 +575,10 @@ async fn serve_rejects_bad_limit_flags() {
             &["--max-message-bytes", "1000"],
             &["--max-message-bytes", "'1000'"],
         ),
-        (&["--request-timeout", "86400"], &["--request-timeout", "'86400'"]),
+        (
+            &["--request-timeout", "86400"],
+            &["--request-timeout", "'86400'"],
+        ),
         (
             &["--max-batch-rows", "500", "--max-import-items", "100"],
             &["--max-import-items 100", "--max-batch-rows 500"],

@@ -41,6 +41,10 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Infallible>> + Send>>;
 /// The path prefix of the gRPC health service, which no limit applies to.
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
 
+/// The time before a client's deadline at which this layer ends a request, so that it does so
+/// before tonic's own timer, whose tick is a millisecond.
+const CLIENT_DEADLINE_MARGIN: Duration = Duration::from_millis(5);
+
 /// The shortest interval between two log lines about shed requests.
 const SHED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -161,9 +165,7 @@ where
             request.map(|body| Body::new(MessageSizeLimit::new(body, shared.max_message_bytes)));
         Box::pin(async move {
             let result = if exempt {
-                Timeout::new(inner, deadline.timeout)
-                    .oneshot(request)
-                    .await
+                Timeout::new(inner, deadline.timeout).oneshot(request).await
             } else {
                 let counted = LoadShed::new(ConcurrencyLimit::with_semaphore(
                     inner,
@@ -185,6 +187,8 @@ where
 /// `grpc-timeout`.
 #[derive(Debug, Clone, Copy)]
 struct Deadline {
+    /// The deadline the client sent, or the server's timeout, as messages give it.
+    limit: Duration,
     timeout: Duration,
     from_client: bool,
 }
@@ -196,11 +200,15 @@ impl Deadline {
             .and_then(|value| value.to_str().ok())
             .and_then(parse_grpc_timeout)
         {
+            // tonic's server also stops a request at the client's grpc-timeout, but answers
+            // CANCELLED. Ending it here a moment earlier gives the client DEADLINE_EXCEEDED.
             Some(client) if client < server => Deadline {
-                timeout: client,
+                limit: client,
+                timeout: client - CLIENT_DEADLINE_MARGIN.min(client / 2),
                 from_client: true,
             },
             _ => Deadline {
+                limit: server,
                 timeout: server,
                 from_client: false,
             },
@@ -237,11 +245,11 @@ fn status_for_error(error: impl Into<BoxError>, shared: &Shared, deadline: Deadl
     }
     if error.is::<Elapsed>() {
         tracing::warn!(
-            timeout_ms = deadline.timeout.as_millis(),
+            timeout_ms = deadline.limit.as_millis(),
             from_client = deadline.from_client,
             "Request stopped at its deadline"
         );
-        return deadline_exceeded(deadline.timeout, deadline.from_client);
+        return deadline_exceeded(deadline.limit, deadline.from_client);
     }
     Status::from_error(error)
 }
@@ -279,11 +287,17 @@ mod tests {
     #[test]
     fn grpc_timeout_units_parse() {
         assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_grpc_timeout("1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            parse_grpc_timeout("1500m"),
+            Some(Duration::from_millis(1500))
+        );
         assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
         assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_grpc_timeout("10u"), Some(Duration::from_micros(10)));
-        assert_eq!(parse_grpc_timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(
+            parse_grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
     }
 
     #[test]
@@ -303,7 +317,7 @@ mod tests {
 
         headers.insert("grpc-timeout", http::HeaderValue::from_static("5S"));
         let deadline = Deadline::of(&headers, server);
-        assert_eq!(deadline.timeout, Duration::from_secs(5));
+        assert_eq!(deadline.timeout, Duration::from_millis(4_995));
         assert!(deadline.from_client);
 
         headers.insert("grpc-timeout", http::HeaderValue::from_static("10M"));

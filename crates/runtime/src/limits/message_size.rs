@@ -87,7 +87,11 @@ pub(super) fn message_too_large(length: u64, limit: usize) -> Status {
          --max-message-bytes allows: send smaller messages (split the batch or the file), or ask \
          the operator to raise --max-message-bytes (ROLLCALL_MAX_MESSAGE_BYTES)"
     );
-    tracing::warn!(length, limit, "Rejected a request message over --max-message-bytes");
+    tracing::warn!(
+        length,
+        limit,
+        "Rejected a request message over --max-message-bytes"
+    );
     let mut details = ErrorDetails::new();
     details.add_quota_failure_violation(
         "max-message-bytes",

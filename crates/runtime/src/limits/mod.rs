@@ -109,7 +109,8 @@ impl ServerLimits {
             );
         }
         let seconds = self.request_timeout.as_secs();
-        if self.request_timeout < Duration::from_secs(1) || self.request_timeout > MAX_REQUEST_TIMEOUT
+        if self.request_timeout < Duration::from_secs(1)
+            || self.request_timeout > MAX_REQUEST_TIMEOUT
         {
             bail!(
                 "invalid --request-timeout {seconds}: give a number of seconds from 1 to {}",
@@ -258,7 +259,9 @@ mod tests {
         let status = overloaded(8);
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(
-            status.get_details_retry_info().and_then(|info| info.retry_delay),
+            status
+                .get_details_retry_info()
+                .and_then(|info| info.retry_delay),
             Some(RETRY_AFTER)
         );
         assert_eq!(
