@@ -79,6 +79,18 @@ BAD_VALUES = [
     (SCHEMA, "unknown log format", {"logFormat": "xml"}, "/logFormat"),
     (
         SCHEMA,
+        "no requests in flight allowed",
+        {"limits": {"maxConcurrentRequests": 0}},
+        "/limits/maxConcurrentRequests",
+    ),
+    (
+        SCHEMA,
+        "message limit under 4 MiB",
+        {"limits": {"maxMessageBytes": 1000}},
+        "/limits/maxMessageBytes",
+    ),
+    (
+        SCHEMA,
         "resources without limits",
         {"services": {"cases": {"resources": {"limits": None}}}},
         "/services/cases/resources",

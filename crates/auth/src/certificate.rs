@@ -21,6 +21,16 @@ pub(crate) fn service_principal<B>(request: &http::Request<B>) -> Option<Princip
     )))
 }
 
+/// True when the caller presented a client certificate, which the TLS layer accepts only when
+/// the services' CA signed it.
+pub(crate) fn has_client_certificate<B>(request: &http::Request<B>) -> bool {
+    request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(TlsConnectInfo::peer_certs)
+        .is_some_and(|chain| !chain.is_empty())
+}
+
 /// Returns the peer address of a plain or TLS connection, as text.
 pub(crate) fn peer_address<B>(request: &http::Request<B>) -> String {
     let extensions = request.extensions();

@@ -141,6 +141,21 @@ impl Authenticator {
         }
     }
 
+    /// True when `request` comes from another of rollcall's own services: it carries this
+    /// process's internal key, or a client certificate that the TLS layer verified against
+    /// the services' CA.
+    pub fn is_service_call<B>(&self, request: &http::Request<B>) -> bool {
+        if crate::certificate::has_client_certificate(request) {
+            return true;
+        }
+        request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| bearer_token(value).ok())
+            .is_some_and(|token| self.internal.matches(token))
+    }
+
     /// Returns the subject of the token in a rejected call's `authorization` header when its
     /// signature, issuer and audience check out (see [`TokenVerifier::signed_subject`]), and
     /// an empty string otherwise.

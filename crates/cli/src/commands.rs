@@ -16,6 +16,7 @@ use rollcall_api::convert::from_timestamp;
 use rollcall_api::mis_adapter::v1::ImportCtfRequest;
 use rollcall_api::policy::v1::GetSchoolAttendanceRequest;
 use rollcall_api::registers::v1::GetSchoolRequest;
+use rollcall_runtime::limits;
 use rollcall_runtime::telemetry::{self, LogFormat};
 use rollcall_runtime::tls::TlsFiles;
 use rollcall_runtime::{ServiceName, StorageConfig};
@@ -262,6 +263,59 @@ struct ServeArgs {
     /// the like with --only).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// The largest gRPC message, in bytes, that each service accepts or sends, from 4 MiB to
+    /// 1 GiB. A larger request gets RESOURCE_EXHAUSTED. See docs/limits.md.
+    #[arg(
+        long,
+        env = "ROLLCALL_MAX_MESSAGE_BYTES",
+        value_name = "BYTES",
+        default_value_t = limits::DEFAULT_MAX_MESSAGE_BYTES as u64,
+        value_parser = clap::value_parser!(u64)
+            .range(limits::MIN_MESSAGE_BYTES as u64..=limits::MAX_MESSAGE_BYTES_LIMIT as u64)
+    )]
+    max_message_bytes: u64,
+    /// The most rows in one MIS sync batch: SyncPupils, SyncMarks, and each batch of
+    /// StreamSync. A larger batch gets INVALID_ARGUMENT and nothing is stored.
+    #[arg(
+        long,
+        env = "ROLLCALL_MAX_BATCH_ROWS",
+        value_name = "ROWS",
+        default_value_t = limits::DEFAULT_MAX_BATCH_ROWS as u64,
+        value_parser = clap::value_parser!(u64).range(1..=limits::MAX_BATCH_ROWS_LIMIT as u64)
+    )]
+    max_batch_rows: u64,
+    /// The most pupils and marks, counted together, in one ImportRegister stream, which a CTF
+    /// import sends whole. A larger import gets INVALID_ARGUMENT and nothing is stored.
+    #[arg(
+        long,
+        env = "ROLLCALL_MAX_IMPORT_ITEMS",
+        value_name = "ITEMS",
+        default_value_t = limits::DEFAULT_MAX_IMPORT_ITEMS as u64,
+        value_parser = clap::value_parser!(u64).range(1..=limits::MAX_IMPORT_ITEMS_LIMIT as u64)
+    )]
+    max_import_items: u64,
+    /// Seconds a request may run before it ends with DEADLINE_EXCEEDED and its changes roll
+    /// back. A client's shorter grpc-timeout applies instead. Streamed responses are not cut.
+    #[arg(
+        long,
+        env = "ROLLCALL_REQUEST_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = limits::DEFAULT_REQUEST_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..=limits::MAX_REQUEST_TIMEOUT.as_secs())
+    )]
+    request_timeout: u64,
+    /// The most requests in flight at once. Further requests get UNAVAILABLE at once, with a
+    /// hint to retry later. Health checks and calls between rollcall's services are not
+    /// counted.
+    #[arg(
+        long,
+        env = "ROLLCALL_MAX_CONCURRENT_REQUESTS",
+        value_name = "REQUESTS",
+        default_value_t = limits::DEFAULT_MAX_CONCURRENT_REQUESTS as u64,
+        value_parser = clap::value_parser!(u64)
+            .range(1..=limits::MAX_CONCURRENT_REQUESTS_LIMIT as u64)
+    )]
+    max_concurrent_requests: u64,
 }
 
 #[derive(Debug, Args)]
@@ -541,6 +595,14 @@ async fn serve(
     config.only = args.only.iter().copied().collect();
     config.peer_urls = services.by_service();
     config.health_listen = args.health_listen;
+    // clap has checked each value's range, so every value fits in usize.
+    config.limits = limits::ServerLimits {
+        max_message_bytes: usize::try_from(args.max_message_bytes)?,
+        max_batch_rows: usize::try_from(args.max_batch_rows)?,
+        max_import_items: usize::try_from(args.max_import_items)?,
+        request_timeout: Duration::from_secs(args.request_timeout),
+        max_concurrent_requests: usize::try_from(args.max_concurrent_requests)?,
+    };
     config.tls = tls;
     config.authentication = match (&args.auth, args.dev) {
         (Some(path), _) => Authentication::Tokens(rollcall_auth::TokenSettings::from_file(path)?),

@@ -27,6 +27,7 @@ use rollcall_referrals::{
     Referrals, ReferralsConfig, load_or_create_signing_key, read_signing_key,
 };
 use rollcall_registers::Registers;
+use rollcall_runtime::limits::{LimitsLayer, ServerLimits};
 use rollcall_runtime::shutdown::StopSignal;
 use rollcall_runtime::storage::connect;
 use rollcall_runtime::tls::{Tls, TlsFiles};
@@ -76,6 +77,8 @@ pub struct ServerConfig {
     /// A second, plain-text address that serves only gRPC health checks, for probes that
     /// cannot speak TLS (such as Kubernetes' own).
     pub health_listen: Option<SocketAddr>,
+    /// Message size, batch size, request timeout and requests in flight; see docs/limits.md.
+    pub limits: ServerLimits,
 }
 
 /// How `rollcall serve` authenticates callers.
@@ -109,6 +112,7 @@ impl ServerConfig {
             peer_urls: BTreeMap::new(),
             tls: TlsFiles::default(),
             health_listen: None,
+            limits: ServerLimits::default(),
         })
     }
 
@@ -138,6 +142,7 @@ pub struct RunningServer {
     stop_signal: StopSignal,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     followers: Vec<JoinHandle<()>>,
+    limits: LimitsLayer,
 }
 
 impl RunningServer {
@@ -145,6 +150,12 @@ impl RunningServer {
     pub fn url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}", self.addr)
+    }
+
+    /// Returns the number of requests in flight that count against
+    /// `--max-concurrent-requests`.
+    pub fn requests_in_flight(&self) -> usize {
+        self.limits.in_flight()
     }
 
     /// Stops the server and waits for it to finish.
@@ -237,6 +248,7 @@ async fn first_finished(
 
 /// Checks the settings that depend on each other before anything is bound or connected.
 fn check(config: &ServerConfig, hosted: &BTreeSet<ServiceName>, tls: &Tls) -> anyhow::Result<()> {
+    config.limits.check()?;
     let development = matches!(config.authentication, Authentication::Development);
     if development && !config.listen.ip().is_loopback() {
         bail!(
@@ -361,6 +373,8 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         storage = %config.storage.describe(),
         "Starting rollcall"
     );
+    config.limits.log();
+    let max_message_bytes = config.limits.max_message_bytes;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -494,8 +508,15 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let mut health_names = vec![""];
 
     if let Some(db) = registers_db {
-        let registers = Registers::new(db, stopping.clone()).await?;
-        routes.add_service(registers.into_server());
+        let registers = Registers::new(db, stopping.clone())
+            .await?
+            .with_max_import_items(config.limits.max_import_items);
+        routes.add_service(
+            registers
+                .into_server()
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+        );
         health_names.push(<RegistersServiceServer<Registers> as NamedService>::NAME);
     }
     if let Some(db) = policy_db {
@@ -507,7 +528,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         )
         .await?;
         followers.extend([policy.start_follower(), policy.start_upn_follower()]);
-        routes.add_service(policy.into_server());
+        routes.add_service(
+            policy
+                .into_server()
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+        );
         health_names.push(<PolicyServiceServer<Policy> as NamedService>::NAME);
     }
     if let Some(db) = cases_db {
@@ -522,7 +548,12 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         .with_retention_years(config.case_retention_years)?;
         followers.extend([cases.start_follower(), cases.start_upn_follower()]);
         followers.extend(cases.start_messaging());
-        routes.add_service(cases.into_server());
+        routes.add_service(
+            cases
+                .into_server()
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+        );
         health_names.push(<CasesServiceServer<Cases> as NamedService>::NAME);
     }
     if let Some(db) = referrals_db {
@@ -537,11 +568,17 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             referrals.start_upn_follower(),
             referrals.start_evidence_follower(),
         ]);
-        routes.add_service(referrals.into_server());
+        routes.add_service(
+            referrals
+                .into_server()
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+        );
         health_names.push(<ReferralsServiceServer<Referrals> as NamedService>::NAME);
     }
     if let Some(db) = adapter_db {
-        let sync = MisSync::new(db.clone(), peers.registers.clone());
+        let sync = MisSync::new(db.clone(), peers.registers.clone())
+            .with_max_batch_rows(config.limits.max_batch_rows);
         // Connectors apply what they read through the MIS sync service of this process.
         let adapter = MisAdapter::new(db, peers.registers.clone(), local.clone())
             .with_delivery(config.delivery.clone())?
@@ -551,16 +588,38 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         // The listeners are bound already, so a connector run that starts now reaches the
         // sync service once the servers below start accepting.
         followers.extend(adapter.start_connectors().await?);
-        routes.add_service(adapter.into_server());
-        routes.add_service(sync.into_server());
+        routes.add_service(
+            adapter
+                .into_server()
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+        );
+        routes.add_service(
+            sync.into_server()
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+        );
         health_names.push(<MisAdapterServiceServer<MisAdapter> as NamedService>::NAME);
         health_names.push(<MisSyncServiceServer<MisSync> as NamedService>::NAME);
     }
     if hosts(ServiceName::Audit) {
-        routes.add_service(Audit::new(audit_store.clone()).into_server());
+        routes.add_service(
+            Audit::new(audit_store.clone())
+                .into_server()
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+        );
         health_names.push(<AuditServiceServer<Audit> as NamedService>::NAME);
     }
     let routes = routes.routes();
+    // Calls between rollcall's own services are not counted against the limit on requests in
+    // flight: each serves a request already counted where it entered.
+    let limits_layer = {
+        let authenticator = Arc::clone(&authenticator);
+        LimitsLayer::new(&config.limits, move |request| {
+            authenticator.is_service_call(request)
+        })
+    };
     let auth_layer = AuthLayer::new(authenticator).with_audit(Arc::new(audit_store));
 
     let (close, closed) = watch::channel(false);
@@ -571,6 +630,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     let mut tasks = Vec::new();
     let main = main_server
         .layer(rollcall_runtime::telemetry::GrpcTelemetryLayer::new())
+        .layer(limits_layer.clone())
         .layer(auth_layer.clone())
         .add_routes(routes.clone())
         .serve_with_incoming_shutdown(
@@ -583,6 +643,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     if let Some(listener) = internal_listener {
         let internal = Server::builder()
             .layer(rollcall_runtime::telemetry::GrpcTelemetryLayer::new())
+            .layer(limits_layer.clone())
             .layer(auth_layer)
             .add_routes(routes)
             .serve_with_incoming_shutdown(
@@ -615,6 +676,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         stop_signal,
         tasks,
         followers,
+        limits: limits_layer,
     })
 }
 

@@ -111,9 +111,9 @@ pub fn channel(url: &str, credentials: Credentials) -> anyhow::Result<Channel> {
     Ok(credentials.attach(endpoint.connect_lazy()))
 }
 
-/// The largest gRPC message the services accept or send, in bytes. A Common Transfer File for
-/// a large secondary school over a full year is a few megabytes.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// The largest gRPC message, in bytes, that rollcall's clients send or accept, and that the
+/// services accept or send unless `rollcall serve --max-message-bytes` sets another limit.
+pub const MAX_MESSAGE_BYTES: usize = crate::limits::DEFAULT_MAX_MESSAGE_BYTES;
 
 /// Parses a LAESTAB request field, or returns INVALID_ARGUMENT naming it.
 pub fn laestab(field: &str, value: &str) -> Result<String, Status> {

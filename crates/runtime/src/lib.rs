@@ -2,6 +2,7 @@
 //! mapping of errors to gRPC statuses.
 
 pub mod grpc;
+pub mod limits;
 pub mod services;
 pub mod shutdown;
 pub mod storage;

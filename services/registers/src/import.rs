@@ -328,10 +328,12 @@ impl Plan<'_> {
     }
 }
 
-/// Reads the whole stream after its header and checks every item.
+/// Reads the whole stream after its header and checks every item. A stream of more than
+/// `max_items` pupils and marks is rejected as soon as the item past the limit arrives.
 pub(crate) async fn read_request(
     header: ImportHeader,
     stream: &mut Streaming<ImportRegisterRequest>,
+    max_items: usize,
 ) -> Result<ImportRequest, Status> {
     if header.request_id.trim().is_empty() && !header.dry_run {
         return Err(invalid_argument(
@@ -386,11 +388,16 @@ pub(crate) async fn read_request(
                 ));
             }
             Some(Item::Pupil(pupil)) => {
+                check_item_count(request.pupils_sent + request.marks_sent + 1, max_items)?;
                 let index = request.pupils_sent;
                 request.pupils_sent += 1;
                 request.add_pupil(index, &pupil, &mut pupil_rows)?;
             }
             Some(Item::Marks(ImportMarks { marks: batch })) => {
+                check_item_count(
+                    request.pupils_sent + request.marks_sent + batch.len(),
+                    max_items,
+                )?;
                 for mark in batch {
                     let index = request.marks_sent;
                     request.marks_sent += 1;
@@ -400,6 +407,23 @@ pub(crate) async fn read_request(
         }
     }
     Ok(request)
+}
+
+/// Rejects an import once `count` pupils and marks exceed `max_items`. The count is of the
+/// items received so far, so the whole stream may hold more.
+fn check_item_count(count: usize, max_items: usize) -> Result<(), Status> {
+    if count > max_items {
+        return Err(invalid_argument(
+            "item",
+            &count.to_string(),
+            format!(
+                "an import carries at most {max_items} pupils and marks together (the server's \
+                 --max-import-items), and this one has at least {count}: split it into imports \
+                 of at most {max_items}, or ask the operator to raise --max-import-items"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl ImportRequest {

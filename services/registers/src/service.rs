@@ -65,6 +65,8 @@ pub struct Registers {
     db: Db,
     feed_head: watch::Sender<i64>,
     stopping: Stopping,
+    /// The most pupils and marks, together, that one import may carry.
+    max_import_items: usize,
 }
 
 impl Registers {
@@ -76,7 +78,15 @@ impl Registers {
             db,
             feed_head,
             stopping,
+            max_import_items: rollcall_runtime::limits::DEFAULT_MAX_IMPORT_ITEMS,
         })
+    }
+
+    /// Sets the most pupils and marks, together, that one import may carry
+    /// (`--max-import-items`).
+    pub fn with_max_import_items(mut self, max_import_items: usize) -> Self {
+        self.max_import_items = max_import_items;
+        self
     }
 
     /// Reads a school's calendar, or fails with FAILED_PRECONDITION when it has none.
@@ -218,7 +228,7 @@ impl RegistersService for Registers {
             .map(|school| school.laestab.clone())
             .unwrap_or_default();
         caller.school(&laestab("header.school.laestab", &named)?)?;
-        let import = import::read_request(header, &mut stream).await.inspect_err(|status| {
+        let import = import::read_request(header, &mut stream, self.max_import_items).await.inspect_err(|status| {
             tracing::warn!(code = ?status.code(), message = status.message(), "Import rejected; nothing stored");
         })?;
         let request_id = import.request_id().to_owned();

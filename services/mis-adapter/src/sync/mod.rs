@@ -34,12 +34,11 @@ use rollcall_runtime::Db;
 use rollcall_runtime::grpc::{
     MAX_MESSAGE_BYTES, invalid_argument, laestab, storage_error, upstream_error,
 };
+use rollcall_runtime::limits::{DEFAULT_MAX_BATCH_ROWS, batch_too_large};
 use sha2::{Digest, Sha256};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument as _;
-
-pub(crate) use rows::MAX_ROWS;
 
 use self::rows::{MAX_ID_CHARS, Replacement, ReplacementOutcome, counts};
 use self::store::{BatchRecord, StoredBatch};
@@ -55,6 +54,8 @@ const DEFAULT_SOURCE: &str = "MIS sync";
 pub struct MisSync {
     db: Db,
     registers: RegistersServiceClient<Channel>,
+    /// The most rows a pupils or marks batch may carry.
+    max_batch_rows: usize,
 }
 
 /// The kind of a batch, kept with its stored result and named in messages.
@@ -89,7 +90,28 @@ impl MisSync {
             registers: RegistersServiceClient::new(registers)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            max_batch_rows: DEFAULT_MAX_BATCH_ROWS,
         }
+    }
+
+    /// Sets the most rows a pupils or marks batch may carry (`--max-batch-rows`).
+    pub fn with_max_batch_rows(mut self, max_batch_rows: usize) -> Self {
+        self.max_batch_rows = max_batch_rows;
+        self
+    }
+
+    /// Rejects a batch of more rows than `--max-batch-rows` allows, before anything is read or
+    /// stored.
+    fn check_row_count(&self, field: &str, count: usize) -> Result<(), Status> {
+        if count > self.max_batch_rows {
+            return Err(batch_too_large(
+                field,
+                count,
+                self.max_batch_rows,
+                "--max-batch-rows",
+            ));
+        }
+        Ok(())
     }
 
     /// Wraps the service in its tonic server.
@@ -326,7 +348,7 @@ impl MisSync {
         request: SyncPupilsRequest,
     ) -> Result<SyncPupilsResponse, Status> {
         let school = laestab("laestab", &request.laestab)?;
-        check_row_count("pupils", request.pupils.len())?;
+        self.check_row_count("pupils", request.pupils.len())?;
         let (idempotency, replay) = self
             .check_key::<SyncPupilsResponse>(
                 &school,
@@ -426,7 +448,7 @@ impl MisSync {
         request: SyncMarksRequest,
     ) -> Result<SyncMarksResponse, Status> {
         let school = laestab("laestab", &request.laestab)?;
-        check_row_count("marks", request.marks.len())?;
+        self.check_row_count("marks", request.marks.len())?;
         let (idempotency, replay) = self
             .check_key::<SyncMarksResponse>(
                 &school,
@@ -666,17 +688,6 @@ fn check_key(key: &str) -> Result<String, Status> {
     Ok(key.to_owned())
 }
 
-fn check_row_count(field: &str, count: usize) -> Result<(), Status> {
-    if count > MAX_ROWS {
-        return Err(invalid_argument(
-            field,
-            &count.to_string(),
-            format!("a batch carries at most {MAX_ROWS} rows; split it into smaller batches"),
-        ));
-    }
-    Ok(())
-}
-
 fn reused_key(school: &str, key: &str, stored: &StoredBatch) -> Status {
     let message = format!(
         "idempotency key {key:?} was used at school {school} on {} for a {} batch with other \
@@ -767,7 +778,10 @@ impl MisSyncService for MisSync {
                 let message = match incoming.next().await {
                     None => break,
                     Some(Err(status)) => {
-                        tracing::warn!(batches = index, code = ?status.code(), "Sync stream broke off");
+                        // A message over --max-message-bytes ends up here, and the client
+                        // learns of it only if the status is sent back.
+                        tracing::warn!(batches = index, code = ?status.code(), message = status.message(), "Sync stream broke off");
+                        let _ = sender.send(Err(status)).await;
                         break;
                     }
                     Some(Ok(message)) => message,

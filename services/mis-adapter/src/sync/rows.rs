@@ -7,9 +7,6 @@ use rollcall_api::mis_adapter::v1::{RowCounts, RowOutcome, RowResult, SyncMark, 
 use rollcall_api::registers::v1::{ImportItemOutcome, ImportItemResult, ImportPupil, Mark, Pupil};
 use rollcall_domain::Upn;
 
-/// The maximum number of rows in a batch.
-pub(crate) const MAX_ROWS: usize = 10_000;
-
 /// The longest MIS id or idempotency key accepted, in characters.
 pub(crate) const MAX_ID_CHARS: usize = 128;
 
