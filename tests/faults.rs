@@ -661,7 +661,7 @@ struct AckedBatches {
 
 /// Sends one SyncMarks batch per session of the second school, each under its own key, until
 /// `stop` is set. A failed batch is sent again with the same key until it succeeds, as
-/// docs/mis-vendors.md tells MIS vendors to do. A batch that succeeded is never sent again.
+/// docs/mis-vendors.md asks of MIS vendors. A batch that succeeded is never sent again.
 async fn send_acked_batches(
     url: String,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,

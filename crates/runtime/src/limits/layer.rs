@@ -200,7 +200,7 @@ impl Deadline {
             .and_then(|value| value.to_str().ok())
             .and_then(parse_grpc_timeout)
         {
-            // tonic's server also stops a request at the client's grpc-timeout, but answers
+            // tonic's server also stops a request at the client's grpc-timeout, but returns
             // CANCELLED. Ending it here a moment earlier gives the client DEADLINE_EXCEEDED.
             Some(client) if client < server => Deadline {
                 limit: client,

@@ -27,7 +27,7 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// The default of `--max-concurrent-requests`.
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 64;
 
-/// The wait a shed request is told to leave before it retries.
+/// The delay a shed request is given in its retry advice.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The smallest `--max-message-bytes`: 4 MiB, gRPC's own default. Smaller messages would cut
@@ -50,14 +50,14 @@ pub const MAX_CONCURRENT_REQUESTS_LIMIT: usize = 100_000;
 pub struct ServerLimits {
     /// The largest message, in bytes, a service accepts or sends.
     pub max_message_bytes: usize,
-    /// The most rows in one SyncPupils or SyncMarks batch, also within StreamSync.
+    /// The maximum number of rows in one SyncPupils or SyncMarks batch, also within StreamSync.
     pub max_batch_rows: usize,
-    /// The most pupils and marks, counted together, in one ImportRegister stream.
+    /// The maximum number of pupils and marks, counted together, in one ImportRegister stream.
     pub max_import_items: usize,
-    /// The longest a request may run before it ends with DEADLINE_EXCEEDED. A shorter
+    /// The maximum time a request may run before it ends with DEADLINE_EXCEEDED. A shorter
     /// `grpc-timeout` from the client applies instead. Streamed responses are not cut.
     pub request_timeout: Duration,
-    /// The most requests in flight at once. Further requests get UNAVAILABLE at once, except
+    /// The maximum number of requests in flight. Further requests get UNAVAILABLE at once, except
     /// health checks and calls between rollcall's own services.
     pub max_concurrent_requests: usize,
 }
