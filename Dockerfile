@@ -9,14 +9,13 @@
 # Keep in step with the channel in rust-toolchain.toml; the builder stage checks that they agree.
 ARG RUST_VERSION=1.95.0
 
-# Only the Cargo manifests and the lock file, with empty sources, so that the layer that
-# downloads the crates is rebuilt only when they change.
+# The Cargo manifests and the lock file, with every other file emptied, so that the layer that
+# downloads the crates is rebuilt only when they change or files are added or removed. Empty
+# files keep every target a manifest names (benches, binaries) where cargo looks for it.
 FROM rust:${RUST_VERSION}-bookworm AS manifests
 WORKDIR /src
 COPY . .
-RUN find . -type f ! -name Cargo.toml ! -name Cargo.lock -delete \
-    && find . -name Cargo.toml -execdir sh -c 'mkdir -p src && touch src/lib.rs' \; \
-    && touch src/main.rs
+RUN find . -type f ! -name Cargo.toml ! -name Cargo.lock -exec truncate -s 0 {} +
 
 FROM rust:${RUST_VERSION}-bookworm AS builder
 ARG RUST_VERSION
