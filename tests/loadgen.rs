@@ -80,6 +80,10 @@ async fn loadgen_statistics_agree_with_sql() {
 #[tokio::test]
 async fn loadgen_memory_reads_proc_status() {
     let report = loadgen(&["memory", "--pupils", "10", "--days", "1"]).await;
-    assert_positive(row(&report, "resident memory (postgres)", "peak MiB, no pupils"));
+    assert_positive(row(
+        &report,
+        "resident memory (postgres)",
+        "peak MiB, no pupils",
+    ));
     assert_positive(row(&report, "resident memory (10 pupils", "peak MiB"));
 }

@@ -231,7 +231,15 @@ pub(crate) async fn postgres_aggregate(
     let totals = rows
         .into_iter()
         .map(
-            |(laestab, pupils, present, approved_activity, authorised, unauthorised, persistent)| {
+            |(
+                laestab,
+                pupils,
+                present,
+                approved_activity,
+                authorised,
+                unauthorised,
+                persistent,
+            )| {
                 SchoolTotals {
                     laestab,
                     pupils,

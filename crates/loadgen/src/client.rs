@@ -39,8 +39,7 @@ pub(crate) async fn sync_pupils(
 ) -> anyhow::Result<()> {
     let mut client = mis_client(channel.clone());
     for school in schools {
-        for request in data::pupils_requests(school, 10_000, &format!("{key}-{}", school.laestab))
-        {
+        for request in data::pupils_requests(school, 10_000, &format!("{key}-{}", school.laestab)) {
             let response = client
                 .sync_pupils(request)
                 .await
@@ -154,7 +153,9 @@ pub(crate) async fn send_marks(
     concurrency: usize,
     key: &str,
 ) -> anyhow::Result<Sent> {
-    let queue = Arc::new(Mutex::new(batches.into_iter().enumerate().collect::<VecDeque<_>>()));
+    let queue = Arc::new(Mutex::new(
+        batches.into_iter().enumerate().collect::<VecDeque<_>>(),
+    ));
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency.max(1) {
@@ -165,7 +166,10 @@ pub(crate) async fn send_marks(
         workers.push(tokio::spawn(async move {
             let mut sent = Sent::default();
             loop {
-                let next = queue.lock().map_err(|_| anyhow::anyhow!("queue poisoned"))?.pop_front();
+                let next = queue
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("queue poisoned"))?
+                    .pop_front();
                 let Some((number, batch)) = next else {
                     return anyhow::Ok(sent);
                 };

@@ -152,11 +152,7 @@ fn generate_school(
     let mut pupils = Vec::with_capacity(generated.file.pupils.len());
     let mut marks = Vec::new();
     for (number, pupil) in generated.file.pupils.into_iter().enumerate() {
-        let Some(sessions) = pupil
-            .attendance
-            .into_iter()
-            .find_map(|year| year.sessions)
-        else {
+        let Some(sessions) = pupil.attendance.into_iter().find_map(|year| year.sessions) else {
             continue;
         };
         let index = u32::try_from(pupils.len())?;

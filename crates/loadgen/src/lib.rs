@@ -128,7 +128,10 @@ pub async fn run(args: Vec<String>) -> anyhow::Result<String> {
 
 async fn all(context: &mut Context, args: AllArgs) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
-    for storage in [scenarios::StorageKind::Postgres, scenarios::StorageKind::Sqlite] {
+    for storage in [
+        scenarios::StorageKind::Postgres,
+        scenarios::StorageKind::Sqlite,
+    ] {
         let ingest = IngestArgs {
             storage,
             marks: args.marks,

@@ -158,7 +158,14 @@ pub fn markdown(report: &Report) -> String {
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::ASCII_MARKDOWN);
     table.set_header([
-        "scenario", "measure", "rollcall", "anchor", "anchor value", "ratio", "goal", "met",
+        "scenario",
+        "measure",
+        "rollcall",
+        "anchor",
+        "anchor value",
+        "ratio",
+        "goal",
+        "met",
     ]);
     for row in &report.rows {
         let (anchor_name, anchor_value) = match &row.anchor {

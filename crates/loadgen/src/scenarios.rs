@@ -22,10 +22,10 @@ use crate::null;
 use crate::report::{Goal, Row, percentile_ms};
 use crate::serve::{Memory, Server, Storage};
 
-/// Longest wait for the policy service to catch up with the change feed.
+/// Maximum wait for the policy service to catch up with the change feed.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// What every scenario shares: the server binary, the number of runs and a work folder.
+/// Settings and state every scenario shares: the server binary, the number of runs and a work folder.
 #[derive(Debug)]
 pub(crate) struct Context {
     pub(crate) rollcall: PathBuf,
@@ -62,7 +62,10 @@ impl Context {
                     progress("starting a throwaway PostgreSQL server");
                     self.postgres = Some(rollcall_testkit::postgres().await?);
                 }
-                let server = self.postgres.as_ref().context("PostgreSQL server missing")?;
+                let server = self
+                    .postgres
+                    .as_ref()
+                    .context("PostgreSQL server missing")?;
                 Ok(Storage::Postgres(server.create_database().await?))
             }
         }
@@ -95,7 +98,7 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// Every mark of every school, as ranges for [`client::batches`].
+/// Returns every mark of every school, as ranges for [`client::batches`].
 fn all_marks(schools: &[School]) -> Vec<(usize, std::ops::Range<usize>)> {
     schools
         .iter()
@@ -299,7 +302,7 @@ async fn bursts(
     Ok((rates, latencies))
 }
 
-/// The morning burst against rollcall on PostgreSQL and against the do-nothing server, with
+/// Runs the morning burst against rollcall on PostgreSQL and against the do-nothing server, with
 /// a COPY of the stored marks as the throughput anchor, in each run.
 pub(crate) async fn burst(context: &mut Context, args: BurstArgs) -> anyhow::Result<Vec<Row>> {
     let sessions = args.rounds + 1;
@@ -328,8 +331,6 @@ pub(crate) async fn burst(context: &mut Context, args: BurstArgs) -> anyhow::Res
             start = end;
         }
     }
-    // Registers go to the server school by school; turn them into per-round lists.
-    let per_round: Vec<Vec<std::ops::Range<usize>>> = registers;
 
     let (mut rates, mut copy_rates, mut p50, mut p99) = (vec![], vec![], vec![], vec![]);
     let (mut null_rates, mut null_p50, mut null_p99) = (vec![], vec![], vec![]);
@@ -341,7 +342,7 @@ pub(crate) async fn burst(context: &mut Context, args: BurstArgs) -> anyhow::Res
         drop(channel);
         progress(&format!("run {}: bursts against rollcall", run + 1));
         let (burst_rates, latencies) =
-            bursts(&server.url, &schools, &per_round, &format!("burst-{run}")).await?;
+            bursts(&server.url, &schools, &registers, &format!("burst-{run}")).await?;
         server.stop()?;
         let (rows, elapsed) = match &storage {
             Storage::Postgres(url) => anchors::postgres_copy(url).await?,
@@ -352,12 +353,15 @@ pub(crate) async fn burst(context: &mut Context, args: BurstArgs) -> anyhow::Res
         p50.push(percentile_ms(&latencies, 0.5));
         p99.push(percentile_ms(&latencies, 0.99));
 
-        progress(&format!("run {}: bursts against the do-nothing server", run + 1));
+        progress(&format!(
+            "run {}: bursts against the do-nothing server",
+            run + 1
+        ));
         let null_server = null::start().await?;
         let (burst_rates, latencies) = bursts(
             &null_server.url,
             &schools,
-            &per_round,
+            &registers,
             &format!("null-{run}"),
         )
         .await?;
@@ -585,8 +589,8 @@ pub(crate) async fn statistics(
         .await?;
         sent.check_all_applied()?;
         let responded = Instant::now();
-        let caught_up = client::wait_for_policy(&channel, sent.feed_cursor, CATCH_UP_TIMEOUT)
-            .await?;
+        let caught_up =
+            client::wait_for_policy(&channel, sent.feed_cursor, CATCH_UP_TIMEOUT).await?;
         incremental.push((caught_up - started).as_secs_f64());
         lags.push((caught_up - responded).as_secs_f64());
 
@@ -716,7 +720,9 @@ pub(crate) async fn memory(context: &mut Context, args: MemoryArgs) -> anyhow::R
         "VmHWM of rollcall serve after start and one request",
     ));
     for &pupils in &args.pupils {
-        progress(&format!("generating {pupils} pupils for the memory scenario"));
+        progress(&format!(
+            "generating {pupils} pupils for the memory scenario"
+        ));
         let schools = Arc::new(data::generate(pupils, Some(args.days))?);
         let marks = data::mark_count(&schools);
         let (mut peaks, mut rss, mut per_pupil) = (vec![], vec![], vec![]);
@@ -769,7 +775,14 @@ pub(crate) async fn memory(context: &mut Context, args: MemoryArgs) -> anyhow::R
                 args.days
             ),
         ));
-        rows.push(Row::new(&scenario, "resident MiB at the end", rss, None, None, "VmRSS"));
+        rows.push(Row::new(
+            &scenario,
+            "resident MiB at the end",
+            rss,
+            None,
+            None,
+            "VmRSS",
+        ));
         rows.push(Row::new(
             &scenario,
             "peak KiB per pupil above no pupils",
