@@ -9,13 +9,14 @@
 # Keep in step with the channel in rust-toolchain.toml; the builder stage checks that they agree.
 ARG RUST_VERSION=1.95.0
 
-# The Cargo manifests and the lock file, with every other file emptied, so that the layer that
-# downloads the crates is rebuilt only when they change or files are added or removed. Empty
-# files keep every target a manifest names (benches, binaries) where cargo looks for it.
+# The Cargo manifests, the lock file and the toolchain file, with every other file emptied, so
+# that the layer that downloads the crates is rebuilt only when they change or files are added
+# or removed. Empty files keep every target a manifest names (benches, binaries) in place.
 FROM rust:${RUST_VERSION}-bookworm AS manifests
 WORKDIR /src
 COPY . .
-RUN find . -type f ! -name Cargo.toml ! -name Cargo.lock -exec truncate -s 0 {} +
+RUN find . -type f ! -name Cargo.toml ! -name Cargo.lock ! -name rust-toolchain.toml \
+    -exec truncate -s 0 {} +
 
 FROM rust:${RUST_VERSION}-bookworm AS builder
 ARG RUST_VERSION
