@@ -258,7 +258,7 @@ struct ServeArgs {
     health_listen: Option<SocketAddr>,
     /// OTLP/gRPC address of an OpenTelemetry collector to send spans and metrics to, for
     /// example http://127.0.0.1:4317. An https:// collector is trusted through --tls-ca, and
-    /// sees this server's --tls-cert when it requests a client certificate. Without it nothing
+    /// receives this server's --tls-cert when it requests a client certificate. Without it nothing
     /// is exported. The service name is OTEL_SERVICE_NAME, or rollcall (rollcall-registers and
     /// the like with --only).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
@@ -274,8 +274,8 @@ struct ServeArgs {
             .range(limits::MIN_MESSAGE_BYTES as u64..=limits::MAX_MESSAGE_BYTES_LIMIT as u64)
     )]
     max_message_bytes: u64,
-    /// The most rows in one MIS sync batch: SyncPupils, SyncMarks, and each batch of
-    /// StreamSync. A larger batch gets INVALID_ARGUMENT and nothing is stored.
+    /// The maximum number of rows in one MIS sync batch: SyncPupils, SyncMarks, and each batch
+    /// of StreamSync. A larger batch gets INVALID_ARGUMENT and nothing is stored.
     #[arg(
         long,
         env = "ROLLCALL_MAX_BATCH_ROWS",
@@ -284,8 +284,9 @@ struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..=limits::MAX_BATCH_ROWS_LIMIT as u64)
     )]
     max_batch_rows: u64,
-    /// The most pupils and marks, counted together, in one ImportRegister stream, which a CTF
-    /// import sends whole. A larger import gets INVALID_ARGUMENT and nothing is stored.
+    /// The maximum number of pupils and marks, counted together, in one ImportRegister stream,
+    /// which a CTF import sends whole. A larger import gets INVALID_ARGUMENT and nothing is
+    /// stored.
     #[arg(
         long,
         env = "ROLLCALL_MAX_IMPORT_ITEMS",
@@ -304,7 +305,7 @@ struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..=limits::MAX_REQUEST_TIMEOUT.as_secs())
     )]
     request_timeout: u64,
-    /// The most requests in flight at once. Further requests get UNAVAILABLE at once, with a
+    /// The maximum number of requests in flight. Further requests get UNAVAILABLE at once, with a
     /// hint to retry later. Health checks and calls between rollcall's services are not
     /// counted.
     #[arg(

@@ -63,7 +63,7 @@ pub(crate) async fn sync_pupils(
     Ok(())
 }
 
-/// What sending a set of marks took.
+/// The time and outcome of sending a set of marks.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Sent {
     /// Marks sent.

@@ -1,5 +1,5 @@
 //! Results: each measure over several runs with its anchor from the same runs, the ratio per
-//! run, and the goal; printed as JSON or as a Markdown table.
+//! run, and the goal. They are printed as JSON or as a Markdown table.
 
 use std::time::Duration;
 
@@ -51,7 +51,7 @@ pub enum Goal {
 pub struct Row {
     /// The scenario, such as "ingest (postgres)".
     pub scenario: String,
-    /// What was measured, with its unit, such as "marks/s".
+    /// The quantity measured, with its unit, such as "marks/s".
     pub measure: String,
     /// rollcall's value over the runs.
     pub value: Spread,
@@ -63,7 +63,7 @@ pub struct Row {
     pub goal: Option<Goal>,
     /// Whether the median meets the goal.
     pub met: Option<bool>,
-    /// What the runs sent and anything a reader needs to weigh the numbers.
+    /// A description of what the runs sent, and anything a reader needs to weigh the numbers.
     pub note: String,
 }
 

@@ -10,7 +10,7 @@ use tonic::transport::{Channel, Endpoint};
 /// Maximum time `rollcall serve` may take to start, including its migrations.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Where a server keeps its data.
+/// The storage a server keeps its data in.
 #[derive(Debug, Clone)]
 pub(crate) enum Storage {
     /// A PostgreSQL database, by URL.

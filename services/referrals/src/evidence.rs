@@ -7,7 +7,7 @@
 //! the register. Each such version is recorded against the referral, and GetReferral returns
 //! it, so that the school can tell the authority. A version is later than the pack when its
 //! feed position is greater than that of the newest mark in the pack: feed positions only grow,
-//! so this holds whatever the follower's lag and however often the feed is replayed.
+//! so this is true whatever the follower's lag and however often the feed is replayed.
 //!
 //! The follower stores its position in the same transaction as the changes it records, so after
 //! a restart it resumes without missing or repeating one.

@@ -65,7 +65,7 @@ pub struct Registers {
     db: Db,
     feed_head: watch::Sender<i64>,
     stopping: Stopping,
-    /// The most pupils and marks, together, that one import may carry.
+    /// The maximum number of pupils and marks, together, that one import may carry.
     max_import_items: usize,
 }
 

@@ -54,7 +54,7 @@ const DEFAULT_SOURCE: &str = "MIS sync";
 pub struct MisSync {
     db: Db,
     registers: RegistersServiceClient<Channel>,
-    /// The most rows a pupils or marks batch may carry.
+    /// The maximum number of rows a pupils or marks batch may carry.
     max_batch_rows: usize,
 }
 
