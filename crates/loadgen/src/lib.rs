@@ -150,6 +150,7 @@ async fn all(context: &mut Context, args: AllArgs) -> anyhow::Result<Vec<Row>> {
         pupils: args.statistics_pupils,
         batch: 5000,
         concurrency: 4,
+        update_runs: 1,
     };
     rows.extend(scenarios::statistics(context, statistics).await?);
     let memory = MemoryArgs {
