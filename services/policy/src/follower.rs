@@ -116,6 +116,14 @@ struct PupilStatus {
     ladder_stage: String,
 }
 
+/// A pupil's stored status with their UPN.
+#[derive(Debug, sqlx::FromRow)]
+struct StoredStatus {
+    upn: String,
+    #[sqlx(flatten)]
+    status: PupilStatus,
+}
+
 impl PupilStatus {
     fn get(&self, kind: Kind) -> bool {
         match kind {
@@ -622,29 +630,86 @@ async fn evaluate(
         let mut loaded: Vec<(&SchoolContext, Vec<PupilMarks>, BTreeMap<String, Figures>)> =
             Vec::new();
         for school in &schools {
-            let rows: Vec<StoredMark> = sqlx::query_as(
-                "SELECT upn, session_date, session, code, sequence FROM pupil_marks \
-                 WHERE laestab = $1 AND session_date >= $2 AND session_date <= $3 \
-                 ORDER BY upn, session_date, session",
-            )
-            .bind(&school.laestab)
-            .bind(lookback(school.as_of))
-            .bind(school.as_of)
-            .fetch_all(&mut *tx)
-            .await?;
-            let totals: Vec<StoredTotals> = sqlx::query_as(
-                "SELECT upn, academic_year, present, approved_activity, authorised, unauthorised, \
-                 not_possible FROM pupil_totals WHERE laestab = $1 AND academic_year = $2",
-            )
-            .bind(&school.laestab)
-            .bind(academic_year_of(school.as_of))
-            .fetch_all(&mut *tx)
-            .await?;
             let only: BTreeSet<&str> = school
                 .only
                 .iter()
                 .map(|upn| resolve(&replaced, upn))
                 .collect();
+            // Only the affected pupils' rows are read, so a small batch costs little however
+            // large the school.
+            let upns: Vec<String> = only
+                .iter()
+                .filter(|upn| school.pupils.contains_key(**upn))
+                .map(|upn| (*upn).to_owned())
+                .collect();
+            let (rows, totals) = if only.is_empty() {
+                let rows: Vec<StoredMark> = sqlx::query_as(
+                    "SELECT upn, session_date, session, code, sequence FROM pupil_marks \
+                     WHERE laestab = $1 AND session_date >= $2 AND session_date <= $3 \
+                     ORDER BY upn, session_date, session",
+                )
+                .bind(&school.laestab)
+                .bind(lookback(school.as_of))
+                .bind(school.as_of)
+                .fetch_all(&mut *tx)
+                .await?;
+                let totals: Vec<StoredTotals> = sqlx::query_as(
+                    "SELECT upn, academic_year, present, approved_activity, authorised, \
+                     unauthorised, not_possible FROM pupil_totals \
+                     WHERE laestab = $1 AND academic_year = $2",
+                )
+                .bind(&school.laestab)
+                .bind(academic_year_of(school.as_of))
+                .fetch_all(&mut *tx)
+                .await?;
+                (rows, totals)
+            } else {
+                let mut rows: Vec<StoredMark> = Vec::new();
+                let mut totals: Vec<StoredTotals> = Vec::new();
+                for chunk in upns.chunks(WRITE_CHUNK) {
+                    let mut query = sqlx::QueryBuilder::new(
+                        "SELECT upn, session_date, session, code, sequence FROM pupil_marks \
+                         WHERE laestab = ",
+                    );
+                    query.push_bind(school.laestab.clone());
+                    query.push(" AND session_date >= ");
+                    query.push_bind(lookback(school.as_of));
+                    query.push(" AND session_date <= ");
+                    query.push_bind(school.as_of);
+                    query.push(" AND upn IN (");
+                    let mut list = query.separated(", ");
+                    for upn in chunk {
+                        list.push_bind(upn.clone());
+                    }
+                    query.push(") ORDER BY upn, session_date, session");
+                    rows.extend(
+                        query
+                            .build_query_as::<StoredMark>()
+                            .fetch_all(&mut *tx)
+                            .await?,
+                    );
+                    let mut query = sqlx::QueryBuilder::new(
+                        "SELECT upn, academic_year, present, approved_activity, authorised, \
+                         unauthorised, not_possible FROM pupil_totals WHERE laestab = ",
+                    );
+                    query.push_bind(school.laestab.clone());
+                    query.push(" AND academic_year = ");
+                    query.push_bind(academic_year_of(school.as_of));
+                    query.push(" AND upn IN (");
+                    let mut list = query.separated(", ");
+                    for upn in chunk {
+                        list.push_bind(upn.clone());
+                    }
+                    query.push(")");
+                    totals.extend(
+                        query
+                            .build_query_as::<StoredTotals>()
+                            .fetch_all(&mut *tx)
+                            .await?,
+                    );
+                }
+                (rows, totals)
+            };
             let in_scope = |upn: &str| {
                 school.pupils.contains_key(upn) && (only.is_empty() || only.contains(upn))
             };
@@ -700,18 +765,40 @@ async fn evaluate(
         let mut counts = TriggerCounts::default();
         // (school, kind, state) of each trigger recorded, counted once the transaction commits.
         let mut recorded: Vec<(String, &'static str, &'static str)> = Vec::new();
+        // Each evaluated pupil's status before this pass, read a chunk of pupils at a time.
+        let mut previous: BTreeMap<(String, String), PupilStatus> = BTreeMap::new();
+        let mut by_school: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for evaluation in &evaluations {
-            let previous: Option<PupilStatus> = sqlx::query_as(
-                "SELECT persistent_absence, severe_absence, penalty_warning, unexplained_overdue, \
-                 unauthorised_return, sickness_return, missed_target, ladder_stage \
-                 FROM pupil_status \
-                 WHERE laestab = $1 AND upn = $2",
-            )
-            .bind(&evaluation.laestab)
-            .bind(&evaluation.pupil.upn)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let before = previous.unwrap_or_default();
+            by_school
+                .entry(evaluation.laestab.as_str())
+                .or_default()
+                .push(evaluation.pupil.upn.as_str());
+        }
+        for (laestab, upns) in &by_school {
+            for chunk in upns.chunks(WRITE_CHUNK) {
+                let mut query = sqlx::QueryBuilder::new(
+                    "SELECT upn, persistent_absence, severe_absence, penalty_warning, \
+                     unexplained_overdue, unauthorised_return, sickness_return, missed_target, \
+                     ladder_stage FROM pupil_status WHERE laestab = ",
+                );
+                query.push_bind((*laestab).to_owned());
+                query.push(" AND upn IN (");
+                let mut list = query.separated(", ");
+                for upn in chunk {
+                    list.push_bind((*upn).to_owned());
+                }
+                query.push(")");
+                let rows: Vec<StoredStatus> = query.build_query_as().fetch_all(&mut *tx).await?;
+                for row in rows {
+                    previous.insert(((*laestab).to_owned(), row.upn), row.status);
+                }
+            }
+        }
+        let mut statuses: Vec<&Evaluation<'_>> = Vec::new();
+        for evaluation in &evaluations {
+            let before = previous
+                .remove(&(evaluation.laestab.clone(), evaluation.pupil.upn.clone()))
+                .unwrap_or_default();
             let after = &evaluation.status;
             let policy = evaluation.policy;
             // (kind, raised, clause, ladder stage) for every change.
@@ -778,31 +865,38 @@ async fn evaluate(
                 recorded.push((evaluation.laestab.clone(), kind, state));
                 tracing::info!(trigger = %id, kind, state, upn = %evaluation.pupil.upn, laestab = %evaluation.laestab, "Trigger recorded");
             }
-            sqlx::query(
+            statuses.push(evaluation);
+        }
+        for chunk in statuses.chunks(WRITE_CHUNK) {
+            let mut upsert = sqlx::QueryBuilder::new(
                 "INSERT INTO pupil_status (laestab, upn, persistent_absence, severe_absence, \
                  penalty_warning, unexplained_overdue, unauthorised_return, sickness_return, as_of, \
-                 ladder_stage, missed_target) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                 ON CONFLICT (laestab, upn) DO UPDATE SET persistent_absence = excluded.persistent_absence, \
+                 ladder_stage, missed_target) ",
+            );
+            upsert.push_values(chunk, |mut row, evaluation| {
+                let after = &evaluation.status;
+                row.push_bind(evaluation.laestab.clone())
+                    .push_bind(evaluation.pupil.upn.clone())
+                    .push_bind(after.persistent_absence)
+                    .push_bind(after.severe_absence)
+                    .push_bind(after.penalty_warning)
+                    .push_bind(after.unexplained_overdue)
+                    .push_bind(after.unauthorised_return)
+                    .push_bind(after.sickness_return)
+                    .push_bind(evaluation.as_of)
+                    .push_bind(after.ladder_stage.clone())
+                    .push_bind(after.missed_target);
+            });
+            upsert.push(
+                " ON CONFLICT (laestab, upn) DO UPDATE SET \
+                 persistent_absence = excluded.persistent_absence, \
                  severe_absence = excluded.severe_absence, penalty_warning = excluded.penalty_warning, \
                  unexplained_overdue = excluded.unexplained_overdue, \
                  unauthorised_return = excluded.unauthorised_return, \
                  sickness_return = excluded.sickness_return, as_of = excluded.as_of, \
                  ladder_stage = excluded.ladder_stage, missed_target = excluded.missed_target",
-            )
-            .bind(&evaluation.laestab)
-            .bind(&evaluation.pupil.upn)
-            .bind(after.persistent_absence)
-            .bind(after.severe_absence)
-            .bind(after.penalty_warning)
-            .bind(after.unexplained_overdue)
-            .bind(after.unauthorised_return)
-            .bind(after.sickness_return)
-            .bind(evaluation.as_of)
-            .bind(&after.ladder_stage)
-            .bind(after.missed_target)
-            .execute(&mut *tx)
-            .await?;
+            );
+            upsert.build().execute(&mut *tx).await?;
         }
         if let Some(cursor) = cursor {
             sqlx::query(

@@ -16,7 +16,7 @@ use tonic::Status;
 
 use crate::figures::school_and_as_of;
 use crate::policies;
-use crate::statistics::{Scope, range_start, school_pupils};
+use crate::statistics::{CodeSource, Scope, range_start, school_pupils};
 
 /// Answers ListRewards.
 pub(crate) async fn list(
@@ -60,21 +60,35 @@ pub(crate) async fn list(
         class_name: Some(request.class_name.trim().to_owned()).filter(|v| !v.is_empty()),
         upn: None,
     };
-    let current = school_pupils(&mut registers, &school, from, as_of, &scope).await?;
-    let previous: BTreeMap<String, RewardPeriod> =
-        school_pupils(&mut registers, &school, previous_from, previous_to, &scope)
-            .await?
-            .into_iter()
-            .map(|pupil| {
-                let period = RewardPeriod::from_codes(pupil.codes.iter().map(String::as_str));
-                (pupil.upn, period)
-            })
-            .collect();
+    let current = school_pupils(
+        &mut registers,
+        &school,
+        from,
+        as_of,
+        &scope,
+        CodeSource::Registers,
+    )
+    .await?;
+    let previous: BTreeMap<String, RewardPeriod> = school_pupils(
+        &mut registers,
+        &school,
+        previous_from,
+        previous_to,
+        &scope,
+        CodeSource::Registers,
+    )
+    .await?
+    .into_iter()
+    .map(|pupil| {
+        let period = RewardPeriod::from_codes(pupil.each_code());
+        (pupil.upn, period)
+    })
+    .collect();
 
     let count = |value: u32| i32::try_from(value).unwrap_or(i32::MAX);
     let mut pupils = Vec::new();
     for pupil in current {
-        let now = RewardPeriod::from_codes(pupil.codes.iter().map(String::as_str));
+        let now = RewardPeriod::from_codes(pupil.each_code());
         let before = previous.get(&pupil.upn);
         let earned = rewards::rewards(&rules, &now, before);
         if earned.is_empty() {

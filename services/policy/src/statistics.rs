@@ -6,6 +6,7 @@
 //! sessions in the range; a group's figures are the sums of its pupils' sessions.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use chrono::{Days, NaiveDate};
 use rollcall_api::client::Channel;
@@ -16,17 +17,28 @@ use rollcall_api::policy::v1::{
 };
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{
-    Enrolment, FreeSchoolMeals, GetCalendarRequest, ListMarksRequest, ListSchoolsRequest, School,
-    SenProvision,
+    Enrolment, FreeSchoolMeals, GetCalendarRequest, GetSchoolRequest, ListMarksRequest,
+    ListSchoolsRequest, School, SenProvision,
 };
 use rollcall_domain::session::{academic_year_start, parse_date};
 use rollcall_domain::{Figures, Phase, Policy};
-use rollcall_runtime::Db;
-use rollcall_runtime::grpc::{failed_precondition, invalid_argument, laestab, upstream_error};
+use rollcall_runtime::grpc::{
+    failed_precondition, invalid_argument, laestab, storage_error, upstream_error,
+};
+use rollcall_runtime::{Db, with_db};
+use tokio::time::Instant;
 use tonic::{Code, Status};
 
-use crate::figures::{all_pupils, figures_to_proto, school_and_as_of};
+use crate::figures::{all_pupils, figures_to_proto};
+use crate::follower::{REGISTERS_FEED, stored_cursor};
 use crate::policies;
+
+/// How long GetAttendanceStatistics waits for the kept copy of the marks to catch up with the
+/// registers before it reads the registers instead.
+const COPY_WAIT: Duration = Duration::from_secs(5);
+
+/// How often the wait checks the kept copy's position.
+const COPY_POLL: Duration = Duration::from_millis(50);
 
 /// One pupil's figures over the range, with the groups they belong to.
 #[derive(Debug)]
@@ -65,11 +77,13 @@ fn optional(value: &str) -> Option<String> {
     Some(value.trim().to_owned()).filter(|value| !value.is_empty())
 }
 
-/// Returns every school of the trust.
+/// Returns every school of the trust, with the registers' change-feed position when the first
+/// page was read.
 async fn all_schools(
     registers: &mut RegistersServiceClient<Channel>,
-) -> Result<Vec<School>, Status> {
+) -> Result<(Vec<School>, i64), Status> {
     let mut schools = Vec::new();
+    let mut feed_head = None;
     let mut page_token = String::new();
     loop {
         let page = registers
@@ -81,8 +95,9 @@ async fn all_schools(
             .map_err(|status| upstream_error("registers", status))?
             .into_inner();
         schools.extend(page.schools);
+        let feed_head = *feed_head.get_or_insert(page.feed_cursor);
         if page.next_page_token.is_empty() {
-            return Ok(schools);
+            return Ok((schools, feed_head));
         }
         page_token = page.next_page_token;
     }
@@ -159,11 +174,39 @@ pub(crate) async fn range_start(
     }
 }
 
-/// A pupil in scope with their enrolment and effective codes over a range.
+/// A pupil in scope with their enrolment and how many sessions of the range carry each
+/// effective code.
 pub(crate) struct PupilCodes {
     pub(crate) upn: String,
     pub(crate) enrolment: Enrolment,
-    pub(crate) codes: Vec<String>,
+    pub(crate) codes: BTreeMap<String, u32>,
+}
+
+impl PupilCodes {
+    /// Returns the code of every session, each code as many times as it was recorded.
+    pub(crate) fn each_code(&self) -> impl Iterator<Item = &str> + Clone {
+        self.codes.iter().flat_map(|(code, sessions)| {
+            std::iter::repeat_n(code.as_str(), usize::try_from(*sessions).unwrap_or(0))
+        })
+    }
+
+    /// Returns how many sessions carry any of `codes`.
+    fn sessions_with(&self, codes: &[&str]) -> u32 {
+        codes
+            .iter()
+            .filter_map(|code| self.codes.get(*code))
+            .fold(0u32, |sum, sessions| sum.saturating_add(*sessions))
+    }
+}
+
+/// Where a pupil's codes are read from.
+#[derive(Clone, Copy)]
+pub(crate) enum CodeSource<'a> {
+    /// The registers' effective marks, page by page.
+    Registers,
+    /// The policy service's own copy of the effective codes, kept from the change feed, counted
+    /// by the database.
+    Copy(&'a Db),
 }
 
 /// Filters on the pupils in scope.
@@ -191,6 +234,7 @@ pub(crate) async fn school_pupils(
     from: NaiveDate,
     to: NaiveDate,
     scope: &Scope,
+    source: CodeSource<'_>,
 ) -> Result<Vec<PupilCodes>, Status> {
     let mut pupils: BTreeMap<String, PupilCodes> = BTreeMap::new();
     for (pupil, enrolment) in all_pupils(registers, laestab).await? {
@@ -212,13 +256,24 @@ pub(crate) async fn school_pupils(
                 PupilCodes {
                     upn: pupil.upn,
                     enrolment,
-                    codes: Vec::new(),
+                    codes: BTreeMap::new(),
                 },
             );
         }
     }
     if pupils.is_empty() {
         return Ok(Vec::new());
+    }
+
+    if let CodeSource::Copy(db) = source {
+        for (upn, code, sessions) in kept_code_counts(db, laestab, from, to, scope).await? {
+            if let Some(pupil) = pupils.get_mut(&upn) {
+                let sessions = u32::try_from(sessions).unwrap_or(u32::MAX);
+                let count = pupil.codes.entry(code).or_default();
+                *count = count.saturating_add(sessions);
+            }
+        }
+        return Ok(pupils.into_values().collect());
     }
 
     let mut page_token = String::new();
@@ -240,7 +295,8 @@ pub(crate) async fn school_pupils(
                 continue;
             }
             if let Some(pupil) = pupils.get_mut(&mark.upn) {
-                pupil.codes.push(mark.code);
+                let count = pupil.codes.entry(mark.code).or_default();
+                *count = count.saturating_add(1);
             }
         }
         if page.next_page_token.is_empty() {
@@ -251,7 +307,56 @@ pub(crate) async fn school_pupils(
     Ok(pupils.into_values().collect())
 }
 
-/// Reads one school's pupils in scope and their figures over the range.
+/// Counts the sessions of each effective code per pupil of the school over the range, from the
+/// policy service's copy of the registers.
+async fn kept_code_counts(
+    db: &Db,
+    laestab: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+    scope: &Scope,
+) -> Result<Vec<(String, String, i64)>, Status> {
+    let upn = scope.upn.clone().unwrap_or_default();
+    with_db!(db, |pool| {
+        sqlx::query_as(
+            "SELECT upn, code, COUNT(*) FROM pupil_marks \
+             WHERE laestab = $1 AND session_date >= $2 AND session_date <= $3 \
+             AND ($4 = '' OR upn = $4) GROUP BY upn, code",
+        )
+        .bind(laestab)
+        .bind(from)
+        .bind(to)
+        .bind(&upn)
+        .fetch_all(pool)
+        .await
+    })
+    .map_err(|error| storage_error("counting the kept codes", error))
+}
+
+/// Waits until the policy service's copy of the marks has applied the registers' change feed
+/// up to `head`, for at most [`COPY_WAIT`]. Returns whether it has.
+async fn copy_reaches(db: &Db, head: i64) -> Result<bool, Status> {
+    let deadline = Instant::now() + COPY_WAIT;
+    loop {
+        let cursor = stored_cursor(db, REGISTERS_FEED)
+            .await
+            .map_err(|error| storage_error("reading the sync state", error))?;
+        if cursor >= head {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                cursor,
+                head,
+                "The kept copy of the marks is behind the registers; reading the registers instead"
+            );
+            return Ok(false);
+        }
+        tokio::time::sleep(COPY_POLL).await;
+    }
+}
+
+/// Returns one school's pupils in scope and their figures over the range.
 async fn school_figures(
     db: &Db,
     registers: &mut RegistersServiceClient<Channel>,
@@ -259,23 +364,17 @@ async fn school_figures(
     from: NaiveDate,
     to: NaiveDate,
     scope: &Scope,
-    out: &mut Vec<PupilFigures>,
-) -> Result<(), Status> {
+    source: CodeSource<'_>,
+) -> Result<Vec<PupilFigures>, Status> {
+    let mut out = Vec::new();
     let policy: Policy = policies::policy_for(db, &school.laestab, to).await?.policy;
     let school_phase = phase_from_proto(school.phase).unwrap_or(Phase::Secondary);
-    for pupil in school_pupils(registers, &school.laestab, from, to, scope).await? {
-        let figures = Figures::from_codes(pupil.codes.iter().map(String::as_str));
+    for pupil in school_pupils(registers, &school.laestab, from, to, scope, source).await? {
+        let figures = Figures::from_codes(pupil.each_code());
         if figures.possible() == 0 {
             continue;
         }
-        let lates = u32::try_from(
-            pupil
-                .codes
-                .iter()
-                .filter(|code| matches!(code.as_str(), "L" | "U"))
-                .count(),
-        )
-        .unwrap_or(u32::MAX);
+        let lates = pupil.sessions_with(&["L", "U"]);
         let enrolment = pupil.enrolment;
         out.push(PupilFigures {
             upn: pupil.upn,
@@ -291,7 +390,7 @@ async fn school_figures(
             lates,
         });
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Orders year groups as schools do: nursery, reception, then 1 to 14, then anything else.
@@ -348,11 +447,16 @@ pub(crate) async fn statistics(
     request: GetAttendanceStatisticsRequest,
 ) -> Result<GetAttendanceStatisticsResponse, Status> {
     let mut registers = registers.clone();
-    let schools = if request.laestab.trim().is_empty() {
+    let (schools, feed_head) = if request.laestab.trim().is_empty() {
         all_schools(&mut registers).await?
     } else {
         let school = laestab("laestab", &request.laestab)?;
-        vec![school_and_as_of(&mut registers, &school, "").await?.0]
+        let response = registers
+            .get_school(GetSchoolRequest { laestab: school })
+            .await
+            .map_err(|status| upstream_error("registers", status))?
+            .into_inner();
+        (response.school.into_iter().collect(), response.feed_cursor)
     };
     let group_by =
         StatisticsGroupBy::try_from(request.group_by).unwrap_or(StatisticsGroupBy::Unspecified);
@@ -373,13 +477,21 @@ pub(crate) async fn statistics(
         return Ok(GetAttendanceStatisticsResponse::default());
     };
 
+    // The kept copy is read when it has every mark stored before the request; while the
+    // policy service catches up after a large import, the registers are read instead.
+    let source = if copy_reaches(db, feed_head).await? {
+        CodeSource::Copy(db)
+    } else {
+        CodeSource::Registers
+    };
     let scope = Scope::of(&request);
     let mut pupils = Vec::new();
     let mut earliest = as_of;
     for school in &schools {
         let from = range_start(&mut registers, &request, &school.laestab, as_of).await?;
         earliest = earliest.min(from);
-        school_figures(db, &mut registers, school, from, as_of, &scope, &mut pupils).await?;
+        pupils
+            .extend(school_figures(db, &mut registers, school, from, as_of, &scope, source).await?);
     }
 
     // Group flags are cleared, so the default policy serves for the percentages.

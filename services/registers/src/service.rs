@@ -330,12 +330,16 @@ impl RegistersService for Registers {
     ) -> Result<Response<GetSchoolResponse>, Status> {
         let laestab = laestab("laestab", &request.get_ref().laestab)?;
         caller(&request)?.school(&laestab)?;
+        let feed_cursor = store::feed_head(&self.db)
+            .await
+            .map_err(|e| storage_error("reading the change feed", e))?;
         let row = store::school(&self.db, &laestab)
             .await
             .map_err(|e| storage_error("reading a school", e))?
             .ok_or_else(|| not_found("school", &laestab))?;
         Ok(Response::new(GetSchoolResponse {
             school: Some(school_to_proto(row)),
+            feed_cursor,
         }))
     }
 
@@ -346,6 +350,9 @@ impl RegistersService for Registers {
         let caller = caller(&request)?;
         let request = request.into_inner();
         let limit = page_size(request.page_size, 100, 1_000);
+        let feed_cursor = store::feed_head(&self.db)
+            .await
+            .map_err(|e| storage_error("reading the change feed", e))?;
         let mut rows = store::schools_after(&self.db, &request.page_token, limit + 1)
             .await
             .map_err(|e| storage_error("listing schools", e))?;
@@ -365,6 +372,7 @@ impl RegistersService for Registers {
                 .map(school_to_proto)
                 .collect(),
             next_page_token,
+            feed_cursor,
         }))
     }
 
