@@ -1,6 +1,6 @@
 //! The registers service over gRPC on a real server: whole-or-nothing imports, idempotency,
-//! the effective-mark rule, calendars, and a change feed that resumes from a cursor across
-//! restarts.
+//! the effective-mark rule, calendars, a change feed that resumes from a cursor across
+//! restarts, and imports of many schools at once that keep the feed in order.
 
 use std::path::Path;
 
@@ -56,10 +56,20 @@ fn mark(upn: &str, date: &str, code: &str, recorded_at: Option<i64>) -> Mark {
 
 /// An import stream: the header, one pupil admitted on 1 September 2025, then the marks.
 fn import(request_id: &str, pupils: &[String], marks: Vec<Mark>) -> Vec<ImportRegisterRequest> {
+    import_at("9192001", request_id, pupils, marks)
+}
+
+/// Builds an import stream for the school `laestab`.
+fn import_at(
+    laestab: &str,
+    request_id: &str,
+    pupils: &[String],
+    marks: Vec<Mark>,
+) -> Vec<ImportRegisterRequest> {
     let header = ImportHeader {
         request_id: request_id.to_owned(),
         school: Some(School {
-            laestab: "9192001".into(),
+            laestab: laestab.into(),
             name: "Test Academy".into(),
             phase: Phase::Secondary as i32,
             last_mark_date: String::new(),
@@ -986,4 +996,145 @@ async fn roll_and_retention_on_sqlite() {
 #[tokio::test]
 async fn roll_and_retention_on_postgres() {
     roll_and_retention(Some(&postgres_url().await)).await;
+}
+
+/// Schools importing at once in the concurrency test, each with [`PUPILS_EACH`] pupils. With
+/// [`DAYS`], the requests in flight stay under the default `--max-concurrent-requests` of 64.
+const SCHOOLS: u8 = 10;
+const PUPILS_EACH: u8 = 5;
+/// School days of marks each school sends, one request a day.
+const DAYS: u32 = 5;
+
+/// Imports of marks alone at many schools run at once, beside an import with pupils, which
+/// runs alone. A consumer that follows the feed from the start receives every version exactly
+/// once, at positions 1, 2, 3 and so on: no position commits after a later one.
+async fn schools_import_at_once(database_url: Option<&str>) {
+    use std::collections::BTreeSet;
+
+    let work = tempfile::tempdir().expect("temp dir");
+    let running = start(work.path(), database_url).await;
+    let mut registers = client(&running).await;
+    let school = |index: u8| format!("91930{:02}", index + 1);
+    let pupil = |index: u8, serial: u8| {
+        Upn::from_digits([9, 1, 9, 3, 0, 0, 1, 2, 5, index / 10, index % 10, serial]).to_string()
+    };
+    for index in 0..=SCHOOLS {
+        let pupils: Vec<String> = (0..PUPILS_EACH)
+            .map(|serial| pupil(index, serial))
+            .collect();
+        send(
+            &mut registers,
+            import_at(
+                &school(index),
+                &format!("roll-{index}"),
+                &pupils,
+                Vec::new(),
+            ),
+        )
+        .await
+        .expect("pupils imported");
+    }
+    let head = registers
+        .get_school(GetSchoolRequest { laestab: school(0) })
+        .await
+        .expect("school")
+        .into_inner()
+        .feed_cursor;
+    assert_eq!(head, 0, "no marks yet");
+
+    let total = usize::from(SCHOOLS) * usize::from(PUPILS_EACH) * DAYS as usize;
+    let mut feed = registers
+        .watch_marks(WatchMarksRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    let follower = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while seen.len() < total {
+            let message = feed.message().await.expect("message").expect("a version");
+            let mark = message.mark.expect("mark");
+            seen.push((message.cursor, mark.laestab, mark.upn, mark.date));
+        }
+        seen
+    });
+
+    // Monday 8 September 2025 to Friday 12 September.
+    let date = |day: u32| {
+        [
+            "2025-09-08",
+            "2025-09-09",
+            "2025-09-10",
+            "2025-09-11",
+            "2025-09-12",
+            "2025-09-15",
+            "2025-09-16",
+            "2025-09-17",
+        ][day as usize]
+            .to_owned()
+    };
+    let mut sends = Vec::new();
+    for index in 0..SCHOOLS {
+        for day in 0..DAYS {
+            let marks = (0..PUPILS_EACH)
+                .map(|serial| mark(&pupil(index, serial), &date(day), "/", None))
+                .collect();
+            let messages = import_at(&school(index), &format!("{index}-{day}"), &[], marks);
+            let mut client = registers.clone();
+            sends.push(tokio::spawn(
+                async move { send(&mut client, messages).await },
+            ));
+        }
+    }
+    // An import with pupils changes the roll, and runs alone among the others.
+    let roll_school = school(SCHOOLS);
+    let extra: Vec<String> = vec![pupil(SCHOOLS, PUPILS_EACH)];
+    let mut client = registers.clone();
+    sends.push(tokio::spawn(async move {
+        send(
+            &mut client,
+            import_at(&roll_school, "roll-again", &extra, Vec::new()),
+        )
+        .await
+    }));
+    let mut cursors = BTreeSet::new();
+    for send in sends {
+        let response = send.await.expect("task").expect("import");
+        if response.marks_recorded > 0 {
+            assert!(
+                cursors.insert(response.feed_cursor),
+                "two imports reported feed position {}",
+                response.feed_cursor
+            );
+        }
+    }
+    assert_eq!(cursors.len(), usize::from(SCHOOLS) * DAYS as usize);
+
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(300), follower)
+        .await
+        .expect("the consumer saw every version; a position committed out of order is missed")
+        .expect("consumer task");
+    let positions: Vec<i64> = seen.iter().map(|(cursor, ..)| *cursor).collect();
+    let expected: Vec<i64> = (1..=i64::try_from(total).expect("count")).collect();
+    assert_eq!(positions, expected, "positions in order with no gap");
+    let distinct: BTreeSet<_> = seen
+        .iter()
+        .map(|(_, school, upn, date)| (school, upn, date))
+        .collect();
+    assert_eq!(distinct.len(), total, "each version once");
+    assert_eq!(
+        cursors.last().copied(),
+        positions.last().copied(),
+        "the last import reported the feed's head"
+    );
+    running.stop().await.expect("server stops");
+}
+
+#[tokio::test]
+async fn schools_import_at_once_on_sqlite() {
+    schools_import_at_once(None).await;
+}
+
+#[tokio::test]
+async fn schools_import_at_once_on_postgres() {
+    schools_import_at_once(Some(&postgres_url().await)).await;
 }

@@ -14,7 +14,7 @@ use tokio::sync::Mutex;
 use crate::chain::{GENESIS_HASH, event_hash, normalise};
 
 /// The advisory lock that serialises appends to the log on PostgreSQL, across processes.
-const AUDIT_LOCK_KEY: i64 = 0x726f_6c6c_0006;
+const AUDIT_LOCK_KEY: i64 = rollcall_runtime::storage::lock_keys::AUDIT;
 
 /// The number of events [`AuditStore::verify`] reads at a time.
 const VERIFY_BATCH: i64 = 1_000;

@@ -72,7 +72,12 @@ impl Context {
     }
 
     fn start(&self, storage: &Storage) -> anyhow::Result<Server> {
-        Server::start(&self.rollcall, storage, self.work.path())
+        self.start_with(storage, &[])
+    }
+
+    /// Starts a server with extra `rollcall serve` options.
+    fn start_with(&self, storage: &Storage, options: &[String]) -> anyhow::Result<Server> {
+        Server::start(&self.rollcall, storage, self.work.path(), options)
     }
 
     /// Removes a SQLite folder once its run is measured, to keep the disk free.
@@ -336,7 +341,13 @@ pub(crate) async fn burst(context: &mut Context, args: BurstArgs) -> anyhow::Res
     let (mut null_rates, mut null_p50, mut null_p99) = (vec![], vec![], vec![]);
     for run in 0..context.runs {
         let storage = context.fresh_storage(StorageKind::Postgres).await?;
-        let server = context.start(&storage)?;
+        // Every school sends its register at once. A trust of that size would let the server
+        // admit one request per school, because the default of 64 sheds the rest.
+        let limit = vec![
+            "--max-concurrent-requests".to_owned(),
+            args.schools.max(64).to_string(),
+        ];
+        let server = context.start_with(&storage, &limit)?;
         let channel = server.channel().await?;
         client::sync_pupils(&channel, &schools, &format!("burst-{run}")).await?;
         drop(channel);
@@ -383,8 +394,11 @@ pub(crate) async fn burst(context: &mut Context, args: BurstArgs) -> anyhow::Res
          per school; {} bursts per run after one untimed burst; marks/s is the median burst's \
          marks over the time from the first request to the last response; anchor for marks/s: \
          COPY of the same run's stored marks; the do-nothing server runs in the load \
-         generator's process",
-        args.schools, args.register_size, args.rounds
+         generator's process; rollcall serve runs with --max-concurrent-requests {}",
+        args.schools,
+        args.register_size,
+        args.rounds,
+        args.schools.max(64)
     );
     Ok(vec![
         Row::new(

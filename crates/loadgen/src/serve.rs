@@ -37,8 +37,14 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    /// Starts `rollcall serve --dev` on a free port of 127.0.0.1 and waits until it serves.
-    pub(crate) fn start(rollcall: &Path, storage: &Storage, work: &Path) -> anyhow::Result<Self> {
+    /// Starts `rollcall serve --dev` with `options` on a free port of 127.0.0.1 and waits until
+    /// it serves.
+    pub(crate) fn start(
+        rollcall: &Path,
+        storage: &Storage,
+        work: &Path,
+        options: &[String],
+    ) -> anyhow::Result<Self> {
         let port = free_port()?;
         let listen = format!("127.0.0.1:{port}");
         let log = work.join(format!("serve-{port}.log"));
@@ -46,6 +52,7 @@ impl Server {
             .with_context(|| format!("failed to create {}", log.display()))?;
         let mut command = Command::new(rollcall);
         command.args(["serve", "--dev", "--listen", &listen]);
+        command.args(options);
         match storage {
             Storage::Postgres(url) => command.args(["--database-url", url]),
             Storage::Sqlite(dir) => command.arg("--data-dir").arg(dir),

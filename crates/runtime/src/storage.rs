@@ -91,6 +91,64 @@ macro_rules! with_db {
     };
 }
 
+/// PostgreSQL advisory lock keys of every service.
+///
+/// The services may share one database, and advisory locks belong to the database, not to a
+/// schema. So each key must differ from every other service's, or unrelated writers wait for
+/// each other: a unit test checks that they do.
+pub mod lock_keys {
+    /// Writers of the registers' change feed.
+    pub const REGISTERS_FEED: i64 = 0x726f_6c6c_0001;
+    /// Writers of the policy service's trigger feed.
+    pub const POLICY_TRIGGERS: i64 = 0x726f_6c6c_0002;
+    /// Writers of cases.
+    pub const CASES: i64 = 0x726f_6c6c_0003;
+    /// Writers of referral records.
+    pub const REFERRALS: i64 = 0x726f_6c6c_0004;
+    /// Writers of the MIS adapter's deliveries, connector state and write-back.
+    pub const MIS_ADAPTER: i64 = 0x726f_6c6c_0005;
+    /// Appends to the audit log.
+    pub const AUDIT: i64 = 0x726f_6c6c_0006;
+    /// Writers of absence reports in the registers.
+    pub const REGISTERS_REPORTS: i64 = 0x726f_6c6c_0011;
+    /// Writers of lesson checks in the registers.
+    pub const REGISTERS_LESSONS: i64 = 0x726f_6c6c_0012;
+    /// Imports that number new positions of the registers' change feed.
+    pub const REGISTERS_APPEND: i64 = 0x726f_6c6c_0013;
+    /// Writers of pupils' contacts in the registers.
+    pub const REGISTERS_CONTACTS: i64 = 0x726f_6c6c_0014;
+    /// Loads and assignments of policies.
+    pub const POLICY_POLICIES: i64 = 0x726f_6c6c_0021;
+
+    /// Every fixed key above.
+    pub const ALL: [i64; 11] = [
+        REGISTERS_FEED,
+        POLICY_TRIGGERS,
+        CASES,
+        REFERRALS,
+        MIS_ADAPTER,
+        AUDIT,
+        REGISTERS_REPORTS,
+        REGISTERS_LESSONS,
+        REGISTERS_APPEND,
+        REGISTERS_CONTACTS,
+        POLICY_POLICIES,
+    ];
+
+    /// Returns the key of one school's registers, from its LAESTAB as a number. These keys
+    /// have high bits that no fixed key has.
+    pub const fn registers_school(laestab: u32) -> i64 {
+        (0x726f_6c6c_i64 << 32) | laestab as i64
+    }
+}
+
+/// Runs a trivial query, to check that the database can be reached.
+pub async fn ping(db: &Db) -> Result<(), sqlx::Error> {
+    with_db!(db, |pool| {
+        sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
+    })
+}
+
 /// Starts a transaction that writes, one writer at a time.
 ///
 /// Change feeds hand out positions in commit order only if writers to the same feed do not
@@ -107,6 +165,28 @@ pub trait WriteTransaction {
         &self,
         lock_key: i64,
     ) -> impl Future<Output = Result<Transaction<'static, Self::Database>, sqlx::Error>> + Send;
+
+    /// Begins a transaction that shares the write lock for `shared_key` with other such
+    /// transactions and takes the lock for `own_key` alone.
+    ///
+    /// It waits while a transaction begun with [`begin_write`](Self::begin_write) on
+    /// `shared_key` runs, and that one waits for it. So writers of one part of a store (one
+    /// school, say) can overlap with writers of other parts, while a writer of the whole store
+    /// still runs alone. On SQLite, where there is one writer at a time anyway, this is the
+    /// same as `begin_write`.
+    fn begin_shared_write(
+        &self,
+        shared_key: i64,
+        own_key: i64,
+    ) -> impl Future<Output = Result<Transaction<'static, Self::Database>, sqlx::Error>> + Send;
+
+    /// Takes the lock for `lock_key` inside a transaction, until it ends. On SQLite the
+    /// transaction already writes alone, so this does nothing.
+    fn lock_until_end(
+        &self,
+        transaction: &mut Transaction<'static, Self::Database>,
+        lock_key: i64,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
 impl WriteTransaction for PgPool {
@@ -133,6 +213,22 @@ impl WriteTransaction for SqlitePool {
         _lock_key: i64,
     ) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
         self.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    async fn begin_shared_write(
+        &self,
+        _shared_key: i64,
+        _own_key: i64,
+    ) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+
+    async fn lock_until_end(
+        &self,
+        _transaction: &mut Transaction<'static, Sqlite>,
+        _lock_key: i64,
+    ) -> Result<(), sqlx::Error> {
+        Ok(())
     }
 }
 
@@ -253,6 +349,29 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lock_keys_are_distinct() {
+        let mut keys = lock_keys::ALL.to_vec();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(
+            keys.len(),
+            lock_keys::ALL.len(),
+            "two services share a lock key"
+        );
+    }
+
+    #[test]
+    fn school_keys_miss_fixed_keys() {
+        for laestab in [0, 1, 0x13, 0x21, 9_192_001, 9_999_999, u32::MAX] {
+            let key = lock_keys::registers_school(laestab);
+            assert!(
+                !lock_keys::ALL.contains(&key),
+                "school {laestab} key {key:#x}"
+            );
+        }
+    }
 
     #[test]
     fn redact_url_hides_password() {

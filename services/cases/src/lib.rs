@@ -34,6 +34,6 @@ pub const MIGRATIONS: Migrations = Migrations {
 };
 
 /// The advisory lock that serialises writers to cases on PostgreSQL.
-const CASES_LOCK_KEY: i64 = 0x726f_6c6c_0003;
+const CASES_LOCK_KEY: i64 = rollcall_runtime::storage::lock_keys::CASES;
 /// The name under which the follower stores its cursor.
 const TRIGGER_FEED: &str = "policy.triggers";

@@ -32,7 +32,7 @@ use rollcall_runtime::storage::Migrations;
 
 /// The key of the PostgreSQL advisory lock that serialises writes to the deliveries, the
 /// connectors' state and write-back.
-const MIS_ADAPTER_LOCK_KEY: i64 = 0x726f_6c6c_0005;
+const MIS_ADAPTER_LOCK_KEY: i64 = rollcall_runtime::storage::lock_keys::MIS_ADAPTER;
 
 /// The MIS adapter's migrations.
 pub const MIGRATIONS: Migrations = Migrations {

@@ -29,4 +29,4 @@ pub const MIGRATIONS: Migrations = Migrations {
 };
 
 /// The advisory lock that serialises writers to the trigger feed on PostgreSQL.
-const TRIGGER_LOCK_KEY: i64 = 0x726f_6c6c_0002;
+const TRIGGER_LOCK_KEY: i64 = rollcall_runtime::storage::lock_keys::POLICY_TRIGGERS;

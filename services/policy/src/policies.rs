@@ -16,9 +16,8 @@ use tonic::Status;
 /// The policy a school follows until it is moved to another: the trust's 2021 policy.
 pub(crate) const DEFAULT_POLICY_ID: &str = "aat-2021";
 
-/// Serialises loads and assignments on PostgreSQL. Advisory locks are shared by every schema of
-/// a database, so each key is unique across the services.
-const POLICY_LOCK_KEY: i64 = 0x726f_6c6c_0021;
+/// Serialises loads and assignments on PostgreSQL.
+const POLICY_LOCK_KEY: i64 = rollcall_runtime::storage::lock_keys::POLICY_POLICIES;
 
 /// A policy version with the text it was read from.
 #[derive(Debug, Clone)]

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tonic::Status;
 
 /// The advisory lock that serialises writers of referral records on PostgreSQL.
-pub(crate) const REFERRALS_LOCK_KEY: i64 = 0x726f_6c6c_0004;
+pub(crate) const REFERRALS_LOCK_KEY: i64 = rollcall_runtime::storage::lock_keys::REFERRALS;
 
 /// The columns of `referrals` read into a [`ReferralRow`].
 const REFERRAL_COLUMNS: &str = "id, reference, kind, laestab, upn, case_id, status, policy_id, \

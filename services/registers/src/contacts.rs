@@ -12,7 +12,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 /// The advisory lock that serialises contact writers on PostgreSQL.
-const CONTACTS_LOCK_KEY: i64 = 0x726f_6c6c_0012;
+const CONTACTS_LOCK_KEY: i64 = rollcall_runtime::storage::lock_keys::REGISTERS_CONTACTS;
 
 /// A stored contact.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]

@@ -28,9 +28,9 @@ use rollcall_runtime::{Db, with_db};
 use sqlx::QueryBuilder;
 use tonic::{Status, Streaming};
 
-use crate::FEED_LOCK_KEY;
 use crate::calendar::{self, load_calendar_rows};
 use crate::convert::{fsm_as_str, phase_as_str, registration_as_str, sen_as_str};
+use crate::{APPEND_LOCK_KEY, FEED_LOCK_KEY, school_lock_key};
 
 /// Rows per multi-row statement. Seventeen columns a row stays well inside SQLite's limit of
 /// 32,766 bound parameters and PostgreSQL's 65,535.
@@ -306,6 +306,24 @@ struct Plan<'a> {
 }
 
 impl Plan<'_> {
+    /// Returns whether the plan changes pupils or enrolments.
+    fn changes_roll(&self) -> bool {
+        !(self.new_pupils.is_empty()
+            && self.changed_pupils.is_empty()
+            && self.new_enrolments.is_empty()
+            && self.enrolment_changes.is_empty()
+            && self.leavings.is_empty()
+            && self.moves.is_empty())
+    }
+
+    /// Moves the feed positions of the planned versions up by `by`.
+    fn move_positions(&mut self, by: i64) {
+        for version in &mut self.versions {
+            version.sequence += by;
+        }
+        self.response.feed_cursor += by;
+    }
+
     /// Records a rejected item in a partial import, or fails a whole one.
     fn reject(
         &mut self,
@@ -1232,8 +1250,17 @@ pub(crate) async fn apply(
     let first_date = request.marks.iter().map(|mark| mark.date).min();
     let last_date = request.marks.iter().map(|mark| mark.date).max();
 
+    // An import of marks alone changes only its school's registers, so imports of different
+    // schools read and plan side by side and wait for each other only to append to the feed.
+    // An import with pupils may end enrolments at other schools, so it runs alone.
+    let school_lock = school_lock_key(laestab).filter(|_| request.pupils.is_empty());
+
     with_db!(db, |pool| {
-        let mut tx = pool.begin_write(FEED_LOCK_KEY).await.map_err(store_error)?;
+        let mut tx = match school_lock {
+            Some(key) => pool.begin_shared_write(FEED_LOCK_KEY, key).await,
+            None => pool.begin_write(FEED_LOCK_KEY).await,
+        }
+        .map_err(store_error)?;
         let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(sequence), 0) FROM marks")
             .fetch_one(&mut *tx)
             .await
@@ -1335,55 +1362,59 @@ pub(crate) async fn apply(
                     .push(enrolment);
             }
 
-            // Open enrolments elsewhere, with their latest mark, to follow moves.
-            let mut query = QueryBuilder::new(
-                "SELECT e.upn, e.laestab, e.admission_date, e.registration, \
+            // Enrolments elsewhere and the latest marks here are read only to plan pupils'
+            // moves and leavings, which an import of marks alone does not make.
+            if !request.pupils.is_empty() {
+                // Open enrolments elsewhere, with their latest mark, to follow moves.
+                let mut query = QueryBuilder::new(
+                    "SELECT e.upn, e.laestab, e.admission_date, e.registration, \
                  (SELECT MAX(m.session_date) FROM effective_marks m \
                   WHERE m.laestab = e.laestab AND m.upn = e.upn) \
                  FROM enrolments e WHERE e.leaving_date IS NULL AND e.laestab <> ",
-            );
-            query.push_bind(laestab.clone()).push(" AND e.upn IN (");
-            let mut list = query.separated(", ");
-            for upn in chunk {
-                list.push_bind(upn.clone());
-            }
-            query.push(")");
-            let rows: Vec<(String, String, NaiveDate, String, Option<NaiveDate>)> = query
-                .build_query_as()
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(store_error)?;
-            for (upn, school, admission, registration, last_mark) in rows {
-                existing
-                    .elsewhere
-                    .entry(upn)
-                    .or_default()
-                    .push(OpenElsewhere {
-                        laestab: school,
-                        admission,
-                        registration,
-                        last_mark,
-                    });
-            }
+                );
+                query.push_bind(laestab.clone()).push(" AND e.upn IN (");
+                let mut list = query.separated(", ");
+                for upn in chunk {
+                    list.push_bind(upn.clone());
+                }
+                query.push(")");
+                let rows: Vec<(String, String, NaiveDate, String, Option<NaiveDate>)> = query
+                    .build_query_as()
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+                for (upn, school, admission, registration, last_mark) in rows {
+                    existing
+                        .elsewhere
+                        .entry(upn)
+                        .or_default()
+                        .push(OpenElsewhere {
+                            laestab: school,
+                            admission,
+                            registration,
+                            last_mark,
+                        });
+                }
 
-            // The latest mark here, to check leaving dates.
-            let mut query = QueryBuilder::new(
-                "SELECT upn, MAX(session_date) FROM effective_marks WHERE laestab = ",
-            );
-            query.push_bind(laestab.clone()).push(" AND upn IN (");
-            let mut list = query.separated(", ");
-            for upn in chunk {
-                list.push_bind(upn.clone());
-            }
-            query.push(") GROUP BY upn");
-            let rows: Vec<(String, Option<NaiveDate>)> = query
-                .build_query_as()
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(store_error)?;
-            for (upn, last) in rows {
-                if let Some(last) = last {
-                    existing.last_marks.insert(upn, last);
+                // The latest mark here, to check leaving dates.
+                let mut query = QueryBuilder::new(
+                    "SELECT upn, MAX(session_date) FROM effective_marks WHERE laestab = ",
+                );
+                query.push_bind(laestab.clone()).push(" AND upn IN (");
+                let mut list = query.separated(", ");
+                for upn in chunk {
+                    list.push_bind(upn.clone());
+                }
+                query.push(") GROUP BY upn");
+                let rows: Vec<(String, Option<NaiveDate>)> = query
+                    .build_query_as()
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+                for (upn, last) in rows {
+                    if let Some(last) = last {
+                        existing.last_marks.insert(upn, last);
+                    }
                 }
             }
 
@@ -1590,6 +1621,25 @@ pub(crate) async fn apply(
                 leaving_date = %change.leaving,
                 "Pupil moved between the trust's schools; earlier enrolment ended"
             );
+        }
+
+        if school_lock.is_some() {
+            if plan.changes_roll() {
+                return Err(Status::internal(
+                    "an import of marks alone planned changes to the roll; nothing was stored",
+                ));
+            }
+            // Positions are numbered from the head read when planning. Other schools' imports
+            // may have appended since, so the versions move up past the head now, keeping
+            // their order.
+            pool.lock_until_end(&mut tx, APPEND_LOCK_KEY)
+                .await
+                .map_err(store_error)?;
+            let now_head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(sequence), 0) FROM marks")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(store_error)?;
+            plan.move_positions(now_head - head);
         }
 
         let imported = format!("Imported from {}", request.source_name);

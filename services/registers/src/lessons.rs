@@ -19,7 +19,7 @@ use tonic::Status;
 use crate::convert::{required_date, session};
 
 /// The advisory lock that serialises lesson-check writers on PostgreSQL, so ids are unique.
-const LESSONS_LOCK_KEY: i64 = 0x726f_6c6c_0012;
+const LESSONS_LOCK_KEY: i64 = rollcall_runtime::storage::lock_keys::REGISTERS_LESSONS;
 
 /// The roles a truancy flag is for.
 pub(crate) const FLAG_ROLES: [&str; 2] = ["head_of_year", "senior_attendance_lead"];

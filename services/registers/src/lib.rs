@@ -29,5 +29,21 @@ pub const MIGRATIONS: Migrations = Migrations {
     sqlite: &sqlx::migrate!("../../migrations/registers/sqlite"),
 };
 
-/// The advisory lock that serialises writers to the marks feed on PostgreSQL.
-const FEED_LOCK_KEY: i64 = 0x726f_6c6c_0001;
+/// The advisory lock that serialises writers to the marks feed on PostgreSQL. A writer that
+/// may touch any school's records takes it alone. An import of one school's marks shares it
+/// with imports of other schools, takes its school's lock alone while it reads and plans, and
+/// takes [`APPEND_LOCK_KEY`] only to number and store its versions.
+const FEED_LOCK_KEY: i64 = rollcall_runtime::storage::lock_keys::REGISTERS_FEED;
+
+/// The advisory lock held from numbering new feed positions until commit by a writer that
+/// shares [`FEED_LOCK_KEY`], so that positions still commit in order.
+const APPEND_LOCK_KEY: i64 = rollcall_runtime::storage::lock_keys::REGISTERS_APPEND;
+
+/// Returns the advisory lock of one school's registers, or `None` when the LAESTAB is not a
+/// number (a validated LAESTAB always is).
+fn school_lock_key(laestab: &str) -> Option<i64> {
+    laestab
+        .parse::<u32>()
+        .ok()
+        .map(rollcall_runtime::storage::lock_keys::registers_school)
+}

@@ -14,7 +14,7 @@ use tonic::Status;
 use crate::convert::required_date;
 
 /// The advisory lock that serialises report writers on PostgreSQL, so report ids are unique.
-const REPORTS_LOCK_KEY: i64 = 0x726f_6c6c_0011;
+const REPORTS_LOCK_KEY: i64 = rollcall_runtime::storage::lock_keys::REGISTERS_REPORTS;
 
 /// A stored report.
 #[derive(Debug, Clone, sqlx::FromRow)]
