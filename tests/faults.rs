@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 use chrono::{Datelike, NaiveDate, Weekday};
 use rollcall_api::mis_adapter::v1::SyncMarksRequest;
@@ -217,31 +218,39 @@ impl ServeProcess {
 
     /// Waits until the process reports every service it hosts as serving.
     async fn wait_until_serving(&mut self) {
-        use tonic_health::pb::HealthCheckRequest;
-        use tonic_health::pb::health_check_response::ServingStatus;
-        use tonic_health::pb::health_client::HealthClient;
+        self.wait_for_health(ServingStatus::Serving).await;
+    }
 
+    /// Waits until the process's overall health is `expected`.
+    async fn wait_for_health(&mut self, expected: ServingStatus) {
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
                 panic!("{} exited with {status}: {}", self.name, self.log());
             }
-            let endpoint = tonic::transport::Endpoint::from_shared(self.url()).expect("URL");
-            if let Ok(channel) = endpoint.connect().await {
-                let response = HealthClient::new(channel)
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await;
-                if let Ok(response) = response
-                    && response.into_inner().status() == ServingStatus::Serving
-                {
-                    return;
-                }
+            if self.health("").await == Some(expected) {
+                return;
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// Returns the health the process reports for `service`, or `None` when it cannot be
+    /// reached.
+    async fn health(&self, service: &str) -> Option<ServingStatus> {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+
+        let endpoint = tonic::transport::Endpoint::from_shared(self.url()).expect("URL");
+        let channel = endpoint.connect().await.ok()?;
+        let response = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .ok()?;
+        Some(response.into_inner().status())
     }
 
     /// Counts the sync batches the process has logged as finished.
@@ -781,11 +790,18 @@ async fn database_lost_during_ingest(fault: DatabaseFault) {
         import.stderr().contains("Retrying in") && !acked.lock().expect("lock").failures.is_empty()
     })
     .await;
+    // Health reports the lost database, so that probes stop sending calls.
+    server.wait_for_health(ServingStatus::NotServing).await;
+    assert_eq!(
+        server.health("liveness").await,
+        Some(ServingStatus::Serving),
+        "liveness must not fail while only the database is away"
+    );
     let acked_before_restart = acked.lock().expect("lock").batches;
     postgres.start().await.expect("PostgreSQL starts again");
 
-    // The server reconnects by itself: health stays or turns SERVING, and batches
-    // succeed again.
+    // The server reconnects by itself: health turns SERVING again, and batches succeed
+    // again.
     server.wait_until_serving().await;
     wait_for(|| acked.lock().expect("lock").batches >= acked_before_restart + 3).await;
     let (succeeded, stdout, stderr) = import.finish().await;
@@ -816,24 +832,30 @@ async fn database_lost_during_ingest(fault: DatabaseFault) {
     // The log names the failure and the batches sent again by their keys.
     let log = server.log();
     assert!(log.contains("Storage error"), "{log}");
-    let retried_key = acked_key_started_twice(&log);
+    let retried_key = failed_key_finished_later(&log);
     assert!(
         retried_key.is_some(),
-        "no batch key was logged twice: {log}"
+        "no batch key was logged as failed and then as finished: {log}"
     );
     // Logs carry ids such as UPNs and keys, never names (docs/security.md).
     assert!(!log.contains("Pupil 1"), "a pupil's name is in the log");
 }
 
-/// Returns a batch key that the log shows as started more than once.
-fn acked_key_started_twice(log: &str) -> Option<String> {
-    let mut seen = BTreeSet::new();
-    for line in log.lines().filter(|line| line.contains("batch started")) {
-        let key = line
-            .split_whitespace()
-            .find_map(|field| field.strip_prefix("key="))?
-            .to_owned();
-        if !seen.insert(key.clone()) {
+/// Returns the key of a batch that the log shows as failed and later as finished.
+fn failed_key_finished_later(log: &str) -> Option<String> {
+    let key_of = |line: &str| {
+        line.split_whitespace()
+            .find_map(|field| field.strip_prefix("key="))
+            .map(str::to_owned)
+    };
+    let mut failed = BTreeSet::new();
+    for line in log.lines() {
+        if line.contains("Sync batch failed") {
+            failed.extend(key_of(line));
+        } else if line.contains("Sync batch finished")
+            && let Some(key) = key_of(line)
+            && failed.contains(&key)
+        {
             return Some(key);
         }
     }

@@ -483,7 +483,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     };
     let authenticator = Arc::new(Authenticator::new(mode, internal));
     // Every mode records audit events; with --dev their subject is "dev".
-    let audit_store = AuditStore::new(audit_db);
+    let audit_store = AuditStore::new(audit_db.clone());
     let (stop_signal, stopping) = rollcall_runtime::shutdown::stop_signal();
 
     let reflection = || {
@@ -505,9 +505,16 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             .build_v1()
             .context("cannot build the reflection service")?,
     );
-    let mut health_names = vec![""];
+    let mut health_names = vec!["", LIVENESS];
+    // Each hosted service's storage, checked while serving so that health reports it.
+    let mut storage_checks = vec![StorageCheck::new("audit", &[], &audit_db)];
 
     if let Some(db) = registers_db {
+        storage_checks.push(StorageCheck::new(
+            "registers",
+            &[<RegistersServiceServer<Registers> as NamedService>::NAME],
+            &db,
+        ));
         let registers = Registers::new(db, stopping.clone())
             .await?
             .with_max_import_items(config.limits.max_import_items);
@@ -520,6 +527,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         health_names.push(<RegistersServiceServer<Registers> as NamedService>::NAME);
     }
     if let Some(db) = policy_db {
+        storage_checks.push(StorageCheck::new(
+            "policy",
+            &[<PolicyServiceServer<Policy> as NamedService>::NAME],
+            &db,
+        ));
         let policy = Policy::new(
             db,
             peers.registers.clone(),
@@ -537,6 +549,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         health_names.push(<PolicyServiceServer<Policy> as NamedService>::NAME);
     }
     if let Some(db) = cases_db {
+        storage_checks.push(StorageCheck::new(
+            "cases",
+            &[<CasesServiceServer<Cases> as NamedService>::NAME],
+            &db,
+        ));
         let cases = Cases::new(
             db,
             peers.policy.clone(),
@@ -557,6 +574,11 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         health_names.push(<CasesServiceServer<Cases> as NamedService>::NAME);
     }
     if let Some(db) = referrals_db {
+        storage_checks.push(StorageCheck::new(
+            "referrals",
+            &[<ReferralsServiceServer<Referrals> as NamedService>::NAME],
+            &db,
+        ));
         // Only the default key is created on first start: a configured key that is missing
         // is a mistake, and a new key would sign packs the local authority cannot confirm.
         let signing_key = match &config.referrals.signing_key_file {
@@ -577,6 +599,14 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         health_names.push(<ReferralsServiceServer<Referrals> as NamedService>::NAME);
     }
     if let Some(db) = adapter_db {
+        storage_checks.push(StorageCheck::new(
+            "mis-adapter",
+            &[
+                <MisAdapterServiceServer<MisAdapter> as NamedService>::NAME,
+                <MisSyncServiceServer<MisSync> as NamedService>::NAME,
+            ],
+            &db,
+        ));
         let sync = MisSync::new(db.clone(), peers.registers.clone())
             .with_max_batch_rows(config.limits.max_batch_rows);
         // Connectors apply what they read through the MIS sync service of this process.
@@ -610,6 +640,9 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
                 .max_encoding_message_size(max_message_bytes),
         );
         health_names.push(<AuditServiceServer<Audit> as NamedService>::NAME);
+        storage_checks[0]
+            .names
+            .push(<AuditServiceServer<Audit> as NamedService>::NAME);
     }
     let routes = routes.routes();
     // Calls between rollcall's own services are not counted against the limit on requests in
@@ -660,6 +693,7 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
             .set_service_status(*name, ServingStatus::Serving)
             .await;
     }
+    followers.push(tokio::spawn(watch_storage(health.clone(), storage_checks)));
     match health_addr {
         Some(health_addr) => tracing::info!(%addr, %health_addr, "rollcall is serving"),
         None => tracing::info!(%addr, "rollcall is serving"),
@@ -683,6 +717,102 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
 /// Checks that another service responds to its health check, and logs what is wrong when it
 /// does not, so that a wrong address or CA shows at start rather than only as retries later. A
 /// service that is still starting gets a minute.
+/// The health name that reports only whether the process runs: `SERVING` from start until
+/// it stops, whatever its storage does. Liveness probes check it, so that a database outage
+/// takes pods out of service through the readiness probe without restarting them.
+pub const LIVENESS: &str = "liveness";
+
+/// How often each hosted service's storage is checked while serving.
+const STORAGE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a storage check may take before the storage counts as unreachable.
+const STORAGE_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One hosted service's storage, with the health names that report it.
+struct StorageCheck {
+    service: &'static str,
+    names: Vec<&'static str>,
+    db: rollcall_runtime::Db,
+    reachable: bool,
+}
+
+impl StorageCheck {
+    fn new(service: &'static str, names: &[&'static str], db: &rollcall_runtime::Db) -> Self {
+        Self {
+            service,
+            names: names.to_vec(),
+            db: db.clone(),
+            reachable: true,
+        }
+    }
+
+    /// Checks the storage once; returns the error when it cannot be reached.
+    async fn probe(&self) -> Result<(), String> {
+        match tokio::time::timeout(
+            STORAGE_CHECK_TIMEOUT,
+            rollcall_runtime::storage::ping(&self.db),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!(
+                "no answer within {} s",
+                STORAGE_CHECK_TIMEOUT.as_secs()
+            )),
+        }
+    }
+}
+
+/// Checks each hosted service's storage every [`STORAGE_CHECK_INTERVAL`] while serving. A
+/// service whose storage cannot be reached reports NOT_SERVING, and so does the server as a
+/// whole, until a check succeeds again. Probes and load balancers then stop sending calls that
+/// would fail.
+async fn watch_storage(health: HealthReporter, mut checks: Vec<StorageCheck>) {
+    let mut interval = tokio::time::interval(STORAGE_CHECK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate, and the storage has just been reached.
+    interval.tick().await;
+    let mut all_reachable = true;
+    loop {
+        interval.tick().await;
+        for check in &mut checks {
+            let status = match (check.reachable, check.probe().await) {
+                (true, Err(error)) => {
+                    tracing::warn!(
+                        service = check.service,
+                        %error,
+                        "Storage cannot be reached; health is NOT_SERVING until it answers"
+                    );
+                    check.reachable = false;
+                    ServingStatus::NotServing
+                }
+                (false, Ok(())) => {
+                    tracing::info!(
+                        service = check.service,
+                        "Storage answers again; health is SERVING"
+                    );
+                    check.reachable = true;
+                    ServingStatus::Serving
+                }
+                _ => continue,
+            };
+            for name in &check.names {
+                health.set_service_status(*name, status).await;
+            }
+        }
+        let reachable = checks.iter().all(|check| check.reachable);
+        if reachable != all_reachable {
+            all_reachable = reachable;
+            let status = if reachable {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            health.set_service_status("", status).await;
+        }
+    }
+}
+
 async fn check_peer(service: ServiceName, url: String, channel: rollcall_api::client::Channel) {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;

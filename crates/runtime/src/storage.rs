@@ -203,6 +203,32 @@ impl WriteTransaction for PgPool {
             .await?;
         Ok(transaction)
     }
+
+    async fn begin_shared_write(
+        &self,
+        shared_key: i64,
+        own_key: i64,
+    ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        let mut transaction = self.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1), pg_advisory_xact_lock($2)")
+            .bind(shared_key)
+            .bind(own_key)
+            .execute(&mut *transaction)
+            .await?;
+        Ok(transaction)
+    }
+
+    async fn lock_until_end(
+        &self,
+        transaction: &mut Transaction<'static, Postgres>,
+        lock_key: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(lock_key)
+            .execute(&mut **transaction)
+            .await
+            .map(|_| ())
+    }
 }
 
 impl WriteTransaction for SqlitePool {

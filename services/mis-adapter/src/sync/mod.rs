@@ -719,6 +719,19 @@ fn log_finished(
     );
 }
 
+/// Logs a batch that failed, with its school and key, so that the batch sent again with the
+/// same key can be matched to the failure.
+fn log_failed(school: &str, key: &str, kind: BatchKind, status: &Status) {
+    tracing::warn!(
+        laestab = %school,
+        key,
+        kind = kind.as_str(),
+        code = ?status.code(),
+        message = status.message(),
+        "Sync batch failed"
+    );
+}
+
 type SyncStream = Pin<Box<dyn Stream<Item = Result<StreamSyncResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -727,9 +740,12 @@ impl MisSyncService for MisSync {
         &self,
         request: Request<SyncPupilsRequest>,
     ) -> Result<Response<SyncPupilsResponse>, Status> {
-        caller(&request)?.school(&laestab("laestab", &request.get_ref().laestab)?)?;
+        let school = laestab("laestab", &request.get_ref().laestab)?;
+        caller(&request)?.school(&school)?;
+        let key = request.get_ref().idempotency_key.clone();
         self.sync_pupils_batch(request.into_inner())
             .await
+            .inspect_err(|status| log_failed(&school, &key, BatchKind::Pupils, status))
             .map(Response::new)
     }
 
@@ -743,9 +759,12 @@ impl MisSyncService for MisSync {
             .as_ref()
             .map(|calendar| calendar.laestab.clone())
             .unwrap_or_default();
-        caller(&request)?.school(&laestab("calendar.laestab", &school)?)?;
+        let school = laestab("calendar.laestab", &school)?;
+        caller(&request)?.school(&school)?;
+        let key = request.get_ref().idempotency_key.clone();
         self.sync_calendar_batch(request.into_inner())
             .await
+            .inspect_err(|status| log_failed(&school, &key, BatchKind::Calendar, status))
             .map(Response::new)
     }
 
@@ -753,9 +772,12 @@ impl MisSyncService for MisSync {
         &self,
         request: Request<SyncMarksRequest>,
     ) -> Result<Response<SyncMarksResponse>, Status> {
-        caller(&request)?.school(&laestab("laestab", &request.get_ref().laestab)?)?;
+        let school = laestab("laestab", &request.get_ref().laestab)?;
+        caller(&request)?.school(&school)?;
+        let key = request.get_ref().idempotency_key.clone();
         self.sync_marks_batch(request.into_inner())
             .await
+            .inspect_err(|status| log_failed(&school, &key, BatchKind::Marks, status))
             .map(Response::new)
     }
 
