@@ -9,9 +9,10 @@ use std::time::Duration;
 use rollcall_api::policy::v1::policy_service_client::PolicyServiceClient;
 use rollcall_api::policy::v1::{
     AssignPolicyRequest, DecideAbsenceRequest, GetAttendanceStatisticsRequest,
-    GetPenaltyNoticeTermsRequest, GetPolicyRequest, GetPupilAttendanceRequest, GetSyncStateRequest,
-    ListPoliciesRequest, ListRewardsRequest, LoadPolicyRequest, SessionRef, StatisticsGroupBy,
-    StatisticsRange, TriggerKind, TriggerState, WatchTriggersRequest,
+    GetAttendanceStatisticsResponse, GetPenaltyNoticeTermsRequest, GetPolicyRequest,
+    GetPupilAttendanceRequest, GetSyncStateRequest, ListPoliciesRequest, ListRewardsRequest,
+    LoadPolicyRequest, SessionRef, StatisticsGroupBy, StatisticsRange, TriggerKind, TriggerState,
+    WatchTriggersRequest,
 };
 use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_api::registers::v1::{
@@ -1118,6 +1119,130 @@ async fn statistics_by_group(database_url: Option<&str>) {
     assert_eq!(term.total.expect("total").pupils, 3);
 
     running.stop().await.expect("server stops");
+}
+
+/// Runs one statement against the policy service's own storage, behind the server's back.
+async fn execute_on_policy_storage(work: &Path, database_url: Option<&str>, sql: &str) {
+    match database_url {
+        None => {
+            let options = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(work.join("data").join("policy.db"));
+            let pool = sqlx::SqlitePool::connect_with(options)
+                .await
+                .expect("SQLite opens");
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&pool)
+                .await
+                .unwrap_or_else(|error| panic!("{sql}: {error}"));
+            pool.close().await;
+        }
+        Some(url) => {
+            let options: sqlx::postgres::PgConnectOptions = url.parse().expect("URL");
+            let pool = sqlx::PgPool::connect_with(options.options([("search_path", "policy")]))
+                .await
+                .expect("PostgreSQL connects");
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&pool)
+                .await
+                .unwrap_or_else(|error| panic!("{sql}: {error}"));
+            pool.close().await;
+        }
+    }
+}
+
+/// Statistics count the policy service's copy of the marks while it is up to date with the
+/// registers' feed, and read the registers when it is behind. The copy is emptied behind the
+/// server's back to tell the two apart.
+async fn statistics_when_copy_lags(database_url: Option<&str>) {
+    let work = tempfile::tempdir().expect("temp dir");
+    let (running, mut clients) = start(work.path(), database_url).await;
+    let pupil = Upn::from_digits([9, 1, 9, 2, 0, 0, 1, 2, 7, 0, 0, 1]).to_string();
+    let mut marks = weekdays(&pupil, (9, 1), (9, 12), "/");
+    marks[3].code = "O".into();
+    let mut messages = september();
+    messages.splice(
+        1..,
+        [
+            ImportRegisterRequest {
+                item: Some(Item::Pupil(pupil_import(&pupil, "2025-09-01", "8", "8A"))),
+            },
+            ImportRegisterRequest {
+                item: Some(Item::Marks(ImportMarks { marks })),
+            },
+        ],
+    );
+    clients
+        .registers
+        .import_register(tokio_stream::iter(messages))
+        .await
+        .expect("import");
+    let request = GetAttendanceStatisticsRequest {
+        laestab: LAESTAB.into(),
+        as_of: "2025-09-12".into(),
+        ..GetAttendanceStatisticsRequest::default()
+    };
+    let totals = async |policy: &mut PolicyServiceClient<Channel>| {
+        let response: GetAttendanceStatisticsResponse = policy
+            .get_attendance_statistics(request.clone())
+            .await
+            .expect("statistics")
+            .into_inner();
+        let total = response.total.expect("total");
+        let figures = total.figures.unwrap_or_default();
+        (
+            total.pupils,
+            figures.possible_sessions,
+            figures.unauthorised_absence_sessions,
+        )
+    };
+    assert_eq!(
+        totals(&mut clients.policy).await,
+        (1, 20, 1),
+        "from the up-to-date copy"
+    );
+
+    // Behind: the copy is emptied and its position moved back, so the registers are read.
+    for sql in [
+        "DELETE FROM pupil_marks",
+        "UPDATE sync_state SET cursor = 0 WHERE feed = 'registers.marks'",
+    ] {
+        execute_on_policy_storage(work.path(), database_url, sql).await;
+    }
+    assert_eq!(
+        totals(&mut clients.policy).await,
+        (1, 20, 1),
+        "from the registers"
+    );
+
+    // Up to date again: the emptied copy is what is read, so no pupil has a session.
+    execute_on_policy_storage(
+        work.path(),
+        database_url,
+        "UPDATE sync_state SET cursor = 1000000 WHERE feed = 'registers.marks'",
+    )
+    .await;
+    assert_eq!(
+        totals(&mut clients.policy).await,
+        (0, 0, 0),
+        "from the emptied copy"
+    );
+    running.stop().await.expect("server stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statistics_when_copy_lags_on_sqlite() {
+    statistics_when_copy_lags(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statistics_when_copy_lags_on_postgres() {
+    let url = rollcall_testkit::postgres()
+        .await
+        .expect("PostgreSQL for the tests")
+        .create_database()
+        .await
+        .expect("database");
+    statistics_when_copy_lags(Some(&url)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
