@@ -199,7 +199,7 @@ impl PupilCodes {
     }
 }
 
-/// Where a pupil's codes are read from.
+/// The store that a pupil's codes are read from.
 #[derive(Clone, Copy)]
 pub(crate) enum CodeSource<'a> {
     /// The registers' effective marks, page by page.
@@ -477,7 +477,7 @@ pub(crate) async fn statistics(
         return Ok(GetAttendanceStatisticsResponse::default());
     };
 
-    // The kept copy is read when it has every mark stored before the request; while the
+    // The kept copy is read when it has every mark stored before the request. While the
     // policy service catches up after a large import, the registers are read instead.
     let source = if copy_reaches(db, feed_head).await? {
         CodeSource::Copy(db)
