@@ -186,6 +186,15 @@ fn root_trace_id(receiver: &OtlpReceiver, name: &str) -> Option<String> {
     roots.first().map(ReceivedSpan::trace_id)
 }
 
+/// Returns whether every span's parent, where it has one, has been received.
+fn parents_present(spans: &[ReceivedSpan]) -> bool {
+    let ids: HashSet<String> = spans.iter().map(ReceivedSpan::span_id).collect();
+    spans.iter().all(|span| {
+        let parent = span.parent_span_id();
+        parent.is_empty() || ids.contains(&parent)
+    })
+}
+
 /// Checks that a trace is connected: one root, and every other span's parent is in the trace.
 fn assert_connected(spans: &[ReceivedSpan], root_name: &str) {
     let ids: HashSet<String> = spans.iter().map(ReceivedSpan::span_id).collect();
@@ -274,7 +283,9 @@ async fn import_and_referral_are_traced_across_services() {
         ]
         .iter()
         .all(|name| names.contains(*name))
+        // A span is exported when it ends, after its children, so wait for the parents too.
         .then_some(spans)
+        .filter(|spans| parents_present(spans))
     })
     .await;
     assert_connected(&import_trace, import_root);
