@@ -32,6 +32,10 @@ use crate::calendar::{self, load_calendar_rows};
 use crate::convert::{fsm_as_str, phase_as_str, registration_as_str, sen_as_str};
 use crate::{APPEND_LOCK_KEY, FEED_LOCK_KEY, school_lock_key};
 
+mod versions;
+
+use versions::{NewVersions, StoreVersions};
+
 /// Rows per multi-row statement. Seventeen columns a row stays well inside SQLite's limit of
 /// 32,766 bound parameters and PostgreSQL's 65,535.
 const CHUNK: usize = 1_000;
@@ -1642,70 +1646,17 @@ pub(crate) async fn apply(
             plan.move_positions(now_head - head);
         }
 
-        let imported = format!("Imported from {}", request.source_name);
-        let traceparent = rollcall_runtime::telemetry::current_traceparent();
-        for chunk in plan.versions.chunks(CHUNK) {
-            let mut insert = QueryBuilder::new(
-                "INSERT INTO marks (sequence, laestab, upn, session_date, session, code, \
-                 minutes_late, source, source_name, reason, recorded_by, recorded_by_position, \
-                 recorded_at, received_at, effective_when_stored, arrived_at, traceparent) ",
-            );
-            insert.push_values(chunk, |mut row, version| {
-                let mark = version.mark;
-                row.push_bind(version.sequence)
-                    .push_bind(laestab.clone())
-                    .push_bind(mark.upn.clone())
-                    .push_bind(mark.date)
-                    .push_bind(mark.session.as_str())
-                    .push_bind(version.code.clone())
-                    .push_bind(version.minutes_late)
-                    .push_bind(request.source.as_str())
-                    .push_bind(request.source_name.clone())
-                    .push_bind(if mark.comment.is_empty() {
-                        imported.clone()
-                    } else {
-                        mark.comment.clone()
-                    })
-                    .push_bind(request.recorded_by.clone())
-                    .push_bind("")
-                    .push_bind(mark.recorded_at)
-                    .push_bind(now)
-                    .push_bind(version.effective)
-                    .push_bind(mark.arrived_at)
-                    .push_bind(traceparent.clone());
-            });
-            insert
-                .build()
-                .execute(&mut *tx)
-                .await
-                .map_err(store_error)?;
-
-            let effective: Vec<&Version<'_>> = chunk.iter().filter(|v| v.effective).collect();
-            if effective.is_empty() {
-                continue;
-            }
-            let mut upsert = QueryBuilder::new(
-                "INSERT INTO effective_marks (laestab, upn, session_date, session, sequence, recorded_at) ",
-            );
-            upsert.push_values(effective, |mut row, version| {
-                let mark = version.mark;
-                row.push_bind(laestab.clone())
-                    .push_bind(mark.upn.clone())
-                    .push_bind(mark.date)
-                    .push_bind(mark.session.as_str())
-                    .push_bind(version.sequence)
-                    .push_bind(mark.recorded_at);
-            });
-            upsert.push(
-                " ON CONFLICT (laestab, upn, session_date, session) DO UPDATE \
-                 SET sequence = excluded.sequence, recorded_at = excluded.recorded_at",
-            );
-            upsert
-                .build()
-                .execute(&mut *tx)
-                .await
-                .map_err(store_error)?;
-        }
+        let new_versions = NewVersions {
+            request,
+            versions: &plan.versions,
+            existing: &existing,
+            imported: format!("Imported from {}", request.source_name),
+            received_at: now,
+            traceparent: rollcall_runtime::telemetry::current_traceparent(),
+        };
+        tx.store_versions(&new_versions)
+            .await
+            .map_err(store_error)?;
 
         sqlx::query(
             "INSERT INTO imports (request_id, laestab, source_name, marks_recorded, feed_cursor, applied_at, results) \
