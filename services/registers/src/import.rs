@@ -34,7 +34,7 @@ use crate::{APPEND_LOCK_KEY, FEED_LOCK_KEY, school_lock_key};
 
 mod versions;
 
-use versions::{NewVersions, StoreVersions};
+use versions::{NewVersions, StoreImport};
 
 /// Rows per multi-row statement. Seventeen columns a row stays well inside SQLite's limit of
 /// 32,766 bound parameters and PostgreSQL's 65,535.
@@ -1633,45 +1633,28 @@ pub(crate) async fn apply(
                     "an import of marks alone planned changes to the roll; nothing was stored",
                 ));
             }
-            // Positions are numbered from the head read when planning. Other schools' imports
-            // may have appended since, so the versions move up past the head now, keeping
-            // their order.
+            // Other schools' imports may append between planning and now, so the versions
+            // are numbered after the head read while this lock is held.
             pool.lock_until_end(&mut tx, APPEND_LOCK_KEY)
                 .await
                 .map_err(store_error)?;
-            let now_head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(sequence), 0) FROM marks")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(store_error)?;
-            plan.move_positions(now_head - head);
         }
 
+        // A replay of a partial import returns the stored results with the head of its own
+        // time, so they are encoded before the final numbering.
         let new_versions = NewVersions {
             request,
             versions: &plan.versions,
-            existing: &existing,
+            planned_head: head,
+            planned_cursor: plan.response.feed_cursor,
+            marks_recorded: plan.response.marks_recorded,
             imported: format!("Imported from {}", request.source_name),
             received_at: now,
             traceparent: rollcall_runtime::telemetry::current_traceparent(),
+            results: request.partial.then(|| plan.response.encode_to_vec()),
         };
-        tx.store_versions(&new_versions)
-            .await
-            .map_err(store_error)?;
-
-        sqlx::query(
-            "INSERT INTO imports (request_id, laestab, source_name, marks_recorded, feed_cursor, applied_at, results) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&request.request_id)
-        .bind(laestab)
-        .bind(&request.source_name)
-        .bind(plan.response.marks_recorded)
-        .bind(plan.response.feed_cursor)
-        .bind(now)
-        .bind(request.partial.then(|| plan.response.encode_to_vec()))
-        .execute(&mut *tx)
-        .await
-        .map_err(store_error)?;
+        let numbered_after = tx.store_import(&new_versions).await.map_err(store_error)?;
+        plan.move_positions(numbered_after - head);
         tx.commit().await.map_err(store_error)?;
         Ok(plan.response)
     })

@@ -1,26 +1,32 @@
-//! Storing an import's new mark versions and moving the effective marks to them.
+//! Writing an import: its new mark versions, the effective marks moved to them and the record
+//! of the import.
 //!
-//! PostgreSQL takes the versions, and the effective marks of sessions that had none, as `COPY`s
-//! in CSV, with no bound parameter per field. It moves the effective marks of the other
-//! sessions in one statement over arrays. SQLite takes multi-row `INSERT`s, because each
-//! statement there runs in-process anyway.
+//! On PostgreSQL this is one statement over arrays, which reads the feed's head and numbers the
+//! versions after it. An import of one school's marks writes while holding the append lock
+//! (see [`crate::APPEND_LOCK_KEY`]) that every such import waits for, so one round trip
+//! there, rather than one a table, keeps that wait short. SQLite, which writes one
+//! transaction at a time, takes multi-row `INSERT`s numbered when planning.
 
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{Postgres, QueryBuilder, Sqlite, Transaction};
 
-use super::{CHUNK, Existing, ImportRequest, Version};
+use super::{CHUNK, ImportRequest, Version};
 
-/// The versions of one import, with what every row of it shares.
+/// The versions of one import, with what every row of it shares and the import's record.
 pub(super) struct NewVersions<'a> {
     pub(super) request: &'a ImportRequest,
     pub(super) versions: &'a [Version<'a>],
-    /// The registers' rows read to plan the import, among them every effective mark of its
-    /// pupils and dates.
-    pub(super) existing: &'a Existing,
+    /// The feed's head when the versions were numbered in the plan.
+    pub(super) planned_head: i64,
+    /// The feed position of the import's last version, as planned.
+    pub(super) planned_cursor: i64,
+    pub(super) marks_recorded: i32,
     /// The reason stored for a mark sent without a comment.
     pub(super) imported: String,
     pub(super) received_at: DateTime<Utc>,
     pub(super) traceparent: Option<String>,
+    /// The encoded response of a partial import, kept so that a replay returns its results.
+    pub(super) results: Option<Vec<u8>>,
 }
 
 impl NewVersions<'_> {
@@ -31,182 +37,99 @@ impl NewVersions<'_> {
             &version.mark.comment
         }
     }
-
-    /// Returns the versions that become effective, in feed order. An import holds at most one
-    /// mark a session (reading rejects a second), so no statement below sets a session twice.
-    fn effective(&self) -> Vec<&Version<'_>> {
-        self.versions
-            .iter()
-            .filter(|version| version.effective)
-            .collect()
-    }
-
-    /// True when the version's session already had an effective mark.
-    fn replaces_effective(&self, version: &Version<'_>) -> bool {
-        let mark = version.mark;
-        self.existing
-            .effective
-            .contains_key(&(mark.upn.clone(), mark.date, mark.session))
-    }
 }
 
-/// Writes new mark versions inside an import's transaction.
-pub(super) trait StoreVersions {
-    /// Inserts every version into `marks` and points `effective_marks` at the effective ones.
-    async fn store_versions(&mut self, new: &NewVersions<'_>) -> Result<(), sqlx::Error>;
+/// Writes an import's versions inside its transaction.
+pub(super) trait StoreImport {
+    /// Inserts every version into `marks`, points `effective_marks` at the effective ones and
+    /// records the import in `imports`. Returns the feed's head that the versions were
+    /// numbered after, which is later than the planned head when other schools' imports
+    /// appended in between.
+    async fn store_import(&mut self, new: &NewVersions<'_>) -> Result<i64, sqlx::Error>;
 }
 
-/// Columns of `marks` an import writes, in the order of each CSV record.
+/// Columns of `marks` an import writes, for SQLite.
 const MARK_COLUMNS: &str = "sequence, laestab, upn, session_date, session, code, minutes_late, \
      source, source_name, reason, recorded_by, recorded_by_position, recorded_at, received_at, \
      effective_when_stored, arrived_at, traceparent";
 
-/// Formats a time as PostgreSQL reads it, to the microsecond it stores.
-fn timestamp(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
+impl StoreImport for Transaction<'static, Postgres> {
+    async fn store_import(&mut self, new: &NewVersions<'_>) -> Result<i64, sqlx::Error> {
+        let request = new.request;
+        let versions = new.versions;
+        let steps: Vec<i64> = versions
+            .iter()
+            .map(|version| version.sequence - new.planned_head)
+            .collect();
+        let upns: Vec<&str> = versions.iter().map(|v| v.mark.upn.as_str()).collect();
+        let dates: Vec<NaiveDate> = versions.iter().map(|v| v.mark.date).collect();
+        let sessions: Vec<&str> = versions.iter().map(|v| v.mark.session.as_str()).collect();
+        let codes: Vec<&str> = versions.iter().map(|v| v.code.as_str()).collect();
+        let minutes_late: Vec<i32> = versions.iter().map(|v| v.minutes_late).collect();
+        let reasons: Vec<&str> = versions.iter().map(|v| new.reason(v)).collect();
+        let recorded_at: Vec<DateTime<Utc>> = versions.iter().map(|v| v.mark.recorded_at).collect();
+        let effective: Vec<bool> = versions.iter().map(|v| v.effective).collect();
+        let arrived_at: Vec<Option<DateTime<Utc>>> =
+            versions.iter().map(|v| v.mark.arrived_at).collect();
 
-/// Encodes the versions as CSV records for `COPY`. Every field is quoted, so an empty string
-/// stays empty, and an absent arrival time or trace context is an empty field, which the
-/// `COPY` reads as NULL through `FORCE_NULL`.
-fn mark_records(new: &NewVersions<'_>) -> Result<Vec<u8>, sqlx::Error> {
-    let request = new.request;
-    let received_at = timestamp(new.received_at);
-    let traceparent = new.traceparent.as_deref().unwrap_or("");
-    let mut writer = csv_writer(new.versions.len() * 200);
-    for version in new.versions {
-        let mark = version.mark;
-        let arrived_at = mark.arrived_at.map(timestamp).unwrap_or_default();
-        writer
-            .write_record([
-                version.sequence.to_string().as_str(),
-                &request.laestab,
-                &mark.upn,
-                &mark.date.to_string(),
-                mark.session.as_str(),
-                &version.code,
-                &version.minutes_late.to_string(),
-                request.source.as_str(),
-                &request.source_name,
-                new.reason(version),
-                &request.recorded_by,
-                "",
-                &timestamp(mark.recorded_at),
-                &received_at,
-                if version.effective { "true" } else { "false" },
-                &arrived_at,
-                traceparent,
-            ])
-            .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
-    }
-    finish(writer)
-}
-
-/// Encodes effective marks as CSV records for `COPY` into `effective_marks`.
-fn effective_records(laestab: &str, versions: &[&Version<'_>]) -> Result<Vec<u8>, sqlx::Error> {
-    let mut writer = csv_writer(versions.len() * 80);
-    for version in versions {
-        let mark = version.mark;
-        writer
-            .write_record([
-                laestab,
-                &mark.upn,
-                &mark.date.to_string(),
-                mark.session.as_str(),
-                &version.sequence.to_string(),
-                &timestamp(mark.recorded_at),
-            ])
-            .map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
-    }
-    finish(writer)
-}
-
-fn csv_writer(capacity: usize) -> csv::Writer<Vec<u8>> {
-    csv::WriterBuilder::new()
-        .has_headers(false)
-        .quote_style(csv::QuoteStyle::Always)
-        .from_writer(Vec::with_capacity(capacity))
-}
-
-fn finish(writer: csv::Writer<Vec<u8>>) -> Result<Vec<u8>, sqlx::Error> {
-    writer
-        .into_inner()
-        .map_err(|error| sqlx::Error::Encode(Box::new(error.into_error())))
-}
-
-/// Sends `records` to a `COPY ... FROM STDIN` statement.
-async fn copy_in(
-    transaction: &mut Transaction<'static, Postgres>,
-    statement: &str,
-    records: Vec<u8>,
-) -> Result<(), sqlx::Error> {
-    let mut copy = transaction.copy_in_raw(statement).await?;
-    copy.send(records).await?;
-    copy.finish().await?;
-    Ok(())
-}
-
-impl StoreVersions for Transaction<'static, Postgres> {
-    async fn store_versions(&mut self, new: &NewVersions<'_>) -> Result<(), sqlx::Error> {
-        if new.versions.is_empty() {
-            return Ok(());
-        }
-        copy_in(
-            self,
-            &format!(
-                "COPY marks ({MARK_COLUMNS}) FROM STDIN \
-                 WITH (FORMAT csv, FORCE_NULL (arrived_at, traceparent))"
-            ),
-            mark_records(new)?,
+        // The head is read in this statement, so after the append lock was taken. Every part
+        // of a statement reads the same snapshot, and the foreign key from effective_marks to
+        // marks is checked at its end, after both inserts.
+        sqlx::query_scalar(
+            "WITH head AS (SELECT COALESCE(MAX(sequence), 0) AS at FROM marks), \
+             new AS (SELECT * FROM UNNEST($7::int8[], $8::text[], $9::date[], $10::text[], \
+                         $11::text[], $12::int4[], $13::text[], $14::timestamptz[], $15::bool[], \
+                         $16::timestamptz[]) \
+                     AS row (step, upn, session_date, session, code, minutes_late, reason, \
+                             recorded_at, effective, arrived_at)), \
+             stored AS (INSERT INTO marks (sequence, laestab, upn, session_date, session, code, \
+                     minutes_late, source, source_name, reason, recorded_by, \
+                     recorded_by_position, recorded_at, received_at, effective_when_stored, \
+                     arrived_at, traceparent) \
+                 SELECT head.at + new.step, $1, new.upn, new.session_date, new.session, new.code, \
+                        new.minutes_late, $2, $3, new.reason, $4, '', new.recorded_at, $5, \
+                        new.effective, new.arrived_at, $6 \
+                 FROM head, new), \
+             moved AS (INSERT INTO effective_marks \
+                     (laestab, upn, session_date, session, sequence, recorded_at) \
+                 SELECT $1, new.upn, new.session_date, new.session, head.at + new.step, \
+                        new.recorded_at \
+                 FROM head, new WHERE new.effective \
+                 ON CONFLICT (laestab, upn, session_date, session) DO UPDATE \
+                 SET sequence = excluded.sequence, recorded_at = excluded.recorded_at), \
+             recorded AS (INSERT INTO imports \
+                     (request_id, laestab, source_name, marks_recorded, feed_cursor, applied_at, \
+                      results) \
+                 SELECT $17, $1, $3, $18, head.at + $19, $5, $20 FROM head) \
+             SELECT at FROM head",
         )
-        .await?;
-
-        // A session with no effective mark yet gets a new row. Should one exist after all,
-        // the COPY fails on the primary key and the import rolls back.
-        let (replacing, first): (Vec<&Version<'_>>, Vec<&Version<'_>>) = new
-            .effective()
-            .into_iter()
-            .partition(|version| new.replaces_effective(version));
-        if !first.is_empty() {
-            copy_in(
-                self,
-                "COPY effective_marks (laestab, upn, session_date, session, sequence, recorded_at) \
-                 FROM STDIN WITH (FORMAT csv)",
-                effective_records(&new.request.laestab, &first)?,
-            )
-            .await?;
-        }
-        if replacing.is_empty() {
-            return Ok(());
-        }
-        // The upsert also covers a row that the plan did not expect, so nothing is lost.
-        let upns: Vec<&str> = replacing.iter().map(|v| v.mark.upn.as_str()).collect();
-        let dates: Vec<NaiveDate> = replacing.iter().map(|v| v.mark.date).collect();
-        let sessions: Vec<&str> = replacing.iter().map(|v| v.mark.session.as_str()).collect();
-        let sequences: Vec<i64> = replacing.iter().map(|v| v.sequence).collect();
-        let recorded_at: Vec<DateTime<Utc>> =
-            replacing.iter().map(|v| v.mark.recorded_at).collect();
-        sqlx::query(
-            "INSERT INTO effective_marks (laestab, upn, session_date, session, sequence, recorded_at) \
-             SELECT $1, row.* FROM UNNEST($2::text[], $3::date[], $4::text[], $5::int8[], \
-                                          $6::timestamptz[]) AS row \
-             ON CONFLICT (laestab, upn, session_date, session) DO UPDATE \
-             SET sequence = excluded.sequence, recorded_at = excluded.recorded_at",
-        )
-        .bind(&new.request.laestab)
+        .bind(&request.laestab)
+        .bind(request.source.as_str())
+        .bind(&request.source_name)
+        .bind(&request.recorded_by)
+        .bind(new.received_at)
+        .bind(&new.traceparent)
+        .bind(steps)
         .bind(upns)
         .bind(dates)
         .bind(sessions)
-        .bind(sequences)
+        .bind(codes)
+        .bind(minutes_late)
+        .bind(reasons)
         .bind(recorded_at)
-        .execute(&mut **self)
-        .await?;
-        Ok(())
+        .bind(effective)
+        .bind(arrived_at)
+        .bind(&request.request_id)
+        .bind(new.marks_recorded)
+        .bind(new.planned_cursor - new.planned_head)
+        .bind(&new.results)
+        .fetch_one(&mut **self)
+        .await
     }
 }
 
-impl StoreVersions for Transaction<'static, Sqlite> {
-    async fn store_versions(&mut self, new: &NewVersions<'_>) -> Result<(), sqlx::Error> {
+impl StoreImport for Transaction<'static, Sqlite> {
+    async fn store_import(&mut self, new: &NewVersions<'_>) -> Result<i64, sqlx::Error> {
         let request = new.request;
         for chunk in new.versions.chunks(CHUNK) {
             let mut insert = QueryBuilder::new(format!("INSERT INTO marks ({MARK_COLUMNS}) "));
@@ -232,7 +155,9 @@ impl StoreVersions for Transaction<'static, Sqlite> {
             });
             insert.build().execute(&mut **self).await?;
         }
-        for chunk in new.effective().chunks(CHUNK) {
+
+        let effective: Vec<&Version<'_>> = new.versions.iter().filter(|v| v.effective).collect();
+        for chunk in effective.chunks(CHUNK) {
             let mut upsert = QueryBuilder::new(
                 "INSERT INTO effective_marks (laestab, upn, session_date, session, sequence, recorded_at) ",
             );
@@ -251,6 +176,20 @@ impl StoreVersions for Transaction<'static, Sqlite> {
             );
             upsert.build().execute(&mut **self).await?;
         }
-        Ok(())
+
+        sqlx::query(
+            "INSERT INTO imports (request_id, laestab, source_name, marks_recorded, feed_cursor, \
+             applied_at, results) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&request.request_id)
+        .bind(&request.laestab)
+        .bind(&request.source_name)
+        .bind(new.marks_recorded)
+        .bind(new.planned_cursor)
+        .bind(new.received_at)
+        .bind(&new.results)
+        .execute(&mut **self)
+        .await?;
+        Ok(new.planned_head)
     }
 }
