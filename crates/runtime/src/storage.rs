@@ -142,6 +142,16 @@ pub mod lock_keys {
     }
 }
 
+/// The statement that stores a follower's position in a feed (`$1` the feed's name, `$2` the
+/// position) in the service's `sync_state` table, unless a later position is stored already.
+///
+/// Followers that run on several replicas each store the position of the batch they applied,
+/// and one that lags must not move the position back, because readers wait for it to pass
+/// the feed position they need. The statement reads the same on both databases.
+pub const ADVANCE_CURSOR: &str = "INSERT INTO sync_state (feed, cursor) VALUES ($1, $2) \
+     ON CONFLICT (feed) DO UPDATE SET cursor = CASE WHEN excluded.cursor > sync_state.cursor \
+     THEN excluded.cursor ELSE sync_state.cursor END";
+
 /// Runs a trivial query, to check that the database can be reached.
 pub async fn ping(db: &Db) -> Result<(), sqlx::Error> {
     with_db!(db, |pool| {
@@ -397,6 +407,33 @@ mod tests {
                 "school {laestab} key {key:#x}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn cursor_never_moves_back() {
+        let pool = SqlitePool::connect("sqlite::memory:")
+            .await
+            .expect("SQLite");
+        sqlx::query("CREATE TABLE sync_state (feed TEXT PRIMARY KEY, cursor BIGINT NOT NULL)")
+            .execute(&pool)
+            .await
+            .expect("table");
+        let mut stored = Vec::new();
+        for cursor in [10_i64, 5, 12] {
+            sqlx::query(ADVANCE_CURSOR)
+                .bind("feed")
+                .bind(cursor)
+                .execute(&pool)
+                .await
+                .expect("advance");
+            let position: i64 =
+                sqlx::query_scalar("SELECT cursor FROM sync_state WHERE feed = 'feed'")
+                    .fetch_one(&pool)
+                    .await
+                    .expect("read");
+            stored.push(position);
+        }
+        assert_eq!(stored, [10, 10, 12], "an earlier position is ignored");
     }
 
     #[test]

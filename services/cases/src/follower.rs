@@ -392,14 +392,11 @@ async fn apply(
                 tracing::info!(trigger = %trigger.id, upn = %trigger.upn, "No live case for the automatic letter; none written");
             }
         }
-        sqlx::query(
-            "INSERT INTO sync_state (feed, cursor) VALUES ($1, $2) \
-             ON CONFLICT (feed) DO UPDATE SET cursor = excluded.cursor",
-        )
-        .bind(TRIGGER_FEED)
-        .bind(cursor)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(rollcall_runtime::storage::ADVANCE_CURSOR)
+            .bind(TRIGGER_FEED)
+            .bind(cursor)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(Applied { opened, letter_job })
     })

@@ -120,14 +120,11 @@ async fn apply(db: &Db, id: i64, from: &str, to: &str) -> Result<(), sqlx::Error
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
-            "INSERT INTO sync_state (feed, cursor) VALUES ($1, $2) \
-             ON CONFLICT (feed) DO UPDATE SET cursor = excluded.cursor",
-        )
-        .bind(UPN_CHANGES_FEED)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(rollcall_runtime::storage::ADVANCE_CURSOR)
+            .bind(UPN_CHANGES_FEED)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok::<u64, sqlx::Error>(moved_ids)
     })?;

@@ -899,14 +899,11 @@ async fn evaluate(
             upsert.build().execute(&mut *tx).await?;
         }
         if let Some(cursor) = cursor {
-            sqlx::query(
-                "INSERT INTO sync_state (feed, cursor) VALUES ($1, $2) \
-                 ON CONFLICT (feed) DO UPDATE SET cursor = excluded.cursor",
-            )
-            .bind(REGISTERS_FEED)
-            .bind(cursor)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(rollcall_runtime::storage::ADVANCE_CURSOR)
+                .bind(REGISTERS_FEED)
+                .bind(cursor)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok::<_, sqlx::Error>((next, counts, recorded))

@@ -349,14 +349,11 @@ where
     .bind(now)
     .execute(&mut **tx)
     .await?;
-    sqlx::query(
-        "INSERT INTO sync_state (feed, cursor) VALUES ($1, $2) \
-         ON CONFLICT (feed) DO UPDATE SET cursor = excluded.cursor",
-    )
-    .bind(UPN_CHANGES_FEED.to_owned())
-    .bind(change.id)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(rollcall_runtime::storage::ADVANCE_CURSOR)
+        .bind(UPN_CHANGES_FEED.to_owned())
+        .bind(change.id)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 

@@ -239,14 +239,11 @@ async fn record(db: &Db, batch: &Batch) -> Result<(), sqlx::Error> {
                 }
             }
         }
-        sqlx::query(
-            "INSERT INTO sync_state (feed, cursor) VALUES ($1, $2) \
-             ON CONFLICT (feed) DO UPDATE SET cursor = excluded.cursor",
-        )
-        .bind(MARKS_FEED)
-        .bind(batch.cursor)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(rollcall_runtime::storage::ADVANCE_CURSOR)
+            .bind(MARKS_FEED)
+            .bind(batch.cursor)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await
     }
     .await)?;
