@@ -443,3 +443,90 @@ async fn wrong_peer_ca_is_logged_at_start() {
     assert!(log.contains("--tls-ca"), "{log}");
     assert!(log.contains(&registers_url), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_client_certificate_is_logged() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let (ca, files) = certificates(work.path());
+    let log_path = work.path().join("serve.log");
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_rollcall"))
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+        .args([
+            "--data-dir",
+            work.path().join("data").to_str().expect("UTF-8"),
+        ])
+        .args([
+            "--tls-cert",
+            files.cert.as_ref().expect("cert").to_str().expect("UTF-8"),
+        ])
+        .args([
+            "--tls-key",
+            files.key.as_ref().expect("key").to_str().expect("UTF-8"),
+        ])
+        .args([
+            "--tls-client-ca",
+            work.path().join("ca.crt").to_str().expect("UTF-8"),
+        ])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(std::fs::File::create(&log_path).expect("log"))
+        .spawn()
+        .expect("rollcall serve starts");
+    let read_log_until = |needle: &'static str| {
+        let log_path = log_path.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+            loop {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                if log.contains(needle) || std::time::Instant::now() > deadline {
+                    break log;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let log = read_log_until("rollcall is serving").await;
+    let port = log
+        .lines()
+        .find(|line| line.contains("rollcall is serving"))
+        .and_then(|line| line.split("addr=127.0.0.1:").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no listening address in the log: {log}"))
+        .to_owned();
+
+    // A client certificate from another CA is refused, and the server logs the refusal with
+    // the caller's address.
+    let stranger = TestCa::new("another CA").expect("CA");
+    let forged = stranger
+        .issue("rollcall-policy", &["policy"])
+        .expect("certificate");
+    let refused = Endpoint::from_shared(format!("https://localhost:{port}"))
+        .expect("URL")
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca.pem()))
+                .domain_name("localhost")
+                .identity(Identity::from_pem(&forged.cert_pem, &forged.key_pem)),
+        )
+        .expect("TLS settings")
+        .connect()
+        .await;
+    if let Ok(channel) = refused {
+        let result = HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await;
+        assert!(
+            result.is_err(),
+            "a certificate from another CA was accepted"
+        );
+    }
+    let log = read_log_until("TLS handshake failed").await;
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let refusal = log
+        .lines()
+        .find(|line| line.contains("TLS handshake failed"))
+        .unwrap_or_else(|| panic!("no refusal in the log: {log}"));
+    assert!(refusal.contains("peer=127.0.0.1:"), "{refusal}");
+    assert!(refusal.contains("certificate"), "{refusal}");
+}

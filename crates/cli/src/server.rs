@@ -4,8 +4,10 @@
 //! their gRPC clients, never through each other's tables.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,9 +34,12 @@ use rollcall_runtime::shutdown::StopSignal;
 use rollcall_runtime::storage::connect;
 use rollcall_runtime::tls::{Tls, TlsFiles};
 use rollcall_runtime::{Peers, ServiceName, StorageConfig};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 use tonic::transport::Server;
@@ -353,17 +358,15 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
     };
     // The certificate and key are checked against each other here, before storage is
     // touched, so a mismatch stops the start at once.
-    let mut main_server = Server::builder();
-    if let Some(server_tls) = tls.server_config() {
-        main_server = main_server.tls_config(server_tls).with_context(|| {
-            format!(
-                "cannot set up TLS with --tls-cert {} and --tls-key {}: check that the key \
-                 belongs to the certificate",
-                display_path(config.tls.cert.as_deref()),
-                display_path(config.tls.key.as_deref())
-            )
-        })?;
-    }
+    let main_server = Server::builder();
+    let acceptor = tls.acceptor().with_context(|| {
+        format!(
+            "cannot set up TLS with --tls-cert {} and --tls-key {}: check that the key \
+             belongs to the certificate",
+            display_path(config.tls.cert.as_deref()),
+            display_path(config.tls.key.as_deref())
+        )
+    })?;
     let names: Vec<&str> = hosted.iter().map(|name| name.as_str()).collect();
     tracing::info!(
         %addr,
@@ -661,15 +664,22 @@ pub async fn start(config: ServerConfig) -> anyhow::Result<RunningServer> {
         let _ = closed.wait_for(|close| *close).await;
     };
     let mut tasks = Vec::new();
-    let main = main_server
+    let main_router = main_server
         .layer(rollcall_runtime::telemetry::GrpcTelemetryLayer::new())
         .layer(limits_layer.clone())
         .layer(auth_layer.clone())
-        .add_routes(routes.clone())
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            wait_for_close(closed.clone()),
-        );
+        .add_routes(routes.clone());
+    let main: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match acceptor {
+            Some(acceptor) => Box::pin(main_router.serve_with_incoming_shutdown(
+                tls_incoming(listener, acceptor),
+                wait_for_close(closed.clone()),
+            )),
+            None => Box::pin(main_router.serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                wait_for_close(closed.clone()),
+            )),
+        };
     tasks.push(tokio::spawn(async move {
         main.await.context("the gRPC server failed")
     }));
@@ -863,4 +873,58 @@ async fn check_peer(service: ServiceName, url: String, channel: rollcall_api::cl
 
 fn display_path(path: Option<&std::path::Path>) -> String {
     path.map_or_else(String::new, |path| path.display().to_string())
+}
+
+/// How long a client may take over the TLS handshake before the connection is closed.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections on `listener` and completes their TLS handshakes, each in its own task,
+/// passing on those that succeed. Each failed handshake, such as a client certificate that
+/// the services' CA did not sign, is logged with the peer's address. The loop ends, closing
+/// the listener, when the server drops the stream.
+fn tls_incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+    let (sender, receiver) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = sender.closed() => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(connection) => connection,
+                Err(error) => {
+                    tracing::warn!(%error, "Accepting a connection failed; retrying in 100 ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%peer, %error, "Cannot turn off Nagle's algorithm");
+            }
+            let acceptor = acceptor.clone();
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(connection)) => {
+                        // An error means the server stopped, and the connection closes.
+                        let _ = sender.send(Ok(connection)).await;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::warn!(%peer, %error, "TLS handshake failed; connection closed");
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            %peer,
+                            timeout_s = TLS_HANDSHAKE_TIMEOUT.as_secs(),
+                            "TLS handshake timed out; connection closed"
+                        );
+                    }
+                }
+            });
+        }
+    });
+    ReceiverStream::new(receiver)
 }

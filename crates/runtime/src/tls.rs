@@ -2,8 +2,14 @@
 //! PEM files, with errors that name the file and what to do.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// The files `rollcall serve` reads for TLS.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,8 +30,21 @@ pub struct TlsFiles {
 #[derive(Debug, Clone)]
 pub struct Tls {
     identity: Option<Identity>,
+    /// The certificate chain and key of `identity`, as read, for the listener's acceptor.
+    server_pem: Option<(Pem, Pem)>,
     client_ca: Option<Certificate>,
+    client_ca_pem: Option<Pem>,
     ca: Option<Certificate>,
+}
+
+/// The contents of a PEM file, which may be a private key, so its `Debug` shows only the size.
+#[derive(Clone)]
+struct Pem(Vec<u8>);
+
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "Pem({} bytes)", self.0.len())
+    }
 }
 
 impl TlsFiles {
@@ -36,7 +55,7 @@ impl TlsFiles {
             (Some(cert), Some(key)) => {
                 let cert_pem = read_pem(cert, "--tls-cert", "CERTIFICATE")?;
                 let key_pem = read_pem(key, "--tls-key", "PRIVATE KEY")?;
-                Some(Identity::from_pem(cert_pem, key_pem))
+                Some((cert_pem, key_pem))
             }
             (None, None) => None,
             (Some(_), None) => anyhow::bail!(
@@ -48,7 +67,7 @@ impl TlsFiles {
                  ROLLCALL_TLS_CERT)"
             ),
         };
-        let client_ca = match &self.client_ca {
+        let client_ca_pem = match &self.client_ca {
             Some(path) => {
                 if identity.is_none() {
                     anyhow::bail!(
@@ -56,11 +75,7 @@ impl TlsFiles {
                          certificates only over TLS"
                     );
                 }
-                Some(Certificate::from_pem(read_pem(
-                    path,
-                    "--tls-client-ca",
-                    "CERTIFICATE",
-                )?))
+                Some(read_pem(path, "--tls-client-ca", "CERTIFICATE")?)
             }
             None => None,
         };
@@ -73,8 +88,12 @@ impl TlsFiles {
             None => None,
         };
         Ok(Tls {
-            identity,
-            client_ca,
+            identity: identity
+                .as_ref()
+                .map(|(cert, key)| Identity::from_pem(cert, key)),
+            server_pem: identity.map(|(cert, key)| (Pem(cert), Pem(key))),
+            client_ca: client_ca_pem.as_ref().map(Certificate::from_pem),
+            client_ca_pem: client_ca_pem.map(Pem),
             ca,
         })
     }
@@ -92,15 +111,51 @@ impl Tls {
         self.client_ca.is_some()
     }
 
-    /// Returns the listener's TLS settings, if it serves TLS. Clients without a certificate are still
-    /// accepted: people and MIS systems prove who they are with bearer tokens.
-    pub fn server_config(&self) -> Option<ServerTlsConfig> {
-        let identity = self.identity.clone()?;
-        let mut config = ServerTlsConfig::new().identity(identity);
-        if let Some(ca) = &self.client_ca {
-            config = config.client_ca_root(ca.clone()).client_auth_optional(true);
-        }
-        Some(config)
+    /// Returns the acceptor of the listener's TLS connections, if it serves TLS. Clients without
+    /// a certificate are still accepted: people and MIS systems prove who they are with bearer
+    /// tokens.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the certificate or key cannot be parsed, or the key does not belong to the
+    /// certificate.
+    pub fn acceptor(&self) -> anyhow::Result<Option<TlsAcceptor>> {
+        let Some((cert_pem, key_pem)) = &self.server_pem else {
+            return Ok(None);
+        };
+        let chain = CertificateDer::pem_slice_iter(&cert_pem.0)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| anyhow::anyhow!("invalid certificate in --tls-cert: {error}"))?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem.0)
+            .map_err(|error| anyhow::anyhow!("invalid private key in --tls-key: {error}"))?;
+        // The workspace builds rustls with the ring provider alone, which `builder` picks.
+        let builder = ServerConfig::builder();
+        let builder = match &self.client_ca_pem {
+            Some(pem) => {
+                let mut roots = RootCertStore::empty();
+                for certificate in CertificateDer::pem_slice_iter(&pem.0) {
+                    let certificate = certificate.map_err(|error| {
+                        anyhow::anyhow!("invalid certificate in --tls-client-ca: {error}")
+                    })?;
+                    roots.add(certificate).map_err(|error| {
+                        anyhow::anyhow!("unusable CA certificate in --tls-client-ca: {error}")
+                    })?;
+                }
+                let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|error| {
+                        anyhow::anyhow!("cannot check client certificates: {error}")
+                    })?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(chain, key)
+            .map_err(|error| anyhow::anyhow!("{error}"))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Some(TlsAcceptor::from(Arc::new(config))))
     }
 
     /// Returns the TLS settings for calling another service at an `https://` address: the configured
@@ -205,6 +260,6 @@ mod tests {
         let tls = TlsFiles::default().load().expect("no files");
         assert!(!tls.serves_tls());
         assert!(!tls.accepts_service_certificates());
-        assert!(tls.server_config().is_none());
+        assert!(tls.acceptor().expect("no TLS").is_none());
     }
 }
