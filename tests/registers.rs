@@ -107,6 +107,20 @@ fn import_at(
     messages
 }
 
+/// Lists the effective marks of the first pupil at the test school.
+async fn first_pupil_marks(registers: &mut RegistersServiceClient<Channel>) -> Vec<Mark> {
+    registers
+        .list_marks(ListMarksRequest {
+            laestab: "9192001".into(),
+            upn: upn(1),
+            ..ListMarksRequest::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .marks
+}
+
 async fn send(
     client: &mut RegistersServiceClient<Channel>,
     messages: Vec<ImportRegisterRequest>,
@@ -220,16 +234,7 @@ async fn effective_mark_and_idempotency(database_url: Option<&str>) {
     .expect("import");
     assert_eq!(unchanged.marks_unchanged, 1);
 
-    let marks = registers
-        .list_marks(ListMarksRequest {
-            laestab: "9192001".into(),
-            upn: upn(1),
-            ..ListMarksRequest::default()
-        })
-        .await
-        .expect("list")
-        .into_inner()
-        .marks;
+    let marks = first_pupil_marks(&mut registers).await;
     assert_eq!(marks.len(), 1);
     assert_eq!(marks[0].code, "N", "the version taken latest is effective");
 
@@ -297,16 +302,7 @@ async fn stored_fields_round_trip(database_url: Option<&str>) {
         123_456_789
     };
 
-    let marks = registers
-        .list_marks(ListMarksRequest {
-            laestab: "9192001".into(),
-            upn: upn(1),
-            ..ListMarksRequest::default()
-        })
-        .await
-        .expect("list")
-        .into_inner()
-        .marks;
+    let marks = first_pupil_marks(&mut registers).await;
     // Date, session, code, minutes late, reason, nanoseconds of the time taken, arrival.
     type Stored<'a> = (
         &'a str,
@@ -387,16 +383,8 @@ async fn stored_fields_round_trip(database_url: Option<&str>) {
     .await
     .expect("import");
     assert_eq!(replaced.marks_recorded, 2);
-    let codes: Vec<(String, String)> = registers
-        .list_marks(ListMarksRequest {
-            laestab: "9192001".into(),
-            upn: upn(1),
-            ..ListMarksRequest::default()
-        })
+    let codes: Vec<(String, String)> = first_pupil_marks(&mut registers)
         .await
-        .expect("list")
-        .into_inner()
-        .marks
         .into_iter()
         .filter(|mark| mark.session == Session::Am as i32)
         .map(|mark| (mark.date, mark.code))

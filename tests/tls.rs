@@ -203,11 +203,19 @@ async fn client_ca_certificate_is_accepted() {
     assert_eq!(missing.code(), tonic::Code::NotFound, "{missing}");
 
     // A client certificate from another CA fails the handshake.
+    assert_stranger_refused(&running.url(), &ca).await;
+    running.stop().await.expect("server stops");
+}
+
+/// Calls the server at `url` with a client certificate from a CA other than `ca`, and fails
+/// unless the call is refused.
+async fn assert_stranger_refused(url: &str, ca: &TestCa) {
     let stranger = TestCa::new("another CA").expect("CA");
     let forged = stranger
         .issue("rollcall-policy", &["policy"])
         .expect("certificate");
-    let refused = tls_endpoint(&running, &ca)
+    let refused = Endpoint::from_shared(url.to_owned())
+        .expect("URL")
         .tls_config(
             ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(ca.pem()))
@@ -226,7 +234,6 @@ async fn client_ca_certificate_is_accepted() {
             "a certificate from another CA was accepted"
         );
     }
-    running.stop().await.expect("server stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -496,30 +503,7 @@ async fn rejected_client_certificate_is_logged() {
 
     // A client certificate from another CA is refused, and the server logs the refusal with
     // the caller's address.
-    let stranger = TestCa::new("another CA").expect("CA");
-    let forged = stranger
-        .issue("rollcall-policy", &["policy"])
-        .expect("certificate");
-    let refused = Endpoint::from_shared(format!("https://localhost:{port}"))
-        .expect("URL")
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(ca.pem()))
-                .domain_name("localhost")
-                .identity(Identity::from_pem(&forged.cert_pem, &forged.key_pem)),
-        )
-        .expect("TLS settings")
-        .connect()
-        .await;
-    if let Ok(channel) = refused {
-        let result = HealthClient::new(channel)
-            .check(HealthCheckRequest::default())
-            .await;
-        assert!(
-            result.is_err(),
-            "a certificate from another CA was accepted"
-        );
-    }
+    assert_stranger_refused(&format!("https://localhost:{port}"), &ca).await;
     let log = read_log_until("TLS handshake failed").await;
     let _ = serve.kill();
     let _ = serve.wait();
