@@ -203,18 +203,18 @@ async fn client_ca_certificate_is_accepted() {
     assert_eq!(missing.code(), tonic::Code::NotFound, "{missing}");
 
     // A client certificate from another CA fails the handshake.
-    assert_stranger_refused(&running.url(), &ca).await;
+    assert_stranger_rejected(&running.url(), &ca).await;
     running.stop().await.expect("server stops");
 }
 
 /// Calls the server at `url` with a client certificate from a CA other than `ca`, and fails
-/// unless the call is refused.
-async fn assert_stranger_refused(url: &str, ca: &TestCa) {
+/// unless the server rejects the call.
+async fn assert_stranger_rejected(url: &str, ca: &TestCa) {
     let stranger = TestCa::new("another CA").expect("CA");
     let forged = stranger
         .issue("rollcall-policy", &["policy"])
         .expect("certificate");
-    let refused = Endpoint::from_shared(url.to_owned())
+    let connection = Endpoint::from_shared(url.to_owned())
         .expect("URL")
         .tls_config(
             ClientTlsConfig::new()
@@ -225,7 +225,7 @@ async fn assert_stranger_refused(url: &str, ca: &TestCa) {
         .expect("TLS settings")
         .connect()
         .await;
-    if let Ok(channel) = refused {
+    if let Ok(channel) = connection {
         let result = HealthClient::new(channel)
             .check(HealthCheckRequest::default())
             .await;
@@ -501,16 +501,16 @@ async fn rejected_client_certificate_is_logged() {
         .unwrap_or_else(|| panic!("no listening address in the log: {log}"))
         .to_owned();
 
-    // A client certificate from another CA is refused, and the server logs the refusal with
-    // the caller's address.
-    assert_stranger_refused(&format!("https://localhost:{port}"), &ca).await;
+    // A client certificate from another CA is rejected, and the server logs the failed
+    // handshake with the caller's address.
+    assert_stranger_rejected(&format!("https://localhost:{port}"), &ca).await;
     let log = read_log_until("TLS handshake failed").await;
     let _ = serve.kill();
     let _ = serve.wait();
-    let refusal = log
+    let failure = log
         .lines()
         .find(|line| line.contains("TLS handshake failed"))
-        .unwrap_or_else(|| panic!("no refusal in the log: {log}"));
-    assert!(refusal.contains("peer=127.0.0.1:"), "{refusal}");
-    assert!(refusal.contains("certificate"), "{refusal}");
+        .unwrap_or_else(|| panic!("no failed handshake in the log: {log}"));
+    assert!(failure.contains("peer=127.0.0.1:"), "{failure}");
+    assert!(failure.contains("certificate"), "{failure}");
 }
