@@ -411,6 +411,158 @@ async fn stored_fields_round_trip_on_postgres() {
     stored_fields_round_trip(Some(&postgres_url().await)).await;
 }
 
+/// The registers' database, opened beside a running server.
+enum Database {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl Database {
+    async fn open(work: &Path, database_url: Option<&str>) -> Self {
+        match database_url {
+            None => {
+                let options = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(work.join("data").join("registers.db"))
+                    .foreign_keys(true);
+                Self::Sqlite(
+                    sqlx::SqlitePool::connect_with(options)
+                        .await
+                        .expect("SQLite"),
+                )
+            }
+            Some(url) => {
+                let options: sqlx::postgres::PgConnectOptions = url.parse().expect("URL");
+                let options = options.options([("search_path", "registers")]);
+                Self::Postgres(
+                    sqlx::PgPool::connect_with(options)
+                        .await
+                        .expect("PostgreSQL"),
+                )
+            }
+        }
+    }
+
+    async fn execute(&self, sql: &'static str) -> Result<u64, sqlx::Error> {
+        Ok(match self {
+            Self::Sqlite(pool) => sqlx::query(sql).execute(pool).await?.rows_affected(),
+            Self::Postgres(pool) => sqlx::query(sql).execute(pool).await?.rows_affected(),
+        })
+    }
+
+    async fn count(&self, sql: &'static str) -> i64 {
+        match self {
+            Self::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            Self::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+        }
+        .expect(sql)
+    }
+}
+
+/// Writes that would leave a stored mark naming a school, pupil, absence report or version
+/// that is not stored, each with the value PostgreSQL's error must name.
+const DANGLING_WRITES: [(&str, &str); 5] = [
+    (
+        "INSERT INTO marks (sequence, laestab, upn, session_date, session, code, minutes_late, \
+         source, source_name, reason, recorded_by, recorded_by_position, recorded_at, \
+         received_at, effective_when_stored) VALUES (900001, '9192001', 'Z999999999999', \
+         '2025-09-02', 'AM', '/', 0, 'mis_sync', 'test', '', 'test', '', \
+         '2025-09-02T09:00:00Z', '2025-09-02T09:00:00Z', TRUE)",
+        "Z999999999999",
+    ),
+    (
+        "INSERT INTO marks (sequence, laestab, upn, session_date, session, code, minutes_late, \
+         source, source_name, reason, recorded_by, recorded_by_position, recorded_at, \
+         received_at, effective_when_stored) VALUES (900001, '9999999', \
+         (SELECT upn FROM pupils LIMIT 1), '2025-09-02', 'AM', '/', 0, 'mis_sync', 'test', '', \
+         'test', '', '2025-09-02T09:00:00Z', '2025-09-02T09:00:00Z', TRUE)",
+        "9999999",
+    ),
+    (
+        "INSERT INTO marks (sequence, laestab, upn, session_date, session, code, minutes_late, \
+         source, source_name, reason, recorded_by, recorded_by_position, recorded_at, \
+         received_at, effective_when_stored, absence_report_id) VALUES (900001, '9192001', \
+         (SELECT upn FROM pupils LIMIT 1), '2025-09-02', 'AM', 'I', 0, 'mis_sync', 'test', '', \
+         'test', '', '2025-09-02T09:00:00Z', '2025-09-02T09:00:00Z', TRUE, 'no-such-report')",
+        "no-such-report",
+    ),
+    (
+        "INSERT INTO effective_marks (laestab, upn, session_date, session, sequence, \
+         recorded_at) VALUES ('9192001', (SELECT upn FROM pupils LIMIT 1), '2025-09-02', 'AM', \
+         900002, '2025-09-02T09:00:00Z')",
+        "900002",
+    ),
+    ("UPDATE marks SET upn = 'Z999999999998'", "Z999999999998"),
+];
+
+/// Checks that the database itself rejects marks whose school, pupil, absence report or
+/// version is not stored, and rejects deleting those while marks still name them.
+async fn dangling_references_rejected(database_url: Option<&str>) {
+    let work = tempfile::tempdir().expect("temp dir");
+    let running = start(work.path(), database_url).await;
+    let mut registers = client(&running).await;
+    let marks = vec![mark(&upn(1), "2025-09-01", "/", None)];
+    send(&mut registers, import("references", &[upn(1)], marks))
+        .await
+        .expect("import");
+    let database = Database::open(work.path(), database_url).await;
+
+    let rejected = |sql: &str, named: &str, result: Result<u64, sqlx::Error>| {
+        let error = result.expect_err(sql);
+        let database_error = error.as_database_error().expect("a database error");
+        assert!(
+            database_error.is_foreign_key_violation(),
+            "{sql}: {database_error}"
+        );
+        // SQLite's message names no value.
+        if database_url.is_some() {
+            assert!(
+                database_error.message().contains(named),
+                "{sql}: {database_error} should name {named}"
+            );
+        }
+    };
+    for (sql, named) in DANGLING_WRITES {
+        rejected(sql, named, database.execute(sql).await);
+    }
+
+    // The school and pupil are also named by other tables, which are cleared first so that
+    // only the marks hold them.
+    for sql in ["DELETE FROM enrolments", "DELETE FROM imports"] {
+        database.execute(sql).await.expect(sql);
+    }
+    let parents = [
+        ("DELETE FROM pupils", upn(1)),
+        ("DELETE FROM schools", "9192001".to_owned()),
+    ];
+    for (sql, named) in parents {
+        rejected(sql, &named, database.execute(sql).await);
+    }
+    let version = database.count("SELECT MAX(sequence) FROM marks").await;
+    rejected(
+        "DELETE FROM marks",
+        &version.to_string(),
+        database.execute("DELETE FROM marks").await,
+    );
+
+    assert_eq!(database.count("SELECT COUNT(*) FROM marks").await, 1);
+    assert_eq!(
+        database.count("SELECT COUNT(*) FROM effective_marks").await,
+        1
+    );
+    assert_eq!(database.count("SELECT COUNT(*) FROM pupils").await, 1);
+    assert_eq!(database.count("SELECT COUNT(*) FROM schools").await, 1);
+}
+
+#[tokio::test]
+async fn dangling_references_rejected_on_sqlite() {
+    dangling_references_rejected(None).await;
+}
+
+#[tokio::test]
+async fn dangling_references_rejected_on_postgres() {
+    dangling_references_rejected(Some(&postgres_url().await)).await;
+}
+
 async fn feed_resumes_across_restart(database_url: Option<&str>) {
     let work = tempfile::tempdir().expect("temp dir");
     let running = start(work.path(), database_url).await;
