@@ -1449,3 +1449,156 @@ async fn schools_import_at_once_on_sqlite() {
 async fn schools_import_at_once_on_postgres() {
     schools_import_at_once(Some(&postgres_url().await)).await;
 }
+
+/// Schools in the group-commit test, the last of which the database rejects.
+const GROUPED_SCHOOLS: u8 = 6;
+
+/// Counts the sessions of the test's database that are idle inside a transaction, which is
+/// where an import of marks alone waits once it has handed its versions to the appender.
+const IDLE_IN_TRANSACTION: &str = "SELECT COUNT(*) FROM pg_stat_activity \
+     WHERE datname = current_database() AND state = 'idle in transaction'";
+
+/// Counts the sessions waiting for the append lock.
+const APPEND_LOCK_WAITERS: &str = "SELECT COUNT(*) FROM pg_locks \
+     WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1 \
+       AND ((classid::int8 << 32) | objid::int8) = $1";
+
+/// Waits until `sql` counts at least `expected`, or fails after a minute.
+async fn wait_for_count(pool: &sqlx::PgPool, sql: &'static str, expected: i64) {
+    for _ in 0..600 {
+        let count: i64 = sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql);
+        if count >= expected {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{sql} did not reach {expected} within a minute");
+}
+
+/// Holds the append lock from outside while several schools import marks at once. The
+/// imports plan side by side and queue for one writer, so one session waits for the lock
+/// however many imports wait. Then, with one school's versions rejected by the database, the
+/// others are still written, the feed has no gap, and the rejected import left nothing behind
+/// and goes through once the fault is gone.
+#[tokio::test]
+async fn imports_share_one_append_on_postgres() {
+    let append_key = rollcall_runtime::storage::lock_keys::REGISTERS_APPEND;
+    let url = postgres_url().await;
+    let work = tempfile::tempdir().expect("temp dir");
+    let running = start(work.path(), Some(&url)).await;
+    let mut registers = client(&running).await;
+    let school = |index: u8| format!("91940{:02}", index + 1);
+    let pupil =
+        |index: u8, serial: u8| Upn::from_digits([9, 1, 9, 4, 0, 0, 1, 2, 5, 0, index, serial]);
+    for index in 0..GROUPED_SCHOOLS {
+        let pupils: Vec<String> = (0..3)
+            .map(|serial| pupil(index, serial).to_string())
+            .collect();
+        let messages = import_at(
+            &school(index),
+            &format!("roll-{index}"),
+            &pupils,
+            Vec::new(),
+        );
+        send(&mut registers, messages).await.expect("roll imported");
+    }
+    let Database::Postgres(pool) = Database::open(work.path(), Some(&url)).await else {
+        unreachable!("opened with a URL");
+    };
+
+    // The database rejects the last school's versions, as it would reject a bad row.
+    let rejected = school(GROUPED_SCHOOLS - 1);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE FUNCTION reject_for_test() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF EXISTS (SELECT 1 FROM written WHERE laestab = '{rejected}') THEN \
+         RAISE EXCEPTION 'rejected for the test'; END IF; RETURN NULL; END $$; \
+         CREATE TRIGGER reject_for_test AFTER INSERT ON marks REFERENCING NEW TABLE AS written \
+         FOR EACH STATEMENT EXECUTE FUNCTION reject_for_test();"
+    )))
+    .execute(&pool)
+    .await
+    .expect("trigger");
+
+    let mut holder = pool.acquire().await.expect("connection");
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(append_key)
+        .execute(&mut *holder)
+        .await
+        .expect("append lock");
+    let marks_of = |index: u8| {
+        (0..3)
+            .map(|serial| mark(&pupil(index, serial).to_string(), "2025-09-08", "/", None))
+            .collect::<Vec<_>>()
+    };
+    let mut sends = Vec::new();
+    for index in 0..GROUPED_SCHOOLS {
+        let messages = import_at(
+            &school(index),
+            &format!("marks-{index}"),
+            &[],
+            marks_of(index),
+        );
+        let mut client = registers.clone();
+        sends.push(tokio::spawn(
+            async move { send(&mut client, messages).await },
+        ));
+        // The rejected school comes last, so that it is written in a group with others.
+        let waiting = i64::from(index) + 1;
+        wait_for_count(&pool, IDLE_IN_TRANSACTION, waiting).await;
+    }
+    let waiters: i64 = sqlx::query_scalar(APPEND_LOCK_WAITERS)
+        .bind(append_key)
+        .fetch_one(&pool)
+        .await
+        .expect("lock waiters");
+    assert_eq!(waiters, 1, "only the appender waits for the append lock");
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(append_key)
+        .execute(&mut *holder)
+        .await
+        .expect("unlock");
+    drop(holder);
+
+    let mut cursors = Vec::new();
+    for (index, send) in (0..GROUPED_SCHOOLS).zip(sends) {
+        let result = send.await.expect("task");
+        if school(index) == rejected {
+            let status = result.expect_err("rejected school fails");
+            assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+        } else {
+            cursors.push(result.expect("import").feed_cursor);
+        }
+    }
+    cursors.sort_unstable();
+    let written = i64::from(GROUPED_SCHOOLS - 1) * 3;
+    assert_eq!(cursors.last().copied(), Some(written), "{cursors:?}");
+    let positions: (i64, i64, i64) =
+        sqlx::query_as("SELECT COUNT(*), MIN(sequence), MAX(sequence) FROM marks")
+            .fetch_one(&pool)
+            .await
+            .expect("positions");
+    assert_eq!(positions, (written, 1, written), "no gap in the feed");
+    let left: i64 = sqlx::query_scalar(
+        "SELECT (SELECT COUNT(*) FROM marks WHERE laestab = $1) \
+         + (SELECT COUNT(*) FROM imports WHERE laestab = $1 AND request_id LIKE 'marks-%')",
+    )
+    .bind(&rejected)
+    .fetch_one(&pool)
+    .await
+    .expect("rejected school's rows");
+    assert_eq!(left, 0, "the rejected import left nothing");
+
+    sqlx::raw_sql("DROP TRIGGER reject_for_test ON marks")
+        .execute(&pool)
+        .await
+        .expect("drop trigger");
+    let messages = import_at(
+        &rejected,
+        &format!("marks-{}", GROUPED_SCHOOLS - 1),
+        &[],
+        marks_of(GROUPED_SCHOOLS - 1),
+    );
+    let response = send(&mut registers, messages).await.expect("sent again");
+    assert_eq!(response.feed_cursor, written + 3);
+    running.stop().await.expect("server stops");
+}

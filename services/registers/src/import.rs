@@ -30,11 +30,13 @@ use tonic::{Status, Streaming};
 
 use crate::calendar::{self, load_calendar_rows};
 use crate::convert::{fsm_as_str, phase_as_str, registration_as_str, sen_as_str};
-use crate::{APPEND_LOCK_KEY, FEED_LOCK_KEY, school_lock_key};
+use crate::{FEED_LOCK_KEY, school_lock_key};
 
+mod appender;
 mod versions;
 
-use versions::{NewVersions, StoreImport};
+pub(crate) use appender::Appender;
+use versions::{NewVersions, StoreImport, UPSERT_SCHOOL};
 
 /// Rows per multi-row statement. Seventeen columns a row stays well inside SQLite's limit of
 /// 32,766 bound parameters and PostgreSQL's 65,535.
@@ -1237,6 +1239,7 @@ fn plan_mark(
 /// Applies a checked import in one transaction.
 pub(crate) async fn apply(
     db: &Db,
+    appender: Option<&Appender>,
     request: &ImportRequest,
 ) -> Result<ImportRegisterResponse, Status> {
     let store_error = |error| storage_error("importing a register", error);
@@ -1501,17 +1504,19 @@ pub(crate) async fn apply(
             return Ok(plan.response);
         }
 
-        sqlx::query(
-            "INSERT INTO schools (laestab, name, phase, created_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (laestab) DO UPDATE SET name = excluded.name, phase = excluded.phase",
-        )
-        .bind(laestab)
-        .bind(&request.school_name)
-        .bind(request.phase)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(store_error)?;
+        // An import with pupils stores its school before their enrolments. An import of
+        // marks alone stores it with its versions, which may be written in the appender's
+        // transaction, so this one then writes nothing.
+        if school_lock.is_none() {
+            sqlx::query(UPSERT_SCHOOL)
+                .bind(laestab)
+                .bind(&request.school_name)
+                .bind(request.phase)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        }
 
         for chunk in plan.new_pupils.chunks(CHUNK) {
             let mut insert = QueryBuilder::new(
@@ -1627,17 +1632,10 @@ pub(crate) async fn apply(
             );
         }
 
-        if school_lock.is_some() {
-            if plan.changes_roll() {
-                return Err(Status::internal(
-                    "an import of marks alone planned changes to the roll; nothing was stored",
-                ));
-            }
-            // Other schools' imports may append between planning and now, so the versions
-            // are numbered after the head read while this lock is held.
-            pool.lock_until_end(&mut tx, APPEND_LOCK_KEY)
-                .await
-                .map_err(store_error)?;
+        if school_lock.is_some() && plan.changes_roll() {
+            return Err(Status::internal(
+                "an import of marks alone planned changes to the roll; nothing was stored",
+            ));
         }
 
         // A replay of a partial import returns the stored results with the head of its own
@@ -1653,7 +1651,17 @@ pub(crate) async fn apply(
             traceparent: rollcall_runtime::telemetry::current_traceparent(),
             results: request.partial.then(|| plan.response.encode_to_vec()),
         };
-        let numbered_after = tx.store_import(&new_versions).await.map_err(store_error)?;
+        // Other schools' imports may append between planning and now, so the versions are
+        // numbered after the head read under the append lock. An import with pupils holds
+        // the feed lock alone, so it writes in its own transaction.
+        let (numbered_after, tx) = if school_lock.is_some() {
+            tx.append_marks(appender, &new_versions)
+                .await
+                .map_err(store_error)?
+        } else {
+            let numbered_after = tx.store_import(&new_versions).await.map_err(store_error)?;
+            (numbered_after, tx)
+        };
         plan.move_positions(numbered_after - head);
         tx.commit().await.map_err(store_error)?;
         Ok(plan.response)

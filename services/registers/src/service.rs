@@ -63,6 +63,8 @@ const FEED_POLL: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub struct Registers {
     db: Db,
+    /// Writes imports of marks alone in groups, on PostgreSQL.
+    appender: Option<import::Appender>,
     feed_head: watch::Sender<i64>,
     stopping: Stopping,
     /// The maximum number of pupils and marks, together, that one import may carry.
@@ -74,8 +76,13 @@ impl Registers {
     pub async fn new(db: Db, stopping: Stopping) -> anyhow::Result<Self> {
         let head = store::feed_head(&db).await?;
         let (feed_head, _) = watch::channel(head);
+        let appender = match &db {
+            Db::Postgres(pool) => Some(import::Appender::start(pool)),
+            Db::Sqlite(_) => None,
+        };
         Ok(Self {
             db,
+            appender,
             feed_head,
             stopping,
             max_import_items: rollcall_runtime::limits::DEFAULT_MAX_IMPORT_ITEMS,
@@ -235,7 +242,7 @@ impl RegistersService for Registers {
         let school = import.laestab().to_owned();
         caller.school(&school)?;
         tracing::info!(%request_id, laestab = %school, "Import started");
-        let response = match import::apply(&self.db, &import).await {
+        let response = match import::apply(&self.db, self.appender.as_ref(), &import).await {
             Ok(response) => response,
             Err(status) => {
                 tracing::warn!(%request_id, laestab = %school, code = ?status.code(), message = status.message(), "Import rejected; nothing stored");
