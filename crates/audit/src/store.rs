@@ -3,13 +3,13 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as StdMutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use rollcall_auth::audit::{AuditEvent, AuditSink};
 use rollcall_runtime::{Db, WriteTransaction, with_db};
-use sqlx::AssertSqlSafe;
-use tokio::sync::Mutex;
+use sqlx::{AssertSqlSafe, QueryBuilder};
+use tokio::sync::{Mutex, oneshot};
 
 use crate::chain::{GENESIS_HASH, event_hash, normalise};
 
@@ -22,6 +22,9 @@ const VERIFY_BATCH: i64 = 1_000;
 /// The maximum number of schools or pupils inserted by one statement. Each takes two bind
 /// parameters, well below the limits of SQLite (32,766 since 3.32) and PostgreSQL (65,535).
 const LINKS_PER_INSERT: usize = 500;
+
+/// The maximum number of events inserted by one statement, at ten bind parameters each.
+const EVENTS_PER_INSERT: usize = 100;
 
 const EVENT_COLUMNS: &str =
     "id, at, subject, roles, method, access, peer, outcome, previous_hash, hash";
@@ -102,20 +105,26 @@ pub struct BrokenLink {
 }
 
 /// The audit log in its own storage: the SQLite file `audit.db` or the PostgreSQL schema
-/// `audit`. Cloning is cheap, and clones share the write lock.
+/// `audit`. Cloning is cheap, and clones share the queue and the write lock.
 #[derive(Debug, Clone)]
 pub struct AuditStore {
     db: Db,
+    /// Events waiting to be appended, each with where to send its id.
+    queue: Arc<StdMutex<Vec<Waiting>>>,
     /// Serialises appends within this process. Appends from other processes wait on the
     /// database's lock inside the transaction.
     writer: Arc<Mutex<()>>,
 }
+
+/// An event waiting in the queue and the sender of its result.
+type Waiting = (AuditEvent, oneshot::Sender<Result<i64, sqlx::Error>>);
 
 impl AuditStore {
     /// Uses `db`, which must have the audit migrations ([`crate::MIGRATIONS`]) applied.
     pub fn new(db: Db) -> Self {
         AuditStore {
             db,
+            queue: Arc::new(StdMutex::new(Vec::new())),
             writer: Arc::new(Mutex::new(())),
         }
     }
@@ -125,39 +134,117 @@ impl AuditStore {
     /// The event is linked to the newest event inside one transaction that takes the write
     /// lock: `BEGIN IMMEDIATE` on SQLite, a transaction-level advisory lock on PostgreSQL. So
     /// two writers, in one process or in two, never link to the same event.
+    ///
+    /// Events that arrive while another append writes wait in a queue, and the next append
+    /// to take the lock writes all of them in one transaction. A busy server thus takes the
+    /// lock once for many calls instead of once a call.
     pub async fn append(&self, event: AuditEvent) -> Result<i64, sqlx::Error> {
-        let event = normalise(event);
-        let _writer = self.writer.lock().await;
+        let (sender, mut receiver) = oneshot::channel();
+        self.waiting().push((normalise(event), sender));
+        let writer = self.writer.lock().await;
+
+        // An earlier append may have written this event with its own.
+        if let Ok(result) = receiver.try_recv() {
+            return result;
+        }
+        let waiting = std::mem::take(&mut *self.waiting());
+        self.write_waiting(waiting).await;
+        drop(writer);
+        receiver.await.unwrap_or(Err(sqlx::Error::WorkerCrashed))
+    }
+
+    /// Locks the queue. A panic while it was locked left it whole, so a poisoned lock is used
+    /// as it is.
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Vec<Waiting>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends the waiting events in one transaction and sends each its id. When the database
+    /// rejects several events together, each is appended alone, so one bad event fails alone.
+    async fn write_waiting(&self, waiting: Vec<Waiting>) {
+        let (events, senders): (Vec<AuditEvent>, Vec<_>) = waiting.into_iter().unzip();
+        match self.append_all(&events).await {
+            Ok(ids) => {
+                for (sender, id) in senders.into_iter().zip(ids) {
+                    let _ = sender.send(Ok(id));
+                }
+            }
+            Err(error) if events.len() > 1 && matches!(error, sqlx::Error::Database(_)) => {
+                tracing::warn!(
+                    events = events.len(),
+                    %error,
+                    "Appending audit events together failed; appending each alone"
+                );
+                for (event, sender) in events.iter().zip(senders) {
+                    let result = self
+                        .append_all(std::slice::from_ref(event))
+                        .await
+                        .map(|ids| ids[0]);
+                    let _ = sender.send(result);
+                }
+            }
+            Err(error) => {
+                // The database could not be reached, or the event was alone: each gets the
+                // error, which the caller logs.
+                let message = error.to_string();
+                let mut first = Some(error);
+                for sender in senders {
+                    let error = first
+                        .take()
+                        .unwrap_or_else(|| sqlx::Error::Io(std::io::Error::other(message.clone())));
+                    let _ = sender.send(Err(error));
+                }
+            }
+        }
+    }
+
+    /// Appends `events`, already normalised, in one transaction under the write lock and
+    /// returns their ids.
+    async fn append_all(&self, events: &[AuditEvent]) -> Result<Vec<i64>, sqlx::Error> {
         with_db!(&self.db, |pool| {
             let mut transaction = pool.begin_write(AUDIT_LOCK_KEY).await?;
             let newest: Option<(i64, String)> =
                 sqlx::query_as("SELECT id, hash FROM audit_events ORDER BY id DESC LIMIT 1")
                     .fetch_optional(&mut *transaction)
                     .await?;
-            let (id, previous_hash) = match newest {
-                Some((id, hash)) => (id + 1, hash),
-                None => (1, GENESIS_HASH.to_owned()),
-            };
-            let hash = event_hash(&previous_hash, id, &event);
-            sqlx::query(
-                "INSERT INTO audit_events (id, at, subject, roles, method, access, peer, \
-                 outcome, previous_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .bind(id)
-            .bind(event.at)
-            .bind(&event.subject)
-            .bind(&event.roles)
-            .bind(&event.method)
-            .bind(&event.access)
-            .bind(&event.peer)
-            .bind(&event.outcome)
-            .bind(&previous_hash)
-            .bind(&hash)
-            .execute(&mut *transaction)
-            .await?;
+            let (mut id, mut previous_hash) = newest.unwrap_or((0, GENESIS_HASH.to_owned()));
+            let mut rows = Vec::with_capacity(events.len());
+            for event in events {
+                id += 1;
+                let hash = event_hash(&previous_hash, id, event);
+                let previous = std::mem::replace(&mut previous_hash, hash.clone());
+                rows.push((id, event, previous, hash));
+            }
+
+            for chunk in rows.chunks(EVENTS_PER_INSERT) {
+                let mut insert =
+                    QueryBuilder::new(format!("INSERT INTO audit_events ({EVENT_COLUMNS}) "));
+                insert.push_values(chunk, |mut row, (id, event, previous_hash, hash)| {
+                    row.push_bind(*id)
+                        .push_bind(event.at)
+                        .push_bind(&event.subject)
+                        .push_bind(&event.roles)
+                        .push_bind(&event.method)
+                        .push_bind(&event.access)
+                        .push_bind(&event.peer)
+                        .push_bind(&event.outcome)
+                        .push_bind(previous_hash)
+                        .push_bind(hash);
+                });
+                insert.build().execute(&mut *transaction).await?;
+            }
+
             for (table, column, values) in [
-                ("audit_event_schools", "laestab", &event.schools),
-                ("audit_event_pupils", "upn", &event.pupils),
+                (
+                    "audit_event_schools",
+                    "laestab",
+                    links(&rows, |event| &event.schools),
+                ),
+                (
+                    "audit_event_pupils",
+                    "upn",
+                    links(&rows, |event| &event.pupils),
+                ),
             ] {
                 for chunk in values.chunks(LINKS_PER_INSERT) {
                     let sql = format!(
@@ -165,14 +252,14 @@ impl AuditStore {
                         placeholder_pairs(chunk.len())
                     );
                     let mut insert = sqlx::query(AssertSqlSafe(sql));
-                    for value in chunk {
-                        insert = insert.bind(id).bind(value);
+                    for (id, value) in chunk {
+                        insert = insert.bind(*id).bind(*value);
                     }
                     insert.execute(&mut *transaction).await?;
                 }
             }
             transaction.commit().await?;
-            Ok(id)
+            Ok(rows.iter().map(|(id, ..)| *id).collect())
         })
     }
 
@@ -481,6 +568,17 @@ fn check_link(stored: &StoredEvent, previous_id: i64, previous_hash: &str) -> Op
 }
 
 /// Returns `($1, $2), ($3, $4), …` for `pairs` rows.
+/// Returns the (event id, value) pairs of one list of links, such as the schools, of every
+/// event to append.
+fn links<'a>(
+    rows: &[(i64, &'a AuditEvent, String, String)],
+    list: fn(&AuditEvent) -> &Vec<String>,
+) -> Vec<(i64, &'a str)> {
+    rows.iter()
+        .flat_map(|(id, event, ..)| list(event).iter().map(|value| (*id, value.as_str())))
+        .collect()
+}
+
 fn placeholder_pairs(pairs: usize) -> String {
     let rows: Vec<String> = (0..pairs)
         .map(|row| format!("(${}, ${})", 2 * row + 1, 2 * row + 2))

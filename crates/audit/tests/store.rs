@@ -202,3 +202,98 @@ async fn filters_and_pages(storage: &StorageConfig) {
     assert_eq!(verification.first_broken_link, None);
     assert_eq!(verification.events_checked, 4);
 }
+
+/// Counts the sessions waiting for the audit log's lock.
+const AUDIT_LOCK_WAITERS: &str = "SELECT COUNT(*) FROM pg_locks \
+     WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1 \
+       AND ((classid::int8 << 32) | objid::int8) = $1";
+
+/// Holds the log's lock from outside while several events wait to be appended, so that they
+/// are written together, with one of them rejected by the database. The others are still
+/// appended and the chain holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_event_fails_alone_on_postgres() {
+    let lock_key = rollcall_runtime::storage::lock_keys::AUDIT;
+    let url = rollcall_testkit::postgres()
+        .await
+        .expect("PostgreSQL for the tests")
+        .create_database()
+        .await
+        .expect("database");
+    let db = connect(&StorageConfig::Postgres { url }, MIGRATIONS)
+        .await
+        .expect("audit store");
+    let rollcall_runtime::Db::Postgres(pool) = &db else {
+        unreachable!("connected with a URL");
+    };
+    sqlx::raw_sql(
+        "CREATE FUNCTION reject_for_test() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.subject = 'rejected' THEN RAISE EXCEPTION 'rejected for the test'; \
+         END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER reject_for_test BEFORE INSERT ON audit_events \
+         FOR EACH ROW EXECUTE FUNCTION reject_for_test();",
+    )
+    .execute(pool)
+    .await
+    .expect("trigger");
+    let store = AuditStore::new(db.clone());
+
+    let mut holder = pool.acquire().await.expect("connection");
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(lock_key)
+        .execute(&mut *holder)
+        .await
+        .expect("audit lock");
+    let mut tasks = Vec::new();
+    for index in 0..8 {
+        let subject = if index == 5 {
+            "rejected".to_owned()
+        } else {
+            format!("u-{index}")
+        };
+        let writer = store.clone();
+        tasks.push(tokio::spawn(async move {
+            writer
+                .append(event(&subject, index, &["9192001"], &[]))
+                .await
+        }));
+    }
+    // The first append waits in the database. The others queue behind it in the store, and
+    // the next append to take the store's lock writes them together.
+    for _ in 0..600 {
+        let waiters: i64 = sqlx::query_scalar(AUDIT_LOCK_WAITERS)
+            .bind(lock_key)
+            .fetch_one(pool)
+            .await
+            .expect("lock waiters");
+        if waiters == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(lock_key)
+        .execute(&mut *holder)
+        .await
+        .expect("unlock");
+
+    let mut ids = Vec::new();
+    for (index, task) in tasks.into_iter().enumerate() {
+        let result = task.await.expect("task");
+        if index == 5 {
+            let error = result.expect_err("the rejected event fails");
+            assert!(
+                error.to_string().contains("rejected for the test"),
+                "{error}"
+            );
+        } else {
+            ids.push(result.expect("append"));
+        }
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=7).collect::<Vec<i64>>());
+    let verification = store.verify(None).await.expect("verify");
+    assert_eq!(verification.first_broken_link, None);
+    assert_eq!(verification.events_checked, 7);
+}

@@ -140,6 +140,12 @@ pub mod lock_keys {
     pub const fn registers_school(laestab: u32) -> i64 {
         (0x726f_6c6c_i64 << 32) | laestab as i64
     }
+
+    /// Returns the key of one school's sync batches in the MIS adapter, from its LAESTAB as
+    /// a number. These keys have high bits that no other key has.
+    pub const fn mis_adapter_school(laestab: u32) -> i64 {
+        (0x6d69_7361_i64 << 32) | laestab as i64
+    }
 }
 
 /// The statement that stores a follower's position in a feed (`$1` the feed's name, `$2` the
@@ -406,6 +412,18 @@ mod tests {
                 !lock_keys::ALL.contains(&key),
                 "school {laestab} key {key:#x}"
             );
+            let sync_key = lock_keys::mis_adapter_school(laestab);
+            assert!(
+                !lock_keys::ALL.contains(&sync_key),
+                "school {laestab} sync key {sync_key:#x}"
+            );
+            for other in [0, 1, 9_192_001, u32::MAX] {
+                assert_ne!(
+                    sync_key,
+                    lock_keys::registers_school(other),
+                    "school {laestab} sync key meets school {other}'s registers key"
+                );
+            }
         }
     }
 

@@ -55,10 +55,22 @@ pub(crate) struct BatchRecord<'a> {
 
 /// Records a batch and its MIS ids in one transaction. A batch already recorded under the key
 /// (by a concurrent call with the same rows) is kept as it is.
+///
+/// Batches of different schools write different rows, so they take only their own school's
+/// lock beside a share of the adapter's write lock. A writer that takes the whole lock, such
+/// as a UPN change, still runs alone.
 pub(crate) async fn record_batch(db: &Db, batch: &BatchRecord<'_>) -> Result<(), sqlx::Error> {
     let now = Utc::now();
+    let school_key = batch
+        .laestab
+        .parse::<u32>()
+        .ok()
+        .map(rollcall_runtime::storage::lock_keys::mis_adapter_school);
     with_db!(db, |pool| {
-        let mut tx = pool.begin_write(MIS_ADAPTER_LOCK_KEY).await?;
+        let mut tx = match school_key {
+            Some(key) => pool.begin_shared_write(MIS_ADAPTER_LOCK_KEY, key).await?,
+            None => pool.begin_write(MIS_ADAPTER_LOCK_KEY).await?,
+        };
         for chunk in batch.ids.chunks(CHUNK) {
             let mut upsert = QueryBuilder::new(
                 "INSERT INTO pupil_ids (laestab, mis_id, upn, first_seen_at, updated_at) ",
