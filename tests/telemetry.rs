@@ -14,6 +14,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rollcall_api::registers::v1::WatchMarksRequest;
+use rollcall_api::registers::v1::registers_service_client::RegistersServiceClient;
 use rollcall_domain::Upn;
 use rollcall_testkit::broker::{BrokerMark, BrokerSchool, BrokerServer, BrokerStudent};
 use rollcall_testkit::otlp::{OtlpReceiver, ReceivedSpan};
@@ -399,12 +401,20 @@ async fn import_and_referral_are_traced_across_services() {
         .connect()
         .await
         .expect("connect");
-    HealthClient::new(channel)
+    HealthClient::new(channel.clone())
         .check(HealthCheckRequest {
             service: String::new(),
         })
         .await
         .expect("health check");
+    // A stream that the client drops after its first message.
+    let mut feed = RegistersServiceClient::new(channel)
+        .watch_marks(WatchMarksRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    feed.message().await.expect("message").expect("a version");
+    drop(feed);
 
     let metric = |name: &'static str| receiver.counter_total(name);
     let ingested = wait_for("rollcall.marks.ingested", || {
@@ -448,6 +458,19 @@ async fn import_and_referral_are_traced_across_services() {
     })
     .await;
     assert!(not_found.1 >= 1.0);
+    // The stream is counted when it ends, with its own status, not when it starts.
+    let cancelled = wait_for("a CANCELLED WatchMarks in rollcall.rpc.errors", || {
+        receiver
+            .counter_points("rollcall.rpc.errors")
+            .into_iter()
+            .find(|(attributes, _)| {
+                let attributes: HashMap<_, _> = attributes.iter().cloned().collect();
+                attributes.get("rpc.grpc.status_code").map(String::as_str) == Some("1")
+                    && attributes.get("rpc.method").map(String::as_str) == Some("WatchMarks")
+            })
+    })
+    .await;
+    assert!(cancelled.1 >= 1.0);
     wait_for("a health check in rollcall.rpc.requests", || {
         receiver
             .counter_points("rollcall.rpc.requests")

@@ -3,9 +3,11 @@
 //!
 //! The span is named `<package.Service>/<Method>` and is the child of the W3C `traceparent`
 //! and `tracestate` in the request's metadata, so calls between rollcall's services form one
-//! trace. The status and duration are taken when the response's headers are ready: for a unary
-//! or client-streaming call that is when the handler returns, and for a server-streaming call
-//! when the stream starts. The span ends then too, unless a task that the handler started keeps
+//! trace. The status and duration are taken when the response ends: from the headers when
+//! the call fails before its first message, otherwise from the trailers after the last
+//! message. So a stream that fails part-way is counted with its error, and its duration runs
+//! to its end. A response dropped before its end, as when the client cancels a stream, is
+//! counted as CANCELLED. The span ends then too, unless a task that the handler started keeps
 //! it, as StreamSync's does.
 
 use std::collections::HashSet;
@@ -14,6 +16,8 @@ use std::pin::Pin;
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Instant;
+
+use http_body::{Body, Frame, SizeHint};
 
 use opentelemetry::KeyValue;
 use opentelemetry::propagation::Extractor;
@@ -76,7 +80,7 @@ where
     S::Error: Send + 'static,
     R: Send + 'static,
 {
-    type Response = http::Response<R>;
+    type Response = http::Response<CountedBody<R>>;
     type Error = S::Error;
     type Future = BoxFuture<Self::Response, Self::Error>;
 
@@ -86,7 +90,11 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         if !exporting() {
-            return Box::pin(self.inner.call(request));
+            let response = self.inner.call(request);
+            return Box::pin(async move {
+                let response = response.await?;
+                Ok(response.map(|body| CountedBody { body, end: None }))
+            });
         }
         let method = Method::from_path(request.uri().path());
         if method.service == HEALTH_SERVICE {
@@ -95,9 +103,12 @@ where
             let started = Instant::now();
             let response = self.inner.call(request);
             return Box::pin(async move {
-                let result = response.await;
-                method.count(status_code(&result), started.elapsed().as_secs_f64());
-                result
+                let end = CallEnd {
+                    method,
+                    started,
+                    span: None,
+                };
+                counted(response.await, end)
             });
         }
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
@@ -117,20 +128,114 @@ where
         let _ = span.set_parent(parent);
         let started = Instant::now();
         let response = span.in_scope(|| self.inner.call(request));
-        let recorded = span.clone();
-        Box::pin(
-            async move {
-                let result = response.await;
-                let code = status_code(&result);
-                recorded.record("rpc.grpc.status_code", code as i32);
-                if is_server_error(code) {
-                    recorded.record("otel.status_code", "ERROR");
-                }
-                method.count(code, started.elapsed().as_secs_f64());
-                result
+        let end = CallEnd {
+            method,
+            started,
+            span: Some(span.clone()),
+        };
+        Box::pin(async move { counted(response.await, end) }.instrument(span))
+    }
+}
+
+/// Wraps a response's body so that the call is counted when the body ends, or counts it now
+/// when there is no response or its headers already carry an error.
+fn counted<R, E>(
+    result: Result<http::Response<R>, E>,
+    end: CallEnd,
+) -> Result<http::Response<CountedBody<R>>, E> {
+    match result {
+        Ok(response) => match header_status(&response) {
+            Some(code) => {
+                end.finish(code);
+                Ok(response.map(|body| CountedBody { body, end: None }))
             }
-            .instrument(span),
-        )
+            None => Ok(response.map(|body| CountedBody {
+                body,
+                end: Some(end),
+            })),
+        },
+        Err(error) => {
+            end.finish(Code::Unknown);
+            Err(error)
+        }
+    }
+}
+
+/// The method, start time and span of a call, kept to count it once its response ends.
+#[derive(Debug)]
+struct CallEnd {
+    method: Method,
+    started: Instant,
+    /// The call's span, which records the status. Health checks have none.
+    span: Option<tracing::Span>,
+}
+
+impl CallEnd {
+    /// Records the call's status on its span and counts it in the metrics.
+    fn finish(self, code: Code) {
+        if let Some(span) = &self.span {
+            span.record("rpc.grpc.status_code", code as i32);
+            if is_server_error(code) {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        self.method
+            .count(code, self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// A response body that counts its call when it ends: with the status in its trailers, with
+/// OK when it ends without trailers, and with CANCELLED when it is dropped before its end.
+#[derive(Debug)]
+pub struct CountedBody<B> {
+    body: B,
+    /// The call to count, until it is counted.
+    end: Option<CallEnd>,
+}
+
+impl<B> CountedBody<B> {
+    fn finish(&mut self, code: Code) {
+        if let Some(end) = self.end.take() {
+            end.finish(code);
+        }
+    }
+}
+
+impl<B: Body + Unpin> Body for CountedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = status_in(trailers).unwrap_or(Code::Ok);
+                    self.finish(code);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.finish(Code::Unknown),
+            Poll::Ready(None) => self.finish(Code::Ok),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl<B> Drop for CountedBody<B> {
+    fn drop(&mut self) {
+        self.finish(Code::Cancelled);
     }
 }
 
@@ -179,19 +284,19 @@ impl Method {
     }
 }
 
-/// Returns the gRPC status of a response. A call that fails carries its status in the
-/// response headers. A call that succeeds carries it in the trailers, after the body, which
-/// this layer does not wait for.
-fn status_code<R, E>(result: &Result<http::Response<R>, E>) -> Code {
-    match result {
-        Ok(response) => response
-            .headers()
-            .get("grpc-status")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<i32>().ok())
-            .map_or(Code::Ok, Code::from_i32),
-        Err(_) => Code::Unknown,
-    }
+/// Returns the gRPC status in a response's headers, which a call that fails before its first
+/// message carries there. A call that sends messages carries it in the trailers instead.
+fn header_status<R>(response: &http::Response<R>) -> Option<Code> {
+    status_in(response.headers())
+}
+
+/// Returns the `grpc-status` in headers or trailers.
+fn status_in(headers: &http::HeaderMap) -> Option<Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<i32>().ok())
+        .map(Code::from_i32)
 }
 
 /// Returns true for the codes the OpenTelemetry semantic conventions count as a server's
