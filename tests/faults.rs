@@ -619,6 +619,112 @@ async fn import_survives_kill_on_postgres() {
     server_killed_during_import(Some(url)).await;
 }
 
+/// Schools in the CTF fault test, one file each.
+const CTF_SCHOOLS: u8 = 6;
+/// Pupils in each CTF file.
+const CTF_PUPILS: u32 = 150;
+/// School weeks of marks in each CTF file, from Monday 1 September 2025.
+const CTF_WEEKS: usize = 12;
+
+/// Writes one school's Common Transfer File: every pupil present at every session of
+/// [`CTF_WEEKS`] weeks. Returns its path.
+fn write_ctf_file(dir: &Path, school: u8) -> PathBuf {
+    let estab = format!("300{school}");
+    let week = format!("{}####", r"/\".repeat(5));
+    let marks = week.repeat(CTF_WEEKS);
+    let sessions = 10 * CTF_WEEKS;
+    let pupils: String = (0..CTF_PUPILS)
+        .map(|serial| {
+            format!(
+                "<Pupil><UPN>{}</UPN><Surname>Pupil</Surname><Forename>Sam</Forename>\
+                 <DOB>2013-05-01</DOB><Gender>F</Gender>\
+                 <BasicDetails><NCyearActual>8</NCyearActual></BasicDetails>\
+                 <Attendance><YearData><Year>2025</Year><LEA>919</LEA><Estab>{estab}</Estab>\
+                 <SchoolName>CTF Academy {school}</SchoolName>\
+                 <SessionsPossible>{sessions}</SessionsPossible>\
+                 <SessionsAuthorised>0</SessionsAuthorised>\
+                 <SessionsAttended>{sessions}</SessionsAttended>\
+                 <SessionsUnauthorised>0</SessionsUnauthorised>\
+                 <AttendSessions><AttendanceStartDate>2025-09-01</AttendanceStartDate>\
+                 <AttendanceMarks>{marks}</AttendanceMarks></AttendSessions>\
+                 </YearData></Attendance></Pupil>",
+                upn(school, serial)
+            )
+        })
+        .collect();
+    let file = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<CTfile><Header>\
+         <DocumentName>Common Transfer File</DocumentName><CTFversion>25.0</CTFversion>\
+         <DateTime>2025-11-28T16:00:00</DateTime><SourceSchool><LEA>919</LEA>\
+         <Estab>{estab}</Estab><SchoolName>CTF Academy {school}</SchoolName>\
+         <AcademicYear>2025</AcademicYear></SourceSchool></Header>\
+         <CTFpupilData>{pupils}</CTFpupilData></CTfile>"
+    );
+    let path = dir.join(format!("ctf-{school}.xml"));
+    std::fs::write(&path, file).expect("CTF file");
+    path
+}
+
+/// Kills the server after the first of several CTF files is imported and starts it again
+/// once the running `rollcall import ctf` reports that it is retrying. The command imports
+/// every file, and every mark is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctf_import_survives_kill() {
+    let work = tempfile::tempdir().expect("temporary folder");
+    let files: Vec<String> = (1..=CTF_SCHOOLS)
+        .map(|school| {
+            let path = write_ctf_file(work.path(), school);
+            path.to_str().expect("UTF-8").to_owned()
+        })
+        .collect();
+    let storage = Storage::Sqlite(work.path().join("data"));
+    let port = free_ports(1)[0];
+    let mut server = ServeProcess::start(
+        "serve",
+        serve_args(port, work.path(), None),
+        port,
+        work.path(),
+    );
+    server.wait_until_serving().await;
+    let target = vec!["--server".to_owned(), server.url()];
+
+    let mut args = vec!["import".to_owned(), "ctf".to_owned()];
+    args.extend(files.iter().cloned());
+    let import = ClientProcess::start(&target, &args, work.path(), "import-ctf");
+    wait_for(|| server.log().contains("CTF import finished")).await;
+    server.kill();
+    wait_for(|| import.stderr().contains("retrying in")).await;
+    server.spawn();
+    server.wait_until_serving().await;
+
+    let (succeeded, stdout, stderr) = import.finish().await;
+    assert!(
+        succeeded,
+        "the import did not survive the restart: {stderr}"
+    );
+    for school in 1..=CTF_SCHOOLS {
+        let file = format!("ctf-{school}.xml");
+        assert!(
+            stdout.lines().any(|line| line.contains(&file)),
+            "{file} missing from the summary: {stdout}"
+        );
+    }
+    let per_school = i64::from(CTF_PUPILS) * i64::try_from(10 * CTF_WEEKS).expect("count");
+    let counts = query(
+        &storage,
+        "registers",
+        "SELECT laestab, CAST(COUNT(*) AS TEXT), \
+         CAST(COUNT(DISTINCT upn || session_date || session) AS TEXT) \
+         FROM marks GROUP BY laestab ORDER BY laestab",
+    )
+    .await;
+    assert_eq!(counts.len(), usize::from(CTF_SCHOOLS), "{counts:?}");
+    for row in counts {
+        assert_eq!(row[1], per_school.to_string(), "marks of {}", row[0]);
+        assert_eq!(row[2], per_school.to_string(), "sessions of {}", row[0]);
+    }
+}
+
 /// Pupils of the second school, which the test's own SyncMarks client writes to.
 const SECOND_PUPILS: u32 = 30;
 
