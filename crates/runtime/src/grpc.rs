@@ -144,3 +144,30 @@ pub fn channel_with_tls(
         .tcp_nodelay(true);
     Ok(credentials.attach(endpoint.connect_lazy()))
 }
+
+/// Hands `first` and the messages that follow it on `stream` to `add`, until the stream has
+/// been quiet for `settle` or `max` messages were handed over. Returns how many were. A
+/// feed's follower thus takes what a burst of writes stored as one batch, of at most `max`.
+pub async fn gather<T>(
+    stream: &mut tonic::Streaming<T>,
+    first: T,
+    max: usize,
+    settle: std::time::Duration,
+    mut add: impl FnMut(T),
+) -> Result<usize, Status> {
+    let mut count = 0;
+    let mut next = Some(first);
+    while let Some(message) = next.take() {
+        add(message);
+        count += 1;
+        if count >= max {
+            break;
+        }
+        match tokio::time::timeout(settle, stream.message()).await {
+            Ok(Ok(Some(message))) => next = Some(message),
+            Ok(Ok(None)) | Err(_) => {}
+            Ok(Err(status)) => return Err(status),
+        }
+    }
+    Ok(count)
+}

@@ -158,6 +158,18 @@ pub const ADVANCE_CURSOR: &str = "INSERT INTO sync_state (feed, cursor) VALUES (
      ON CONFLICT (feed) DO UPDATE SET cursor = CASE WHEN excluded.cursor > sync_state.cursor \
      THEN excluded.cursor ELSE sync_state.cursor END";
 
+/// Reads the position stored for `feed` in the service's `sync_state` table, or 0 when the
+/// follower has stored none yet.
+pub async fn stored_cursor(db: &Db, feed: &str) -> Result<i64, sqlx::Error> {
+    let cursor: Option<i64> = with_db!(db, |pool| {
+        sqlx::query_scalar("SELECT cursor FROM sync_state WHERE feed = $1")
+            .bind(feed)
+            .fetch_optional(pool)
+            .await
+    })?;
+    Ok(cursor.unwrap_or(0))
+}
+
 /// Runs a trivial query, to check that the database can be reached.
 pub async fn ping(db: &Db) -> Result<(), sqlx::Error> {
     with_db!(db, |pool| {

@@ -26,14 +26,9 @@ use crate::{CASES_LOCK_KEY, TRIGGER_FEED};
 /// The concern a persistent-absence trigger opens a case for.
 const PERSISTENT_ABSENCE: &str = "persistent_absence";
 
+/// Reads the position this follower stored, or 0.
 pub(crate) async fn stored_cursor(db: &Db) -> Result<i64, sqlx::Error> {
-    let cursor: Option<i64> = with_db!(db, |pool| {
-        sqlx::query_scalar("SELECT cursor FROM sync_state WHERE feed = $1")
-            .bind(TRIGGER_FEED)
-            .fetch_optional(pool)
-            .await
-    })?;
-    Ok(cursor.unwrap_or(0))
+    rollcall_runtime::storage::stored_cursor(db, TRIGGER_FEED).await
 }
 
 /// Starts the follower. It retries with backoff when the policy service is unreachable.

@@ -30,15 +30,9 @@ const PAGE: i32 = 100;
 /// The maximum length of a chain of changes followed from one UPN, far beyond any real pupil's.
 const MAX_CHAIN: usize = 100;
 
-/// Returns the id of the last UPN change applied here, or 0.
+/// Reads the position this follower stored, or 0.
 pub(crate) async fn stored_cursor(db: &Db) -> Result<i64, sqlx::Error> {
-    let cursor: Option<i64> = with_db!(db, |pool| {
-        sqlx::query_scalar("SELECT cursor FROM sync_state WHERE feed = $1")
-            .bind(UPN_CHANGES_FEED)
-            .fetch_optional(pool)
-            .await
-    })?;
-    Ok(cursor.unwrap_or(0))
+    rollcall_runtime::storage::stored_cursor(db, UPN_CHANGES_FEED).await
 }
 
 /// Returns the UPN that `upn` is held under now: itself, or the last UPN of the changes from

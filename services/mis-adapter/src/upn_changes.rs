@@ -37,16 +37,6 @@ pub(crate) fn resolve<'a>(replaced: &'a HashMap<String, String>, upn: &'a str) -
     current
 }
 
-async fn stored_cursor(db: &Db) -> Result<i64, sqlx::Error> {
-    let cursor: Option<i64> = with_db!(db, |pool| {
-        sqlx::query_scalar("SELECT cursor FROM sync_state WHERE feed = $1")
-            .bind(UPN_CHANGES_FEED)
-            .fetch_optional(pool)
-            .await
-    })?;
-    Ok(cursor.unwrap_or(0))
-}
-
 /// Starts the follower. It polls every few seconds and retries with backoff when the
 /// registers service is unreachable.
 pub(crate) fn spawn(db: Db, registers: RegistersServiceClient<Channel>) -> JoinHandle<()> {
@@ -71,7 +61,7 @@ pub(crate) fn spawn(db: Db, registers: RegistersServiceClient<Channel>) -> JoinH
 /// Applies every change after the stored position, oldest first.
 async fn follow(db: &Db, registers: &RegistersServiceClient<Channel>) -> anyhow::Result<()> {
     loop {
-        let cursor = stored_cursor(db).await?;
+        let cursor = rollcall_runtime::storage::stored_cursor(db, UPN_CHANGES_FEED).await?;
         let changes = registers
             .clone()
             .list_upn_changes(ListUpnChangesRequest {

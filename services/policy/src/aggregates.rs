@@ -16,8 +16,9 @@ use rollcall_runtime::{Db, with_db};
 use tonic::Status;
 
 use crate::figures::{figures_to_proto, load_school, school_and_as_of};
-use crate::follower::{REGISTERS_FEED, StoredTotals, stored_cursor};
+use crate::follower::{REGISTERS_FEED, StoredTotals};
 use crate::policies;
+use rollcall_runtime::storage::stored_cursor;
 
 #[derive(Debug, sqlx::FromRow)]
 struct KeptMark {

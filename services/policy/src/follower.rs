@@ -16,7 +16,9 @@ use rollcall_api::registers::v1::{Mark, WatchMarksRequest};
 use rollcall_domain::ladder::{Ladder, choose_ladder, parse_ladder};
 use rollcall_domain::session::{academic_year_of, parse_date};
 use rollcall_domain::{Figures, Phase, Policy, Session, SessionDate};
+use rollcall_runtime::grpc::gather;
 use rollcall_runtime::storage::WriteTransaction;
+use rollcall_runtime::storage::stored_cursor;
 use rollcall_runtime::{Db, with_db};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -160,16 +162,6 @@ pub fn spawn_follower(
     })
 }
 
-pub(crate) async fn stored_cursor(db: &Db, feed: &str) -> Result<i64, sqlx::Error> {
-    let cursor: Option<i64> = with_db!(db, |pool| {
-        sqlx::query_scalar("SELECT cursor FROM sync_state WHERE feed = $1")
-            .bind(feed)
-            .fetch_optional(pool)
-            .await
-    })?;
-    Ok(cursor.unwrap_or(0))
-}
-
 async fn follow(
     db: &Db,
     mut registers: RegistersServiceClient<Channel>,
@@ -193,24 +185,14 @@ async fn follow(
         };
         let mut batch = Batch::default();
         let mut last_cursor = 0;
-        let mut count = 0usize;
-        let mut next = Some(first);
-        while let Some(message) = next.take() {
+        let count = gather(&mut stream, first, BATCH, SETTLE, |message| {
             batch.add_traceparent(message.traceparent);
             if let Some(mark) = message.mark {
                 batch.add(mark, message.effective);
             }
             last_cursor = message.cursor;
-            count += 1;
-            if count >= BATCH {
-                break;
-            }
-            match tokio::time::timeout(SETTLE, stream.message()).await {
-                Ok(Ok(Some(message))) => next = Some(message),
-                Ok(Ok(None)) | Err(_) => {}
-                Ok(Err(status)) => return Err(status.into()),
-            }
-        }
+        })
+        .await?;
         let schools = batch.affected.len();
         let span = batch.span();
         evaluate(

@@ -39,9 +39,10 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::figures::{Alerts, figures_to_proto, load_school, school_and_as_of};
-use crate::follower::{REGISTERS_FEED, TriggerCounts, evaluate_school, stored_cursor};
+use crate::follower::{REGISTERS_FEED, TriggerCounts, evaluate_school};
 use crate::policies::{self, Assignment, DEFAULT_POLICY_ID, PolicyVersion, version_on};
 use crate::upn_changes::UPN_CHANGES_FEED;
+use rollcall_runtime::storage::stored_cursor;
 
 const TRIGGER_BATCH: i64 = 500;
 const TRIGGER_POLL: Duration = Duration::from_secs(2);

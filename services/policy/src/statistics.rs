@@ -30,8 +30,9 @@ use tokio::time::Instant;
 use tonic::{Code, Status};
 
 use crate::figures::{all_pupils, figures_to_proto};
-use crate::follower::{REGISTERS_FEED, stored_cursor};
+use crate::follower::REGISTERS_FEED;
 use crate::policies;
+use rollcall_runtime::storage::stored_cursor;
 
 /// How long GetAttendanceStatistics waits for the kept copy of the marks to catch up with the
 /// registers before it reads the registers instead.

@@ -16,7 +16,8 @@ use rollcall_runtime::{Db, with_db};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::follower::{evaluate_after_upn_change, stored_cursor};
+use crate::follower::evaluate_after_upn_change;
+use rollcall_runtime::storage::stored_cursor;
 
 /// The name under which the position in the registers' UPN changes is stored.
 pub(crate) const UPN_CHANGES_FEED: &str = "registers.upn_changes";

@@ -22,6 +22,7 @@ use rollcall_api::registers::v1::registers_service_client::RegistersServiceClien
 use rollcall_api::registers::v1::{WatchMarksRequest, WatchMarksResponse};
 use rollcall_domain::Session;
 use rollcall_domain::session::parse_date;
+use rollcall_runtime::grpc::gather;
 use rollcall_runtime::storage::WriteTransaction;
 use rollcall_runtime::{Db, with_db};
 use tokio::task::JoinHandle;
@@ -55,18 +56,8 @@ pub(crate) fn spawn(db: Db, registers: RegistersServiceClient<Channel>) -> JoinH
     })
 }
 
-async fn stored_cursor(db: &Db) -> Result<i64, sqlx::Error> {
-    let cursor: Option<i64> = with_db!(db, |pool| {
-        sqlx::query_scalar("SELECT cursor FROM sync_state WHERE feed = $1")
-            .bind(MARKS_FEED)
-            .fetch_optional(pool)
-            .await
-    })?;
-    Ok(cursor.unwrap_or(0))
-}
-
 async fn follow(db: &Db, mut registers: RegistersServiceClient<Channel>) -> anyhow::Result<()> {
-    let cursor = stored_cursor(db).await?;
+    let cursor = rollcall_runtime::storage::stored_cursor(db, MARKS_FEED).await?;
     tracing::info!(
         cursor,
         "Following the registers change feed for referral evidence"
@@ -83,18 +74,10 @@ async fn follow(db: &Db, mut registers: RegistersServiceClient<Channel>) -> anyh
             return Ok(());
         };
         let mut batch = Batch::default();
-        let mut next = Some(first);
-        while let Some(message) = next.take() {
-            batch.add(message);
-            if batch.entries >= BATCH {
-                break;
-            }
-            match tokio::time::timeout(SETTLE, stream.message()).await {
-                Ok(Ok(Some(message))) => next = Some(message),
-                Ok(Ok(None)) | Err(_) => {}
-                Ok(Err(status)) => return Err(status.into()),
-            }
-        }
+        gather(&mut stream, first, BATCH, SETTLE, |message| {
+            batch.add(message)
+        })
+        .await?;
         let span = batch.span();
         record(db, &batch).instrument(span).await?;
     }
