@@ -1602,3 +1602,35 @@ async fn imports_share_one_append_on_postgres() {
     assert_eq!(response.feed_cursor, written + 3);
     running.stop().await.expect("server stops");
 }
+
+/// Restarts PostgreSQL between two imports of marks. The appender's connection, idle since
+/// the first import, was closed by the restart, and the second import still succeeds at its
+/// first attempt.
+#[tokio::test]
+async fn import_after_database_restart_on_postgres() {
+    let postgres = rollcall_testkit::owned_postgres()
+        .await
+        .expect("PostgreSQL of the test's own");
+    let url = postgres.server().create_database().await.expect("database");
+    let work = tempfile::tempdir().expect("temp dir");
+    let running = start(work.path(), Some(&url)).await;
+    let mut registers = client(&running).await;
+    let marks = vec![mark(&upn(1), "2025-09-01", "/", None)];
+    send(&mut registers, import("roll", &[upn(1)], marks))
+        .await
+        .expect("roll and first mark");
+    let marks = vec![mark(&upn(1), "2025-09-02", "/", None)];
+    send(&mut registers, import("before", &[], marks))
+        .await
+        .expect("marks before the restart");
+
+    postgres.stop_fast().await.expect("PostgreSQL stops");
+    postgres.start().await.expect("PostgreSQL starts again");
+
+    let marks = vec![mark(&upn(1), "2025-09-03", "/", None)];
+    let response = send(&mut registers, import("after", &[], marks))
+        .await
+        .expect("marks after the restart, at the first attempt");
+    assert_eq!(response.marks_recorded, 1);
+    running.stop().await.expect("server stops");
+}

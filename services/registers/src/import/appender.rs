@@ -138,12 +138,21 @@ async fn run(options: Arc<PgConnectOptions>, mut receiver: mpsc::Receiver<Pendin
 }
 
 /// Writes one group in one transaction under the append lock, connecting first when there is
-/// no connection. A connection that failed is dropped, so the next group connects afresh.
+/// no open connection. A connection that failed is dropped, so the next group connects afresh.
 async fn write(
     options: &PgConnectOptions,
     connection: &mut Option<PgConnection>,
     group: &[&ImportRows],
 ) -> Result<Vec<i64>, sqlx::Error> {
+    // A connection left idle may have been closed by the server, at a restart for one. The
+    // check costs a round trip a group, and a closed connection is replaced before anything
+    // is written, rather than failing the group.
+    if let Some(open) = connection.as_mut()
+        && let Err(error) = open.ping().await
+    {
+        tracing::info!(%error, "Import appender's connection was closed; connecting again");
+        *connection = None;
+    }
     let open = match connection {
         Some(open) => open,
         None => {
