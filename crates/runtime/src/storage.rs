@@ -207,14 +207,6 @@ pub trait WriteTransaction {
         shared_key: i64,
         own_key: i64,
     ) -> impl Future<Output = Result<Transaction<'static, Self::Database>, sqlx::Error>> + Send;
-
-    /// Takes the lock for `lock_key` inside a transaction, until it ends. On SQLite the
-    /// transaction already writes alone, so this does nothing.
-    fn lock_until_end(
-        &self,
-        transaction: &mut Transaction<'static, Self::Database>,
-        lock_key: i64,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
 impl WriteTransaction for PgPool {
@@ -245,18 +237,6 @@ impl WriteTransaction for PgPool {
             .await?;
         Ok(transaction)
     }
-
-    async fn lock_until_end(
-        &self,
-        transaction: &mut Transaction<'static, Postgres>,
-        lock_key: i64,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(lock_key)
-            .execute(&mut **transaction)
-            .await
-            .map(|_| ())
-    }
 }
 
 impl WriteTransaction for SqlitePool {
@@ -275,14 +255,6 @@ impl WriteTransaction for SqlitePool {
         _own_key: i64,
     ) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
         self.begin_with("BEGIN IMMEDIATE").await
-    }
-
-    async fn lock_until_end(
-        &self,
-        _transaction: &mut Transaction<'static, Sqlite>,
-        _lock_key: i64,
-    ) -> Result<(), sqlx::Error> {
-        Ok(())
     }
 }
 
