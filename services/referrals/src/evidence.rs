@@ -99,13 +99,11 @@ struct ChangedMark {
 struct Batch {
     marks: BTreeMap<String, Vec<ChangedMark>>,
     cursor: i64,
-    entries: usize,
     traceparents: Vec<String>,
 }
 
 impl Batch {
     fn add(&mut self, message: WatchMarksResponse) {
-        self.entries += 1;
         self.cursor = self.cursor.max(message.cursor);
         if !message.traceparent.is_empty() && self.traceparents.last() != Some(&message.traceparent)
         {
